@@ -1,0 +1,103 @@
+//! The node's long-lived libp2p identity: an ed25519 key created once and kept in the data
+//! directory (`identity.key`, file mode 0600 on Unix) so a node keeps its peer id across
+//! restarts. This is the network identity only; the enclave key that encrypts jobs is separate
+//! (see ARCHITECTURE.md) and is never written here.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use libp2p::identity::Keypair;
+
+/// File name of the identity key inside the data directory.
+pub const IDENTITY_FILE: &str = "identity.key";
+
+/// Why an identity could not be loaded or created.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The key file or data directory could not be read or written.
+    #[error("identity file {path}: {source}")]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The key file exists but does not hold a protobuf-encoded ed25519 key.
+    #[error("identity file {path} is corrupt ({reason}); move it away to create a new identity")]
+    Corrupt {
+        /// The key file.
+        path: PathBuf,
+        /// What the decoder said.
+        reason: String,
+    },
+}
+
+/// Loads the identity from `data_dir/identity.key`, creating the directory and a fresh
+/// ed25519 key (mode 0600) when none exists yet.
+pub fn load_or_create(data_dir: &Path) -> Result<Keypair, IdentityError> {
+    let path = data_dir.join(IDENTITY_FILE);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| IdentityError::Io { path, source }
+    };
+    match fs::read(&path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| IdentityError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+            let keypair = Keypair::generate_ed25519();
+            let bytes = keypair
+                .to_protobuf_encoding()
+                .expect("ed25519 keys always encode");
+            // Write to a temporary file first so a crash never leaves a half-written key.
+            let tmp = path.with_extension("key.tmp");
+            let mut options = fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut file = options.open(&tmp).map_err(io(&tmp))?;
+            file.write_all(&bytes).map_err(io(&tmp))?;
+            file.sync_all().map_err(io(&tmp))?;
+            fs::rename(&tmp, &path).map_err(io(&path))?;
+            Ok(keypair)
+        }
+        Err(e) => Err(io(&path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_created_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("nested/data");
+        let a = load_or_create(&data).unwrap();
+        let b = load_or_create(&data).unwrap();
+        assert_eq!(a.public().to_peer_id(), b.public().to_peer_id());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(data.join(IDENTITY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn corrupt_identity_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(IDENTITY_FILE), b"not a key").unwrap();
+        let err = load_or_create(dir.path()).unwrap_err();
+        assert!(matches!(err, IdentityError::Corrupt { .. }), "{err}");
+    }
+}

@@ -1,0 +1,139 @@
+//! Message codec: a versioned bincode envelope `(version: u16, Message)`.
+//!
+//! Bincode (v2, standard config) gives a compact, deterministic encoding. The decoder caps
+//! allocations at the frame size, rejects trailing bytes, and reports a peer speaking another
+//! version distinctly so the worker can answer `UnsupportedVersion`.
+
+use super::message::Message;
+
+/// The version this build speaks; bumped on any incompatible change of [`Message`].
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Upper bound on any allocation the decoder makes: one frame.
+const DECODE_LIMIT: usize = crate::frame::DEFAULT_MAX_FRAME;
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
+}
+
+/// A message that could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The envelope names a version this build does not speak.
+    #[error("peer speaks job protocol version {0}, this node speaks {PROTOCOL_VERSION}")]
+    UnsupportedVersion(u16),
+    /// The bytes are not a valid message.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The bytes hold a message followed by garbage.
+    #[error("malformed message: {0} trailing bytes")]
+    TrailingBytes(usize),
+    /// The message could not be encoded.
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+}
+
+/// Encodes `message` with the current version.
+pub fn encode(message: &Message) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec((PROTOCOL_VERSION, message), config())
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Decodes one message; never panics on arbitrary input.
+pub fn decode(bytes: &[u8]) -> Result<Message, CodecError> {
+    let (version, used): (u16, usize) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if version != PROTOCOL_VERSION {
+        return Err(CodecError::UnsupportedVersion(version));
+    }
+    let (message, n): (Message, usize) = bincode::serde::decode_from_slice(&bytes[used..], config())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let trailing = bytes.len() - used - n;
+    if trailing != 0 {
+        return Err(CodecError::TrailingBytes(trailing));
+    }
+    Ok(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::message::*;
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_message() -> impl Strategy<Value = Message> {
+        let chat = proptest::collection::vec(("[a-z]{1,9}", ".{0,40}"), 0..4).prop_map(|v| {
+            JobInput::Chat(
+                v.into_iter()
+                    .map(|(role, content)| ChatMessage { role, content })
+                    .collect(),
+            )
+        });
+        let input = prop_oneof![chat, ".{0,80}".prop_map(JobInput::Prompt)];
+        let sampling = (any::<u64>(), 0.0f64..2.0, proptest::option::of(0.0f64..1.0), proptest::option::of(any::<u32>()), any::<u32>(), proptest::collection::vec(".{0,8}", 0..3))
+            .prop_map(|(seed, temperature, top_p, top_k, max_tokens, stop)| Sampling { seed, temperature, top_p, top_k, max_tokens, stop });
+        let code = prop_oneof![
+            Just(ErrorCode::Busy),
+            Just(ErrorCode::UnknownModel),
+            Just(ErrorCode::BadRequest),
+            Just(ErrorCode::UnsupportedVersion),
+            Just(ErrorCode::Timeout),
+            Just(ErrorCode::Internal)
+        ];
+        prop_oneof![
+            (any::<u64>(), "[a-z0-9_.-]{1,30}", input, sampling).prop_map(|(id, model, input, sampling)| Message::Request(JobRequest { id, model, input, sampling })),
+            (any::<u64>(), any::<u32>(), ".{0,20}").prop_map(|(id, index, text)| Message::Token(TokenChunk { id, index, text })),
+            (any::<u64>(), any::<u32>(), any::<u32>(), 0.0f64..1e6, any::<bool>()).prop_map(|(id, p, c, ms, stop)| Message::Done(JobDone {
+                id,
+                usage: Usage { prompt_tokens: p, completion_tokens: c },
+                timings: Timings { ttft_ms: ms / 2.0, total_ms: ms },
+                finish_reason: if stop { FinishReason::Stop } else { FinishReason::Length },
+            })),
+            (any::<u64>(), code, ".{0,40}").prop_map(|(id, code, message)| Message::Error(JobFailure { id, code, message })),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(message in arb_message()) {
+            let bytes = encode(&message).unwrap();
+            prop_assert_eq!(decode(&bytes).unwrap(), message);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn truncated_message_is_an_error(message in arb_message(), cut in 0usize..1000) {
+            let bytes = encode(&message).unwrap();
+            let cut = cut % bytes.len();
+            prop_assert!(decode(&bytes[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn other_version_is_reported() {
+        let msg = Message::Token(TokenChunk { id: 1, index: 0, text: "x".into() });
+        let bytes = bincode::serde::encode_to_vec((7u16, &msg), config()).unwrap();
+        assert!(matches!(decode(&bytes), Err(CodecError::UnsupportedVersion(7))));
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let msg = Message::Token(TokenChunk { id: 1, index: 0, text: "x".into() });
+        let mut bytes = encode(&msg).unwrap();
+        bytes.push(0);
+        assert!(matches!(decode(&bytes), Err(CodecError::TrailingBytes(1))));
+    }
+
+    #[test]
+    fn huge_length_claims_do_not_allocate() {
+        // version 1, variant Token, id, index, then a string claiming 2^60 bytes.
+        let mut bytes = encode(&Message::Token(TokenChunk { id: 1, index: 0, text: String::new() })).unwrap();
+        bytes.pop();
+        bytes.extend([0xfd, 0, 0, 0, 0, 0, 0, 0, 0x10]);
+        assert!(matches!(decode(&bytes), Err(CodecError::Malformed(_))));
+    }
+}

@@ -1,0 +1,174 @@
+//! The job protocol's messages. They are plain data, independent of the inference engine
+//! (this crate knows nothing of candle); the node converts them to engine requests.
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies a job; chosen by the client, echoed in every message of that job.
+pub type JobId = u64;
+
+/// One message of the job protocol.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Message {
+    /// Client → worker, first and only request on a stream.
+    Request(JobRequest),
+    /// Worker → client: the next piece of generated text.
+    Token(TokenChunk),
+    /// Worker → client: generation finished; last message of a successful job.
+    Done(JobDone),
+    /// Either side: the job failed; last message on the stream.
+    Error(JobFailure),
+}
+
+impl Message {
+    /// The job this message belongs to.
+    pub fn job_id(&self) -> JobId {
+        match self {
+            Message::Request(m) => m.id,
+            Message::Token(m) => m.id,
+            Message::Done(m) => m.id,
+            Message::Error(m) => m.id,
+        }
+    }
+}
+
+/// A chat message with a role (`system`, `user`, `assistant`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// The speaker.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+/// What the model should continue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobInput {
+    /// A conversation, rendered with the model's chat template.
+    Chat(Vec<ChatMessage>),
+    /// Raw text completion, no template.
+    Prompt(String),
+}
+
+/// Sampling settings. `temperature == 0` means greedy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    /// Seed for the sampler's RNG.
+    pub seed: u64,
+    /// Softmax temperature; 0 = greedy.
+    pub temperature: f64,
+    /// Nucleus sampling threshold.
+    pub top_p: Option<f64>,
+    /// Keep only the k most likely tokens.
+    pub top_k: Option<u32>,
+    /// Most tokens to generate.
+    pub max_tokens: u32,
+    /// Generation stops before any of these strings.
+    pub stop: Vec<String>,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            temperature: 0.0,
+            top_p: None,
+            top_k: None,
+            max_tokens: 256,
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// A job request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobRequest {
+    /// The job id.
+    pub id: JobId,
+    /// Model id as announced in the DHT.
+    pub model: String,
+    /// Prompt or conversation.
+    pub input: JobInput,
+    /// Sampling settings.
+    pub sampling: Sampling,
+}
+
+/// A chunk of generated text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenChunk {
+    /// The job id.
+    pub id: JobId,
+    /// 0-based index of this chunk within the job: a gap or repeat is a protocol error.
+    pub index: u32,
+    /// Generated text (valid UTF-8, possibly several tokens).
+    pub text: String,
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FinishReason {
+    /// End of sequence or a stop string.
+    Stop,
+    /// `max_tokens` or the context length was reached.
+    Length,
+}
+
+/// Token counts of a finished job.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Tokens in the rendered prompt.
+    pub prompt_tokens: u32,
+    /// Tokens generated.
+    pub completion_tokens: u32,
+}
+
+/// Worker-side timings of a finished job, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// From the request's arrival to the first generated token (prompt processing included).
+    pub ttft_ms: f64,
+    /// From the request's arrival to the last token.
+    pub total_ms: f64,
+}
+
+/// End of a successful job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobDone {
+    /// The job id.
+    pub id: JobId,
+    /// Token counts.
+    pub usage: Usage,
+    /// Worker-side timings.
+    pub timings: Timings,
+    /// Why generation ended.
+    pub finish_reason: FinishReason,
+}
+
+/// Machine-readable failure class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The worker is at its concurrency limit; try another worker.
+    Busy,
+    /// The worker does not serve the requested model.
+    UnknownModel,
+    /// The request was malformed or out of bounds.
+    BadRequest,
+    /// The peer speaks another protocol version.
+    UnsupportedVersion,
+    /// Nothing arrived in time.
+    Timeout,
+    /// The worker failed while generating.
+    Internal,
+}
+
+/// A failed job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFailure {
+    /// The job id (0 when the request could not be decoded).
+    pub id: JobId,
+    /// Failure class.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+}

@@ -1,0 +1,22 @@
+//! cocoon-p2p: the network layer of a cocoon node.
+//!
+//! - [`swarm`]: the libp2p swarm (QUIC, TCP fallback, identify, ping, Kademlia under
+//!   `/cocoon/kad/1.0.0`, mDNS) behind the [`Network`] handle; model discovery through DHT
+//!   provider records.
+//! - [`job`]: the `/cocoon/job/1` stream protocol: framing, versioned messages, timeouts.
+//! - [`frame`]: the length-prefixed framing beneath it, the seam where encryption plugs in.
+//! - [`identity`]: the node's persistent ed25519 identity.
+//!
+//! This crate knows nothing of models or inference: the node crate joins job streams to the
+//! engine.
+#![warn(missing_docs)]
+
+pub mod frame;
+pub mod identity;
+pub mod job;
+pub mod swarm;
+#[cfg(test)]
+pub(crate) mod testing;
+
+pub use libp2p::{Multiaddr, PeerId, Stream};
+pub use swarm::{model_key, DhtMode, Network, NetworkConfig, NetworkError, NetworkState};

@@ -1,0 +1,580 @@
+//! The libp2p shell: one swarm per node, driven by a task, controlled through [`Network`].
+//!
+//! Transports: QUIC (preferred) and TCP + Noise + yamux as a fallback. Behaviours: identify,
+//! ping, Kademlia under our own protocol name [`KAD_PROTOCOL`], optional mDNS, and
+//! `libp2p-stream` for the `/cocoon/job/1` streams. Kademlia and identify read the clock and
+//! RNG themselves, so no market or payment logic lives here: this is a shell, the protocol
+//! cores live in their own crates.
+//!
+//! Discovery: a worker announces each model it serves as a provider record under
+//! [`model_key`]; a client runs `get_providers` for the key, dials each provider while the
+//! query still holds its addresses, and falls back to a `get_closest_peers` lookup of the
+//! peer id when it needs addresses later.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::kad::{self, store::MemoryStore, Mode, QueryId, QueryResult, RecordKey};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{behaviour::toggle::Toggle, dial_opts::DialOpts, NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, identity::Keypair, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::job::JOB_PROTOCOL;
+
+/// Kademlia protocol name of the cocoon network (not the IPFS default).
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/cocoon/kad/1.0.0");
+/// Identify protocol version string.
+pub const IDENTIFY_PROTOCOL: &str = "/cocoon/id/1.0.0";
+
+/// The DHT key under which workers announce a model: `sha256("cocoon/model/v1/" || id)`.
+pub fn model_key(model_id: &str) -> RecordKey {
+    let digest = Sha256::new()
+        .chain_update(b"cocoon/model/v1/")
+        .chain_update(model_id.as_bytes())
+        .finalize();
+    RecordKey::new(&digest)
+}
+
+/// Whether this node answers DHT queries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DhtMode {
+    /// Stores records and answers queries (bootstrap nodes, workers).
+    Server,
+    /// Only asks (light clients, which may be short-lived or unreachable).
+    Client,
+}
+
+/// Network configuration.
+#[derive(Clone, Debug)]
+pub struct NetworkConfig {
+    /// Addresses to listen on. Default: QUIC and TCP on all IPv4 interfaces, ports chosen by
+    /// the OS. A light client may listen on nothing.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join the network through; empty = start a new network.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Addresses this node tells others to reach it at (e.g. a public address behind a
+    /// port forward). Default: none; peers then use the addresses identify reports.
+    pub external_addresses: Vec<Multiaddr>,
+    /// Find peers on the local network with mDNS. Default: true.
+    pub mdns: bool,
+    /// DHT mode. Default: server.
+    pub dht_mode: DhtMode,
+    /// Timeout of one DHT query. Default: 30 s.
+    pub query_timeout: Duration,
+    /// How long others keep our provider records. Default: 30 min.
+    pub provider_ttl: Duration,
+    /// How often provider records are re-published. Default: 10 min (a third of the TTL).
+    pub reprovide_interval: Duration,
+    /// Idle connections are closed after this. Default: 120 s.
+    pub idle_connection_timeout: Duration,
+    /// Capacity of the command queue into the swarm task. Default: 64.
+    pub command_queue: usize,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("valid multiaddr"),
+                "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr"),
+            ],
+            bootstrap: Vec::new(),
+            external_addresses: Vec::new(),
+            mdns: true,
+            dht_mode: DhtMode::Server,
+            query_timeout: Duration::from_secs(30),
+            provider_ttl: Duration::from_secs(30 * 60),
+            reprovide_interval: Duration::from_secs(10 * 60),
+            idle_connection_timeout: Duration::from_secs(120),
+            command_queue: 64,
+        }
+    }
+}
+
+/// Network errors.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// The swarm could not be built (transport or mDNS setup).
+    #[error("cannot start the network: {0}")]
+    Setup(String),
+    /// A listen address was refused.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// The swarm task has stopped.
+    #[error("the network task has stopped")]
+    Stopped,
+    /// The DHT query failed.
+    #[error("DHT query failed: {0}")]
+    Query(String),
+    /// No address is known for the peer, even after a DHT lookup.
+    #[error("no address known for peer {0}")]
+    NoAddresses(PeerId),
+    /// Dialling the peer failed.
+    #[error("cannot connect to {peer}: {reason}")]
+    Dial {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+    /// Opening a job stream failed.
+    #[error("cannot open a job stream to {peer}: {reason}")]
+    OpenStream {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+    /// An operation took too long.
+    #[error("{0} timed out after {1:?}")]
+    Timeout(&'static str, Duration),
+    /// Incoming job streams are already being accepted elsewhere.
+    #[error("job streams are already accepted by another task")]
+    AlreadyAccepting,
+}
+
+/// What the node currently sees of the network.
+#[derive(Clone, Debug, Default)]
+pub struct NetworkState {
+    /// Addresses we listen on (with the `/p2p/<id>` suffix).
+    pub listen_addrs: Vec<Multiaddr>,
+    /// Peers with an open connection.
+    pub connected_peers: usize,
+    /// Peers in the Kademlia routing table.
+    pub routing_peers: usize,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<MemoryStore>,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    stream: libp2p_stream::Behaviour,
+}
+
+enum Command {
+    Provide(String, oneshot::Sender<()>),
+    FindProviders(String, oneshot::Sender<Result<Vec<PeerId>, NetworkError>>),
+    Connect(PeerId, oneshot::Sender<Result<(), NetworkError>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Handle to a running node's network; cheap to clone.
+#[derive(Clone)]
+pub struct Network {
+    peer_id: PeerId,
+    commands: mpsc::Sender<Command>,
+    control: libp2p_stream::Control,
+    state: watch::Receiver<NetworkState>,
+}
+
+impl Network {
+    /// Builds the swarm, starts listening and bootstrapping, and spawns the driver task on the
+    /// current tokio runtime.
+    pub fn start(keypair: Keypair, config: NetworkConfig) -> Result<Network, NetworkError> {
+        let peer_id = keypair.public().to_peer_id();
+        let mut swarm = build_swarm(keypair, &config)?;
+        for addr in &config.listen {
+            swarm.listen_on(addr.clone()).map_err(|e| NetworkError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        for addr in &config.external_addresses {
+            swarm.add_external_address(addr.clone());
+        }
+        for addr in &config.bootstrap {
+            match addr.iter().last() {
+                Some(Protocol::P2p(peer)) => {
+                    swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    let opts = DialOpts::peer_id(peer).addresses(vec![addr.clone()]).build();
+                    if let Err(e) = swarm.dial(opts) {
+                        tracing::warn!(%addr, "cannot dial bootstrap peer: {e}");
+                    }
+                }
+                _ => {
+                    // Without a peer id we learn who answers through identify.
+                    if let Err(e) = swarm.dial(addr.clone()) {
+                        tracing::warn!(%addr, "cannot dial bootstrap address: {e}");
+                    }
+                }
+            }
+        }
+        let control = swarm.behaviour().stream.new_control();
+        let (commands, rx) = mpsc::channel(config.command_queue);
+        let (state_tx, state) = watch::channel(NetworkState::default());
+        let driver = Driver {
+            swarm,
+            config,
+            provided: BTreeSet::new(),
+            providers: HashMap::new(),
+            lookups: HashMap::new(),
+            connect_waiters: HashMap::new(),
+            state: state_tx,
+            announced_with_peers: false,
+        };
+        tokio::spawn(driver.run(rx));
+        Ok(Network {
+            peer_id,
+            commands,
+            control,
+            state,
+        })
+    }
+
+    /// Our peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The current view of the network.
+    pub fn state(&self) -> NetworkState {
+        self.state.borrow().clone()
+    }
+
+    /// Waits until `pred` holds for the network state, or `timeout` passes.
+    pub async fn wait_for(
+        &self,
+        what: &'static str,
+        timeout: Duration,
+        pred: impl Fn(&NetworkState) -> bool,
+    ) -> Result<NetworkState, NetworkError> {
+        let mut state = self.state.clone();
+        let fut = async {
+            loop {
+                if pred(&state.borrow()) {
+                    return Ok(state.borrow().clone());
+                }
+                state.changed().await.map_err(|_| NetworkError::Stopped)?;
+            }
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| NetworkError::Timeout(what, timeout))?
+    }
+
+    async fn command<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetworkError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| NetworkError::Stopped)?;
+        rx.await.map_err(|_| NetworkError::Stopped)
+    }
+
+    /// Announces (and keeps re-announcing) that this node serves `model_id`.
+    pub async fn provide(&self, model_id: &str) -> Result<(), NetworkError> {
+        self.command(|tx| Command::Provide(model_id.to_string(), tx)).await
+    }
+
+    /// Finds the peers that announced `model_id` in the DHT.
+    pub async fn find_providers(&self, model_id: &str) -> Result<Vec<PeerId>, NetworkError> {
+        self.command(|tx| Command::FindProviders(model_id.to_string(), tx)).await?
+    }
+
+    /// Connects to `peer`, looking up its addresses in the DHT if needed.
+    pub async fn connect(&self, peer: PeerId) -> Result<(), NetworkError> {
+        self.command(|tx| Command::Connect(peer, tx)).await?
+    }
+
+    /// Opens a `/cocoon/job/1` stream to `peer` (connecting first if needed).
+    pub async fn open_job_stream(&self, peer: PeerId, timeout: Duration) -> Result<libp2p::Stream, NetworkError> {
+        let fut = async {
+            self.connect(peer).await?;
+            self.control
+                .clone()
+                .open_stream(peer, JOB_PROTOCOL)
+                .await
+                .map_err(|e| NetworkError::OpenStream {
+                    peer,
+                    reason: e.to_string(),
+                })
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| NetworkError::Timeout("opening a job stream", timeout))?
+    }
+
+    /// Starts accepting inbound job streams; only one task may do so.
+    pub fn accept_jobs(&self) -> Result<libp2p_stream::IncomingStreams, NetworkError> {
+        self.control
+            .clone()
+            .accept(JOB_PROTOCOL)
+            .map_err(|_| NetworkError::AlreadyAccepting)
+    }
+
+    /// Stops the swarm task and closes all connections.
+    pub async fn shutdown(&self) {
+        let _ = self.command(Command::Shutdown).await;
+    }
+}
+
+fn build_swarm(keypair: Keypair, config: &NetworkConfig) -> Result<Swarm<Behaviour>, NetworkError> {
+    let setup = |e: &dyn std::fmt::Display| NetworkError::Setup(e.to_string());
+    let mdns_enabled = config.mdns;
+    let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+    kad_config
+        .set_query_timeout(config.query_timeout)
+        .set_provider_record_ttl(Some(config.provider_ttl))
+        .set_provider_publication_interval(Some(config.reprovide_interval));
+    let mode = config.dht_mode;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| setup(&e))?
+        .with_quic()
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            let mut kad = kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_config);
+            kad.set_mode(Some(match mode {
+                DhtMode::Server => Mode::Server,
+                DhtMode::Client => Mode::Client,
+            }));
+            let mdns = if mdns_enabled {
+                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                identify: identify::Behaviour::new(identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())),
+                ping: ping::Behaviour::new(ping::Config::new()),
+                kad,
+                mdns: Toggle::from(mdns),
+                stream: libp2p_stream::Behaviour::new(),
+            })
+        })
+        .map_err(|e| setup(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
+        .build();
+    Ok(swarm)
+}
+
+struct ProviderQuery {
+    found: HashSet<PeerId>,
+    reply: oneshot::Sender<Result<Vec<PeerId>, NetworkError>>,
+}
+
+struct Driver {
+    swarm: Swarm<Behaviour>,
+    config: NetworkConfig,
+    provided: BTreeSet<String>,
+    providers: HashMap<QueryId, ProviderQuery>,
+    /// Peer-address lookups started for `Connect`, by query.
+    lookups: HashMap<QueryId, PeerId>,
+    connect_waiters: HashMap<PeerId, Vec<oneshot::Sender<Result<(), NetworkError>>>>,
+    state: watch::Sender<NetworkState>,
+    /// Whether an announcement went out while we knew at least one peer.
+    announced_with_peers: bool,
+}
+
+impl Driver {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut reprovide = tokio::time::interval(self.config.reprovide_interval);
+        reprovide.tick().await;
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Shutdown(reply)) => {
+                        let _ = reply.send(());
+                        break;
+                    }
+                    None => break,
+                    Some(command) => self.on_command(command),
+                },
+                event = self.swarm.select_next_some() => self.on_event(event),
+                _ = reprovide.tick() => self.announce_all(),
+            }
+        }
+        tracing::debug!("network task stopped");
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Provide(model, reply) => {
+                self.provided.insert(model.clone());
+                self.announce(&model);
+                let _ = reply.send(());
+            }
+            Command::FindProviders(model, reply) => {
+                let id = self.swarm.behaviour_mut().kad.get_providers(model_key(&model));
+                self.providers.insert(id, ProviderQuery { found: HashSet::new(), reply });
+            }
+            Command::Connect(peer, reply) => {
+                if self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                self.connect_waiters.entry(peer).or_default().push(reply);
+                // First try the addresses we already know (routing table, live queries),
+                // and look the peer up in the DHT in case they are missing or stale.
+                let _ = self.swarm.dial(DialOpts::peer_id(peer).build());
+                let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                self.lookups.insert(id, peer);
+            }
+            Command::Shutdown(_) => unreachable!("handled by the loop"),
+        }
+    }
+
+    fn announce(&mut self, model: &str) {
+        if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(model_key(model)) {
+            tracing::warn!(model, "cannot store provider record: {e}");
+        }
+        if self.state.borrow().routing_peers > 0 {
+            self.announced_with_peers = true;
+        }
+    }
+
+    fn announce_all(&mut self) {
+        for model in self.provided.clone() {
+            self.announce(&model);
+        }
+    }
+
+    fn update_state(&mut self) {
+        let listen_addrs = self
+            .swarm
+            .listeners()
+            .map(|a| a.clone().with(Protocol::P2p(*self.swarm.local_peer_id())))
+            .collect();
+        let connected_peers = self.swarm.connected_peers().count();
+        let routing_peers = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|b| b.num_entries())
+            .sum();
+        self.state.send_replace(NetworkState {
+            listen_addrs,
+            connected_peers,
+            routing_peers,
+        });
+    }
+
+    fn finish_connect(&mut self, peer: PeerId, result: Result<(), NetworkError>) {
+        if let Some(waiters) = self.connect_waiters.remove(&peer) {
+            for w in waiters {
+                let _ = w.send(match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(NetworkError::Dial {
+                        peer,
+                        reason: e.to_string(),
+                    }),
+                });
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                self.update_state();
+            }
+            SwarmEvent::ExpiredListenAddr { .. } | SwarmEvent::ConnectionClosed { .. } => self.update_state(),
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                self.update_state();
+                self.finish_connect(peer_id, Ok(()));
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+                tracing::debug!(%peer, "dial failed: {error}");
+                // A pending Connect keeps waiting for its DHT lookup, which dials again.
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                if info.protocols.contains(&KAD_PROTOCOL) {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                    self.update_state();
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    tracing::debug!(%peer, %addr, "found on the LAN");
+                    let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
+                    let _ = self.swarm.dial(opts);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
+            _ => {}
+        }
+    }
+
+    fn on_kad(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::RoutingUpdated { .. } => {
+                self.update_state();
+                // Records announced while we knew nobody reached nobody: announce again now.
+                if !self.announced_with_peers && !self.provided.is_empty() {
+                    self.announce_all();
+                }
+            }
+            kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
+                QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })) => {
+                    for peer in &providers {
+                        // Dial now: the query still holds the provider's addresses.
+                        if !self.swarm.is_connected(peer) {
+                            let _ = self.swarm.dial(DialOpts::peer_id(*peer).build());
+                        }
+                    }
+                    if let Some(q) = self.providers.get_mut(&id) {
+                        q.found.extend(providers);
+                    }
+                    if step.last {
+                        self.finish_providers(id, Ok(()));
+                    }
+                }
+                QueryResult::GetProviders(Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. })) => {
+                    self.finish_providers(id, Ok(()));
+                }
+                QueryResult::GetProviders(Err(e)) => self.finish_providers(id, Err(e.to_string())),
+                QueryResult::GetClosestPeers(result) => {
+                    let Some(target) = self.lookups.remove(&id) else { return };
+                    let peers = match result {
+                        Ok(ok) => ok.peers,
+                        Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                    };
+                    let addrs: Vec<Multiaddr> = peers
+                        .into_iter()
+                        .filter(|p| p.peer_id == target)
+                        .flat_map(|p| p.addrs)
+                        .collect();
+                    if self.swarm.is_connected(&target) {
+                        self.finish_connect(target, Ok(()));
+                    } else if addrs.is_empty() {
+                        self.finish_connect(target, Err(NetworkError::NoAddresses(target)));
+                    } else {
+                        let opts = DialOpts::peer_id(target).addresses(addrs).build();
+                        if let Err(e) = self.swarm.dial(opts) {
+                            self.finish_connect(target, Err(NetworkError::Dial { peer: target, reason: e.to_string() }));
+                        }
+                        // Otherwise ConnectionEstablished or the dial error's follow-up settles it.
+                    }
+                }
+                QueryResult::StartProviding(Err(e)) => tracing::debug!("announcement incomplete: {e}"),
+                QueryResult::Bootstrap(Err(e)) => tracing::debug!("bootstrap incomplete: {e}"),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn finish_providers(&mut self, id: QueryId, result: Result<(), String>) {
+        let Some(q) = self.providers.remove(&id) else { return };
+        let mut found: Vec<PeerId> = q.found.into_iter().collect();
+        found.sort();
+        let reply = match result {
+            Ok(()) => Ok(found),
+            // A timed-out query that found providers still answers the question.
+            Err(_) if !found.is_empty() => Ok(found),
+            Err(e) => Err(NetworkError::Query(e)),
+        };
+        let _ = q.reply.send(reply);
+    }
+}
