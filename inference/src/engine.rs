@@ -1,0 +1,652 @@
+//! The engine: a loaded model shared by concurrent generations, each on its own thread.
+//!
+//! [`Engine::generate`] returns at once with a [`Generation`] handle, or [`GenerateError::Busy`]
+//! when [`EngineConfig::max_concurrent`] generations are already running (requests are never
+//! queued here: the caller decides whether to wait, retry or go elsewhere). Each generation
+//! runs on a dedicated `std::thread` that owns its KV cache ([`Session`]), samples with its
+//! own seeded RNG and streams text through a bounded `tokio::sync::mpsc` channel, so the
+//! async side never blocks and the generation side needs no runtime.
+//!
+//! A generation ends with exactly one [`GenerationEvent::Done`] or [`GenerationEvent::Error`],
+//! except when its receiver is gone. Dropping the [`Generation`] or calling
+//! [`Generation::cancel`] stops it before the next token. Its concurrency permit is released
+//! when the generation's work is over (KV cache freed), just before the final event is sent.
+
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::device::DeviceChoice;
+use crate::error::{GenerateError, LoadError};
+use crate::model::{self, Model, ModelInfo, ModelSource, Session};
+use crate::sampling::SamplingParams;
+use crate::stream::{IncrementalDecoder, StopMatcher, StopStep};
+use crate::template::{ChatMessage, ChatTemplate};
+use crate::tokenizer::TextTokenizer;
+
+/// Default [`EngineConfig::max_concurrent`]: 2 generations at once.
+pub const DEFAULT_MAX_CONCURRENT: usize = 2;
+/// Default [`EngineConfig::channel_capacity`]: 64 chunks buffered per generation.
+pub const DEFAULT_CHANNEL_CAPACITY: usize = 64;
+/// Prompts are fed to the model in chunks of this many tokens, bounding the attention
+/// scratch memory of a long prompt (about `chunk × context × heads × 4` bytes).
+pub const PREFILL_CHUNK: usize = 512;
+/// How often a generation blocked on a full channel re-checks its cancel flag.
+pub const CANCEL_POLL: Duration = Duration::from_millis(20);
+
+/// Engine settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EngineConfig {
+    /// Where to run the model. Default [`DeviceChoice::Auto`].
+    pub device: DeviceChoice,
+    /// Most generations running at once (≥ 1); more are refused with
+    /// [`GenerateError::Busy`]. Each costs one thread and one KV cache (for a llama model,
+    /// `2 × layers × kv_heads × head_dim × 4` bytes per token). Default
+    /// [`DEFAULT_MAX_CONCURRENT`].
+    pub max_concurrent: usize,
+    /// Text chunks buffered between a generation thread and its reader (≥ 1); a slow reader
+    /// pauses the generation. Default [`DEFAULT_CHANNEL_CAPACITY`].
+    pub channel_capacity: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            device: DeviceChoice::Auto,
+            max_concurrent: DEFAULT_MAX_CONCURRENT,
+            channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+        }
+    }
+}
+
+/// What to generate from.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub enum Prompt {
+    /// A chat, rendered with the model's chat template (ending with the assistant's turn).
+    Chat(Vec<ChatMessage>),
+    /// Raw completion text, tokenised as is (BOS prepended if the model's metadata says so).
+    Text(String),
+}
+
+/// One generation request.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct GenerateRequest {
+    /// The prompt.
+    pub prompt: Prompt,
+    /// How to sample.
+    pub sampling: SamplingParams,
+}
+
+/// Why a generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FinishReason {
+    /// The model ended its turn (EOS) or a stop string appeared.
+    Stop,
+    /// `max_tokens` or the model's context length was reached.
+    Length,
+    /// The generation was cancelled.
+    Cancelled,
+}
+
+/// Token counts and timings of a finished generation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Tokens in the prompt (after templating, including BOS).
+    pub prompt_tokens: u32,
+    /// Tokens sampled, including a final EOS token.
+    pub completion_tokens: u32,
+    /// Milliseconds from [`Engine::generate`] to the first sampled token (0 if none).
+    pub time_to_first_token_ms: f64,
+    /// Milliseconds from [`Engine::generate`] to the end.
+    pub total_ms: f64,
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+}
+
+/// What a [`Generation`] yields.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GenerationEvent {
+    /// The next piece of text (whole UTF-8 characters; never empty).
+    Text(String),
+    /// The generation finished; always the last event.
+    Done(Usage),
+    /// The generation failed; always the last event.
+    Error(String),
+}
+
+/// A running generation: a stream of [`GenerationEvent`]s. Dropping it cancels the generation.
+#[derive(Debug)]
+pub struct Generation {
+    id: u64,
+    rx: mpsc::Receiver<GenerationEvent>,
+    cancel: Arc<AtomicBool>,
+    thread: Thread,
+}
+
+impl Generation {
+    /// This generation's id, unique within its engine (also in its thread's name and logs).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The next event; `None` after the last one.
+    pub async fn next(&mut self) -> Option<GenerationEvent> {
+        self.rx.recv().await
+    }
+
+    /// The next event, blocking the current thread; `None` after the last one.
+    ///
+    /// # Panics
+    /// If called from within an async runtime (use [`Generation::next`] there).
+    pub fn blocking_next(&mut self) -> Option<GenerationEvent> {
+        self.rx.blocking_recv()
+    }
+
+    /// Asks the generation to stop before its next token. It then ends with
+    /// `Done` carrying [`FinishReason::Cancelled`] (if the channel has room for it).
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Release);
+        self.thread.unpark();
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+/// A loaded model ready to generate. Cheap to clone; all clones share the model and the
+/// concurrency limit.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    model: Model,
+    tokenizer: TextTokenizer,
+    template: ChatTemplate,
+    info: ModelInfo,
+    config: EngineConfig,
+    active: AtomicUsize,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("info", &self.shared.info)
+            .field("config", &self.shared.config)
+            .field("active", &self.active())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Loads a model (weights once, shared by all generations).
+    pub fn load(source: &ModelSource, config: EngineConfig) -> Result<Engine, LoadError> {
+        if config.max_concurrent == 0 || config.channel_capacity == 0 {
+            return Err(LoadError::Config(
+                "max_concurrent and channel_capacity must be >= 1".to_string(),
+            ));
+        }
+        let device = config.device.resolve()?;
+        let started = Instant::now();
+        let loaded = model::load(source, &device)?;
+        tracing::info!(
+            name = %loaded.info.name,
+            quantization = %loaded.info.quantization,
+            device = %loaded.info.device,
+            context_length = loaded.info.context_length,
+            load_ms = started.elapsed().as_millis() as u64,
+            "model loaded"
+        );
+        Ok(Engine {
+            shared: Arc::new(Shared {
+                model: loaded.model,
+                tokenizer: loaded.tokenizer,
+                template: loaded.template,
+                info: loaded.info,
+                config,
+                active: AtomicUsize::new(0),
+                next_id: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Facts about the model.
+    pub fn info(&self) -> &ModelInfo {
+        &self.shared.info
+    }
+
+    /// The settings this engine was loaded with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.config
+    }
+
+    /// The model's tokenizer.
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.shared.tokenizer
+    }
+
+    /// Generations running now (threads not yet exited).
+    pub fn active(&self) -> usize {
+        self.shared.active.load(Ordering::Acquire)
+    }
+
+    /// The prompt text the model sees (the chat template applied), before tokenisation.
+    pub fn render_prompt(&self, prompt: &Prompt) -> Result<String, GenerateError> {
+        match prompt {
+            Prompt::Text(t) => Ok(t.clone()),
+            Prompt::Chat(messages) => self
+                .shared
+                .template
+                .render(messages)
+                .map_err(GenerateError::Template),
+        }
+    }
+
+    /// The prompt's token ids, as generation would feed them.
+    pub fn prompt_tokens(&self, prompt: &Prompt) -> Result<Vec<u32>, GenerateError> {
+        let text = self.render_prompt(prompt)?;
+        let tokenizer = &self.shared.tokenizer;
+        tokenizer
+            .encode(&text, tokenizer.add_bos())
+            .map_err(GenerateError::Tokenizer)
+    }
+
+    /// Number of tokens in the prompt, as [`Usage::prompt_tokens`] would count them.
+    pub fn count_prompt_tokens(&self, prompt: &Prompt) -> Result<usize, GenerateError> {
+        self.prompt_tokens(prompt).map(|ids| ids.len())
+    }
+
+    /// Starts a generation and returns at once. Fails with [`GenerateError::Busy`] when
+    /// [`EngineConfig::max_concurrent`] generations are running.
+    pub fn generate(&self, request: GenerateRequest) -> Result<Generation, GenerateError> {
+        request.sampling.validate()?;
+        let permit = Permit::acquire(&self.shared).ok_or(GenerateError::Busy {
+            limit: self.shared.config.max_concurrent,
+        })?;
+        let prompt_ids = self.prompt_tokens(&request.prompt)?;
+        let context_length = self.shared.info.context_length;
+        if prompt_ids.is_empty() {
+            return Err(GenerateError::InvalidRequest("empty prompt".to_string()));
+        }
+        if prompt_ids.len() >= context_length {
+            return Err(GenerateError::PromptTooLong {
+                prompt_tokens: prompt_ids.len(),
+                context_length,
+            });
+        }
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.shared.config.channel_capacity);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let job = Job {
+            id,
+            shared: self.shared.clone(),
+            prompt_ids,
+            sampling: request.sampling,
+            tx,
+            cancel: cancel.clone(),
+            started: Instant::now(),
+        };
+        let handle = thread::Builder::new()
+            .name(format!("cocoon-gen-{id}"))
+            .spawn(move || job.run(permit))
+            .map_err(GenerateError::Spawn)?;
+        Ok(Generation {
+            id,
+            rx,
+            cancel,
+            thread: handle.thread().clone(),
+        })
+    }
+
+    /// Generates to the end and returns the whole text with its usage.
+    ///
+    /// # Panics
+    /// If called from within an async runtime (it blocks).
+    pub fn generate_text(
+        &self,
+        request: GenerateRequest,
+    ) -> Result<(String, Usage), GenerateError> {
+        let mut generation = self.generate(request)?;
+        let mut text = String::new();
+        while let Some(event) = generation.blocking_next() {
+            match event {
+                GenerationEvent::Text(t) => text.push_str(&t),
+                GenerationEvent::Done(usage) => return Ok((text, usage)),
+                GenerationEvent::Error(e) => return Err(GenerateError::Failed(e)),
+            }
+        }
+        Err(GenerateError::Failed(
+            "generation ended without a result".to_string(),
+        ))
+    }
+}
+
+/// One slot of the concurrency limit, released on drop.
+struct Permit(Arc<Shared>);
+
+impl Permit {
+    fn acquire(shared: &Arc<Shared>) -> Option<Permit> {
+        let limit = shared.config.max_concurrent;
+        shared
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Permit(shared.clone()))
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why a generation loop stopped early.
+enum Halt {
+    /// The receiver is gone: nobody to tell.
+    Closed,
+    /// Cancelled while waiting for room in the channel.
+    Cancelled,
+    /// The model or tokenizer failed.
+    Failed(String),
+}
+
+impl From<candle_core::Error> for Halt {
+    fn from(e: candle_core::Error) -> Self {
+        Halt::Failed(e.to_string())
+    }
+}
+
+/// Everything one generation thread needs.
+struct Job {
+    id: u64,
+    shared: Arc<Shared>,
+    prompt_ids: Vec<u32>,
+    sampling: SamplingParams,
+    tx: mpsc::Sender<GenerationEvent>,
+    cancel: Arc<AtomicBool>,
+    started: Instant,
+}
+
+/// Counters the loop keeps for [`Usage`].
+#[derive(Default)]
+struct Progress {
+    completion_tokens: u32,
+    first_token_ms: Option<f64>,
+}
+
+impl Job {
+    /// The thread's body. The permit is released once the KV cache is freed and before the
+    /// final event is sent, so whoever sees `Done` can start another generation at once.
+    fn run(self, permit: Permit) {
+        let span = tracing::debug_span!("generation", id = self.id);
+        let _enter = span.enter();
+        let mut progress = Progress::default();
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.generate(&mut progress)))
+            .unwrap_or_else(|_| Err(Halt::Failed("generation panicked".to_string())));
+        drop(permit);
+        match outcome {
+            Ok(reason) => {
+                let usage = self.usage(&progress, reason);
+                tracing::debug!(
+                    prompt_tokens = usage.prompt_tokens,
+                    completion_tokens = usage.completion_tokens,
+                    finish_reason = ?usage.finish_reason,
+                    ttft_ms = usage.time_to_first_token_ms,
+                    total_ms = usage.total_ms,
+                    "generation finished"
+                );
+                let done = GenerationEvent::Done(usage);
+                if reason == FinishReason::Cancelled {
+                    // Never wait for room on behalf of a caller who cancelled.
+                    let _ = self.tx.try_send(done);
+                } else {
+                    let _ = self.send(done);
+                }
+            }
+            Err(Halt::Cancelled) => {
+                let usage = self.usage(&progress, FinishReason::Cancelled);
+                let _ = self.tx.try_send(GenerationEvent::Done(usage));
+            }
+            Err(Halt::Closed) => tracing::debug!("receiver gone; generation dropped"),
+            Err(Halt::Failed(e)) => {
+                tracing::warn!(error = %e, "generation failed");
+                let _ = self.send(GenerationEvent::Error(e));
+            }
+        }
+    }
+
+    fn usage(&self, progress: &Progress, finish_reason: FinishReason) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_ids.len() as u32,
+            completion_tokens: progress.completion_tokens,
+            time_to_first_token_ms: progress.first_token_ms.unwrap_or(0.0),
+            total_ms: ms(self.started.elapsed()),
+            finish_reason,
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Acquire)
+    }
+
+    /// The generation loop: prefill, then sample / stream / feed back until a stop condition.
+    fn generate(&self, progress: &mut Progress) -> Result<FinishReason, Halt> {
+        let tokenizer = &self.shared.tokenizer;
+        let context_length = self.shared.info.context_length;
+        let max_tokens = self.sampling.max_tokens;
+        let decode = |ids: &[u32]| tokenizer.decode(ids).map_err(Halt::Failed);
+
+        let mut session: Session = self.shared.model.session();
+        let mut sampler = self.sampling.processor();
+        let mut detok = IncrementalDecoder::new();
+        let mut stop = StopMatcher::new(&self.sampling.stop);
+
+        let mut logits = None;
+        for (i, chunk) in self.prompt_ids.chunks(PREFILL_CHUNK).enumerate() {
+            if self.cancelled() {
+                return Ok(FinishReason::Cancelled);
+            }
+            logits = Some(session.forward(chunk, i * PREFILL_CHUNK)?);
+        }
+        let mut logits = logits.ok_or_else(|| Halt::Failed("empty prompt".to_string()))?;
+
+        let natural_end = loop {
+            if self.cancelled() {
+                return Ok(FinishReason::Cancelled);
+            }
+            let token = sampler.sample(&logits)?;
+            progress.completion_tokens += 1;
+            progress
+                .first_token_ms
+                .get_or_insert_with(|| ms(self.started.elapsed()));
+            if tokenizer.is_eos(token) {
+                break FinishReason::Stop;
+            }
+            if let Some(text) = detok.push(token, decode)? {
+                match stop.push(&text) {
+                    StopStep::Continue(out) => self.send_text(out)?,
+                    StopStep::Stop(out) => {
+                        self.send_text(out)?;
+                        return Ok(FinishReason::Stop);
+                    }
+                }
+            }
+            let position = self.prompt_ids.len() + progress.completion_tokens as usize;
+            if progress.completion_tokens >= max_tokens || position >= context_length {
+                break FinishReason::Length;
+            }
+            logits = session.forward(&[token], position - 1)?;
+        };
+        // Natural end: release text held back for an incomplete character or a possible stop.
+        let rest = detok.finish(decode)?;
+        match stop.push(&rest) {
+            StopStep::Continue(out) => {
+                self.send_text(out)?;
+                self.send_text(stop.finish())?;
+                Ok(natural_end)
+            }
+            StopStep::Stop(out) => {
+                self.send_text(out)?;
+                Ok(FinishReason::Stop)
+            }
+        }
+    }
+
+    fn send_text(&self, text: String) -> Result<(), Halt> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        self.send(GenerationEvent::Text(text))
+    }
+
+    /// Sends an event, waiting for room in the channel without a runtime; gives up when the
+    /// receiver is dropped or the generation is cancelled.
+    fn send(&self, event: GenerationEvent) -> Result<(), Halt> {
+        let event = match self.tx.try_send(event) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Halt::Closed),
+            Err(mpsc::error::TrySendError::Full(event)) => event,
+        };
+        let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let mut reserve = std::pin::pin!(self.tx.reserve());
+        loop {
+            match reserve.as_mut().poll(&mut cx) {
+                Poll::Ready(Ok(permit)) => {
+                    permit.send(event);
+                    return Ok(());
+                }
+                Poll::Ready(Err(_)) => return Err(Halt::Closed),
+                Poll::Pending => {
+                    if self.cancelled() {
+                        return Err(Halt::Cancelled);
+                    }
+                    thread::park_timeout(CANCEL_POLL);
+                }
+            }
+        }
+    }
+}
+
+/// Wakes a parked generation thread when its channel has room.
+struct ThreadWaker(Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{write_tiny_gguf, TinySpec};
+
+    fn tiny_engine(dir: &std::path::Path) -> Engine {
+        let path = dir.join("tiny.gguf");
+        write_tiny_gguf(&path, &TinySpec::default()).unwrap();
+        let config = EngineConfig {
+            device: DeviceChoice::Cpu,
+            ..EngineConfig::default()
+        };
+        Engine::load(&ModelSource::Gguf(path), config).unwrap()
+    }
+
+    /// Greedy decoding by hand, straight on a session: the token ids the engine should pick.
+    fn greedy_ids(engine: &Engine, prompt: &[u32], n: usize) -> Vec<u32> {
+        let mut session = engine.shared.model.session();
+        let mut logits = session.forward(prompt, 0).unwrap();
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let id = logits
+                .argmax(candle_core::D::Minus1)
+                .unwrap()
+                .to_scalar::<u32>()
+                .unwrap();
+            ids.push(id);
+            logits = session.forward(&[id], prompt.len() + i).unwrap();
+        }
+        ids
+    }
+
+    #[test]
+    fn streamed_chunks_concatenate_to_the_decode_of_all_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = tiny_engine(dir.path());
+        let prompt = Prompt::Text("Hello the world".to_string());
+        let prompt_ids = engine.prompt_tokens(&prompt).unwrap();
+        let n = 60;
+        let expected = engine
+            .tokenizer()
+            .decode(&greedy_ids(&engine, &prompt_ids, n))
+            .unwrap();
+        let mut generation = engine
+            .generate(GenerateRequest {
+                prompt,
+                sampling: SamplingParams::greedy(n as u32),
+            })
+            .unwrap();
+        let mut chunks = Vec::new();
+        let mut usage = None;
+        while let Some(event) = generation.blocking_next() {
+            match event {
+                GenerationEvent::Text(t) => chunks.push(t),
+                GenerationEvent::Done(u) => usage = Some(u),
+                GenerationEvent::Error(e) => panic!("{e}"),
+            }
+        }
+        assert!(chunks.iter().all(|c| !c.is_empty()));
+        assert!(chunks.len() > 1);
+        assert_eq!(chunks.concat(), expected);
+        let usage = usage.unwrap();
+        assert_eq!(usage.completion_tokens, n as u32);
+        assert_eq!(usage.finish_reason, FinishReason::Length);
+        assert!(usage.time_to_first_token_ms <= usage.total_ms);
+    }
+
+    #[test]
+    fn chunked_prefill_matches_one_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = tiny_engine(dir.path());
+        let ids = engine
+            .prompt_tokens(&Prompt::Text("the world in the north, and then".into()))
+            .unwrap();
+        let full = engine.shared.model.session().forward(&ids, 0).unwrap();
+        let mut s = engine.shared.model.session();
+        s.forward(&ids[..5], 0).unwrap();
+        let chunked = s.forward(&ids[5..], 5).unwrap();
+        let diff = (full - chunked)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-3, "{diff}");
+    }
+}

@@ -1,0 +1,164 @@
+//! Loading models and running their forward pass.
+//!
+//! A loaded model ([`Model`]) is immutable and shared by every request; all per-request
+//! mutable state (the KV cache) lives in a [`Session`] made from it with [`Model::session`].
+//! Two formats are supported, both llama-family:
+//! - [`gguf`]: a quantized GGUF file run by candle's `quantized_llama`. Its weights sit
+//!   behind `Arc`s, so a session is a clone of the pristine loaded model with empty caches.
+//! - [`safetensors`]: a Hugging Face directory (`config.json`, `tokenizer.json`,
+//!   `*.safetensors`) run by candle's `llama`, with a per-request `llama::Cache`.
+
+pub mod gguf;
+pub mod safetensors;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use candle_transformers::models::{llama, quantized_llama};
+use serde::{Deserialize, Serialize};
+
+use crate::error::LoadError;
+use crate::template::ChatTemplate;
+use crate::tokenizer::TextTokenizer;
+
+/// Where a model's files are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModelSource {
+    /// A GGUF file (quantized weights, tokenizer and chat template in its metadata).
+    Gguf(PathBuf),
+    /// A directory with `config.json`, `tokenizer.json` and `*.safetensors`
+    /// (optionally `tokenizer_config.json` for the chat template).
+    Safetensors(PathBuf),
+}
+
+impl ModelSource {
+    /// Recognises a path: a file ending in `.gguf` is [`ModelSource::Gguf`], a directory is
+    /// [`ModelSource::Safetensors`].
+    pub fn from_path(p: &Path) -> Result<Self, LoadError> {
+        let meta = std::fs::metadata(p).map_err(|source| LoadError::Io {
+            path: p.to_path_buf(),
+            source,
+        })?;
+        let is_gguf = p
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        if meta.is_file() && is_gguf {
+            Ok(ModelSource::Gguf(p.to_path_buf()))
+        } else if meta.is_dir() {
+            Ok(ModelSource::Safetensors(p.to_path_buf()))
+        } else {
+            Err(LoadError::UnrecognisedSource(p.to_path_buf()))
+        }
+    }
+
+    /// The path this source points at.
+    pub fn path(&self) -> &Path {
+        match self {
+            ModelSource::Gguf(p) | ModelSource::Safetensors(p) => p,
+        }
+    }
+}
+
+/// Facts about a loaded model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ModelInfo {
+    /// GGUF `general.name`, or the file / directory name.
+    pub name: String,
+    /// The architecture, e.g. `llama`.
+    pub architecture: String,
+    /// Usable context length in tokens (prompt + completion). For GGUF this is the trained
+    /// context capped at candle's rotary table length (4096).
+    pub context_length: usize,
+    /// The context length the model was trained with, as its metadata says.
+    pub trained_context_length: usize,
+    /// The dominant weight type: a GGML type such as `Q4_1` or `Q8_0` for GGUF, the run-time
+    /// dtype (`f32`, `bf16`, `f16`) for safetensors.
+    pub quantization: String,
+    /// The device it runs on: `cpu` or `cuda:N`.
+    pub device: String,
+    /// Number of weights (elements of all tensors).
+    pub parameters: u64,
+    /// Vocabulary size including added tokens.
+    pub vocab_size: usize,
+    /// Which format it was loaded from: `gguf` or `safetensors`.
+    pub format: String,
+}
+
+/// Everything a loader produces.
+pub(crate) struct Loaded {
+    pub model: Model,
+    pub tokenizer: TextTokenizer,
+    pub template: ChatTemplate,
+    pub info: ModelInfo,
+}
+
+/// Loads a model of either format onto `device`.
+pub(crate) fn load(source: &ModelSource, device: &Device) -> Result<Loaded, LoadError> {
+    match source {
+        ModelSource::Gguf(p) => gguf::load(p, device),
+        ModelSource::Safetensors(p) => safetensors::load(p, device),
+    }
+}
+
+/// A loaded model: immutable weights shared by all requests, and the device they live on.
+#[derive(Clone)]
+pub(crate) struct Model {
+    weights: Weights,
+    device: Device,
+}
+
+#[derive(Clone)]
+enum Weights {
+    /// Quantized llama from GGUF; the value is the pristine model with empty KV caches.
+    Gguf(quantized_llama::ModelWeights),
+    /// Llama from safetensors, with a pristine (empty) cache holding the rotary tables.
+    Llama {
+        model: llama::Llama,
+        cache: llama::Cache,
+    },
+}
+
+impl Model {
+    pub(crate) fn gguf(weights: quantized_llama::ModelWeights, device: &Device) -> Self {
+        Model {
+            weights: Weights::Gguf(weights),
+            device: device.clone(),
+        }
+    }
+
+    pub(crate) fn llama(model: llama::Llama, cache: llama::Cache, device: &Device) -> Self {
+        Model {
+            weights: Weights::Llama { model, cache },
+            device: device.clone(),
+        }
+    }
+
+    /// Fresh per-request state: shares the weights (cloning only `Arc`s), owns an empty KV
+    /// cache.
+    pub fn session(&self) -> Session {
+        Session {
+            state: self.weights.clone(),
+            device: self.device.clone(),
+        }
+    }
+}
+
+/// Per-request mutable state made from a shared [`Model`]: its KV cache.
+pub(crate) struct Session {
+    state: Weights,
+    device: Device,
+}
+
+impl Session {
+    /// Runs `ids` at positions `pos..pos + ids.len()` (appending them to the KV cache) and
+    /// returns the logits for the last one, as an f32 tensor of vocabulary length.
+    pub fn forward(&mut self, ids: &[u32], pos: usize) -> candle_core::Result<Tensor> {
+        let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+        let logits = match &mut self.state {
+            Weights::Gguf(w) => w.forward(&input, pos)?,
+            Weights::Llama { model, cache } => model.forward(&input, pos, cache)?,
+        };
+        logits.squeeze(0)?.to_dtype(candle_core::DType::F32)
+    }
+}

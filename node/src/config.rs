@@ -1,0 +1,221 @@
+//! Node configuration: a TOML file, environment variables and flags, in rising precedence.
+//!
+//! Every field of [`FileConfig`] may be set in the file given by `--config` (or
+//! `COCOON_CONFIG`); every flag also reads a `COCOON_*` environment variable (see
+//! `cocoon node --help`). [`NodeConfig`] is the merged result with the defaults filled in.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cocoon_inference::DeviceChoice;
+use cocoon_p2p::{DhtMode, Multiaddr, NetworkConfig};
+use serde::Deserialize;
+
+/// The TOML file's schema. Unknown keys are an error, so a typo does not silently fall back
+/// to a default.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    /// Data directory (identity key). Default: see [`default_data_dir`].
+    pub data_dir: Option<PathBuf>,
+    /// Listen addresses. Default: QUIC and TCP on 0.0.0.0, OS-chosen ports.
+    pub listen: Option<Vec<String>>,
+    /// Bootstrap peers. Default: none (start a new network).
+    pub bootstrap: Option<Vec<String>>,
+    /// Addresses to advertise to others. Default: none.
+    pub external_addresses: Option<Vec<String>>,
+    /// mDNS discovery on the LAN. Default: true.
+    pub mdns: Option<bool>,
+    /// Models to serve (paths or known names). Default: none (a plain DHT node).
+    pub models: Option<Vec<String>>,
+    /// Inference device: auto, cpu or cuda. Default: auto.
+    pub device: Option<String>,
+    /// Jobs run at once per model; more are answered `busy`. Default: 2.
+    pub max_concurrent: Option<usize>,
+    /// Provider record re-announce interval in seconds. Default: 600.
+    pub reprovide_secs: Option<u64>,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    /// The config file is not valid TOML for [`FileConfig`].
+    #[error("config file {0}: {1}")]
+    Parse(PathBuf, toml::de::Error),
+    /// A multiaddr did not parse.
+    #[error("bad {what} address {addr:?}: {reason}")]
+    Address {
+        /// Which setting.
+        what: &'static str,
+        /// The text given.
+        addr: String,
+        /// Why it is not a multiaddr.
+        reason: String,
+    },
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl FileConfig {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), e))
+    }
+}
+
+/// A node's complete configuration.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Network settings.
+    pub network: NetworkConfig,
+    /// Models to serve.
+    pub models: Vec<String>,
+    /// Inference device.
+    pub device: DeviceChoice,
+    /// Concurrent jobs per model.
+    pub max_concurrent: usize,
+}
+
+/// `$COCOON_HOME/node` when `COCOON_HOME` is set, else `<user data dir>/cocoon`.
+pub fn default_data_dir() -> PathBuf {
+    if std::env::var_os("COCOON_HOME").is_some() {
+        return crate::models::cocoon_home().join("node");
+    }
+    dirs::data_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("cocoon")
+}
+
+/// Parses multiaddrs, naming the bad one.
+pub fn parse_addrs(what: &'static str, addrs: &[String]) -> Result<Vec<Multiaddr>, ConfigError> {
+    addrs
+        .iter()
+        .map(|a| {
+            a.parse().map_err(|e: libp2p::multiaddr::Error| ConfigError::Address {
+                what,
+                addr: a.clone(),
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Values given on the command line or in the environment (`None`/empty = not given).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen`.
+    pub listen: Vec<String>,
+    /// `--bootstrap`.
+    pub bootstrap: Vec<String>,
+    /// `--external-addr`.
+    pub external_addresses: Vec<String>,
+    /// `--no-mdns` (Some(false)) or `--mdns` (Some(true)).
+    pub mdns: Option<bool>,
+    /// `--model`.
+    pub models: Vec<String>,
+    /// `--device`.
+    pub device: Option<String>,
+    /// `--max-concurrent`.
+    pub max_concurrent: Option<usize>,
+}
+
+impl NodeConfig {
+    /// Merges flags over the file over the defaults.
+    pub fn merge(file: FileConfig, flags: Overrides) -> Result<Self, ConfigError> {
+        fn pick(flag: Vec<String>, file: Option<Vec<String>>) -> Option<Vec<String>> {
+            if flag.is_empty() {
+                file
+            } else {
+                Some(flag)
+            }
+        }
+        let mut network = NetworkConfig::default();
+        if let Some(listen) = pick(flags.listen, file.listen) {
+            network.listen = parse_addrs("listen", &listen)?;
+        }
+        if let Some(b) = pick(flags.bootstrap, file.bootstrap) {
+            network.bootstrap = parse_addrs("bootstrap", &b)?;
+        }
+        if let Some(x) = pick(flags.external_addresses, file.external_addresses) {
+            network.external_addresses = parse_addrs("external", &x)?;
+        }
+        network.mdns = flags.mdns.or(file.mdns).unwrap_or(true);
+        network.dht_mode = DhtMode::Server;
+        if let Some(secs) = file.reprovide_secs {
+            if secs < 10 {
+                return Err(ConfigError::Invalid("reprovide_secs must be at least 10".into()));
+            }
+            network.reprovide_interval = Duration::from_secs(secs);
+            network.provider_ttl = Duration::from_secs(secs * 3);
+        }
+        let device = flags
+            .device
+            .or(file.device)
+            .unwrap_or_else(|| "auto".into())
+            .parse::<DeviceChoice>()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let max_concurrent = flags.max_concurrent.or(file.max_concurrent).unwrap_or(2);
+        if max_concurrent == 0 {
+            return Err(ConfigError::Invalid("max_concurrent must be at least 1".into()));
+        }
+        Ok(NodeConfig {
+            data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(default_data_dir),
+            network,
+            models: pick(flags.models, file.models).unwrap_or_default(),
+            device,
+            max_concurrent,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_beats_defaults() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            listen = ["/ip4/127.0.0.1/udp/4001/quic-v1"]
+            mdns = false
+            max_concurrent = 4
+            models = ["smollm2"]
+            "#,
+        )
+        .unwrap();
+        let flags = Overrides {
+            max_concurrent: Some(1),
+            ..Default::default()
+        };
+        let c = NodeConfig::merge(file, flags).unwrap();
+        assert_eq!(c.network.listen.len(), 1);
+        assert!(!c.network.mdns);
+        assert_eq!(c.max_concurrent, 1);
+        assert_eq!(c.models, vec!["smollm2".to_string()]);
+        let d = NodeConfig::merge(FileConfig::default(), Overrides::default()).unwrap();
+        assert!(d.network.mdns);
+        assert_eq!(d.max_concurrent, 2);
+        assert_eq!(d.network.listen.len(), 2);
+    }
+
+    #[test]
+    fn typos_and_bad_addresses_are_errors() {
+        assert!(toml::from_str::<FileConfig>("mdsn = true").is_err());
+        let flags = Overrides {
+            bootstrap: vec!["not-an-addr".into()],
+            ..Default::default()
+        };
+        let err = NodeConfig::merge(FileConfig::default(), flags).unwrap_err();
+        assert!(err.to_string().contains("not-an-addr"), "{err}");
+    }
+}

@@ -1,0 +1,143 @@
+//! `cocoon node`: a DHT node, and a worker when it has models.
+//!
+//! Start-up order: identity → network (prints peer id and listen addresses) → models loaded
+//! into engines → provider records announced → `ready`. The lines on stdout are a small
+//! stable interface ([`PEER_LINE`], [`LISTEN_LINE`], [`READY_LINE`]) that `cocoon demo`, the
+//! end-to-end tests and scripts read; logs go to stderr.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use cocoon_inference as inference;
+use cocoon_p2p::job::JobConfig;
+use cocoon_p2p::{identity, Network, NetworkError};
+
+use crate::config::NodeConfig;
+use crate::models::{self, ModelError};
+use crate::worker::Worker;
+
+/// Stdout line prefix giving the node's peer id.
+pub const PEER_LINE: &str = "peer id: ";
+/// Stdout line prefix giving one full listen multiaddr (with `/p2p/<id>`).
+pub const LISTEN_LINE: &str = "listening on: ";
+/// Stdout line prefix naming a served model.
+pub const SERVING_LINE: &str = "serving: ";
+/// Stdout line printed once the node is up (and its models announced).
+pub const READY_LINE: &str = "ready";
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Identity key trouble.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// Network trouble.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    /// A model could not be found.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A model could not be loaded.
+    #[error("cannot load model {id} from {path}: {source}")]
+    Load {
+        /// Model id.
+        id: String,
+        /// Its path.
+        path: String,
+        /// Why.
+        source: inference::LoadError,
+    },
+    /// Two models with the same id.
+    #[error("model id {0} is given twice")]
+    DuplicateModel(String),
+}
+
+/// Runs a node until `shutdown` completes, printing the stdout interface lines.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    let keypair = identity::load_or_create(&config.data_dir)?;
+    let network = Network::start(keypair, config.network.clone())?;
+    println!("{PEER_LINE}{}", network.peer_id());
+    if !config.network.listen.is_empty() {
+        network
+            .wait_for("listening", Duration::from_secs(10), |s| !s.listen_addrs.is_empty())
+            .await?;
+        // Give listeners on other interfaces a moment to report too.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for addr in network.state().listen_addrs {
+            println!("{LISTEN_LINE}{addr}");
+        }
+    }
+
+    let mut engines = HashMap::new();
+    for spec in &config.models {
+        let resolved = models::resolve(spec, None)?;
+        let source = inference::ModelSource::from_path(&resolved.path).map_err(|source| NodeError::Load {
+            id: resolved.id.clone(),
+            path: resolved.path.display().to_string(),
+            source,
+        })?;
+        let engine_config = inference::EngineConfig {
+            device: config.device,
+            max_concurrent: config.max_concurrent,
+            ..Default::default()
+        };
+        let engine = tokio::task::block_in_place(|| inference::Engine::load(&source, engine_config))
+            .map_err(|source| NodeError::Load {
+                id: resolved.id.clone(),
+                path: resolved.path.display().to_string(),
+                source,
+            })?;
+        let info = engine.info();
+        println!(
+            "{SERVING_LINE}{} ({}, {} on {}, {} jobs at once)",
+            resolved.id, info.name, info.quantization, info.device, config.max_concurrent
+        );
+        if engines.insert(resolved.id.clone(), engine).is_some() {
+            return Err(NodeError::DuplicateModel(resolved.id));
+        }
+    }
+
+    let serve = if engines.is_empty() {
+        None
+    } else {
+        if !config.network.bootstrap.is_empty() {
+            // Announcing to nobody is wasted; wait briefly for the routing table to fill.
+            // The network re-announces on the first routing update in any case.
+            let _ = network
+                .wait_for("DHT peers", Duration::from_secs(10), |s| s.routing_peers > 0)
+                .await;
+        }
+        let worker = Worker::new(engines, JobConfig::default());
+        for id in worker.model_ids() {
+            network.provide(id).await?;
+        }
+        Some(tokio::spawn(worker.serve(network.clone())))
+    };
+    println!("{READY_LINE}");
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    network.shutdown().await;
+    if let Some(task) = serve {
+        task.abort();
+    }
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

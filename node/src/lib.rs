@@ -1,0 +1,19 @@
+//! cocoon-node: the library behind the `cocoon` binary.
+//!
+//! It wires the network ([`cocoon_p2p`]) to the inference engine ([`cocoon_inference`]):
+//! - [`daemon`]: `cocoon node`, a DHT node that is also a worker when it serves models;
+//! - [`worker`]: job streams in, engine generations out;
+//! - [`client`]: the light client that finds a worker in the DHT and runs a job;
+//! - [`demo`]: the whole network on loopback;
+//! - [`launch`]: starting `cocoon node` processes (demo, tests, benchmarks);
+//! - [`models`]: known models and `cocoon model fetch`;
+//! - [`config`]: TOML + environment + flags.
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod launch;
+pub mod models;
+pub mod worker;

