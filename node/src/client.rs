@@ -9,7 +9,9 @@
 use std::time::{Duration, Instant};
 
 use cocoon_p2p::frame::FramedStream;
-use cocoon_p2p::job::{ClientEvent, JobChannel, JobConfig, JobError, JobInput, JobRequest, Sampling};
+use cocoon_p2p::job::{
+    ClientEvent, JobChannel, JobConfig, JobError, JobInput, JobRequest, Sampling,
+};
 use cocoon_p2p::{Network, NetworkError, PeerId};
 use serde::Serialize;
 
@@ -105,7 +107,11 @@ pub enum InferError {
 }
 
 /// Looks up providers for `model`, retrying until one is found or the timeout passes.
-pub async fn discover(network: &Network, model: &str, timeout: Duration) -> Result<Vec<PeerId>, InferError> {
+pub async fn discover(
+    network: &Network,
+    model: &str,
+    timeout: Duration,
+) -> Result<Vec<PeerId>, InferError> {
     let deadline = Instant::now() + timeout;
     loop {
         match network.find_providers(model).await {
@@ -134,7 +140,16 @@ pub async fn infer(
     let providers = discover(network, &request.model, config.discovery_timeout).await?;
     let mut tried = Vec::new();
     for (attempt, worker) in providers.iter().copied().enumerate() {
-        match run_on(network, worker, &request, config, attempt as u64, &mut on_text).await {
+        match run_on(
+            network,
+            worker,
+            &request,
+            config,
+            attempt as u64,
+            &mut on_text,
+        )
+        .await
+        {
             Ok(mut outcome) => {
                 outcome.providers_found = providers.len();
                 return Ok(outcome);
@@ -167,7 +182,10 @@ async fn run_on(
         .open_job_stream(worker, config.open_timeout)
         .await
         .map_err(|e| Attempt::Skip(e.to_string()))?;
-    let mut channel = JobChannel::new(FramedStream::new(stream, config.job.max_frame), config.job.clone());
+    let mut channel = JobChannel::new(
+        FramedStream::new(stream, config.job.max_frame),
+        config.job.clone(),
+    );
     // A job id unique enough per client: time-based, plus the attempt.
     let id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -207,7 +225,11 @@ async fn run_on(
                     prompt_tokens: done.usage.prompt_tokens,
                     completion_tokens: done.usage.completion_tokens,
                     ttft_ms: first.duration_since(started).as_secs_f64() * 1e3,
-                    tokens_per_s: if decode_s > 0.0 { after_first / decode_s } else { 0.0 },
+                    tokens_per_s: if decode_s > 0.0 {
+                        after_first / decode_s
+                    } else {
+                        0.0
+                    },
                     total_ms: end.duration_since(started).as_secs_f64() * 1e3,
                     finish_reason: match done.finish_reason {
                         cocoon_p2p::job::FinishReason::Stop => "stop".into(),

@@ -63,8 +63,7 @@ pub enum ConfigError {
 impl FileConfig {
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
         toml::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), e))
     }
 }
@@ -99,11 +98,12 @@ pub fn parse_addrs(what: &'static str, addrs: &[String]) -> Result<Vec<Multiaddr
     addrs
         .iter()
         .map(|a| {
-            a.parse().map_err(|e: libp2p::multiaddr::Error| ConfigError::Address {
-                what,
-                addr: a.clone(),
-                reason: e.to_string(),
-            })
+            a.parse()
+                .map_err(|e: libp2p::multiaddr::Error| ConfigError::Address {
+                    what,
+                    addr: a.clone(),
+                    reason: e.to_string(),
+                })
         })
         .collect()
 }
@@ -153,7 +153,9 @@ impl NodeConfig {
         network.dht_mode = DhtMode::Server;
         if let Some(secs) = file.reprovide_secs {
             if secs < 10 {
-                return Err(ConfigError::Invalid("reprovide_secs must be at least 10".into()));
+                return Err(ConfigError::Invalid(
+                    "reprovide_secs must be at least 10".into(),
+                ));
             }
             network.reprovide_interval = Duration::from_secs(secs);
             network.provider_ttl = Duration::from_secs(secs * 3);
@@ -166,10 +168,15 @@ impl NodeConfig {
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let max_concurrent = flags.max_concurrent.or(file.max_concurrent).unwrap_or(2);
         if max_concurrent == 0 {
-            return Err(ConfigError::Invalid("max_concurrent must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "max_concurrent must be at least 1".into(),
+            ));
         }
         Ok(NodeConfig {
-            data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(default_data_dir),
+            data_dir: flags
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(default_data_dir),
             network,
             models: pick(flags.models, file.models).unwrap_or_default(),
             device,

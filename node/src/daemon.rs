@@ -60,7 +60,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     println!("{PEER_LINE}{}", network.peer_id());
     if !config.network.listen.is_empty() {
         network
-            .wait_for("listening", Duration::from_secs(10), |s| !s.listen_addrs.is_empty())
+            .wait_for("listening", Duration::from_secs(10), |s| {
+                !s.listen_addrs.is_empty()
+            })
             .await?;
         // Give listeners on other interfaces a moment to report too.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -72,22 +74,25 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let mut engines = HashMap::new();
     for spec in &config.models {
         let resolved = models::resolve(spec, None)?;
-        let source = inference::ModelSource::from_path(&resolved.path).map_err(|source| NodeError::Load {
-            id: resolved.id.clone(),
-            path: resolved.path.display().to_string(),
-            source,
+        let source = inference::ModelSource::from_path(&resolved.path).map_err(|source| {
+            NodeError::Load {
+                id: resolved.id.clone(),
+                path: resolved.path.display().to_string(),
+                source,
+            }
         })?;
         let engine_config = inference::EngineConfig {
             device: config.device,
             max_concurrent: config.max_concurrent,
             ..Default::default()
         };
-        let engine = tokio::task::block_in_place(|| inference::Engine::load(&source, engine_config))
-            .map_err(|source| NodeError::Load {
-                id: resolved.id.clone(),
-                path: resolved.path.display().to_string(),
-                source,
-            })?;
+        let engine =
+            tokio::task::block_in_place(|| inference::Engine::load(&source, engine_config))
+                .map_err(|source| NodeError::Load {
+                    id: resolved.id.clone(),
+                    path: resolved.path.display().to_string(),
+                    source,
+                })?;
         let info = engine.info();
         println!(
             "{SERVING_LINE}{} ({}, {} on {}, {} jobs at once)",
@@ -105,7 +110,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             // Announcing to nobody is wasted; wait briefly for the routing table to fill.
             // The network re-announces on the first routing update in any case.
             let _ = network
-                .wait_for("DHT peers", Duration::from_secs(10), |s| s.routing_peers > 0)
+                .wait_for("DHT peers", Duration::from_secs(10), |s| {
+                    s.routing_peers > 0
+                })
                 .await;
         }
         let worker = Worker::new(engines, JobConfig::default());

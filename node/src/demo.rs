@@ -83,7 +83,10 @@ pub async fn run(
     };
     let (dir, temporary) = match &options.dir {
         Some(d) => (d.clone(), false),
-        None => (std::env::temp_dir().join(format!("cocoon-demo-{}", std::process::id())), true),
+        None => (
+            std::env::temp_dir().join(format!("cocoon-demo-{}", std::process::id())),
+            true,
+        ),
     };
     std::fs::create_dir_all(&dir)?;
     let exe = std::env::current_exe()?;
@@ -94,11 +97,17 @@ pub async fn run(
     result
 }
 
-async fn spawn_node(exe: PathBuf, args: Vec<String>, log: PathBuf) -> Result<NodeProcess, DemoError> {
-    tokio::task::spawn_blocking(move || NodeProcess::spawn(&exe, &args, &log, Duration::from_secs(60)))
-        .await
-        .map_err(|e| DemoError::Other(e.to_string()))?
-        .map_err(DemoError::from)
+async fn spawn_node(
+    exe: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+) -> Result<NodeProcess, DemoError> {
+    tokio::task::spawn_blocking(move || {
+        NodeProcess::spawn(&exe, &args, &log, Duration::from_secs(60))
+    })
+    .await
+    .map_err(|e| DemoError::Other(e.to_string()))?
+    .map_err(DemoError::from)
 }
 
 async fn run_in(
@@ -119,7 +128,12 @@ async fn run_in(
             "--no-mdns".into(),
         ]
     };
-    let mut boot = spawn_node(exe.to_path_buf(), node_args("bootstrap"), dir.join("bootstrap.log")).await?;
+    let mut boot = spawn_node(
+        exe.to_path_buf(),
+        node_args("bootstrap"),
+        dir.join("bootstrap.log"),
+    )
+    .await?;
     let boot_addr = boot
         .quic_addr()
         .ok_or_else(|| DemoError::Other("bootstrap node printed no address".into()))?
@@ -137,7 +151,11 @@ async fn run_in(
             model.display().to_string(),
         ]);
         let w = spawn_node(exe.to_path_buf(), args, dir.join(format!("{name}.log"))).await?;
-        say(&format!("worker {} serving {}", w.peer_id, models::DEFAULT_MODEL.id));
+        say(&format!(
+            "worker {} serving {}",
+            w.peer_id,
+            models::DEFAULT_MODEL.id
+        ));
         workers.push(w);
     }
 
@@ -147,13 +165,19 @@ async fn run_in(
         keypair,
         NetworkConfig {
             listen: vec![loopback.parse().expect("valid multiaddr")],
-            bootstrap: vec![boot_addr.parse().map_err(|e| DemoError::Other(format!("{e}")))?],
+            bootstrap: vec![boot_addr
+                .parse()
+                .map_err(|e| DemoError::Other(format!("{e}")))?],
             mdns: false,
             dht_mode: DhtMode::Client,
             ..Default::default()
         },
     )?;
-    say(&format!("client {} asking the DHT for {}", network.peer_id(), models::DEFAULT_MODEL.id));
+    say(&format!(
+        "client {} asking the DHT for {}",
+        network.peer_id(),
+        models::DEFAULT_MODEL.id
+    ));
     let request = InferRequest {
         model: models::DEFAULT_MODEL.id.to_string(),
         input: JobInput::Chat(vec![ChatMessage {

@@ -52,7 +52,12 @@ fn log_tail(path: &Path) -> String {
 
 impl NodeProcess {
     /// Runs `exe node ARGS...` with stderr to `log`, and waits up to `timeout` for `ready`.
-    pub fn spawn(exe: &Path, args: &[String], log: &Path, timeout: Duration) -> Result<Self, LaunchError> {
+    pub fn spawn(
+        exe: &Path,
+        args: &[String],
+        log: &Path,
+        timeout: Duration,
+    ) -> Result<Self, LaunchError> {
         let stderr = std::fs::File::create(log).map_err(|source| LaunchError::Spawn {
             exe: log.to_path_buf(),
             source,
@@ -103,7 +108,9 @@ impl NodeProcess {
                         return Ok(node);
                     }
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => return Err(fail(format!("no `ready` within {timeout:?}"))),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(fail(format!("no `ready` within {timeout:?}")))
+                }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = node.child.wait().map(|s| s.to_string()).unwrap_or_default();
                     return Err(fail(format!("exited early ({status})")));

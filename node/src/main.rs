@@ -51,7 +51,11 @@ struct NodeArgs {
     #[arg(long, env = "COCOON_BOOTSTRAP", value_delimiter = ',')]
     bootstrap: Vec<String>,
     /// Address to advertise to other peers (e.g. behind a port forward); repeatable.
-    #[arg(long = "external-addr", env = "COCOON_EXTERNAL_ADDR", value_delimiter = ',')]
+    #[arg(
+        long = "external-addr",
+        env = "COCOON_EXTERNAL_ADDR",
+        value_delimiter = ','
+    )]
     external_addr: Vec<String>,
     /// Model to serve: a .gguf file, a safetensors directory, or a known name (see `cocoon
     /// model list`); repeatable. Without one the node only routes the DHT.
@@ -172,7 +176,9 @@ fn init_logging(default: &str) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Cmd::Node(args) => {
             init_logging("info,libp2p_mdns=warn");
@@ -244,12 +250,22 @@ async fn infer(args: InferArgs) -> anyhow::Result<()> {
     } else {
         let mut messages = Vec::new();
         if let Some(system) = &args.system {
-            messages.push(ChatMessage { role: "system".into(), content: system.clone() });
+            messages.push(ChatMessage {
+                role: "system".into(),
+                content: system.clone(),
+            });
         }
-        messages.push(ChatMessage { role: "user".into(), content: args.prompt.clone() });
+        messages.push(ChatMessage {
+            role: "user".into(),
+            content: args.prompt.clone(),
+        });
         JobInput::Chat(messages)
     };
-    let request = InferRequest { model: args.model.clone(), input, sampling: args.sampling.sampling() };
+    let request = InferRequest {
+        model: args.model.clone(),
+        input,
+        sampling: args.sampling.sampling(),
+    };
     let config = ClientConfig {
         discovery_timeout: Duration::from_secs(args.discovery_timeout),
         ..Default::default()
@@ -270,7 +286,11 @@ async fn infer(args: InferArgs) -> anyhow::Result<()> {
         println!();
         eprintln!(
             "[worker {} | {} prompt + {} completion tokens | ttft {:.0} ms | {:.1} tok/s]",
-            outcome.worker_peer, outcome.prompt_tokens, outcome.completion_tokens, outcome.ttft_ms, outcome.tokens_per_s
+            outcome.worker_peer,
+            outcome.prompt_tokens,
+            outcome.completion_tokens,
+            outcome.ttft_ms,
+            outcome.tokens_per_s
         );
     }
     Ok(())
@@ -286,7 +306,10 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         dir: None,
     };
     if !json {
-        println!("cocoon demo: a bootstrap node, {} worker(s) and a client on loopback", args.workers);
+        println!(
+            "cocoon demo: a bootstrap node, {} worker(s) and a client on loopback",
+            args.workers
+        );
         println!("NOTE: no TEE attestation yet; jobs are not confidential in this build.");
     }
     let say = |line: &str| {
@@ -316,10 +339,19 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         print_json(o)?;
     } else {
         println!("\n");
-        println!("served by   {} ({} workers found in the DHT)", o.worker_peer, o.providers_found);
+        println!(
+            "served by   {} ({} workers found in the DHT)",
+            o.worker_peer, o.providers_found
+        );
         println!("model       {}", o.model);
-        println!("tokens      {} prompt, {} completion ({})", o.prompt_tokens, o.completion_tokens, o.finish_reason);
-        println!("latency     first token after {:.0} ms, {:.1} tok/s", o.ttft_ms, o.tokens_per_s);
+        println!(
+            "tokens      {} prompt, {} completion ({})",
+            o.prompt_tokens, o.completion_tokens, o.finish_reason
+        );
+        println!(
+            "latency     first token after {:.0} ms, {:.1} tok/s",
+            o.ttft_ms, o.tokens_per_s
+        );
     }
     Ok(())
 }
@@ -328,7 +360,8 @@ fn model(cmd: ModelCmd) -> anyhow::Result<()> {
     match cmd {
         ModelCmd::Fetch { name } => {
             let known = match name {
-                Some(n) => models::lookup(&n).with_context(|| format!("unknown model {n:?}; see `cocoon model list`"))?,
+                Some(n) => models::lookup(&n)
+                    .with_context(|| format!("unknown model {n:?}; see `cocoon model list`"))?,
                 None => models::DEFAULT_MODEL,
             };
             let path = models::fetch(known)?;
@@ -337,7 +370,11 @@ fn model(cmd: ModelCmd) -> anyhow::Result<()> {
         ModelCmd::List => {
             for m in models::KNOWN_MODELS {
                 let path = models::models_dir().join(m.file_name);
-                let state = if path.exists() { path.display().to_string() } else { "not fetched".into() };
+                let state = if path.exists() {
+                    path.display().to_string()
+                } else {
+                    "not fetched".into()
+                };
                 println!("{}\t{}=={}\t{}", m.id, m.package, m.version, state);
             }
         }
@@ -353,7 +390,14 @@ mod tests {
     #[test]
     fn cli_is_well_formed_and_defaults_parse() {
         Cli::command().debug_assert();
-        let cli = Cli::try_parse_from(["cocoon", "infer", "--bootstrap", "/ip4/127.0.0.1/udp/1/quic-v1", "hi"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "cocoon",
+            "infer",
+            "--bootstrap",
+            "/ip4/127.0.0.1/udp/1/quic-v1",
+            "hi",
+        ])
+        .unwrap();
         match cli.command {
             Cmd::Infer(a) => {
                 assert_eq!(a.model, models::SMOLLM2.id);
@@ -363,6 +407,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let cli = Cli::try_parse_from(["cocoon", "demo"]).unwrap();
-        assert!(matches!(cli.command, Cmd::Demo(DemoArgs { workers: 2, .. })));
+        assert!(matches!(
+            cli.command,
+            Cmd::Demo(DemoArgs { workers: 2, .. })
+        ));
     }
 }

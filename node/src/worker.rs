@@ -78,7 +78,10 @@ impl Worker {
         let fail = |code, message: String| Message::Error(JobFailure { id, code, message });
         let Some(engine) = self.engines.get(&request.model) else {
             let served: Vec<&str> = self.model_ids().collect();
-            let msg = format!("model {:?} is not served here (serving {served:?})", request.model);
+            let msg = format!(
+                "model {:?} is not served here (serving {served:?})",
+                request.model
+            );
             return channel.send(&fail(ErrorCode::UnknownModel, msg)).await;
         };
         if let Err(msg) = validate(&request) {
@@ -90,7 +93,11 @@ impl Worker {
                 let msg = format!("worker is running {limit} jobs, its limit");
                 return channel.send(&fail(ErrorCode::Busy, msg)).await;
             }
-            Err(e) => return channel.send(&fail(ErrorCode::BadRequest, e.to_string())).await,
+            Err(e) => {
+                return channel
+                    .send(&fail(ErrorCode::BadRequest, e.to_string()))
+                    .await
+            }
         };
         while let Some(event) = generation.next().await {
             match event {
@@ -119,7 +126,10 @@ impl Worker {
             }
         }
         channel
-            .send(&fail(ErrorCode::Internal, "generation ended without a result".into()))
+            .send(&fail(
+                ErrorCode::Internal,
+                "generation ended without a result".into(),
+            ))
             .await
     }
 }
@@ -141,7 +151,11 @@ pub fn validate(request: &JobRequest) -> Result<(), String> {
     if s.max_tokens == 0 {
         return Err("max_tokens must be at least 1".into());
     }
-    if s.stop.len() > MAX_STOP_STRINGS || s.stop.iter().any(|x| x.is_empty() || x.len() > MAX_STOP_LEN) {
+    if s.stop.len() > MAX_STOP_STRINGS
+        || s.stop
+            .iter()
+            .any(|x| x.is_empty() || x.len() > MAX_STOP_LEN)
+    {
         return Err(format!(
             "at most {MAX_STOP_STRINGS} non-empty stop strings of at most {MAX_STOP_LEN} bytes"
         ));

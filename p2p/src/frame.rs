@@ -80,7 +80,8 @@ impl FrameDecoder {
         if self.buf.len() < LENGTH_PREFIX {
             return Ok(None);
         }
-        let len = u32::from_be_bytes(self.buf[..LENGTH_PREFIX].try_into().expect("4 bytes")) as usize;
+        let len =
+            u32::from_be_bytes(self.buf[..LENGTH_PREFIX].try_into().expect("4 bytes")) as usize;
         if len > self.max {
             return Err(FrameError::Oversize { len, max: self.max });
         }
@@ -253,7 +254,10 @@ mod tests {
             assert_eq!(rx.recv_frame().await.unwrap().unwrap(), b"hello");
             assert_eq!(rx.recv_frame().await.unwrap().unwrap(), b"");
             assert!(rx.recv_frame().await.unwrap().is_none());
-            assert!(matches!(tx.send_frame(&[0; 65]).await, Err(FrameError::Oversize { .. })));
+            assert!(matches!(
+                tx.send_frame(&[0; 65]).await,
+                Err(FrameError::Oversize { .. })
+            ));
         });
     }
 }

@@ -18,7 +18,10 @@ use futures::StreamExt;
 use libp2p::kad::{self, store::MemoryStore, Mode, QueryId, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{behaviour::toggle::Toggle, dial_opts::DialOpts, NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, identity::Keypair, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use libp2p::{
+    identify, identity::Keypair, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol,
+    Swarm,
+};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -78,7 +81,9 @@ impl Default for NetworkConfig {
     fn default() -> Self {
         Self {
             listen: vec![
-                "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("valid multiaddr"),
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .expect("valid multiaddr"),
                 "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr"),
             ],
             bootstrap: Vec::new(),
@@ -184,10 +189,12 @@ impl Network {
         let peer_id = keypair.public().to_peer_id();
         let mut swarm = build_swarm(keypair, &config)?;
         for addr in &config.listen {
-            swarm.listen_on(addr.clone()).map_err(|e| NetworkError::Listen {
-                addr: addr.clone(),
-                reason: e.to_string(),
-            })?;
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetworkError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
         }
         for addr in &config.external_addresses {
             swarm.add_external_address(addr.clone());
@@ -196,7 +203,9 @@ impl Network {
             match addr.iter().last() {
                 Some(Protocol::P2p(peer)) => {
                     swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-                    let opts = DialOpts::peer_id(peer).addresses(vec![addr.clone()]).build();
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(vec![addr.clone()])
+                        .build();
                     if let Err(e) = swarm.dial(opts) {
                         tracing::warn!(%addr, "cannot dial bootstrap peer: {e}");
                     }
@@ -262,20 +271,28 @@ impl Network {
             .map_err(|_| NetworkError::Timeout(what, timeout))?
     }
 
-    async fn command<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetworkError> {
+    async fn command<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NetworkError> {
         let (tx, rx) = oneshot::channel();
-        self.commands.send(make(tx)).await.map_err(|_| NetworkError::Stopped)?;
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| NetworkError::Stopped)?;
         rx.await.map_err(|_| NetworkError::Stopped)
     }
 
     /// Announces (and keeps re-announcing) that this node serves `model_id`.
     pub async fn provide(&self, model_id: &str) -> Result<(), NetworkError> {
-        self.command(|tx| Command::Provide(model_id.to_string(), tx)).await
+        self.command(|tx| Command::Provide(model_id.to_string(), tx))
+            .await
     }
 
     /// Finds the peers that announced `model_id` in the DHT.
     pub async fn find_providers(&self, model_id: &str) -> Result<Vec<PeerId>, NetworkError> {
-        self.command(|tx| Command::FindProviders(model_id.to_string(), tx)).await?
+        self.command(|tx| Command::FindProviders(model_id.to_string(), tx))
+            .await?
     }
 
     /// Connects to `peer`, looking up its addresses in the DHT if needed.
@@ -284,7 +301,11 @@ impl Network {
     }
 
     /// Opens a `/cocoon/job/1` stream to `peer` (connecting first if needed).
-    pub async fn open_job_stream(&self, peer: PeerId, timeout: Duration) -> Result<libp2p::Stream, NetworkError> {
+    pub async fn open_job_stream(
+        &self,
+        peer: PeerId,
+        timeout: Duration,
+    ) -> Result<libp2p::Stream, NetworkError> {
         let fut = async {
             self.connect(peer).await?;
             self.control
@@ -326,23 +347,34 @@ fn build_swarm(keypair: Keypair, config: &NetworkConfig) -> Result<Swarm<Behavio
     let mode = config.dht_mode;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .map_err(|e| setup(&e))?
         .with_quic()
         .with_behaviour(|key| {
             let peer_id = key.public().to_peer_id();
-            let mut kad = kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_config);
+            let mut kad =
+                kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_config);
             kad.set_mode(Some(match mode {
                 DhtMode::Server => Mode::Server,
                 DhtMode::Client => Mode::Client,
             }));
             let mdns = if mdns_enabled {
-                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?)
+                Some(mdns::tokio::Behaviour::new(
+                    mdns::Config::default(),
+                    peer_id,
+                )?)
             } else {
                 None
             };
             Ok(Behaviour {
-                identify: identify::Behaviour::new(identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())),
+                identify: identify::Behaviour::new(identify::Config::new(
+                    IDENTIFY_PROTOCOL.into(),
+                    key.public(),
+                )),
                 ping: ping::Behaviour::new(ping::Config::new()),
                 kad,
                 mdns: Toggle::from(mdns),
@@ -402,8 +434,18 @@ impl Driver {
                 let _ = reply.send(());
             }
             Command::FindProviders(model, reply) => {
-                let id = self.swarm.behaviour_mut().kad.get_providers(model_key(&model));
-                self.providers.insert(id, ProviderQuery { found: HashSet::new(), reply });
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_providers(model_key(&model));
+                self.providers.insert(
+                    id,
+                    ProviderQuery {
+                        found: HashSet::new(),
+                        reply,
+                    },
+                );
             }
             Command::Connect(peer, reply) => {
                 if self.swarm.is_connected(&peer) {
@@ -422,7 +464,12 @@ impl Driver {
     }
 
     fn announce(&mut self, model: &str) {
-        if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(model_key(model)) {
+        if let Err(e) = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .start_providing(model_key(model))
+        {
             tracing::warn!(model, "cannot store provider record: {e}");
         }
         if self.state.borrow().routing_peers > 0 {
@@ -477,16 +524,26 @@ impl Driver {
                 tracing::info!(%address, "listening");
                 self.update_state();
             }
-            SwarmEvent::ExpiredListenAddr { .. } | SwarmEvent::ConnectionClosed { .. } => self.update_state(),
+            SwarmEvent::ExpiredListenAddr { .. } | SwarmEvent::ConnectionClosed { .. } => {
+                self.update_state()
+            }
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 self.update_state();
                 self.finish_connect(peer_id, Ok(()));
             }
-            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
                 tracing::debug!(%peer, "dial failed: {error}");
                 // A pending Connect keeps waiting for its DHT lookup, which dials again.
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
                 if info.protocols.contains(&KAD_PROTOCOL) {
                     for addr in info.listen_addrs {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
@@ -515,8 +572,13 @@ impl Driver {
                     self.announce_all();
                 }
             }
-            kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
-                QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })) => {
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => match result {
+                QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                    providers,
+                    ..
+                })) => {
                     for peer in &providers {
                         // Dial now: the query still holds the provider's addresses.
                         if !self.swarm.is_connected(peer) {
@@ -530,12 +592,16 @@ impl Driver {
                         self.finish_providers(id, Ok(()));
                     }
                 }
-                QueryResult::GetProviders(Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. })) => {
+                QueryResult::GetProviders(Ok(
+                    kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. },
+                )) => {
                     self.finish_providers(id, Ok(()));
                 }
                 QueryResult::GetProviders(Err(e)) => self.finish_providers(id, Err(e.to_string())),
                 QueryResult::GetClosestPeers(result) => {
-                    let Some(target) = self.lookups.remove(&id) else { return };
+                    let Some(target) = self.lookups.remove(&id) else {
+                        return;
+                    };
                     let peers = match result {
                         Ok(ok) => ok.peers,
                         Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
@@ -552,12 +618,20 @@ impl Driver {
                     } else {
                         let opts = DialOpts::peer_id(target).addresses(addrs).build();
                         if let Err(e) = self.swarm.dial(opts) {
-                            self.finish_connect(target, Err(NetworkError::Dial { peer: target, reason: e.to_string() }));
+                            self.finish_connect(
+                                target,
+                                Err(NetworkError::Dial {
+                                    peer: target,
+                                    reason: e.to_string(),
+                                }),
+                            );
                         }
                         // Otherwise ConnectionEstablished or the dial error's follow-up settles it.
                     }
                 }
-                QueryResult::StartProviding(Err(e)) => tracing::debug!("announcement incomplete: {e}"),
+                QueryResult::StartProviding(Err(e)) => {
+                    tracing::debug!("announcement incomplete: {e}")
+                }
                 QueryResult::Bootstrap(Err(e)) => tracing::debug!("bootstrap incomplete: {e}"),
                 _ => {}
             },
@@ -566,7 +640,9 @@ impl Driver {
     }
 
     fn finish_providers(&mut self, id: QueryId, result: Result<(), String>) {
-        let Some(q) = self.providers.remove(&id) else { return };
+        let Some(q) = self.providers.remove(&id) else {
+            return;
+        };
         let mut found: Vec<PeerId> = q.found.into_iter().collect();
         found.sort();
         let reply = match result {

@@ -11,7 +11,10 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use cocoon_inference::{ChatMessage, Engine, EngineConfig, GenerateRequest, GenerationEvent, ModelSource, Prompt, SamplingParams};
+use cocoon_inference::{
+    ChatMessage, Engine, EngineConfig, GenerateRequest, GenerationEvent, ModelSource, Prompt,
+    SamplingParams,
+};
 use cocoon_tests::{parse_json, LoopbackNet};
 
 const PROMPT: &str = "What is the capital of France?";
@@ -19,7 +22,11 @@ const PROMPT: &str = "What is the capital of France?";
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 struct Sample {
@@ -30,8 +37,14 @@ struct Sample {
 
 fn in_process(engine: &Engine, max_tokens: u32) -> Result<Sample> {
     let request = GenerateRequest {
-        prompt: Prompt::Chat(vec![ChatMessage { role: "user".into(), content: PROMPT.into() }]),
-        sampling: SamplingParams { max_tokens, ..Default::default() },
+        prompt: Prompt::Chat(vec![ChatMessage {
+            role: "user".into(),
+            content: PROMPT.into(),
+        }]),
+        sampling: SamplingParams {
+            max_tokens,
+            ..Default::default()
+        },
     };
     let start = Instant::now();
     let mut generation = engine.generate(request)?;
@@ -58,10 +71,22 @@ fn in_process(engine: &Engine, max_tokens: u32) -> Result<Sample> {
 }
 
 fn main() -> Result<()> {
-    let runs: usize = std::env::var("COCOON_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let tokens: u32 = std::env::var("COCOON_BENCH_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    let runs: usize = std::env::var("COCOON_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let tokens: u32 = std::env::var("COCOON_BENCH_TOKENS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
     let model = cocoon_tests::model_path()?;
-    let engine = Engine::load(&ModelSource::from_path(&model)?, EngineConfig { max_concurrent: 1, ..Default::default() })?;
+    let engine = Engine::load(
+        &ModelSource::from_path(&model)?,
+        EngineConfig {
+            max_concurrent: 1,
+            ..Default::default()
+        },
+    )?;
     let net = LoopbackNet::start("bench", &[vec!["--max-concurrent".into(), "1".into()]])?;
     let max = tokens.to_string();
     // Warm up both paths once (page cache, first connection).
@@ -75,7 +100,11 @@ fn main() -> Result<()> {
         let json = parse_json(&net.infer(&["--json", "--max-tokens", &max], PROMPT)?)?;
         wall.push(start.elapsed().as_secs_f64() * 1e3);
         let get = |k: &str| json[k].as_f64().with_context(|| format!("{k} missing"));
-        remote.push(Sample { ttft_ms: get("ttft_ms")?, tok_s: get("tokens_per_s")?, tokens: get("completion_tokens")? as u32 });
+        remote.push(Sample {
+            ttft_ms: get("ttft_ms")?,
+            tok_s: get("tokens_per_s")?,
+            tokens: get("completion_tokens")? as u32,
+        });
         eprintln!("run {}/{runs} done", i + 1);
     }
     let l_ttft = median(local.iter().map(|s| s.ttft_ms).collect());
@@ -95,7 +124,10 @@ fn main() -> Result<()> {
         (r_tps / l_tps - 1.0) * 100.0,
         median(wall),
     );
-    assert!(remote.iter().all(|s| s.tokens == local[0].tokens), "both paths generate the same tokens");
+    assert!(
+        remote.iter().all(|s| s.tokens == local[0].tokens),
+        "both paths generate the same tokens"
+    );
     println!("{table}");
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-loopback.md");
     std::fs::write(&out, &table)?;

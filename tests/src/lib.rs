@@ -30,9 +30,12 @@ fn build_bin() -> Result<PathBuf> {
         .and_then(Path::parent)
         .context("test executable has no target dir")?
         .to_path_buf();
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?;
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "--workspace", "--bins", "--quiet"]).current_dir(workspace);
+    cmd.args(["build", "--workspace", "--bins", "--quiet"])
+        .current_dir(workspace);
     if !cfg!(debug_assertions) {
         cmd.arg("--release");
     }
@@ -53,7 +56,9 @@ pub fn model_path() -> Result<PathBuf> {
 
 /// A scratch directory under the target dir, unique per test.
 pub fn scratch(name: &str) -> Result<tempfile::TempDir> {
-    Ok(tempfile::Builder::new().prefix(&format!("cocoon-{name}-")).tempdir()?)
+    Ok(tempfile::Builder::new()
+        .prefix(&format!("cocoon-{name}-"))
+        .tempdir()?)
 }
 
 /// A loopback network: one bootstrap node and some workers, all real processes.
@@ -85,21 +90,42 @@ impl LoopbackNet {
             ]
         };
         let timeout = Duration::from_secs(120);
-        let bootstrap = NodeProcess::spawn(&bin, &base("boot"), &dir.path().join("boot.log"), timeout)?;
-        let boot_addr = bootstrap.quic_addr().context("bootstrap address")?.to_string();
+        let bootstrap =
+            NodeProcess::spawn(&bin, &base("boot"), &dir.path().join("boot.log"), timeout)?;
+        let boot_addr = bootstrap
+            .quic_addr()
+            .context("bootstrap address")?
+            .to_string();
         let mut started = Vec::new();
         for (i, extra) in workers.iter().enumerate() {
             let mut args = base(&format!("w{i}"));
-            args.extend(["--bootstrap".into(), boot_addr.clone(), "--model".into(), model.display().to_string()]);
+            args.extend([
+                "--bootstrap".into(),
+                boot_addr.clone(),
+                "--model".into(),
+                model.display().to_string(),
+            ]);
             args.extend(extra.iter().cloned());
-            started.push(NodeProcess::spawn(&bin, &args, &dir.path().join(format!("w{i}.log")), timeout)?);
+            started.push(NodeProcess::spawn(
+                &bin,
+                &args,
+                &dir.path().join(format!("w{i}.log")),
+                timeout,
+            )?);
         }
-        Ok(Self { bootstrap, workers: started, dir })
+        Ok(Self {
+            bootstrap,
+            workers: started,
+            dir,
+        })
     }
 
     /// The bootstrap node's QUIC address.
     pub fn bootstrap_addr(&self) -> String {
-        self.bootstrap.quic_addr().expect("bootstrap has an address").to_string()
+        self.bootstrap
+            .quic_addr()
+            .expect("bootstrap has an address")
+            .to_string()
     }
 
     /// `cocoon infer` with the bootstrap address, these flags and the prompt; waits for it.
@@ -110,7 +136,11 @@ impl LoopbackNet {
     /// The `cocoon infer` command, not started.
     pub fn infer_command(&self, flags: &[&str], prompt: &str) -> Result<Command> {
         let mut cmd = Command::new(cocoon_bin()?);
-        cmd.arg("infer").arg("--bootstrap").arg(self.bootstrap_addr()).args(flags).arg(prompt);
+        cmd.arg("infer")
+            .arg("--bootstrap")
+            .arg(self.bootstrap_addr())
+            .args(flags)
+            .arg(prompt);
         Ok(cmd)
     }
 }

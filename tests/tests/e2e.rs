@@ -3,16 +3,25 @@
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use cocoon_inference::{ChatMessage, Engine, EngineConfig, GenerateRequest, ModelSource, Prompt, SamplingParams};
+use cocoon_inference::{
+    ChatMessage, Engine, EngineConfig, GenerateRequest, ModelSource, Prompt, SamplingParams,
+};
 use cocoon_tests::{parse_json, LoopbackNet};
 
 const PROMPT: &str = "What is the capital of France?";
 
 fn in_process(prompt: &str, sampling: SamplingParams) -> String {
     let path = cocoon_tests::model_path().unwrap();
-    let engine = Engine::load(&ModelSource::from_path(&path).unwrap(), EngineConfig::default()).unwrap();
+    let engine = Engine::load(
+        &ModelSource::from_path(&path).unwrap(),
+        EngineConfig::default(),
+    )
+    .unwrap();
     let request = GenerateRequest {
-        prompt: Prompt::Chat(vec![ChatMessage { role: "user".into(), content: prompt.into() }]),
+        prompt: Prompt::Chat(vec![ChatMessage {
+            role: "user".into(),
+            content: prompt.into(),
+        }]),
         sampling,
     };
     engine.generate_text(request).unwrap().0
@@ -24,28 +33,58 @@ fn client_finds_worker_through_dht_and_gets_the_in_process_text() {
     let worker = &net.workers[0];
 
     // Greedy: the network's answer is exactly the in-process answer.
-    let out = net.infer(&["--json", "--max-tokens", "48", "--seed", "7"], PROMPT).unwrap();
+    let out = net
+        .infer(&["--json", "--max-tokens", "48", "--seed", "7"], PROMPT)
+        .unwrap();
     let json = parse_json(&out).unwrap();
     // The client was given only the bootstrap address: it found the worker in the DHT.
     assert_eq!(json["worker_peer"], worker.peer_id.as_str());
     assert!(json["providers_found"].as_u64().unwrap() >= 1);
     assert_ne!(json["client_peer"], worker.peer_id.as_str());
     assert_eq!(json["model"], "smollm2-135m-instruct-q4_1");
-    let expected = in_process(PROMPT, SamplingParams { seed: 7, max_tokens: 48, ..Default::default() });
+    let expected = in_process(
+        PROMPT,
+        SamplingParams {
+            seed: 7,
+            max_tokens: 48,
+            ..Default::default()
+        },
+    );
     assert_eq!(json["text"], expected.as_str());
     assert!(expected.contains("Paris"), "{expected}");
-    for key in ["prompt_tokens", "completion_tokens", "ttft_ms", "tokens_per_s"] {
+    for key in [
+        "prompt_tokens",
+        "completion_tokens",
+        "ttft_ms",
+        "tokens_per_s",
+    ] {
         assert!(json[key].as_f64().unwrap() > 0.0, "{key}: {json}");
     }
 
     // Sampling: the seed travels with the job, so the text is the in-process text too.
     let out = net
-        .infer(&["--json", "--max-tokens", "24", "--temperature", "0.8", "--seed", "11"], "Tell me a joke.")
+        .infer(
+            &[
+                "--json",
+                "--max-tokens",
+                "24",
+                "--temperature",
+                "0.8",
+                "--seed",
+                "11",
+            ],
+            "Tell me a joke.",
+        )
         .unwrap();
     let json = parse_json(&out).unwrap();
     let expected = in_process(
         "Tell me a joke.",
-        SamplingParams { seed: 11, temperature: 0.8, max_tokens: 24, ..Default::default() },
+        SamplingParams {
+            seed: 11,
+            temperature: 0.8,
+            max_tokens: 24,
+            ..Default::default()
+        },
     );
     assert_eq!(json["text"], expected.as_str());
 }
@@ -53,17 +92,35 @@ fn client_finds_worker_through_dht_and_gets_the_in_process_text() {
 #[test]
 fn unknown_model_is_a_clear_error() {
     let net = LoopbackNet::start("unknown-model", &[vec![]]).expect("start the network");
-    let out = net.infer(&["--model", "no-such-model", "--discovery-timeout", "3"], "hi").unwrap();
+    let out = net
+        .infer(
+            &["--model", "no-such-model", "--discovery-timeout", "3"],
+            "hi",
+        )
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("no worker for model \"no-such-model\""), "{stderr}");
+    assert!(
+        stderr.contains("no worker for model \"no-such-model\""),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn worker_killed_mid_stream_gives_a_clear_error_not_a_hang() {
     let mut net = LoopbackNet::start("kill", &[vec![]]).expect("start the network");
     let mut client = net
-        .infer_command(&["--max-tokens", "2000", "--temperature", "1.0", "--seed", "1"], "Write a very long story about a dragon.")
+        .infer_command(
+            &[
+                "--max-tokens",
+                "2000",
+                "--temperature",
+                "1.0",
+                "--seed",
+                "1",
+            ],
+            "Write a very long story about a dragon.",
+        )
         .unwrap()
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -85,12 +142,23 @@ fn worker_killed_mid_stream_gives_a_clear_error_not_a_hang() {
         if let Some(status) = client.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "client still hangs 60 s after the worker died");
+        assert!(
+            Instant::now() < deadline,
+            "client still hangs 60 s after the worker died"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let mut stderr = String::new();
-    client.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    client
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert!(!status.success());
     assert!(stderr.contains("failed mid-stream"), "stderr: {stderr}");
-    eprintln!("client noticed the dead worker after {:?}", killed.elapsed());
+    eprintln!(
+        "client noticed the dead worker after {:?}",
+        killed.elapsed()
+    );
 }

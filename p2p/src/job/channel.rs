@@ -105,7 +105,11 @@ impl<T: FrameTransport> JobChannel<T> {
         Ok(())
     }
 
-    async fn recv(&mut self, waiting_for: &'static str, after: Duration) -> Result<Option<Message>, JobError> {
+    async fn recv(
+        &mut self,
+        waiting_for: &'static str,
+        after: Duration,
+    ) -> Result<Option<Message>, JobError> {
         match tokio::time::timeout(after, self.transport.recv_frame()).await {
             Err(_) => Err(JobError::Timeout { waiting_for, after }),
             Ok(frame) => match frame? {
@@ -128,7 +132,10 @@ impl<T: FrameTransport> JobChannel<T> {
             .job
             .ok_or_else(|| JobError::Protocol("next_event before send_request".into()))?;
         let idle = self.config.idle_timeout;
-        let message = self.recv("job message", idle).await?.ok_or(JobError::Closed)?;
+        let message = self
+            .recv("job message", idle)
+            .await?
+            .ok_or(JobError::Closed)?;
         if message.job_id() != id && !matches!(&message, Message::Error(f) if f.id == 0) {
             return Err(JobError::Protocol(format!(
                 "message for job {} on the stream of job {id}",
@@ -167,9 +174,10 @@ impl<T: FrameTransport> JobChannel<T> {
                 JobError::Protocol(format!("expected a request, got {other:?}")),
             ),
             Ok(None) => return Err(JobError::Closed),
-            Err(JobError::Codec(CodecError::UnsupportedVersion(v))) => {
-                (ErrorCode::UnsupportedVersion, JobError::Codec(CodecError::UnsupportedVersion(v)))
-            }
+            Err(JobError::Codec(CodecError::UnsupportedVersion(v))) => (
+                ErrorCode::UnsupportedVersion,
+                JobError::Codec(CodecError::UnsupportedVersion(v)),
+            ),
             Err(e @ JobError::Timeout { .. }) => (ErrorCode::Timeout, e),
             Err(e @ JobError::Codec(_)) => (ErrorCode::BadRequest, e),
             Err(e @ JobError::Frame(FrameError::Oversize { .. })) => (ErrorCode::BadRequest, e),
@@ -191,7 +199,8 @@ impl<T: FrameTransport> JobChannel<T> {
         let id = self.job.unwrap_or_default();
         let index = self.next_index;
         self.next_index += 1;
-        self.send(&Message::Token(TokenChunk { id, index, text })).await
+        self.send(&Message::Token(TokenChunk { id, index, text }))
+            .await
     }
 
     /// The transport underneath.
@@ -215,7 +224,12 @@ mod tests {
         }
     }
 
-    fn pair(config: JobConfig) -> (JobChannel<FramedStream<crate::testing::Pipe>>, JobChannel<FramedStream<crate::testing::Pipe>>) {
+    fn pair(
+        config: JobConfig,
+    ) -> (
+        JobChannel<FramedStream<crate::testing::Pipe>>,
+        JobChannel<FramedStream<crate::testing::Pipe>>,
+    ) {
         let (a, b) = pipe();
         (
             JobChannel::new(FramedStream::new(a, config.max_frame), config.clone()),
@@ -233,13 +247,22 @@ mod tests {
         worker.send_token("lo".into()).await.unwrap();
         let done = JobDone {
             id: 9,
-            usage: Usage { prompt_tokens: 3, completion_tokens: 2 },
+            usage: Usage {
+                prompt_tokens: 3,
+                completion_tokens: 2,
+            },
             timings: Timings::default(),
             finish_reason: FinishReason::Stop,
         };
         worker.send(&Message::Done(done.clone())).await.unwrap();
-        assert_eq!(client.next_event().await.unwrap(), ClientEvent::Token("Hel".into()));
-        assert_eq!(client.next_event().await.unwrap(), ClientEvent::Token("lo".into()));
+        assert_eq!(
+            client.next_event().await.unwrap(),
+            ClientEvent::Token("Hel".into())
+        );
+        assert_eq!(
+            client.next_event().await.unwrap(),
+            ClientEvent::Token("lo".into())
+        );
         assert_eq!(client.next_event().await.unwrap(), ClientEvent::Done(done));
     }
 
@@ -250,16 +273,25 @@ mod tests {
         worker.recv_request().await.unwrap();
         worker.send_token("a".into()).await.unwrap();
         drop(worker);
-        assert_eq!(client.next_event().await.unwrap(), ClientEvent::Token("a".into()));
+        assert_eq!(
+            client.next_event().await.unwrap(),
+            ClientEvent::Token("a".into())
+        );
         assert!(matches!(client.next_event().await, Err(JobError::Closed)));
     }
 
     #[tokio::test]
     async fn silent_worker_times_out() {
-        let config = JobConfig { idle_timeout: Duration::from_millis(50), ..Default::default() };
+        let config = JobConfig {
+            idle_timeout: Duration::from_millis(50),
+            ..Default::default()
+        };
         let (mut client, _worker) = pair(config);
         client.send_request(request(1)).await.unwrap();
-        assert!(matches!(client.next_event().await, Err(JobError::Timeout { .. })));
+        assert!(matches!(
+            client.next_event().await,
+            Err(JobError::Timeout { .. })
+        ));
     }
 
     #[tokio::test]
@@ -267,14 +299,34 @@ mod tests {
         let (mut client, mut worker) = pair(JobConfig::default());
         client.send_request(request(1)).await.unwrap();
         worker.recv_request().await.unwrap();
-        worker.send(&Message::Token(TokenChunk { id: 1, index: 1, text: "x".into() })).await.unwrap();
-        assert!(matches!(client.next_event().await, Err(JobError::Protocol(_))));
+        worker
+            .send(&Message::Token(TokenChunk {
+                id: 1,
+                index: 1,
+                text: "x".into(),
+            }))
+            .await
+            .unwrap();
+        assert!(matches!(
+            client.next_event().await,
+            Err(JobError::Protocol(_))
+        ));
 
         let (mut client, mut worker) = pair(JobConfig::default());
         client.send_request(request(1)).await.unwrap();
         worker.recv_request().await.unwrap();
-        worker.send(&Message::Token(TokenChunk { id: 2, index: 0, text: "x".into() })).await.unwrap();
-        assert!(matches!(client.next_event().await, Err(JobError::Protocol(_))));
+        worker
+            .send(&Message::Token(TokenChunk {
+                id: 2,
+                index: 0,
+                text: "x".into(),
+            }))
+            .await
+            .unwrap();
+        assert!(matches!(
+            client.next_event().await,
+            Err(JobError::Protocol(_))
+        ));
     }
 
     #[tokio::test]
@@ -283,18 +335,36 @@ mod tests {
         let mut raw = FramedStream::new(a, 1024);
         let mut worker = JobChannel::new(FramedStream::new(b, 1024), JobConfig::default());
         raw.send_frame(b"\xff\xff\xff garbage").await.unwrap();
-        assert!(matches!(worker.recv_request().await, Err(JobError::Codec(_))));
+        assert!(matches!(
+            worker.recv_request().await,
+            Err(JobError::Codec(_))
+        ));
         let reply = codec::decode(&raw.recv_frame().await.unwrap().unwrap()).unwrap();
-        assert!(matches!(reply, Message::Error(JobFailure { code: ErrorCode::BadRequest, .. })));
+        assert!(matches!(
+            reply,
+            Message::Error(JobFailure {
+                code: ErrorCode::BadRequest,
+                ..
+            })
+        ));
     }
 
     #[tokio::test]
     async fn oversize_frame_is_refused() {
         let (a, b) = pipe();
         let mut raw = FramedStream::new(a, 1 << 20);
-        let mut worker = JobChannel::new(FramedStream::new(b, 1024), JobConfig { max_frame: 1024, ..Default::default() });
+        let mut worker = JobChannel::new(
+            FramedStream::new(b, 1024),
+            JobConfig {
+                max_frame: 1024,
+                ..Default::default()
+            },
+        );
         raw.send_frame(&vec![0u8; 4096]).await.unwrap();
-        assert!(matches!(worker.recv_request().await, Err(JobError::Frame(FrameError::Oversize { .. }))));
+        assert!(matches!(
+            worker.recv_request().await,
+            Err(JobError::Frame(FrameError::Oversize { .. }))
+        ));
     }
 
     #[tokio::test]
@@ -303,7 +373,11 @@ mod tests {
         client.send_request(request(5)).await.unwrap();
         worker.recv_request().await.unwrap();
         worker
-            .send(&Message::Error(JobFailure { id: 5, code: ErrorCode::Busy, message: "full".into() }))
+            .send(&Message::Error(JobFailure {
+                id: 5,
+                code: ErrorCode::Busy,
+                message: "full".into(),
+            }))
             .await
             .unwrap();
         match client.next_event().await {

@@ -46,8 +46,9 @@ pub fn decode(bytes: &[u8]) -> Result<Message, CodecError> {
     if version != PROTOCOL_VERSION {
         return Err(CodecError::UnsupportedVersion(version));
     }
-    let (message, n): (Message, usize) = bincode::serde::decode_from_slice(&bytes[used..], config())
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let (message, n): (Message, usize) =
+        bincode::serde::decode_from_slice(&bytes[used..], config())
+            .map_err(|e| CodecError::Malformed(e.to_string()))?;
     let trailing = bytes.len() - used - n;
     if trailing != 0 {
         return Err(CodecError::TrailingBytes(trailing));
@@ -70,8 +71,24 @@ mod tests {
             )
         });
         let input = prop_oneof![chat, ".{0,80}".prop_map(JobInput::Prompt)];
-        let sampling = (any::<u64>(), 0.0f64..2.0, proptest::option::of(0.0f64..1.0), proptest::option::of(any::<u32>()), any::<u32>(), proptest::collection::vec(".{0,8}", 0..3))
-            .prop_map(|(seed, temperature, top_p, top_k, max_tokens, stop)| Sampling { seed, temperature, top_p, top_k, max_tokens, stop });
+        let sampling = (
+            any::<u64>(),
+            0.0f64..2.0,
+            proptest::option::of(0.0f64..1.0),
+            proptest::option::of(any::<u32>()),
+            any::<u32>(),
+            proptest::collection::vec(".{0,8}", 0..3),
+        )
+            .prop_map(
+                |(seed, temperature, top_p, top_k, max_tokens, stop)| Sampling {
+                    seed,
+                    temperature,
+                    top_p,
+                    top_k,
+                    max_tokens,
+                    stop,
+                },
+            );
         let code = prop_oneof![
             Just(ErrorCode::Busy),
             Just(ErrorCode::UnknownModel),
@@ -81,15 +98,41 @@ mod tests {
             Just(ErrorCode::Internal)
         ];
         prop_oneof![
-            (any::<u64>(), "[a-z0-9_.-]{1,30}", input, sampling).prop_map(|(id, model, input, sampling)| Message::Request(JobRequest { id, model, input, sampling })),
-            (any::<u64>(), any::<u32>(), ".{0,20}").prop_map(|(id, index, text)| Message::Token(TokenChunk { id, index, text })),
-            (any::<u64>(), any::<u32>(), any::<u32>(), 0.0f64..1e6, any::<bool>()).prop_map(|(id, p, c, ms, stop)| Message::Done(JobDone {
-                id,
-                usage: Usage { prompt_tokens: p, completion_tokens: c },
-                timings: Timings { ttft_ms: ms / 2.0, total_ms: ms },
-                finish_reason: if stop { FinishReason::Stop } else { FinishReason::Length },
-            })),
-            (any::<u64>(), code, ".{0,40}").prop_map(|(id, code, message)| Message::Error(JobFailure { id, code, message })),
+            (any::<u64>(), "[a-z0-9_.-]{1,30}", input, sampling).prop_map(
+                |(id, model, input, sampling)| Message::Request(JobRequest {
+                    id,
+                    model,
+                    input,
+                    sampling
+                })
+            ),
+            (any::<u64>(), any::<u32>(), ".{0,20}")
+                .prop_map(|(id, index, text)| Message::Token(TokenChunk { id, index, text })),
+            (
+                any::<u64>(),
+                any::<u32>(),
+                any::<u32>(),
+                0.0f64..1e6,
+                any::<bool>()
+            )
+                .prop_map(|(id, p, c, ms, stop)| Message::Done(JobDone {
+                    id,
+                    usage: Usage {
+                        prompt_tokens: p,
+                        completion_tokens: c
+                    },
+                    timings: Timings {
+                        ttft_ms: ms / 2.0,
+                        total_ms: ms
+                    },
+                    finish_reason: if stop {
+                        FinishReason::Stop
+                    } else {
+                        FinishReason::Length
+                    },
+                })),
+            (any::<u64>(), code, ".{0,40}")
+                .prop_map(|(id, code, message)| Message::Error(JobFailure { id, code, message })),
         ]
     }
 
@@ -115,14 +158,25 @@ mod tests {
 
     #[test]
     fn other_version_is_reported() {
-        let msg = Message::Token(TokenChunk { id: 1, index: 0, text: "x".into() });
+        let msg = Message::Token(TokenChunk {
+            id: 1,
+            index: 0,
+            text: "x".into(),
+        });
         let bytes = bincode::serde::encode_to_vec((7u16, &msg), config()).unwrap();
-        assert!(matches!(decode(&bytes), Err(CodecError::UnsupportedVersion(7))));
+        assert!(matches!(
+            decode(&bytes),
+            Err(CodecError::UnsupportedVersion(7))
+        ));
     }
 
     #[test]
     fn trailing_bytes_are_refused() {
-        let msg = Message::Token(TokenChunk { id: 1, index: 0, text: "x".into() });
+        let msg = Message::Token(TokenChunk {
+            id: 1,
+            index: 0,
+            text: "x".into(),
+        });
         let mut bytes = encode(&msg).unwrap();
         bytes.push(0);
         assert!(matches!(decode(&bytes), Err(CodecError::TrailingBytes(1))));
@@ -131,7 +185,12 @@ mod tests {
     #[test]
     fn huge_length_claims_do_not_allocate() {
         // version 1, variant Token, id, index, then a string claiming 2^60 bytes.
-        let mut bytes = encode(&Message::Token(TokenChunk { id: 1, index: 0, text: String::new() })).unwrap();
+        let mut bytes = encode(&Message::Token(TokenChunk {
+            id: 1,
+            index: 0,
+            text: String::new(),
+        }))
+        .unwrap();
         bytes.pop();
         bytes.extend([0xfd, 0, 0, 0, 0, 0, 0, 0, 0x10]);
         assert!(matches!(decode(&bytes), Err(CodecError::Malformed(_))));
