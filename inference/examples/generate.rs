@@ -11,7 +11,9 @@ use cocoon_inference::{
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let path = args.next().ok_or("usage: generate MODEL_PATH QUESTION [MAX_TOKENS]")?;
+    let path = args
+        .next()
+        .ok_or("usage: generate MODEL_PATH QUESTION [MAX_TOKENS]")?;
     let question = args
         .next()
         .unwrap_or_else(|| "What is the capital of France?".to_string());
@@ -27,7 +29,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let ids = engine.prompt_tokens(&prompt)?;
         let pieces: Vec<String> = ids
             .iter()
-            .map(|&id| engine.tokenizer().inner().id_to_token(id).unwrap_or_default())
+            .map(|&id| {
+                engine
+                    .tokenizer()
+                    .inner()
+                    .id_to_token(id)
+                    .unwrap_or_default()
+            })
             .collect();
         eprintln!("{ids:?}\n{pieces:?}");
     }

@@ -3,9 +3,9 @@
 //! [`Engine::generate`] returns at once with a [`Generation`] handle, or [`GenerateError::Busy`]
 //! when [`EngineConfig::max_concurrent`] generations are already running (requests are never
 //! queued here: the caller decides whether to wait, retry or go elsewhere). Each generation
-//! runs on a dedicated `std::thread` that owns its KV cache ([`Session`]), samples with its
-//! own seeded RNG and streams text through a bounded `tokio::sync::mpsc` channel, so the
-//! async side never blocks and the generation side needs no runtime.
+//! runs on a dedicated `std::thread` that owns its KV cache (a `model::Session`), samples
+//! with its own seeded RNG and streams text through a bounded `tokio::sync::mpsc` channel, so
+//! the async side never blocks and the generation side needs no runtime.
 //!
 //! A generation ends with exactly one [`GenerationEvent::Done`] or [`GenerationEvent::Error`],
 //! except when its receiver is gone. Dropping the [`Generation`] or calling
@@ -55,6 +55,12 @@ pub struct EngineConfig {
     /// Text chunks buffered between a generation thread and its reader (≥ 1); a slow reader
     /// pauses the generation. Default [`DEFAULT_CHANNEL_CAPACITY`].
     pub channel_capacity: usize,
+    /// Quantized GGUF models whose weights take at most this many bytes as f32 are
+    /// dequantized at load and run in f32; larger ones run on candle's quantized kernels,
+    /// which also quantize activations to 8 bits and can flip close greedy choices. 0 keeps
+    /// every model quantized. Default [`crate::model::gguf::DEQUANTIZE_MAX_F32_BYTES`]
+    /// (2 GiB, about 500M parameters).
+    pub dequantize_max_f32_bytes: u64,
 }
 
 impl Default for EngineConfig {
@@ -63,6 +69,7 @@ impl Default for EngineConfig {
             device: DeviceChoice::Auto,
             max_concurrent: DEFAULT_MAX_CONCURRENT,
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+            dequantize_max_f32_bytes: crate::model::gguf::DEQUANTIZE_MAX_F32_BYTES,
         }
     }
 }
@@ -201,16 +208,21 @@ impl Engine {
         }
         let device = config.device.resolve()?;
         let started = Instant::now();
-        let loaded = model::load(source, &device)?;
+        let loaded = model::load(source, &device, config.dequantize_max_f32_bytes)?;
+        Ok(Self::from_loaded(loaded, config, started))
+    }
+
+    fn from_loaded(loaded: model::Loaded, config: EngineConfig, started: Instant) -> Engine {
         tracing::info!(
             name = %loaded.info.name,
             quantization = %loaded.info.quantization,
             device = %loaded.info.device,
             context_length = loaded.info.context_length,
+            runtime_weights = %loaded.info.runtime_weights,
             load_ms = started.elapsed().as_millis() as u64,
             "model loaded"
         );
-        Ok(Engine {
+        Engine {
             shared: Arc::new(Shared {
                 model: loaded.model,
                 tokenizer: loaded.tokenizer,
@@ -220,7 +232,7 @@ impl Engine {
                 active: AtomicUsize::new(0),
                 next_id: AtomicU64::new(0),
             }),
-        })
+        }
     }
 
     /// Facts about the model.
@@ -626,6 +638,63 @@ mod tests {
         assert_eq!(usage.completion_tokens, n as u32);
         assert_eq!(usage.finish_reason, FinishReason::Length);
         assert!(usage.time_to_first_token_ms <= usage.total_ms);
+    }
+
+    #[test]
+    fn handles_are_thread_safe() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<Engine>();
+        send::<Generation>();
+    }
+
+    #[test]
+    fn quantized_and_dequantized_gguf_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        write_tiny_gguf(&path, &TinySpec::default()).unwrap();
+        let device = candle_core::Device::Cpu;
+        let config = EngineConfig {
+            device: DeviceChoice::Cpu,
+            ..EngineConfig::default()
+        };
+        let now = Instant::now();
+        let dequantized = Engine::from_loaded(
+            model::gguf::load_with(&path, &device, u64::MAX).unwrap(),
+            config.clone(),
+            now,
+        );
+        let quantized = Engine::from_loaded(
+            model::gguf::load_with(&path, &device, 0).unwrap(),
+            config,
+            now,
+        );
+        assert_eq!(dequantized.info().runtime_weights, "F32");
+        assert_eq!(quantized.info().runtime_weights, "Q8_0");
+        assert_eq!(quantized.info().quantization, "Q8_0");
+        let ids = quantized
+            .prompt_tokens(&Prompt::Text("Hello the world".into()))
+            .unwrap();
+        let a = quantized.shared.model.session().forward(&ids, 0).unwrap();
+        let b = dequantized.shared.model.session().forward(&ids, 0).unwrap();
+        let diff = (&a - &b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let scale = a.abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 0.05 * scale, "{diff} vs {scale}");
+        // Both paths generate.
+        let (_, usage) = quantized
+            .generate_text(GenerateRequest {
+                prompt: Prompt::Text("Hello".into()),
+                sampling: SamplingParams::greedy(5),
+            })
+            .unwrap();
+        assert_eq!(usage.completion_tokens, 5);
     }
 
     #[test]

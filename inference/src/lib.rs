@@ -41,8 +41,7 @@ pub mod tokenizer;
 
 pub use device::DeviceChoice;
 pub use engine::{
-    Engine, EngineConfig, FinishReason, GenerateRequest, Generation, GenerationEvent, Prompt,
-    Usage,
+    Engine, EngineConfig, FinishReason, GenerateRequest, Generation, GenerationEvent, Prompt, Usage,
 };
 pub use error::{GenerateError, LoadError};
 pub use model::{ModelInfo, ModelSource};

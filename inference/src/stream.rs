@@ -44,8 +44,7 @@ impl IncrementalDecoder {
         self.ids.push(id);
         let prefix = decode(&self.ids[self.prefix_offset..self.read_offset])?;
         let text = decode(&self.ids[self.prefix_offset..])?;
-        if text.len() > prefix.len() && !text.ends_with(REPLACEMENT) && text.starts_with(&prefix)
-        {
+        if text.len() > prefix.len() && !text.ends_with(REPLACEMENT) && text.starts_with(&prefix) {
             let new = text[prefix.len()..].to_string();
             self.prefix_offset = self.read_offset;
             self.read_offset = self.ids.len();
@@ -198,7 +197,10 @@ mod tests {
         assert_eq!(m.push("x"), StopStep::Continue("ENx".into()));
         assert_eq!(m.push(" a\n"), StopStep::Continue(" a".into()));
         assert_eq!(m.push("\nrest"), StopStep::Stop("".into()));
-        assert_eq!(cut_at_stop("hello ENx a\n\nrest", &stops), ("hello ENx a", true));
+        assert_eq!(
+            cut_at_stop("hello ENx a\n\nrest", &stops),
+            ("hello ENx a", true)
+        );
     }
 
     #[test]

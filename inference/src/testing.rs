@@ -155,17 +155,41 @@ fn hf_weights(spec: &TinySpec, vocab: usize) -> Vec<(String, (usize, usize), Vec
     out.push(("model.embed_tokens.weight".to_string(), (vocab, h), embed));
     for i in 0..spec.layers {
         let p = format!("model.layers.{i}");
-        out.push((format!("{p}.self_attn.q_proj.weight"), (h, h), rng.matrix(h, h, 0.2)));
-        out.push((format!("{p}.self_attn.k_proj.weight"), (kv, h), rng.matrix(kv, h, 0.2)));
-        out.push((format!("{p}.self_attn.v_proj.weight"), (kv, h), rng.matrix(kv, h, 0.1)));
+        out.push((
+            format!("{p}.self_attn.q_proj.weight"),
+            (h, h),
+            rng.matrix(h, h, 0.2),
+        ));
+        out.push((
+            format!("{p}.self_attn.k_proj.weight"),
+            (kv, h),
+            rng.matrix(kv, h, 0.2),
+        ));
+        out.push((
+            format!("{p}.self_attn.v_proj.weight"),
+            (kv, h),
+            rng.matrix(kv, h, 0.1),
+        ));
         let o = zero_row0(rng.matrix(h, h, 0.1), h);
         out.push((format!("{p}.self_attn.o_proj.weight"), (h, h), o));
-        out.push((format!("{p}.mlp.gate_proj.weight"), (f, h), rng.matrix(f, h, 0.1)));
-        out.push((format!("{p}.mlp.up_proj.weight"), (f, h), rng.matrix(f, h, 0.1)));
+        out.push((
+            format!("{p}.mlp.gate_proj.weight"),
+            (f, h),
+            rng.matrix(f, h, 0.1),
+        ));
+        out.push((
+            format!("{p}.mlp.up_proj.weight"),
+            (f, h),
+            rng.matrix(f, h, 0.1),
+        ));
         let down = zero_row0(rng.matrix(h, f, 0.1), f);
         out.push((format!("{p}.mlp.down_proj.weight"), (h, f), down));
         out.push((format!("{p}.input_layernorm.weight"), (h, 1), vec![1.0; h]));
-        out.push((format!("{p}.post_attention_layernorm.weight"), (h, 1), vec![1.0; h]));
+        out.push((
+            format!("{p}.post_attention_layernorm.weight"),
+            (h, 1),
+            vec![1.0; h],
+        ));
     }
     out.push(("model.norm.weight".to_string(), (h, 1), vec![1.0; h]));
     let mut lm_head = rng.matrix(vocab, h, 0.3);

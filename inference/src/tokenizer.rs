@@ -51,8 +51,15 @@ impl std::fmt::Debug for TextTokenizer {
 }
 
 impl TextTokenizer {
-    /// Wraps a tokenizer. `eos_ids` is extended with [`EXTRA_EOS_TOKENS`] present in the vocabulary.
-    pub fn new(tokenizer: Tokenizer, bos_id: Option<u32>, add_bos: bool, eos_ids: Vec<u32>) -> Self {
+    /// Wraps a tokenizer. `eos_ids[0]` is the model's declared EOS (the template's
+    /// `eos_token`); the set is extended with [`EXTRA_EOS_TOKENS`] present in the vocabulary.
+    pub fn new(
+        tokenizer: Tokenizer,
+        bos_id: Option<u32>,
+        add_bos: bool,
+        eos_ids: Vec<u32>,
+    ) -> Self {
+        let eos_token = eos_ids.first().and_then(|&id| tokenizer.id_to_token(id));
         let mut eos_ids = eos_ids;
         for name in EXTRA_EOS_TOKENS {
             if let Some(id) = tokenizer.token_to_id(name) {
@@ -62,9 +69,6 @@ impl TextTokenizer {
         eos_ids.sort_unstable();
         eos_ids.dedup();
         let bos_token = bos_id.and_then(|id| tokenizer.id_to_token(id));
-        let eos_token = eos_ids
-            .first()
-            .and_then(|&id| tokenizer.id_to_token(id));
         TextTokenizer {
             tokenizer,
             bos_id,
@@ -104,7 +108,12 @@ impl TextTokenizer {
             .get("tokenizer.ggml.add_bos_token")
             .and_then(|v| v.to_bool().ok())
             .unwrap_or(false);
-        Ok(Self::new(tokenizer, bos_id, add_bos, eos_id.into_iter().collect()))
+        Ok(Self::new(
+            tokenizer,
+            bos_id,
+            add_bos,
+            eos_id.into_iter().collect(),
+        ))
     }
 
     /// Reads a Hugging Face tokenizer: `tokenizer.json` bytes, the parsed
@@ -115,8 +124,8 @@ impl TextTokenizer {
         config_bos: Option<u32>,
         config_eos: &[u32],
     ) -> Result<Self, LoadError> {
-        let mut tokenizer =
-            Tokenizer::from_bytes(tokenizer_json).map_err(|e| LoadError::Tokenizer(e.to_string()))?;
+        let mut tokenizer = Tokenizer::from_bytes(tokenizer_json)
+            .map_err(|e| LoadError::Tokenizer(e.to_string()))?;
         // We add BOS ourselves and never pad or truncate.
         tokenizer.with_padding(None);
         tokenizer
@@ -301,10 +310,7 @@ pub(crate) fn md_string(
         .map_err(|e| bad(key.to_string(), e))
 }
 
-fn md_strings(
-    md: &HashMap<String, gguf_file::Value>,
-    key: &str,
-) -> Result<Vec<String>, LoadError> {
+fn md_strings(md: &HashMap<String, gguf_file::Value>, key: &str) -> Result<Vec<String>, LoadError> {
     md.get(key)
         .ok_or_else(|| bad(key.to_string(), "missing"))?
         .to_vec()

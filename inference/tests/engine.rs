@@ -9,9 +9,8 @@ use cocoon_inference::testing::{
     write_tiny_gguf, write_tiny_safetensors, TinySpec, TINY_EOS, TINY_IM_START,
 };
 use cocoon_inference::{
-    ChatMessage, DeviceChoice, Engine, EngineConfig, FinishReason, GenerateError,
-    GenerateRequest, Generation, GenerationEvent, LoadError, ModelSource, Prompt, SamplingParams,
-    Usage,
+    ChatMessage, DeviceChoice, Engine, EngineConfig, FinishReason, GenerateError, GenerateRequest,
+    Generation, GenerationEvent, LoadError, ModelSource, Prompt, SamplingParams, Usage,
 };
 use tempfile::TempDir;
 
@@ -28,6 +27,7 @@ fn cpu(max_concurrent: usize, channel_capacity: usize) -> EngineConfig {
         device: DeviceChoice::Cpu,
         max_concurrent,
         channel_capacity,
+        ..EngineConfig::default()
     }
 }
 
@@ -108,19 +108,26 @@ fn gguf_loads_metadata_tokenizer_and_template() {
     assert_eq!(info.architecture, "llama");
     assert_eq!(info.context_length, 256);
     assert_eq!(info.quantization, "Q8_0");
+    assert_eq!(info.runtime_weights, "F32", "small models are dequantized");
     assert_eq!(info.device, "cpu");
     assert_eq!(info.format, "gguf");
     assert!(info.parameters > 50_000);
 
     let tok = engine.tokenizer();
     assert!(tok.is_eos(TINY_EOS));
+    assert!(tok.is_eos(0), "<|endoftext|> also ends a generation");
+    assert_eq!(tok.eos_token(), Some("<|im_end|>"));
+    assert_eq!(tok.bos_token(), Some("<|endoftext|>"));
     assert!(!tok.add_bos());
     let text = "<|im_start|>user\nHello the world, café ☕<|im_end|>\n";
     let ids = tok.encode(text, false).unwrap();
     assert_eq!(ids[0], TINY_IM_START);
     assert!(ids.contains(&TINY_EOS));
     assert_eq!(tok.decode_with_special(&ids).unwrap(), text);
-    assert_eq!(tok.decode(&ids).unwrap(), "user\nHello the world, café ☕\n");
+    assert_eq!(
+        tok.decode(&ids).unwrap(),
+        "user\nHello the world, café ☕\n"
+    );
 
     let rendered = engine.render_prompt(&chat("Hi")).unwrap();
     assert_eq!(
@@ -143,6 +150,7 @@ fn safetensors_loads_config_tokenizer_json_and_template() {
     assert_eq!(info.quantization, "f32");
     assert_eq!(info.format, "safetensors");
     assert!(engine.tokenizer().is_eos(TINY_EOS));
+    assert_eq!(engine.tokenizer().eos_token(), Some("<|im_end|>"));
     let (_g, gguf) = self::engine(Format::Gguf);
     for p in [chat("Hi"), Prompt::Text("the world".into())] {
         assert_eq!(
@@ -176,7 +184,9 @@ fn greedy_is_deterministic_and_ignores_the_seed() {
                 seed,
                 ..SamplingParams::greedy(40)
             };
-            engine.generate_text(request(chat("Hello"), sampling)).unwrap()
+            engine
+                .generate_text(request(chat("Hello"), sampling))
+                .unwrap()
         };
         let (a, usage) = run(0);
         assert_eq!(usage.completion_tokens, 40, "{format:?}");
@@ -223,7 +233,10 @@ fn context_length_bounds_generation() {
     let long = "ab ".repeat(100);
     let prompt = Prompt::Text(long.clone());
     let prompt_tokens = engine.count_prompt_tokens(&prompt).unwrap();
-    assert!(prompt_tokens < 256 && prompt_tokens > 150, "{prompt_tokens}");
+    assert!(
+        prompt_tokens < 256 && prompt_tokens > 150,
+        "{prompt_tokens}"
+    );
     let (_, usage) = engine
         .generate_text(request(prompt, SamplingParams::greedy(1000)))
         .unwrap();
@@ -315,7 +328,11 @@ fn concurrent_generations_match_sequential_ones() {
         })
         .collect();
     let generations: Vec<Generation> = (0..3)
-        .map(|s| engine.generate(request(chat("Hi"), sampled(s, 25))).unwrap())
+        .map(|s| {
+            engine
+                .generate(request(chat("Hi"), sampled(s, 25)))
+                .unwrap()
+        })
         .collect();
     assert_eq!(engine.active(), 3);
     let got: Vec<String> = generations
@@ -405,7 +422,10 @@ fn invalid_requests_and_configs_are_typed_errors() {
         Err(GenerateError::InvalidRequest(_))
     ));
     assert!(matches!(
-        engine.generate(request(Prompt::Text(String::new()), SamplingParams::greedy(3))),
+        engine.generate(request(
+            Prompt::Text(String::new()),
+            SamplingParams::greedy(3)
+        )),
         Err(GenerateError::InvalidRequest(_))
     ));
     let source = ModelSource::Gguf(dir.path().join("tiny.gguf"));
@@ -424,7 +444,10 @@ fn invalid_requests_and_configs_are_typed_errors() {
         Err(LoadError::UnrecognisedSource(_))
     ));
     assert!(matches!(
-        Engine::load(&ModelSource::Safetensors(dir.path().to_path_buf()), cpu(1, 1)),
+        Engine::load(
+            &ModelSource::Safetensors(dir.path().to_path_buf()),
+            cpu(1, 1)
+        ),
         Err(LoadError::MissingFile(_))
     ));
 }

@@ -27,9 +27,10 @@ fn smollm2_knows_the_capital_of_france() {
     let info = engine.info();
     assert_eq!(info.architecture, "llama");
     assert_eq!(info.quantization, "Q4_1");
-    assert!(engine.tokenizer().eos_ids().contains(
-        &engine.tokenizer().token_to_id("<|im_end|>").unwrap()
-    ));
+    assert!(engine
+        .tokenizer()
+        .eos_ids()
+        .contains(&engine.tokenizer().token_to_id("<|im_end|>").unwrap()));
 
     let request = GenerateRequest {
         prompt: Prompt::Chat(vec![ChatMessage::new(

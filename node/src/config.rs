@@ -34,6 +34,9 @@ pub struct FileConfig {
     pub max_concurrent: Option<usize>,
     /// Provider record re-announce interval in seconds. Default: 600.
     pub reprovide_secs: Option<u64>,
+    /// Run quantized GGUF models on quantized kernels even when small enough to run in f32
+    /// (faster, but 8-bit activations can change greedy answers). Default: false.
+    pub keep_quantized: Option<bool>,
 }
 
 /// A configuration that cannot be used.
@@ -81,6 +84,8 @@ pub struct NodeConfig {
     pub device: DeviceChoice,
     /// Concurrent jobs per model.
     pub max_concurrent: usize,
+    /// Keep small quantized models quantized instead of running them in f32.
+    pub keep_quantized: bool,
 }
 
 /// `$COCOON_HOME/node` when `COCOON_HOME` is set, else `<user data dir>/cocoon`.
@@ -127,6 +132,8 @@ pub struct Overrides {
     pub device: Option<String>,
     /// `--max-concurrent`.
     pub max_concurrent: Option<usize>,
+    /// `--keep-quantized` (Some(true) when given).
+    pub keep_quantized: Option<bool>,
 }
 
 impl NodeConfig {
@@ -181,6 +188,10 @@ impl NodeConfig {
             models: pick(flags.models, file.models).unwrap_or_default(),
             device,
             max_concurrent,
+            keep_quantized: flags
+                .keep_quantized
+                .or(file.keep_quantized)
+                .unwrap_or(false),
         })
     }
 }

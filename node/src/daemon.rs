@@ -84,6 +84,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         let engine_config = inference::EngineConfig {
             device: config.device,
             max_concurrent: config.max_concurrent,
+            dequantize_max_f32_bytes: if config.keep_quantized {
+                0
+            } else {
+                inference::EngineConfig::default().dequantize_max_f32_bytes
+            },
             ..Default::default()
         };
         let engine =
@@ -95,8 +100,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                 })?;
         let info = engine.info();
         println!(
-            "{SERVING_LINE}{} ({}, {} on {}, {} jobs at once)",
-            resolved.id, info.name, info.quantization, info.device, config.max_concurrent
+            "{SERVING_LINE}{} ({}, {} file run as {} on {}, {} jobs at once)",
+            resolved.id,
+            info.name,
+            info.quantization,
+            info.runtime_weights,
+            info.device,
+            config.max_concurrent
         );
         if engines.insert(resolved.id.clone(), engine).is_some() {
             return Err(NodeError::DuplicateModel(resolved.id));

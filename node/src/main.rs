@@ -70,6 +70,10 @@ struct NodeArgs {
     /// Do not discover peers on the LAN with mDNS (on by default).
     #[arg(long)]
     no_mdns: bool,
+    /// Run small quantized GGUF models on quantized kernels instead of converting them to f32
+    /// at load (faster; 8-bit activations can change greedy answers).
+    #[arg(long)]
+    keep_quantized: bool,
 }
 
 #[derive(Debug, Args)]
@@ -215,6 +219,7 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
             models: args.model,
             device: args.device,
             max_concurrent: args.max_concurrent,
+            keep_quantized: args.keep_quantized.then_some(true),
         },
     )?;
     daemon::run(config, daemon::shutdown_signal()).await?;

@@ -1,13 +1,21 @@
-//! Loading a llama-family model from a GGUF file: quantized weights through candle's
+//! Loading a llama-family model from a GGUF file: weights through candle's
 //! `quantized_llama`, the tokenizer rebuilt from `tokenizer.ggml.*` metadata, and the chat
 //! template from `tokenizer.chat_template`.
+//!
+//! Small models are dequantized to f32 at load time (see [`DEQUANTIZE_MAX_F32_BYTES`]).
+//! candle's quantized matmuls quantize the *activations* to 8 bits too, which is enough to
+//! flip close greedy choices: SmolLM2-135M-Instruct Q4_1 answers "L'Étoile, …" instead of
+//! "The capital of France is Paris." (top-two logits 0.08 apart). Its CPU kernels for
+//! Q4_1/Q5_x are also scalar, so for small models f32 is both exact and faster. The
+//! dequantization streams one tensor at a time through a virtual GGUF reader, so peak memory
+//! stays near the f32 model's size.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use candle_core::quantized::{gguf_file, GgmlDType};
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::Device;
 use candle_transformers::models::quantized_llama::{self, ModelWeights};
 
@@ -23,8 +31,18 @@ pub const SUPPORTED_ARCHITECTURES: [&str; 1] = ["llama"];
 /// Context length assumed when `llama.context_length` is absent.
 pub const DEFAULT_CONTEXT_LENGTH: usize = 2048;
 
-/// Loads a GGUF file onto `device`.
-pub(crate) fn load(path: &Path, device: &Device) -> Result<Loaded, LoadError> {
+/// Quantized GGUF models whose weights take at most this many bytes as f32 (2 GiB, about
+/// 500M parameters) are dequantized and run in f32 on every device; larger ones run on
+/// candle's quantized kernels.
+pub const DEQUANTIZE_MAX_F32_BYTES: u64 = 2 << 30;
+
+/// Loads a GGUF file onto `device`, dequantizing it if its f32 size is at most
+/// `dequantize_max_f32_bytes`.
+pub(crate) fn load_with(
+    path: &Path,
+    device: &Device,
+    dequantize_max_f32_bytes: u64,
+) -> Result<Loaded, LoadError> {
     let io = |source| LoadError::Io {
         path: path.to_path_buf(),
         source,
@@ -65,13 +83,30 @@ pub(crate) fn load(path: &Path, device: &Device) -> Result<Loaded, LoadError> {
         .map(|t| t.shape.elem_count() as u64)
         .sum();
 
-    let weights = ModelWeights::from_gguf(content, &mut reader, device)?;
+    let f32_bytes = 4 * parameters;
+    let quantized = content
+        .tensor_infos
+        .values()
+        .any(|t| is_quantized(t.ggml_dtype));
+    let dequantize = quantized && f32_bytes <= dequantize_max_f32_bytes;
+    let weights = if dequantize {
+        let (virtual_content, mut virtual_reader) = Dequantizing::new(&content, reader);
+        ModelWeights::from_gguf(virtual_content, &mut virtual_reader, device)?
+    } else {
+        ModelWeights::from_gguf(content, &mut reader, device)?
+    };
+    let runtime_weights = if dequantize {
+        "F32".to_string()
+    } else {
+        quantization.clone()
+    };
     let info = ModelInfo {
         name,
         architecture,
         context_length,
         trained_context_length,
         quantization,
+        runtime_weights,
         device: device_name(device),
         parameters,
         vocab_size: tokenizer.vocab_size(),
@@ -121,5 +156,141 @@ fn ggml_name(ty: GgmlDType) -> &'static str {
         GgmlDType::Q5K => "Q5_K",
         GgmlDType::Q6K => "Q6_K",
         GgmlDType::Q8K => "Q8_K",
+    }
+}
+
+fn is_quantized(ty: GgmlDType) -> bool {
+    !matches!(ty, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+}
+
+/// One tensor's bytes in the virtual file of [`Dequantizing`].
+struct Extent {
+    start: u64,
+    len: u64,
+    name: String,
+    dequantize: bool,
+}
+
+/// A `Read + Seek` view of a GGUF file's tensor data in which every quantized tensor appears
+/// as F32. Tensors are materialised one at a time, when first read.
+struct Dequantizing<'a, R> {
+    source: &'a gguf_file::Content,
+    reader: R,
+    extents: Vec<Extent>,
+    size: u64,
+    pos: u64,
+    /// Index into `extents` and bytes of the tensor materialised last.
+    current: Option<(usize, Vec<u8>)>,
+}
+
+impl<'a, R: Read + Seek> Dequantizing<'a, R> {
+    /// The content to hand to the loader (same metadata; quantized tensors as F32, data
+    /// offsets in the virtual file) and the virtual reader.
+    fn new(source: &'a gguf_file::Content, reader: R) -> (gguf_file::Content, Self) {
+        let mut names: Vec<&String> = source.tensor_infos.keys().collect();
+        names.sort_by_key(|n| source.tensor_infos[*n].offset);
+        let mut extents = Vec::with_capacity(names.len());
+        let mut infos = HashMap::with_capacity(names.len());
+        let mut cursor = 0u64;
+        for name in names {
+            let info = &source.tensor_infos[name];
+            let dequantize = is_quantized(info.ggml_dtype);
+            let elems = info.shape.elem_count() as u64;
+            let (ggml_dtype, len) = if dequantize {
+                (GgmlDType::F32, elems * 4)
+            } else {
+                let ty = info.ggml_dtype;
+                (ty, elems / ty.block_size() as u64 * ty.type_size() as u64)
+            };
+            infos.insert(
+                name.clone(),
+                gguf_file::TensorInfo {
+                    ggml_dtype,
+                    shape: info.shape.clone(),
+                    offset: cursor,
+                },
+            );
+            extents.push(Extent {
+                start: cursor,
+                len,
+                name: name.clone(),
+                dequantize,
+            });
+            cursor += len;
+        }
+        let content = gguf_file::Content {
+            magic: source.magic,
+            metadata: source.metadata.clone(),
+            tensor_infos: infos,
+            tensor_data_offset: 0,
+        };
+        let view = Dequantizing {
+            source,
+            reader,
+            extents,
+            size: cursor,
+            pos: 0,
+            current: None,
+        };
+        (content, view)
+    }
+
+    fn materialise(&mut self, index: usize) -> std::io::Result<()> {
+        if matches!(&self.current, Some((i, _)) if *i == index) {
+            return Ok(());
+        }
+        self.current = None; // free the previous tensor first
+        let extent = &self.extents[index];
+        let bytes = if extent.dequantize {
+            // Re-"quantizing" to F32 gives the raw little-endian f32 bytes, computed in candle.
+            self.source
+                .tensor(&mut self.reader, &extent.name, &Device::Cpu)
+                .and_then(|q| q.dequantize(&Device::Cpu))
+                .and_then(|t| QTensor::quantize(&t, GgmlDType::F32))
+                .and_then(|q| q.data().map(|d| d.into_owned()))
+                .map_err(std::io::Error::other)?
+        } else {
+            let info = &self.source.tensor_infos[&extent.name];
+            let mut bytes = vec![0u8; extent.len as usize];
+            self.reader.seek(SeekFrom::Start(
+                self.source.tensor_data_offset + info.offset,
+            ))?;
+            self.reader.read_exact(&mut bytes)?;
+            bytes
+        };
+        self.current = Some((index, bytes));
+        Ok(())
+    }
+}
+
+impl<R: Read + Seek> Read for Dequantizing<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let index = self
+            .extents
+            .partition_point(|e| e.start + e.len <= self.pos);
+        if index >= self.extents.len() || buf.is_empty() {
+            return Ok(0);
+        }
+        self.materialise(index)?;
+        let (_, bytes) = self.current.as_ref().expect("just materialised");
+        let from = (self.pos - self.extents[index].start) as usize;
+        let n = buf.len().min(bytes.len() - from);
+        buf[..n].copy_from_slice(&bytes[from..from + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: Read + Seek> Seek for Dequantizing<'_, R> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.size.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = target.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before start")
+        })?;
+        Ok(self.pos)
     }
 }

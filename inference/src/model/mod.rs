@@ -1,7 +1,7 @@
 //! Loading models and running their forward pass.
 //!
-//! A loaded model ([`Model`]) is immutable and shared by every request; all per-request
-//! mutable state (the KV cache) lives in a [`Session`] made from it with [`Model::session`].
+//! A loaded model (`Model`) is immutable and shared by every request; all per-request
+//! mutable state (the KV cache) lives in a `Session` made from it with `Model::session`.
 //! Two formats are supported, both llama-family:
 //! - [`gguf`]: a quantized GGUF file run by candle's `quantized_llama`. Its weights sit
 //!   behind `Arc`s, so a session is a clone of the pristine loaded model with empty caches.
@@ -75,6 +75,10 @@ pub struct ModelInfo {
     /// The dominant weight type: a GGML type such as `Q4_1` or `Q8_0` for GGUF, the run-time
     /// dtype (`f32`, `bf16`, `f16`) for safetensors.
     pub quantization: String,
+    /// The weight type the model actually computes with: `F32` when a small quantized GGUF
+    /// was dequantized at load (see [`gguf::DEQUANTIZE_MAX_F32_BYTES`]), else as
+    /// `quantization`.
+    pub runtime_weights: String,
     /// The device it runs on: `cpu` or `cuda:N`.
     pub device: String,
     /// Number of weights (elements of all tensors).
@@ -94,9 +98,15 @@ pub(crate) struct Loaded {
 }
 
 /// Loads a model of either format onto `device`.
-pub(crate) fn load(source: &ModelSource, device: &Device) -> Result<Loaded, LoadError> {
+/// Quantized GGUF weights are dequantized when their f32 size is at most
+/// `dequantize_max_f32_bytes` (see [`gguf::DEQUANTIZE_MAX_F32_BYTES`]).
+pub(crate) fn load(
+    source: &ModelSource,
+    device: &Device,
+    dequantize_max_f32_bytes: u64,
+) -> Result<Loaded, LoadError> {
     match source {
-        ModelSource::Gguf(p) => gguf::load(p, device),
+        ModelSource::Gguf(p) => gguf::load_with(p, device, dequantize_max_f32_bytes),
         ModelSource::Safetensors(p) => safetensors::load(p, device),
     }
 }

@@ -25,7 +25,8 @@ pub const SUPPORTED_MODEL_TYPES: [&str; 1] = ["llama"];
 /// Loads a safetensors model directory onto `device`.
 pub(crate) fn load(dir: &Path, device: &Device) -> Result<Loaded, LoadError> {
     let config_path = dir.join("config.json");
-    let config_json = read_json(&config_path)?.ok_or(LoadError::MissingFile(config_path.clone()))?;
+    let config_json =
+        read_json(&config_path)?.ok_or(LoadError::MissingFile(config_path.clone()))?;
     let architecture = config_json
         .get("model_type")
         .and_then(serde_json::Value::as_str)
@@ -71,7 +72,8 @@ pub(crate) fn load(dir: &Path, device: &Device) -> Result<Loaded, LoadError> {
     )?;
 
     let tensors = read_tensors(dir)?;
-    let tied = config.tie_word_embeddings.unwrap_or(false) || !tensors.contains_key("lm_head.weight");
+    let tied =
+        config.tie_word_embeddings.unwrap_or(false) || !tensors.contains_key("lm_head.weight");
     for name in required_tensors(&config, tied) {
         if !tensors.contains_key(&name) {
             return Err(LoadError::MissingTensor(name));
@@ -85,8 +87,10 @@ pub(crate) fn load(dir: &Path, device: &Device) -> Result<Loaded, LoadError> {
     let vb = VarBuilder::from_tensors(tensors, dtype, device);
     // candle's `Llama::load` unwraps per-block errors (e.g. a mis-shaped tensor): turn such a
     // panic into an error instead of taking the caller down.
-    let model = catch_unwind(AssertUnwindSafe(|| llama::Llama::load(vb, &config)))
-        .map_err(|_| LoadError::Candle(candle_core::Error::Msg("malformed llama weights".into())))??;
+    let model =
+        catch_unwind(AssertUnwindSafe(|| llama::Llama::load(vb, &config))).map_err(|_| {
+            LoadError::Candle(candle_core::Error::Msg("malformed llama weights".into()))
+        })??;
     let cache = llama::Cache::new(true, dtype, &config, device)?;
 
     let info = ModelInfo {
@@ -98,6 +102,7 @@ pub(crate) fn load(dir: &Path, device: &Device) -> Result<Loaded, LoadError> {
         context_length: config.max_position_embeddings,
         trained_context_length: config.max_position_embeddings,
         quantization: dtype_name(dtype).to_string(),
+        runtime_weights: dtype_name(dtype).to_string(),
         device: device_name(device),
         parameters,
         vocab_size: tokenizer.vocab_size(),
