@@ -4,9 +4,12 @@
 //! interleaved (in-process, network, in-process, ...) so machine noise hits both sides alike;
 //! the table shows medians. TTFT in process is from `generate` to the first text; through
 //! the network it is from sending the request to the first text at the client (DHT lookup
-//! and connection set-up excluded, reported separately as the client's wall time).
+//! and connection set-up excluded; they are reported separately as the client's wall time
+//! minus the job's own time).
 //!
-//! Environment: `COCOON_BENCH_RUNS` (default 5), `COCOON_BENCH_TOKENS` (default 64).
+//! Environment: `COCOON_BENCH_RUNS` (default 5), `COCOON_BENCH_TOKENS` (default 64),
+//! `COCOON_BENCH_KEEP_QUANTIZED=1` to run the GGUF on candle's quantized kernels on both sides
+//! (the default converts small models to f32 at load, see `EngineConfig`).
 
 use std::time::Instant;
 
@@ -17,7 +20,8 @@ use cocoon_inference::{
 };
 use cocoon_tests::{parse_json, LoopbackNet};
 
-const PROMPT: &str = "What is the capital of France?";
+/// Long enough an answer that greedy decoding fills the token budget.
+const PROMPT: &str = "Write a long story about a lighthouse keeper and a storm.";
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -79,15 +83,20 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(64);
+    let keep_quantized = std::env::var("COCOON_BENCH_KEEP_QUANTIZED").is_ok_and(|v| v == "1");
     let model = cocoon_tests::model_path()?;
-    let engine = Engine::load(
-        &ModelSource::from_path(&model)?,
-        EngineConfig {
-            max_concurrent: 1,
-            ..Default::default()
-        },
-    )?;
-    let net = LoopbackNet::start("bench", &[vec!["--max-concurrent".into(), "1".into()]])?;
+    let mut config = EngineConfig {
+        max_concurrent: 1,
+        ..Default::default()
+    };
+    let mut worker_flags = vec!["--max-concurrent".to_string(), "1".to_string()];
+    if keep_quantized {
+        config.dequantize_max_f32_bytes = 0;
+        worker_flags.push("--keep-quantized".into());
+    }
+    let engine = Engine::load(&ModelSource::from_path(&model)?, config)?;
+    let weights = engine.info().runtime_weights.clone();
+    let net = LoopbackNet::start("bench", &[worker_flags])?;
     let max = tokens.to_string();
     // Warm up both paths once (page cache, first connection).
     in_process(&engine, 8)?;
@@ -98,8 +107,8 @@ fn main() -> Result<()> {
         local.push(in_process(&engine, tokens)?);
         let start = Instant::now();
         let json = parse_json(&net.infer(&["--json", "--max-tokens", &max], PROMPT)?)?;
-        wall.push(start.elapsed().as_secs_f64() * 1e3);
         let get = |k: &str| json[k].as_f64().with_context(|| format!("{k} missing"));
+        wall.push(start.elapsed().as_secs_f64() * 1e3 - get("total_ms")?);
         remote.push(Sample {
             ttft_ms: get("ttft_ms")?,
             tok_s: get("tokens_per_s")?,
@@ -112,11 +121,11 @@ fn main() -> Result<()> {
     let l_tps = median(local.iter().map(|s| s.tok_s).collect());
     let r_tps = median(remote.iter().map(|s| s.tok_s).collect());
     let table = format!(
-        "| metric (median of {runs}, {} tokens, greedy) | in-process | network (loopback QUIC) | difference |\n\
+        "| metric (median of {runs}, {} tokens, greedy, {weights} weights) | in-process | network (loopback QUIC) | difference |\n\
          |---|---:|---:|---:|\n\
          | time to first token (ms) | {l_ttft:.1} | {r_ttft:.1} | {:+.1} ms ({:+.1}%) |\n\
          | decode speed (tok/s) | {l_tps:.2} | {r_tps:.2} | {:+.2} ({:+.1}%) |\n\
-         | client wall time incl. start-up + DHT lookup (ms) | - | {:.0} | - |\n",
+         | client set-up: process start + DHT lookup + connect (ms) | - | {:.0} | - |\n",
         local[0].tokens,
         r_ttft - l_ttft,
         (r_ttft / l_ttft - 1.0) * 100.0,
@@ -129,7 +138,10 @@ fn main() -> Result<()> {
         "both paths generate the same tokens"
     );
     println!("{table}");
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-loopback.md");
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "../target/bench-loopback-{}.md",
+        weights.to_lowercase()
+    ));
     std::fs::write(&out, &table)?;
     eprintln!("table written to {}", out.display());
     Ok(())

@@ -162,3 +162,51 @@ fn worker_killed_mid_stream_gives_a_clear_error_not_a_hang() {
         killed.elapsed()
     );
 }
+
+#[test]
+fn busy_past_the_limit_and_the_slot_frees_when_the_client_dies() {
+    let net = LoopbackNet::start("busy", &[vec!["--max-concurrent".into(), "1".into()]])
+        .expect("start the network");
+    // Client A holds the only slot with a long generation.
+    let mut a = net
+        .infer_command(
+            &["--max-tokens", "2000", "--temperature", "1.0"],
+            "Write a very long story about a cat.",
+        )
+        .unwrap()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = a.stdout.as_mut().unwrap().read(&mut buf).unwrap();
+    assert!(n > 0, "client A got no text");
+
+    // Client B is refused with `busy`, and the error names the worker it tried.
+    let out = net.infer(&["--max-tokens", "4"], "Hello").unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Busy") && stderr.contains(&net.workers[0].peer_id),
+        "{stderr}"
+    );
+
+    // A dies; the worker notices the dead stream, cancels A's generation and frees the slot.
+    let _ = a.kill();
+    let _ = a.wait();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = net
+            .infer(&["--json", "--max-tokens", "4"], "Hello")
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slot never freed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

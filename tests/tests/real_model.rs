@@ -27,6 +27,11 @@ fn ask(engine: &Engine, question: &str, sampling: SamplingParams) -> String {
 #[test]
 fn capital_of_france_is_paris() {
     let engine = engine();
+    let info = engine.info();
+    assert_eq!(info.architecture, "llama");
+    assert_eq!(info.quantization, "Q4_1");
+    let im_end = engine.tokenizer().token_to_id("<|im_end|>").unwrap();
+    assert!(engine.tokenizer().eos_ids().contains(&im_end));
     let greedy = SamplingParams {
         max_tokens: 32,
         ..Default::default()
