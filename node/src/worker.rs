@@ -69,7 +69,8 @@ impl Worker {
         let _ = channel.close().await;
     }
 
-    async fn run<T: cocoon_p2p::frame::FrameTransport>(
+    /// Runs one job whose request has been read, answering on `channel`.
+    pub async fn run<T: cocoon_p2p::frame::FrameTransport>(
         &self,
         channel: &mut JobChannel<T>,
         request: JobRequest,
@@ -134,27 +135,11 @@ impl Worker {
     }
 }
 
-/// Checks a request's bounds before it reaches the engine.
+/// Checks the limits the wire protocol adds; sampling bounds are the engine's to check
+/// (`SamplingParams::validate`, reported as `BadRequest` too).
 pub fn validate(request: &JobRequest) -> Result<(), String> {
-    let s = &request.sampling;
-    if !(0.0..=10.0).contains(&s.temperature) || s.temperature.is_nan() {
-        return Err(format!("temperature {} is outside 0..=10", s.temperature));
-    }
-    if let Some(p) = s.top_p {
-        if !(p > 0.0 && p <= 1.0) {
-            return Err(format!("top_p {p} is outside (0, 1]"));
-        }
-    }
-    if s.top_k == Some(0) {
-        return Err("top_k must be at least 1".into());
-    }
-    if s.max_tokens == 0 {
-        return Err("max_tokens must be at least 1".into());
-    }
-    if s.stop.len() > MAX_STOP_STRINGS
-        || s.stop
-            .iter()
-            .any(|x| x.is_empty() || x.len() > MAX_STOP_LEN)
+    let stop = &request.sampling.stop;
+    if stop.len() > MAX_STOP_STRINGS || stop.iter().any(|x| x.is_empty() || x.len() > MAX_STOP_LEN)
     {
         return Err(format!(
             "at most {MAX_STOP_STRINGS} non-empty stop strings of at most {MAX_STOP_LEN} bytes"
@@ -193,5 +178,147 @@ pub fn to_engine(request: JobRequest) -> inference::GenerateRequest {
             max_tokens: s.max_tokens,
             stop: s.stop,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cocoon_p2p::frame::FramedStream;
+    use cocoon_p2p::job::{ChatMessage, ClientEvent, JobError, JobInput, Sampling};
+    use cocoon_p2p::testing::{pipe, Pipe};
+
+    fn tiny_worker(max_concurrent: usize) -> (Worker, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        inference::testing::write_tiny_gguf(&path, &Default::default()).unwrap();
+        let source = inference::ModelSource::from_path(&path).unwrap();
+        let config = inference::EngineConfig {
+            max_concurrent,
+            // A generation nobody reads blocks after one chunk, holding its slot.
+            channel_capacity: 1,
+            ..Default::default()
+        };
+        let engine = inference::Engine::load(&source, config).unwrap();
+        let engines = HashMap::from([("tiny".to_string(), engine)]);
+        (Worker::new(engines, JobConfig::default()), dir)
+    }
+
+    fn request(model: &str, max_tokens: u32) -> JobRequest {
+        JobRequest {
+            id: 3,
+            model: model.into(),
+            input: JobInput::Chat(vec![ChatMessage {
+                role: "user".into(),
+                content: "hello".into(),
+            }]),
+            sampling: Sampling {
+                max_tokens,
+                ..Default::default()
+            },
+        }
+    }
+
+    type Channel = JobChannel<FramedStream<Pipe>>;
+
+    fn channels() -> (Channel, Channel) {
+        let (a, b) = pipe();
+        let c = JobConfig::default();
+        (
+            JobChannel::new(FramedStream::new(a, c.max_frame), c.clone()),
+            JobChannel::new(FramedStream::new(b, c.max_frame), c),
+        )
+    }
+
+    /// Runs `req` through the worker glue; returns the client's events up to the end.
+    async fn exchange(worker: &Worker, req: JobRequest) -> (String, Result<ClientEvent, JobError>) {
+        let (mut client, mut server) = channels();
+        client.send_request(req).await.unwrap();
+        let req = server.recv_request().await.unwrap();
+        worker.run(&mut server, req).await.unwrap();
+        let mut text = String::new();
+        loop {
+            match client.next_event().await {
+                Ok(ClientEvent::Token(t)) => text.push_str(&t),
+                other => return (text, other),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_the_engine_text_and_usage() {
+        let (worker, _dir) = tiny_worker(2);
+        let (text, end) = exchange(&worker, request("tiny", 5)).await;
+        let Ok(ClientEvent::Done(done)) = end else {
+            panic!("{end:?}")
+        };
+        assert_eq!(done.id, 3);
+        assert!(done.usage.completion_tokens >= 1 && done.usage.completion_tokens <= 5);
+        assert!(done.usage.prompt_tokens > 0);
+        // The same request in process gives the same text.
+        let engine = &worker.engines["tiny"];
+        let (expected, _) =
+            tokio::task::block_in_place(|| engine.generate_text(to_engine(request("tiny", 5))))
+                .unwrap();
+        assert_eq!(text, expected);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refusals_are_typed() {
+        let (worker, _dir) = tiny_worker(1);
+        let (_, end) = exchange(&worker, request("other-model", 5)).await;
+        assert!(
+            matches!(
+                end,
+                Err(JobError::Remote(JobFailure {
+                    code: ErrorCode::UnknownModel,
+                    ..
+                }))
+            ),
+            "{end:?}"
+        );
+
+        let mut bad = request("tiny", 5);
+        bad.sampling.top_p = Some(1.5);
+        let (_, end) = exchange(&worker, bad).await;
+        assert!(
+            matches!(
+                end,
+                Err(JobError::Remote(JobFailure {
+                    code: ErrorCode::BadRequest,
+                    ..
+                }))
+            ),
+            "{end:?}"
+        );
+
+        let mut bad = request("tiny", 5);
+        bad.sampling.stop = vec![String::new()];
+        let (_, end) = exchange(&worker, bad).await;
+        assert!(
+            matches!(
+                end,
+                Err(JobError::Remote(JobFailure {
+                    code: ErrorCode::BadRequest,
+                    ..
+                }))
+            ),
+            "{end:?}"
+        );
+
+        // Hold the only slot, then a second job is answered Busy at once.
+        let engine = &worker.engines["tiny"];
+        let _held = engine.generate(to_engine(request("tiny", 10_000))).unwrap();
+        let (_, end) = exchange(&worker, request("tiny", 5)).await;
+        assert!(
+            matches!(
+                end,
+                Err(JobError::Remote(JobFailure {
+                    code: ErrorCode::Busy,
+                    ..
+                }))
+            ),
+            "{end:?}"
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! - [`job`]: the `/cocoon/job/1` stream protocol: framing, versioned messages, timeouts.
 //! - [`frame`]: the length-prefixed framing beneath it, the seam where encryption plugs in.
 //! - [`identity`]: the node's persistent ed25519 identity.
+//! - [`testing`]: an in-memory duplex pipe for testing protocol code without a network.
 //!
 //! This crate knows nothing of models or inference: the node crate joins job streams to the
 //! engine.
@@ -15,8 +16,7 @@ pub mod frame;
 pub mod identity;
 pub mod job;
 pub mod swarm;
-#[cfg(test)]
-pub(crate) mod testing;
+pub mod testing;
 
 pub use libp2p::{Multiaddr, PeerId, Stream};
 pub use swarm::{model_key, DhtMode, Network, NetworkConfig, NetworkError, NetworkState};
