@@ -75,8 +75,14 @@ pub struct LoopbackNet {
 pub type WorkerArgs = Vec<String>;
 
 impl LoopbackNet {
-    /// Starts a bootstrap node and one worker per entry of `workers` (extra flags each).
+    /// Starts a bootstrap node and one worker per entry of `workers` (extra flags each), all
+    /// on loopback QUIC.
     pub fn start(name: &str, workers: &[WorkerArgs]) -> Result<Self> {
+        Self::start_on(name, "/ip4/127.0.0.1/udp/0/quic-v1", workers)
+    }
+
+    /// Like [`Self::start`], every node listening on `listen` (e.g. a TCP multiaddr).
+    pub fn start_on(name: &str, listen: &str, workers: &[WorkerArgs]) -> Result<Self> {
         let bin = cocoon_bin()?;
         let model = model_path()?;
         let dir = scratch(name)?;
@@ -85,7 +91,7 @@ impl LoopbackNet {
                 "--data-dir".to_string(),
                 dir.path().join(node).display().to_string(),
                 "--listen".into(),
-                "/ip4/127.0.0.1/udp/0/quic-v1".into(),
+                listen.to_string(),
                 "--no-mdns".into(),
             ]
         };
@@ -120,7 +126,7 @@ impl LoopbackNet {
         })
     }
 
-    /// The bootstrap node's QUIC address.
+    /// The bootstrap node's address (QUIC when it has one).
     pub fn bootstrap_addr(&self) -> String {
         self.bootstrap
             .quic_addr()

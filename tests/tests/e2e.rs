@@ -210,3 +210,52 @@ fn busy_past_the_limit_and_the_slot_frees_when_the_client_dies() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+#[test]
+fn the_tcp_fallback_carries_the_same_job() {
+    let net =
+        LoopbackNet::start_on("tcp", "/ip4/127.0.0.1/tcp/0", &[vec![]]).expect("start the network");
+    assert!(
+        net.bootstrap_addr().contains("/tcp/"),
+        "{}",
+        net.bootstrap_addr()
+    );
+    let out = net
+        .infer(&["--json", "--max-tokens", "16"], PROMPT)
+        .unwrap();
+    let json = parse_json(&out).unwrap();
+    assert_eq!(json["worker_peer"], net.workers[0].peer_id.as_str());
+    assert!(json["text"].as_str().unwrap().contains("Paris"), "{json}");
+}
+
+#[test]
+fn mdns_finds_a_worker_on_the_lan_without_bootstrap() {
+    let bin = cocoon_tests::cocoon_bin().unwrap();
+    let model = cocoon_tests::model_path().unwrap();
+    let dir = cocoon_tests::scratch("mdns").unwrap();
+    // A worker with mDNS on (the default) and no bootstrap: a network of its own.
+    let args: Vec<String> = [
+        "--data-dir",
+        &dir.path().join("w").display().to_string(),
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+        "--model",
+        &model.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let worker = cocoon_node::launch::NodeProcess::spawn(
+        &bin,
+        &args,
+        &dir.path().join("w.log"),
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    let out = std::process::Command::new(&bin)
+        .args(["infer", "--mdns", "--json", "--max-tokens", "12", PROMPT])
+        .output()
+        .unwrap();
+    let json = parse_json(&out).unwrap();
+    assert_eq!(json["worker_peer"], worker.peer_id.as_str());
+}
