@@ -506,14 +506,18 @@ impl Driver {
 
     fn finish_connect(&mut self, peer: PeerId, result: Result<(), NetworkError>) {
         if let Some(waiters) = self.connect_waiters.remove(&peer) {
+            let reason = result.as_ref().err().map(ToString::to_string);
+            let mut result = Some(result);
             for w in waiters {
-                let _ = w.send(match &result {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(NetworkError::Dial {
+                // The first waiter gets the error itself, any others its description.
+                let r = result.take().unwrap_or_else(|| match &reason {
+                    None => Ok(()),
+                    Some(reason) => Err(NetworkError::Dial {
                         peer,
-                        reason: e.to_string(),
+                        reason: reason.clone(),
                     }),
                 });
+                let _ = w.send(r);
             }
         }
     }
@@ -537,7 +541,17 @@ impl Driver {
                 ..
             } => {
                 tracing::debug!(%peer, "dial failed: {error}");
-                // A pending Connect keeps waiting for its DHT lookup, which dials again.
+                // While its DHT lookup runs, a pending Connect waits: the lookup dials again
+                // with fresh addresses. After that, the failure is the answer.
+                if !self.lookups.values().any(|p| *p == peer) && !self.swarm.is_connected(&peer) {
+                    self.finish_connect(
+                        peer,
+                        Err(NetworkError::Dial {
+                            peer,
+                            reason: error.to_string(),
+                        }),
+                    );
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
