@@ -259,3 +259,42 @@ fn mdns_finds_a_worker_on_the_lan_without_bootstrap() {
     let json = parse_json(&out).unwrap();
     assert_eq!(json["worker_peer"], worker.peer_id.as_str());
 }
+
+#[test]
+fn sigterm_stops_a_node_cleanly() {
+    let bin = cocoon_tests::cocoon_bin().unwrap();
+    let dir = cocoon_tests::scratch("sigterm").unwrap();
+    let args: Vec<String> = [
+        "--data-dir",
+        &dir.path().join("n").display().to_string(),
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+        "--no-mdns",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut node = cocoon_node::launch::NodeProcess::spawn(
+        &bin,
+        &args,
+        &dir.path().join("n.log"),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &node.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = node.try_wait() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "node ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "exit status {exit}");
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    assert!(log.contains("shutting down"), "{log}");
+}
