@@ -137,7 +137,15 @@ pub async fn infer(
     config: &ClientConfig,
     mut on_text: impl FnMut(&str),
 ) -> Result<InferOutcome, InferError> {
-    let providers = discover(network, &request.model, config.discovery_timeout).await?;
+    let mut providers = discover(network, &request.model, config.discovery_timeout).await?;
+    // Until the market ranks workers (issue 4), start at a different provider per job so
+    // clients spread their load instead of all trying the lowest peer id first.
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as usize)
+        .unwrap_or(0);
+    let len = providers.len();
+    providers.rotate_left(start % len);
     let mut tried = Vec::new();
     for (attempt, worker) in providers.iter().copied().enumerate() {
         match run_on(
