@@ -4,6 +4,7 @@
 //!   `/cocoon/kad/1.0.0`, mDNS) behind the [`Network`] handle; model discovery through DHT
 //!   provider records.
 //! - [`job`]: the `/cocoon/job/1` stream protocol: framing, versioned messages, timeouts.
+//! - [`attest`]: attestation evidence (Intel TDX via DCAP, dev), key binding, trust policy.
 //! - [`frame`]: the length-prefixed framing beneath it, the seam where encryption plugs in.
 //! - [`identity`]: the node's persistent ed25519 identity.
 //! - [`testing`]: an in-memory duplex pipe for testing protocol code without a network.
@@ -12,6 +13,7 @@
 //! engine.
 #![warn(missing_docs)]
 
+pub mod attest;
 pub mod frame;
 pub mod identity;
 pub mod job;

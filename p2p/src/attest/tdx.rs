@@ -1,0 +1,66 @@
+//! Intel TDX quotes: verification with Intel DCAP (`dcap-qvl`, pure Rust) into an
+//! [`Appraisal`].
+//!
+//! Verification checks the quote's signature chain up to Intel's root CA, the QE identity,
+//! the TCB info and CRLs in the collateral, at the given `now` (so results are reproducible
+//! and collateral expiry is enforced). It says what the TD is; whether to trust that is the
+//! [`super::policy`]'s decision.
+
+use dcap_qvl::quote::Report;
+use dcap_qvl::QuoteCollateralV3;
+
+use super::{Appraisal, AttestError, EvidenceKind};
+
+/// Bit 0 of a TD's attributes: the TD is debuggable (the host can read its memory).
+const TD_ATTRIBUTE_DEBUG: u8 = 0x01;
+
+/// Parses DCAP collateral from its JSON form (as PCCS-derived caches store it).
+pub fn parse_collateral(json: &[u8]) -> Result<QuoteCollateralV3, AttestError> {
+    serde_json::from_slice(json).map_err(|e| AttestError::Collateral(e.to_string()))
+}
+
+/// Verifies a TDX quote against its collateral at `now` (Unix seconds).
+pub fn appraise(
+    quote: &[u8],
+    collateral: &QuoteCollateralV3,
+    now: u64,
+) -> Result<Appraisal, AttestError> {
+    let verified = dcap_qvl::verify::verify(quote, collateral, now)
+        .map_err(|e| AttestError::Verification(format!("{e:#}")))?;
+    let (attributes, mrtd, rtmrs, report_data) = match &verified.report {
+        Report::TD10(r) => (
+            r.td_attributes,
+            r.mr_td,
+            [r.rt_mr0, r.rt_mr1, r.rt_mr2, r.rt_mr3],
+            r.report_data,
+        ),
+        Report::TD15(r) => {
+            let b = &r.base;
+            (
+                b.td_attributes,
+                b.mr_td,
+                [b.rt_mr0, b.rt_mr1, b.rt_mr2, b.rt_mr3],
+                b.report_data,
+            )
+        }
+        Report::TD15Ex(r) => {
+            let b = &r.base.base;
+            (
+                b.td_attributes,
+                b.mr_td,
+                [b.rt_mr0, b.rt_mr1, b.rt_mr2, b.rt_mr3],
+                b.report_data,
+            )
+        }
+        Report::SgxEnclave(_) => return Err(AttestError::NotTdx),
+    };
+    Ok(Appraisal {
+        kind: EvidenceKind::Tdx,
+        tcb_status: Some(verified.status),
+        advisory_ids: verified.advisory_ids,
+        mrtd,
+        rtmrs,
+        report_data,
+        debug: attributes[0] & TD_ATTRIBUTE_DEBUG != 0,
+    })
+}
