@@ -37,6 +37,10 @@ pub enum FrameError {
     /// The underlying stream failed.
     #[error("stream i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// An encrypted frame failed authentication: tampered, replayed, reordered or from
+    /// another session. The channel cannot continue.
+    #[error("encrypted frame failed authentication (tampered, replayed or out of order)")]
+    Decrypt,
 }
 
 /// Prepends the length prefix to `body`.

@@ -6,6 +6,7 @@
 //! - [`job`]: the `/cocoon/job/1` stream protocol: framing, versioned messages, timeouts.
 //! - [`attest`]: attestation evidence (Intel TDX via DCAP, dev), key binding, trust policy.
 //! - [`frame`]: the length-prefixed framing beneath it, the seam where encryption plugs in.
+//! - [`secure`]: the Noise channel bound to the worker's enclave key (a `FrameTransport`).
 //! - [`identity`]: the node's persistent ed25519 identity.
 //! - [`testing`]: an in-memory duplex pipe for testing protocol code without a network.
 //!
@@ -17,6 +18,7 @@ pub mod attest;
 pub mod frame;
 pub mod identity;
 pub mod job;
+pub mod secure;
 pub mod swarm;
 pub mod testing;
 

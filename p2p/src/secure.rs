@@ -1,0 +1,503 @@
+//! The end-to-end secure channel of a job stream: a Noise handshake whose responder static
+//! key is the worker's *enclave key*, then every frame encrypted and authenticated.
+//!
+//! Pattern `Noise_NX_25519_ChaChaPoly_BLAKE2s`: the client has no static key (it needs no
+//! identity inside the channel); the worker sends its static key and, in the same message,
+//! its evidence (encrypted under the ephemeral-ephemeral secret). The client's `verify`
+//! callback sees both and must approve *before* the client sends any application byte. The
+//! prologue binds the protocol, its version and both libp2p peer ids, so a session spliced
+//! onto another connection, or relayed with different peer ids, fails the handshake.
+//!
+//! After the handshake a [`SecureTransport`] is a [`FrameTransport`] over the inner one:
+//! each plaintext frame is split into chunks of at most [`MAX_CHUNK`] bytes, each chunk
+//! carries a one-byte "more follows" flag inside the ciphertext and travels as one inner
+//! frame. Nonces are the Noise counters: never reused, and any replayed, reordered, dropped
+//! or altered chunk fails authentication ([`FrameError::Decrypt`]).
+
+use libp2p::PeerId;
+use snow::params::NoiseParams;
+
+use crate::frame::{FrameError, FrameTransport, DEFAULT_MAX_FRAME};
+
+/// The Noise protocol name.
+pub const NOISE_PARAMS: &str = "Noise_NX_25519_ChaChaPoly_BLAKE2s";
+/// Largest Noise message.
+const MAX_MESSAGE: usize = 65535;
+/// Noise's authentication tag length.
+const TAG: usize = 16;
+/// Largest plaintext carried by one encrypted chunk (one byte goes to the flag).
+pub const MAX_CHUNK: usize = MAX_MESSAGE - TAG - 1;
+/// Largest evidence payload in the handshake.
+pub const MAX_EVIDENCE: usize = MAX_MESSAGE - 32 - 32 - TAG - TAG;
+
+const MORE: u8 = 1;
+const LAST: u8 = 0;
+
+fn params() -> NoiseParams {
+    NOISE_PARAMS.parse().expect("valid Noise parameters")
+}
+
+/// The prologue both sides must agree on: protocol, version, client and worker peer ids.
+pub fn prologue(version: u16, client: &PeerId, worker: &PeerId) -> Vec<u8> {
+    let mut p = b"cocoon/job/noise".to_vec();
+    p.extend(version.to_be_bytes());
+    for id in [client.to_bytes(), worker.to_bytes()] {
+        p.extend((id.len() as u16).to_be_bytes());
+        p.extend(id);
+    }
+    p
+}
+
+/// A worker's enclave key: an X25519 key pair that lives only in memory.
+pub struct EnclaveKey {
+    private: Vec<u8>,
+    public: [u8; 32],
+}
+
+impl EnclaveKey {
+    /// A fresh random key.
+    pub fn generate() -> Self {
+        let kp = snow::Builder::new(params())
+            .generate_keypair()
+            .expect("X25519 key generation");
+        let public = kp.public.as_slice().try_into().expect("32-byte X25519 key");
+        Self {
+            private: kp.private,
+            public,
+        }
+    }
+
+    /// The public half, which the evidence binds.
+    pub fn public(&self) -> [u8; 32] {
+        self.public
+    }
+}
+
+impl std::fmt::Debug for EnclaveKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the private half.
+        f.debug_struct("EnclaveKey")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The stream failed or closed during the handshake.
+    #[error("handshake stream: {0}")]
+    Frame(#[from] FrameError),
+    /// The stream closed before the handshake finished.
+    #[error("the peer closed the stream during the handshake")]
+    Closed,
+    /// A handshake message did not decrypt or parse: wrong prologue (other peer ids or
+    /// version), a replayed or altered message, or not Noise at all.
+    #[error("Noise handshake failed: {0}")]
+    Noise(String),
+    /// The client's check of the worker's key and evidence refused it.
+    #[error("worker refused: {0}")]
+    Refused(String),
+    /// The evidence is too large for a handshake message.
+    #[error("evidence of {0} bytes exceeds {MAX_EVIDENCE}")]
+    EvidenceTooLarge(usize),
+}
+
+fn noise(e: snow::Error) -> HandshakeError {
+    HandshakeError::Noise(e.to_string())
+}
+
+/// Client side: runs the handshake; `verify(worker_static_key, evidence)` decides whether
+/// to trust the worker before anything else is sent.
+pub async fn client_handshake<T: FrameTransport>(
+    mut inner: T,
+    prologue: &[u8],
+    verify: impl FnOnce(&[u8; 32], &[u8]) -> Result<(), String>,
+) -> Result<SecureTransport<T>, HandshakeError> {
+    let mut hs = snow::Builder::new(params())
+        .prologue(prologue)
+        .map_err(noise)?
+        .build_initiator()
+        .map_err(noise)?;
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let n = hs.write_message(&[], &mut buf).map_err(noise)?;
+    inner.send_frame(&buf[..n]).await?;
+    let reply = inner.recv_frame().await?.ok_or(HandshakeError::Closed)?;
+    let mut evidence = vec![0u8; MAX_MESSAGE];
+    let n = hs.read_message(&reply, &mut evidence).map_err(noise)?;
+    let key: [u8; 32] = hs
+        .get_remote_static()
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(|| HandshakeError::Noise("no worker static key".into()))?;
+    verify(&key, &evidence[..n]).map_err(HandshakeError::Refused)?;
+    let state = hs.into_transport_mode().map_err(noise)?;
+    Ok(SecureTransport::new(inner, state, key))
+}
+
+/// Worker side: answers the handshake with `key` as the static key and `evidence` as payload.
+pub async fn worker_handshake<T: FrameTransport>(
+    mut inner: T,
+    prologue: &[u8],
+    key: &EnclaveKey,
+    evidence: &[u8],
+) -> Result<SecureTransport<T>, HandshakeError> {
+    if evidence.len() > MAX_EVIDENCE {
+        return Err(HandshakeError::EvidenceTooLarge(evidence.len()));
+    }
+    let mut hs = snow::Builder::new(params())
+        .local_private_key(&key.private)
+        .map_err(noise)?
+        .prologue(prologue)
+        .map_err(noise)?
+        .build_responder()
+        .map_err(noise)?;
+    let first = inner.recv_frame().await?.ok_or(HandshakeError::Closed)?;
+    let mut payload = vec![0u8; MAX_MESSAGE];
+    hs.read_message(&first, &mut payload).map_err(noise)?;
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let n = hs.write_message(evidence, &mut buf).map_err(noise)?;
+    inner.send_frame(&buf[..n]).await?;
+    let state = hs.into_transport_mode().map_err(noise)?;
+    Ok(SecureTransport::new(inner, state, key.public))
+}
+
+/// Encrypted frames over an inner frame transport.
+pub struct SecureTransport<T> {
+    inner: T,
+    state: snow::TransportState,
+    worker_key: [u8; 32],
+    buf: Vec<u8>,
+    max_frame: usize,
+}
+
+impl<T> SecureTransport<T> {
+    fn new(inner: T, state: snow::TransportState, worker_key: [u8; 32]) -> Self {
+        Self {
+            inner,
+            state,
+            worker_key,
+            buf: vec![0u8; MAX_MESSAGE],
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+
+    /// Sets the largest plaintext frame sent or reassembled (default
+    /// [`DEFAULT_MAX_FRAME`]): a peer cannot make us buffer more.
+    pub fn with_max_frame(mut self, max_frame: usize) -> Self {
+        self.max_frame = max_frame;
+        self
+    }
+
+    /// The worker's enclave key this channel is bound to.
+    pub fn worker_key(&self) -> [u8; 32] {
+        self.worker_key
+    }
+}
+
+impl<T: FrameTransport> FrameTransport for SecureTransport<T> {
+    async fn send_frame(&mut self, body: &[u8]) -> Result<(), FrameError> {
+        if body.len() > self.max_frame {
+            return Err(FrameError::Oversize {
+                len: body.len(),
+                max: self.max_frame,
+            });
+        }
+        let mut chunks = body.chunks(MAX_CHUNK).peekable();
+        let mut plain = Vec::with_capacity(MAX_CHUNK + 1);
+        loop {
+            let chunk = chunks.next().unwrap_or(&[]);
+            plain.clear();
+            plain.push(if chunks.peek().is_some() { MORE } else { LAST });
+            plain.extend_from_slice(chunk);
+            let n = self
+                .state
+                .write_message(&plain, &mut self.buf)
+                .map_err(|_| FrameError::Decrypt)?;
+            self.inner.send_frame(&self.buf[..n]).await?;
+            if chunks.peek().is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn recv_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        let mut frame = Vec::new();
+        loop {
+            let Some(cipher) = self.inner.recv_frame().await? else {
+                if frame.is_empty() {
+                    return Ok(None);
+                }
+                return Err(FrameError::Truncated {
+                    have: frame.len(),
+                    want: frame.len() + 1,
+                });
+            };
+            let n = self
+                .state
+                .read_message(&cipher, &mut self.buf)
+                .map_err(|_| FrameError::Decrypt)?;
+            let (flag, chunk) = self.buf[..n].split_first().ok_or(FrameError::Decrypt)?;
+            if frame.len() + chunk.len() > self.max_frame {
+                return Err(FrameError::Oversize {
+                    len: frame.len() + chunk.len(),
+                    max: self.max_frame,
+                });
+            }
+            frame.extend_from_slice(chunk);
+            match *flag {
+                LAST => return Ok(Some(frame)),
+                MORE => continue,
+                _ => return Err(FrameError::Decrypt),
+            }
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), FrameError> {
+        self.inner.close().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::FramedStream;
+    use crate::testing::{pipe, Pipe};
+    use libp2p::identity::Keypair;
+    use proptest::prelude::*;
+    use std::sync::{Arc, Mutex};
+
+    fn peer() -> PeerId {
+        Keypair::generate_ed25519().public().to_peer_id()
+    }
+
+    /// Records every frame that crosses it: what an observer of the stream sees.
+    struct Tap<T> {
+        inner: T,
+        seen: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl<T: FrameTransport> FrameTransport for Tap<T> {
+        async fn send_frame(&mut self, body: &[u8]) -> Result<(), FrameError> {
+            self.seen.lock().unwrap().extend_from_slice(body);
+            self.inner.send_frame(body).await
+        }
+        async fn recv_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+            let f = self.inner.recv_frame().await?;
+            if let Some(f) = &f {
+                self.seen.lock().unwrap().extend_from_slice(f);
+            }
+            Ok(f)
+        }
+        async fn close(&mut self) -> Result<(), FrameError> {
+            self.inner.close().await
+        }
+    }
+
+    fn framed() -> (FramedStream<Pipe>, FramedStream<Pipe>) {
+        let (a, b) = pipe();
+        (FramedStream::new(a, 1 << 20), FramedStream::new(b, 1 << 20))
+    }
+
+    type Pair<T> = (
+        Result<SecureTransport<T>, HandshakeError>,
+        Result<SecureTransport<FramedStream<Pipe>>, HandshakeError>,
+    );
+
+    async fn handshake<T: FrameTransport>(
+        client_io: T,
+        worker_io: FramedStream<Pipe>,
+        client_prologue: Vec<u8>,
+        worker_prologue: Vec<u8>,
+        key: &EnclaveKey,
+        accept: bool,
+    ) -> Pair<T> {
+        let expected = key.public();
+        let client = client_handshake(client_io, &client_prologue, move |k, evidence| {
+            assert_eq!(k, &expected);
+            assert_eq!(evidence, b"evidence");
+            if accept {
+                Ok(())
+            } else {
+                Err("policy says no".into())
+            }
+        });
+        let worker = worker_handshake(worker_io, &worker_prologue, key, b"evidence");
+        futures::join!(client, worker)
+    }
+
+    #[tokio::test]
+    async fn frames_cross_encrypted_and_the_prompt_never_appears_on_the_wire() {
+        let (c, w) = framed();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let tap = Tap {
+            inner: c,
+            seen: seen.clone(),
+        };
+        let (client, worker) = (peer(), peer());
+        let p = prologue(1, &client, &worker);
+        let key = EnclaveKey::generate();
+        let (c, w) = handshake(tap, w, p.clone(), p, &key, true).await;
+        let (mut c, mut w) = (c.unwrap(), w.unwrap());
+        assert_eq!(c.worker_key(), key.public());
+        let prompt = b"SECRET PROMPT: the launch codes are 0000";
+        let answer = b"SECRET ANSWER: never share them";
+        c.send_frame(prompt).await.unwrap();
+        assert_eq!(w.recv_frame().await.unwrap().unwrap(), prompt);
+        w.send_frame(answer).await.unwrap();
+        assert_eq!(c.recv_frame().await.unwrap().unwrap(), answer);
+        let wire = seen.lock().unwrap().clone();
+        for secret in [&prompt[..], &answer[..], b"SECRET"] {
+            assert!(
+                !wire.windows(secret.len()).any(|w| w == secret),
+                "plaintext on the wire"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_swapped_peer_id_in_the_prologue_fails() {
+        let (c, w) = framed();
+        let (client, worker, other) = (peer(), peer(), peer());
+        let key = EnclaveKey::generate();
+        let (c, _w) = handshake(
+            c,
+            w,
+            prologue(1, &client, &worker),
+            prologue(1, &other, &worker),
+            &key,
+            true,
+        )
+        .await;
+        assert!(matches!(c, Err(HandshakeError::Noise(_))));
+        let (c, w) = framed();
+        let (c, _w) = handshake(
+            c,
+            w,
+            prologue(1, &client, &worker),
+            prologue(2, &client, &worker),
+            &key,
+            true,
+        )
+        .await;
+        assert!(
+            matches!(c, Err(HandshakeError::Noise(_))),
+            "another version"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_worker_gets_nothing() {
+        let (c, w) = framed();
+        let (client, worker) = (peer(), peer());
+        let p = prologue(1, &client, &worker);
+        let key = EnclaveKey::generate();
+        let (c, w) = handshake(c, w, p.clone(), p, &key, false).await;
+        assert!(matches!(c, Err(HandshakeError::Refused(_))));
+        // The client's transport was dropped with the refusal: the worker sees the end.
+        let mut w = w.unwrap();
+        assert!(w.recv_frame().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_flipped_ciphertext_bit_ends_the_channel() {
+        let (c, w) = framed();
+        let (client, worker) = (peer(), peer());
+        let p = prologue(1, &client, &worker);
+        let key = EnclaveKey::generate();
+        let (c, w) = handshake(c, w, p.clone(), p, &key, true).await;
+        let (mut c, mut w) = (c.unwrap(), w.unwrap());
+        // A genuine encrypted frame with one bit flipped on its way.
+        let n = c
+            .state
+            .write_message(&[LAST, b'h', b'i'], &mut c.buf)
+            .unwrap();
+        let mut tampered = c.buf[..n].to_vec();
+        tampered[3] ^= 0x04;
+        c.inner.send_frame(&tampered).await.unwrap();
+        assert!(matches!(w.recv_frame().await, Err(FrameError::Decrypt)));
+    }
+
+    #[tokio::test]
+    async fn a_replayed_session_cannot_talk_to_a_new_worker_session() {
+        // Session A: record the client's first message and its encrypted request.
+        let (c, w) = framed();
+        let frames = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+        struct Rec<T>(T, Arc<Mutex<Vec<Vec<u8>>>>);
+        impl<T: FrameTransport> FrameTransport for Rec<T> {
+            async fn send_frame(&mut self, b: &[u8]) -> Result<(), FrameError> {
+                self.1.lock().unwrap().push(b.to_vec());
+                self.0.send_frame(b).await
+            }
+            async fn recv_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+                self.0.recv_frame().await
+            }
+            async fn close(&mut self) -> Result<(), FrameError> {
+                self.0.close().await
+            }
+        }
+        let (client, worker) = (peer(), peer());
+        let p = prologue(1, &client, &worker);
+        let key = EnclaveKey::generate();
+        let (c, w) = handshake(Rec(c, frames.clone()), w, p.clone(), p.clone(), &key, true).await;
+        let (mut c, mut w) = (c.unwrap(), w.unwrap());
+        c.send_frame(b"request").await.unwrap();
+        assert_eq!(w.recv_frame().await.unwrap().unwrap(), b"request");
+        let recorded = frames.lock().unwrap().clone();
+        assert_eq!(recorded.len(), 2, "handshake message + one request");
+
+        // Session B, same worker key: replay both messages.
+        let (mut attacker, w) = framed();
+        let worker_b = tokio::spawn(async move {
+            let mut w = worker_handshake(w, &p, &key, b"evidence").await.unwrap();
+            w.recv_frame().await
+        });
+        attacker.send_frame(&recorded[0]).await.unwrap();
+        let _reply = attacker.recv_frame().await.unwrap().unwrap();
+        attacker.send_frame(&recorded[1]).await.unwrap();
+        assert!(matches!(worker_b.await.unwrap(), Err(FrameError::Decrypt)));
+    }
+
+    #[tokio::test]
+    async fn oversize_frames_are_refused() {
+        let (c, w) = framed();
+        let (client, worker) = (peer(), peer());
+        let p = prologue(1, &client, &worker);
+        let key = EnclaveKey::generate();
+        let (c, w) = handshake(c, w, p.clone(), p, &key, true).await;
+        let mut c = c.unwrap().with_max_frame(1 << 20);
+        let mut w = w.unwrap().with_max_frame(100_000);
+        assert!(matches!(
+            c.send_frame(&vec![0; (1 << 20) + 1]).await,
+            Err(FrameError::Oversize { .. })
+        ));
+        // A sender with a higher limit cannot make the receiver buffer past its own.
+        c.send_frame(&vec![1; 200_000]).await.unwrap();
+        assert!(matches!(
+            w.recv_frame().await,
+            Err(FrameError::Oversize { .. })
+        ));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn random_sizes_round_trip(sizes in proptest::collection::vec(0usize..150_000, 1..5)) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let (c, w) = framed();
+                let (client, worker) = (peer(), peer());
+                let p = prologue(1, &client, &worker);
+                let key = EnclaveKey::generate();
+                let (c, w) = handshake(c, w, p.clone(), p, &key, true).await;
+                let (mut c, mut w) = (c.unwrap(), w.unwrap());
+                for (i, n) in sizes.iter().enumerate() {
+                    let body: Vec<u8> = (0..*n).map(|j| (i * 31 + j) as u8).collect();
+                    c.send_frame(&body).await.unwrap();
+                    assert_eq!(w.recv_frame().await.unwrap().unwrap(), body);
+                    w.send_frame(&body).await.unwrap();
+                    assert_eq!(c.recv_frame().await.unwrap().unwrap(), body);
+                }
+            });
+        }
+    }
+}
