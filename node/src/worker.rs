@@ -263,62 +263,33 @@ mod tests {
         assert_eq!(text, expected);
     }
 
+    fn assert_refused(end: &Result<ClientEvent, JobError>, want: ErrorCode) {
+        match end {
+            Err(JobError::Remote(JobFailure { code, .. })) if *code == want => {}
+            other => panic!("expected a {want:?} refusal, got {other:?}"),
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn refusals_are_typed() {
         let (worker, _dir) = tiny_worker(1);
         let (_, end) = exchange(&worker, request("other-model", 5)).await;
-        assert!(
-            matches!(
-                end,
-                Err(JobError::Remote(JobFailure {
-                    code: ErrorCode::UnknownModel,
-                    ..
-                }))
-            ),
-            "{end:?}"
-        );
+        assert_refused(&end, ErrorCode::UnknownModel);
 
         let mut bad = request("tiny", 5);
         bad.sampling.top_p = Some(1.5);
         let (_, end) = exchange(&worker, bad).await;
-        assert!(
-            matches!(
-                end,
-                Err(JobError::Remote(JobFailure {
-                    code: ErrorCode::BadRequest,
-                    ..
-                }))
-            ),
-            "{end:?}"
-        );
+        assert_refused(&end, ErrorCode::BadRequest);
 
         let mut bad = request("tiny", 5);
         bad.sampling.stop = vec![String::new()];
         let (_, end) = exchange(&worker, bad).await;
-        assert!(
-            matches!(
-                end,
-                Err(JobError::Remote(JobFailure {
-                    code: ErrorCode::BadRequest,
-                    ..
-                }))
-            ),
-            "{end:?}"
-        );
+        assert_refused(&end, ErrorCode::BadRequest);
 
         // Hold the only slot, then a second job is answered Busy at once.
         let engine = &worker.engines["tiny"];
         let _held = engine.generate(to_engine(request("tiny", 10_000))).unwrap();
         let (_, end) = exchange(&worker, request("tiny", 5)).await;
-        assert!(
-            matches!(
-                end,
-                Err(JobError::Remote(JobFailure {
-                    code: ErrorCode::Busy,
-                    ..
-                }))
-            ),
-            "{end:?}"
-        );
+        assert_refused(&end, ErrorCode::Busy);
     }
 }

@@ -325,6 +325,18 @@ mod tests {
         futures::join!(client, worker)
     }
 
+    /// A client and a worker that completed the handshake over an in-memory pipe.
+    async fn connected() -> (
+        SecureTransport<FramedStream<Pipe>>,
+        SecureTransport<FramedStream<Pipe>>,
+    ) {
+        let (c, w) = framed();
+        let (client, worker) = (peer(), peer());
+        let p = prologue(1, &client, &worker);
+        let (c, w) = handshake(c, w, p.clone(), p, &EnclaveKey::generate(), true).await;
+        (c.unwrap(), w.unwrap())
+    }
+
     #[tokio::test]
     async fn frames_cross_encrypted_and_the_prompt_never_appears_on_the_wire() {
         let (c, w) = framed();
@@ -400,12 +412,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_flipped_ciphertext_bit_ends_the_channel() {
-        let (c, w) = framed();
-        let (client, worker) = (peer(), peer());
-        let p = prologue(1, &client, &worker);
-        let key = EnclaveKey::generate();
-        let (c, w) = handshake(c, w, p.clone(), p, &key, true).await;
-        let (mut c, mut w) = (c.unwrap(), w.unwrap());
+        let (mut c, mut w) = connected().await;
         // A genuine encrypted frame with one bit flipped on its way.
         let n = c
             .state
@@ -459,13 +466,8 @@ mod tests {
 
     #[tokio::test]
     async fn oversize_frames_are_refused() {
-        let (c, w) = framed();
-        let (client, worker) = (peer(), peer());
-        let p = prologue(1, &client, &worker);
-        let key = EnclaveKey::generate();
-        let (c, w) = handshake(c, w, p.clone(), p, &key, true).await;
-        let mut c = c.unwrap().with_max_frame(1 << 20);
-        let mut w = w.unwrap().with_max_frame(100_000);
+        let (c, w) = connected().await;
+        let (mut c, mut w) = (c.with_max_frame(1 << 20), w.with_max_frame(100_000));
         assert!(matches!(
             c.send_frame(&vec![0; (1 << 20) + 1]).await,
             Err(FrameError::Oversize { .. })
@@ -484,12 +486,7 @@ mod tests {
         fn random_sizes_round_trip(sizes in proptest::collection::vec(0usize..150_000, 1..5)) {
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
             rt.block_on(async {
-                let (c, w) = framed();
-                let (client, worker) = (peer(), peer());
-                let p = prologue(1, &client, &worker);
-                let key = EnclaveKey::generate();
-                let (c, w) = handshake(c, w, p.clone(), p, &key, true).await;
-                let (mut c, mut w) = (c.unwrap(), w.unwrap());
+                let (mut c, mut w) = connected().await;
                 for (i, n) in sizes.iter().enumerate() {
                     let body: Vec<u8> = (0..*n).map(|j| (i * 31 + j) as u8).collect();
                     c.send_frame(&body).await.unwrap();

@@ -61,6 +61,25 @@ pub fn scratch(name: &str) -> Result<tempfile::TempDir> {
         .tempdir()?)
 }
 
+/// Starts `cocoon node` named `name` with its data dir and log under `dir`, listening on
+/// `listen`, with `extra` flags; waits until it prints `ready`.
+pub fn spawn_node(dir: &Path, name: &str, listen: &str, extra: &[String]) -> Result<NodeProcess> {
+    let mut args = vec![
+        "--data-dir".to_string(),
+        dir.join(name).display().to_string(),
+        "--listen".into(),
+        listen.to_string(),
+    ];
+    args.extend(extra.iter().cloned());
+    let log = dir.join(format!("{name}.log"));
+    Ok(NodeProcess::spawn(
+        &cocoon_bin()?,
+        &args,
+        &log,
+        Duration::from_secs(120),
+    )?)
+}
+
 /// A loopback network: one bootstrap node and some workers, all real processes.
 pub struct LoopbackNet {
     /// The bootstrap node.
@@ -83,28 +102,17 @@ impl LoopbackNet {
 
     /// Like [`Self::start`], every node listening on `listen` (e.g. a TCP multiaddr).
     pub fn start_on(name: &str, listen: &str, workers: &[WorkerArgs]) -> Result<Self> {
-        let bin = cocoon_bin()?;
         let model = model_path()?;
         let dir = scratch(name)?;
-        let base = |node: &str| {
-            vec![
-                "--data-dir".to_string(),
-                dir.path().join(node).display().to_string(),
-                "--listen".into(),
-                listen.to_string(),
-                "--no-mdns".into(),
-            ]
-        };
-        let timeout = Duration::from_secs(120);
-        let bootstrap =
-            NodeProcess::spawn(&bin, &base("boot"), &dir.path().join("boot.log"), timeout)?;
+        let no_mdns = vec!["--no-mdns".to_string()];
+        let bootstrap = spawn_node(dir.path(), "boot", listen, &no_mdns)?;
         let boot_addr = bootstrap
             .quic_addr()
             .context("bootstrap address")?
             .to_string();
         let mut started = Vec::new();
         for (i, extra) in workers.iter().enumerate() {
-            let mut args = base(&format!("w{i}"));
+            let mut args = no_mdns.clone();
             args.extend([
                 "--bootstrap".into(),
                 boot_addr.clone(),
@@ -112,12 +120,7 @@ impl LoopbackNet {
                 model.display().to_string(),
             ]);
             args.extend(extra.iter().cloned());
-            started.push(NodeProcess::spawn(
-                &bin,
-                &args,
-                &dir.path().join(format!("w{i}.log")),
-                timeout,
-            )?);
+            started.push(spawn_node(dir.path(), &format!("w{i}"), listen, &args)?);
         }
         Ok(Self {
             bootstrap,

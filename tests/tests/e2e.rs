@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 use cocoon_inference::{
     ChatMessage, Engine, EngineConfig, GenerateRequest, ModelSource, Prompt, SamplingParams,
 };
-use cocoon_tests::{parse_json, LoopbackNet};
+use cocoon_tests::{parse_json, spawn_node, LoopbackNet};
 
 const PROMPT: &str = "What is the capital of France?";
+const QUIC: &str = "/ip4/127.0.0.1/udp/0/quic-v1";
 
 fn in_process(prompt: &str, sampling: SamplingParams) -> String {
     let path = cocoon_tests::model_path().unwrap();
@@ -234,24 +235,8 @@ fn mdns_finds_a_worker_on_the_lan_without_bootstrap() {
     let model = cocoon_tests::model_path().unwrap();
     let dir = cocoon_tests::scratch("mdns").unwrap();
     // A worker with mDNS on (the default) and no bootstrap: a network of its own.
-    let args: Vec<String> = [
-        "--data-dir",
-        &dir.path().join("w").display().to_string(),
-        "--listen",
-        "/ip4/127.0.0.1/udp/0/quic-v1",
-        "--model",
-        &model.display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let worker = cocoon_node::launch::NodeProcess::spawn(
-        &bin,
-        &args,
-        &dir.path().join("w.log"),
-        Duration::from_secs(120),
-    )
-    .unwrap();
+    let model_args = ["--model".to_string(), model.display().to_string()];
+    let worker = spawn_node(dir.path(), "w", QUIC, &model_args).unwrap();
     let out = std::process::Command::new(&bin)
         .args(["infer", "--mdns", "--json", "--max-tokens", "12", PROMPT])
         .output()
@@ -262,25 +247,8 @@ fn mdns_finds_a_worker_on_the_lan_without_bootstrap() {
 
 #[test]
 fn sigterm_stops_a_node_cleanly() {
-    let bin = cocoon_tests::cocoon_bin().unwrap();
     let dir = cocoon_tests::scratch("sigterm").unwrap();
-    let args: Vec<String> = [
-        "--data-dir",
-        &dir.path().join("n").display().to_string(),
-        "--listen",
-        "/ip4/127.0.0.1/udp/0/quic-v1",
-        "--no-mdns",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut node = cocoon_node::launch::NodeProcess::spawn(
-        &bin,
-        &args,
-        &dir.path().join("n.log"),
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let mut node = spawn_node(dir.path(), "n", QUIC, &["--no-mdns".to_string()]).unwrap();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &node.pid().to_string()])
         .status()
