@@ -110,10 +110,23 @@ fn noise(e: snow::Error) -> HandshakeError {
 /// Client side: runs the handshake; `verify(worker_static_key, evidence)` decides whether
 /// to trust the worker before anything else is sent.
 pub async fn client_handshake<T: FrameTransport>(
-    mut inner: T,
+    inner: T,
     prologue: &[u8],
     verify: impl FnOnce(&[u8; 32], &[u8]) -> Result<(), String>,
 ) -> Result<SecureTransport<T>, HandshakeError> {
+    let pending = client_handshake_unverified(inner, prologue).await?;
+    verify(&pending.worker_key, &pending.evidence).map_err(HandshakeError::Refused)?;
+    Ok(pending.accept())
+}
+
+/// Client side, for verification that must await (fetching collateral): runs the handshake
+/// and returns the worker's key and evidence *without* a usable channel. Only
+/// [`Unverified::accept`], called after the evidence was checked, yields one; until then
+/// nothing can be sent.
+pub async fn client_handshake_unverified<T: FrameTransport>(
+    mut inner: T,
+    prologue: &[u8],
+) -> Result<Unverified<T>, HandshakeError> {
     let mut hs = snow::Builder::new(params())
         .prologue(prologue)
         .map_err(noise)?
@@ -125,13 +138,43 @@ pub async fn client_handshake<T: FrameTransport>(
     let reply = inner.recv_frame().await?.ok_or(HandshakeError::Closed)?;
     let mut evidence = vec![0u8; MAX_MESSAGE];
     let n = hs.read_message(&reply, &mut evidence).map_err(noise)?;
-    let key: [u8; 32] = hs
+    evidence.truncate(n);
+    let worker_key: [u8; 32] = hs
         .get_remote_static()
         .and_then(|k| k.try_into().ok())
         .ok_or_else(|| HandshakeError::Noise("no worker static key".into()))?;
-    verify(&key, &evidence[..n]).map_err(HandshakeError::Refused)?;
     let state = hs.into_transport_mode().map_err(noise)?;
-    Ok(SecureTransport::new(inner, state, key))
+    Ok(Unverified {
+        inner,
+        state,
+        worker_key,
+        evidence,
+    })
+}
+
+/// A finished handshake whose worker has not been verified yet.
+pub struct Unverified<T> {
+    inner: T,
+    state: snow::TransportState,
+    worker_key: [u8; 32],
+    evidence: Vec<u8>,
+}
+
+impl<T> Unverified<T> {
+    /// The worker's static (enclave) key, authenticated by the handshake.
+    pub fn worker_key(&self) -> &[u8; 32] {
+        &self.worker_key
+    }
+
+    /// The evidence the worker sent, encrypted in transit.
+    pub fn evidence(&self) -> &[u8] {
+        &self.evidence
+    }
+
+    /// The channel, once the caller has decided to trust the worker.
+    pub fn accept(self) -> SecureTransport<T> {
+        SecureTransport::new(self.inner, self.state, self.worker_key)
+    }
 }
 
 /// Worker side: answers the handshake with `key` as the static key and `evidence` as payload.

@@ -7,12 +7,21 @@
 //! byte is sent. A development evidence kind exists for machines without a TEE; it proves
 //! nothing and the default policy refuses it.
 //!
+//! Worker side: the [`attester`] keeps the enclave key and its [`evidence`] (a TDX quote
+//! from configfs-tsm, [`tsm`], or dev evidence) and rotates them together. Client side: the
+//! [`verifier`] decodes evidence from the handshake, finds DCAP collateral (attached, cached
+//! on disk, or from a PCCS), appraises, applies the policy and caches the result.
+//!
 //! Open for more evidence kinds (NVIDIA GPU attestation, AMD SEV-SNP): each appraises into
 //! the same [`Appraisal`].
 
+pub mod attester;
 pub mod binding;
+pub mod evidence;
 pub mod policy;
 pub mod tdx;
+pub mod tsm;
+pub mod verifier;
 
 use serde::{Deserialize, Serialize};
 

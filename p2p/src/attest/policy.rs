@@ -103,13 +103,16 @@ impl Policy {
         }
     }
 
-    /// Decides whether `appraisal` is trusted as evidence for `expected` at `now`.
+    /// Decides whether `appraisal` is trusted as evidence for `expected` at `now`: what the
+    /// evidence says ([`Policy::check_appraisal`]), then that it binds the presented key, peer
+    /// and expiry, then its lifetime.
     pub fn check(
         &self,
         appraisal: &Appraisal,
         expected: &Binding,
         now: u64,
     ) -> Result<(), PolicyError> {
+        self.check_appraisal(appraisal)?;
         if appraisal.report_data != expected.report_data() {
             return Err(PolicyError::BindingMismatch);
         }
@@ -126,6 +129,12 @@ impl Policy {
                 max: self.max_evidence_lifetime_secs,
             });
         }
+        Ok(())
+    }
+
+    /// Decides whether what the evidence says is acceptable, without the binding: kind, debug
+    /// mode, TCB status, MRTD and RTMRs. `cocoon attest verify` uses this on a bare quote.
+    pub fn check_appraisal(&self, appraisal: &Appraisal) -> Result<(), PolicyError> {
         match appraisal.kind {
             EvidenceKind::DevInsecure if self.allow_dev_insecure => return Ok(()),
             EvidenceKind::DevInsecure => return Err(PolicyError::DevEvidenceRefused),

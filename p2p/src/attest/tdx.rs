@@ -6,10 +6,9 @@
 //! and collateral expiry is enforced). It says what the TD is; whether to trust that is the
 //! [`super::policy`]'s decision.
 
-use dcap_qvl::quote::Report;
 use dcap_qvl::QuoteCollateralV3;
 
-use super::{Appraisal, AttestError, EvidenceKind};
+use super::{Appraisal, AttestError, EvidenceKind, Measurement};
 
 /// Bit 0 of a TD's attributes: the TD is debuggable (the host can read its memory).
 const TD_ATTRIBUTE_DEBUG: u8 = 0x01;
@@ -27,40 +26,20 @@ pub fn appraise(
 ) -> Result<Appraisal, AttestError> {
     let verified = dcap_qvl::verify::verify(quote, collateral, now)
         .map_err(|e| AttestError::Verification(format!("{e:#}")))?;
-    let (attributes, mrtd, rtmrs, report_data) = match &verified.report {
-        Report::TD10(r) => (
-            r.td_attributes,
-            r.mr_td,
-            [r.rt_mr0, r.rt_mr1, r.rt_mr2, r.rt_mr3],
-            r.report_data,
-        ),
-        Report::TD15(r) => {
-            let b = &r.base;
-            (
-                b.td_attributes,
-                b.mr_td,
-                [b.rt_mr0, b.rt_mr1, b.rt_mr2, b.rt_mr3],
-                b.report_data,
-            )
-        }
-        Report::TD15Ex(r) => {
-            let b = &r.base.base;
-            (
-                b.td_attributes,
-                b.mr_td,
-                [b.rt_mr0, b.rt_mr1, b.rt_mr2, b.rt_mr3],
-                b.report_data,
-            )
-        }
-        Report::SgxEnclave(_) => return Err(AttestError::NotTdx),
-    };
+    let r = verified.report.as_td10().ok_or(AttestError::NotTdx)?;
     Ok(Appraisal {
         kind: EvidenceKind::Tdx,
         tcb_status: Some(verified.status),
         advisory_ids: verified.advisory_ids,
-        mrtd,
-        rtmrs,
-        report_data,
-        debug: attributes[0] & TD_ATTRIBUTE_DEBUG != 0,
+        mrtd: r.mr_td,
+        rtmrs: [r.rt_mr0, r.rt_mr1, r.rt_mr2, r.rt_mr3],
+        report_data: r.report_data,
+        debug: r.td_attributes[0] & TD_ATTRIBUTE_DEBUG != 0,
     })
+}
+
+/// The MRTD a quote claims, read without verifying it (for display on the worker's side).
+pub fn quote_mrtd(quote: &[u8]) -> Option<Measurement> {
+    let parsed = dcap_qvl::quote::Quote::parse(quote).ok()?;
+    parsed.report.as_td10().map(|r| r.mr_td)
 }

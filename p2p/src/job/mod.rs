@@ -3,16 +3,17 @@
 //! Layering, bottom up (see ARCHITECTURE.md):
 //! 1. the libp2p stream on the QUIC connection;
 //! 2. [`crate::frame`]: `u32` length-prefixed frames with a size limit ([`FrameTransport`]);
-//!    the attestation-bound Noise layer (next issue) is another `FrameTransport` wrapping this
-//!    one and encrypting each frame;
-//! 3. [`codec`]: a versioned bincode envelope around a [`Message`];
-//! 4. [`channel`]: the exchange itself with timeouts: the client sends one `Request`, the
+//! 3. [`confidential`]: the Noise handshake bound to the worker's attested enclave key, then
+//!    [`crate::secure::SecureTransport`], another `FrameTransport` that encrypts each frame;
+//! 4. [`codec`]: a versioned bincode envelope around a [`Message`];
+//! 5. [`channel`]: the exchange itself with timeouts: the client sends one `Request`, the
 //!    worker answers with `Token` chunks and ends with `Done` or `Error`.
 //!
 //! [`FrameTransport`]: crate::frame::FrameTransport
 
 pub mod channel;
 pub mod codec;
+pub mod confidential;
 pub mod message;
 
 use libp2p::StreamProtocol;
