@@ -1,16 +1,24 @@
 //! The light client's job runner: find workers for a model in the DHT, run the job on one,
 //! stream its text.
 //!
+//! Every job stream opens with the attested Noise handshake: the worker's evidence is checked
+//! by the [`Verifier`] (evidence, binding to the enclave key and peer id, policy) before a
+//! byte of the request is sent, and a refused worker is skipped like a busy one. Accepting
+//! development evidence logs a warning on every job.
+//!
 //! Candidates are tried in turn while none has produced text: a worker that is busy, does not
 //! serve the model, or cannot be reached is skipped. Once text has arrived, a failure ends the
 //! job with an error (resuming on another worker from the received text comes with the
 //! market issue). Failures list every worker tried.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cocoon_p2p::attest::verifier::{Verifier, VerifierConfig};
+use cocoon_p2p::attest::EvidenceKind;
 use cocoon_p2p::frame::FramedStream;
 use cocoon_p2p::job::{
-    ClientEvent, JobChannel, JobConfig, JobError, JobInput, JobRequest, Sampling,
+    confidential, ClientEvent, JobChannel, JobConfig, JobError, JobInput, JobRequest, Sampling,
 };
 use cocoon_p2p::{Network, NetworkError, PeerId};
 use serde::Serialize;
@@ -24,6 +32,9 @@ pub struct ClientConfig {
     pub open_timeout: Duration,
     /// Job protocol limits and timeouts.
     pub job: JobConfig,
+    /// Checks workers' attestation. Default: the default policy (refuses dev evidence and
+    /// every TDX image not allowlisted), no collateral cache, no PCCS.
+    pub verifier: Arc<Verifier>,
 }
 
 impl Default for ClientConfig {
@@ -32,6 +43,7 @@ impl Default for ClientConfig {
             discovery_timeout: Duration::from_secs(20),
             open_timeout: Duration::from_secs(15),
             job: JobConfig::default(),
+            verifier: Arc::new(Verifier::new(VerifierConfig::default())),
         }
     }
 }
@@ -72,6 +84,12 @@ pub struct InferOutcome {
     pub finish_reason: String,
     /// Workers found in the DHT for the model.
     pub providers_found: usize,
+    /// The worker's evidence kind: `tdx` or `dev-insecure`.
+    pub attestation: String,
+    /// The measured image (MRTD for TDX; self-reported for dev evidence), hex.
+    pub measurement: String,
+    /// The TDX TCB status; absent for dev evidence.
+    pub tcb_status: Option<String>,
 }
 
 /// Why a job failed.
@@ -190,10 +208,21 @@ async fn run_on(
         .open_job_stream(worker, config.open_timeout)
         .await
         .map_err(|e| Attempt::Skip(e.to_string()))?;
-    let mut channel = JobChannel::new(
+    let (secure, verdict) = confidential::open(
         FramedStream::new(stream, config.job.max_frame),
-        config.job.clone(),
-    );
+        &config.verifier,
+        &network.peer_id(),
+        &worker,
+        crate::attestation::unix_now(),
+        &config.job,
+    )
+    .await
+    .map_err(|e| Attempt::Skip(e.to_string()))?;
+    let appraisal = verdict.appraisal;
+    if appraisal.kind == EvidenceKind::DevInsecure {
+        tracing::warn!(%worker, "{}", crate::attestation::DEV_WARNING);
+    }
+    let mut channel = JobChannel::new(secure, config.job.clone());
     // A job id unique enough per client: time-based, plus the attempt.
     let id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -244,6 +273,9 @@ async fn run_on(
                         cocoon_p2p::job::FinishReason::Length => "length".into(),
                     },
                     providers_found: 0,
+                    attestation: appraisal.kind.as_str().into(),
+                    measurement: hex::encode(appraisal.mrtd),
+                    tcb_status: appraisal.tcb_status.clone(),
                 });
             }
             Err(e) if text.is_empty() => return Err(Attempt::Skip(e.to_string())),

@@ -8,8 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cocoon_inference::DeviceChoice;
+use cocoon_p2p::attest::attester::AttesterConfig;
 use cocoon_p2p::{DhtMode, Multiaddr, NetworkConfig};
 use serde::Deserialize;
+
+use crate::attestation::WorkerAttestation;
 
 /// The TOML file's schema. Unknown keys are an error, so a typo does not silently fall back
 /// to a default.
@@ -37,6 +40,18 @@ pub struct FileConfig {
     /// Run quantized GGUF models on quantized kernels even when small enough to run in f32
     /// (faster, but 8-bit activations can change greedy answers). Default: false.
     pub keep_quantized: Option<bool>,
+    /// Evidence a worker presents: auto (TDX when the machine can produce quotes, else
+    /// insecure dev evidence), tdx (refuse to start without TDX) or dev-insecure. Default:
+    /// auto.
+    pub attestation: Option<String>,
+    /// configfs-tsm report directory. Default: /sys/kernel/config/tsm/report.
+    pub tsm_root: Option<PathBuf>,
+    /// DCAP collateral (JSON) attached to TDX evidence so clients can verify offline.
+    /// Default: none.
+    pub tdx_collateral: Option<PathBuf>,
+    /// Lifetime of the enclave key and its evidence, in seconds; they are rotated together
+    /// a quarter before expiry. Default: 3600.
+    pub evidence_lifetime_secs: Option<u64>,
 }
 
 /// A configuration that cannot be used.
@@ -86,6 +101,8 @@ pub struct NodeConfig {
     pub max_concurrent: usize,
     /// Keep small quantized models quantized instead of running them in f32.
     pub keep_quantized: bool,
+    /// Attestation of the worker.
+    pub attestation: WorkerAttestation,
 }
 
 /// `$COCOON_HOME/node` when `COCOON_HOME` is set, else `<user data dir>/cocoon`.
@@ -134,6 +151,8 @@ pub struct Overrides {
     pub max_concurrent: Option<usize>,
     /// `--keep-quantized` (Some(true) when given).
     pub keep_quantized: Option<bool>,
+    /// `--attestation`.
+    pub attestation: Option<String>,
 }
 
 impl NodeConfig {
@@ -179,6 +198,25 @@ impl NodeConfig {
                 "max_concurrent must be at least 1".into(),
             ));
         }
+        let mut attestation = WorkerAttestation::default();
+        if let Some(mode) = flags.attestation.or(file.attestation) {
+            attestation.mode = mode.parse().map_err(ConfigError::Invalid)?;
+        }
+        if let Some(root) = file.tsm_root {
+            attestation.tsm_root = root;
+        }
+        attestation.collateral_file = file.tdx_collateral;
+        if let Some(secs) = file.evidence_lifetime_secs {
+            if secs < 60 {
+                return Err(ConfigError::Invalid(
+                    "evidence_lifetime_secs must be at least 60".into(),
+                ));
+            }
+            attestation.attester = AttesterConfig {
+                lifetime_secs: secs,
+                rotate_before_secs: secs / 4,
+            };
+        }
         Ok(NodeConfig {
             data_dir: flags
                 .data_dir
@@ -192,6 +230,7 @@ impl NodeConfig {
                 .keep_quantized
                 .or(file.keep_quantized)
                 .unwrap_or(false),
+            attestation,
         })
     }
 }

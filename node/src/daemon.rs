@@ -23,6 +23,8 @@ pub const PEER_LINE: &str = "peer id: ";
 pub const LISTEN_LINE: &str = "listening on: ";
 /// Stdout line prefix naming a served model.
 pub const SERVING_LINE: &str = "serving: ";
+/// Stdout line prefix naming the evidence kind a worker presents (`tdx`, `dev-insecure`).
+pub const ATTESTATION_LINE: &str = "attestation: ";
 /// Stdout line printed once the node is up (and its models announced).
 pub const READY_LINE: &str = "ready";
 
@@ -48,6 +50,9 @@ pub enum NodeError {
         /// Why.
         source: inference::LoadError,
     },
+    /// Attestation could not be set up.
+    #[error(transparent)]
+    Attestation(#[from] crate::attestation::AttestationSetupError),
     /// Two models with the same id.
     #[error("model id {0} is given twice")]
     DuplicateModel(String),
@@ -125,7 +130,29 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                 })
                 .await;
         }
-        let worker = Worker::new(engines, JobConfig::default());
+        let peer_id = network.peer_id();
+        let settings = config.attestation.clone();
+        let (attester, why_dev) = tokio::task::block_in_place(|| {
+            crate::attestation::worker_attester(&settings, peer_id)
+        })?;
+        let measurement = attester
+            .current()
+            .measurement
+            .map(hex::encode)
+            .unwrap_or_default();
+        match why_dev {
+            None => println!("{ATTESTATION_LINE}tdx (MRTD {measurement})"),
+            Some(why) => {
+                println!("{ATTESTATION_LINE}dev-insecure ({why})");
+                tracing::warn!(
+                    "this worker cannot prove what it runs ({why}); it presents INSECURE \
+                     development evidence, which clients refuse unless started with \
+                     --insecure-dev-attestation"
+                );
+            }
+        }
+        tokio::spawn(rotate(attester.clone()));
+        let worker = Worker::new(engines, JobConfig::default(), attester, peer_id);
         for id in worker.model_ids() {
             network.provide(id).await?;
         }
@@ -140,6 +167,22 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         task.abort();
     }
     Ok(())
+}
+
+/// Renews the enclave key and its evidence before they expire.
+async fn rotate(attester: std::sync::Arc<cocoon_p2p::attest::attester::Attester>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        let a = attester.clone();
+        let now = crate::attestation::unix_now();
+        match tokio::task::spawn_blocking(move || a.rotate_if_due(now)).await {
+            Ok(Ok(true)) => tracing::info!("enclave key and evidence rotated"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::error!("cannot renew attestation evidence: {e}"),
+            Err(e) => tracing::error!("attestation renewal task failed: {e}"),
+        }
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -2,7 +2,8 @@
 //!
 //! It wires the network ([`cocoon_p2p`]) to the inference engine ([`cocoon_inference`]):
 //! - [`daemon`]: `cocoon node`, a DHT node that is also a worker when it serves models;
-//! - [`worker`]: job streams in, engine generations out;
+//! - [`worker`]: job streams in (after the attested handshake), engine generations out;
+//! - [`attestation`]: which evidence a worker presents, which a client trusts;
 //! - [`client`]: the light client that finds a worker in the DHT and runs a job;
 //! - [`demo`]: the whole network on loopback;
 //! - [`launch`]: starting `cocoon node` processes (demo, tests, benchmarks);
@@ -10,6 +11,7 @@
 //! - [`config`]: TOML + environment + flags.
 #![warn(missing_docs)]
 
+pub mod attestation;
 pub mod client;
 pub mod config;
 pub mod daemon;

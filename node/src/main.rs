@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use cocoon_node::client::{self, ClientConfig, InferRequest};
 use cocoon_node::config::{self, FileConfig, NodeConfig, Overrides};
-use cocoon_node::{daemon, demo, models};
+use cocoon_node::{attestation, daemon, demo, models};
 use cocoon_p2p::job::{ChatMessage, JobInput, Sampling};
 use cocoon_p2p::{identity, DhtMode, Network, NetworkConfig};
 
@@ -32,6 +32,69 @@ enum Cmd {
     /// Manage models.
     #[command(subcommand)]
     Model(ModelCmd),
+    /// Attestation tools: verify a quote offline, check this machine.
+    #[command(subcommand)]
+    Attest(AttestCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum AttestCmd {
+    /// Verify a TDX quote offline against DCAP collateral and a policy; exit status 0 only
+    /// when the policy accepts it.
+    Verify(VerifyArgs),
+    /// Say whether this machine can produce TDX quotes (configfs-tsm).
+    Status,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// The raw quote.
+    #[arg(long)]
+    quote: PathBuf,
+    /// DCAP collateral, JSON.
+    #[arg(long)]
+    collateral: PathBuf,
+    /// Verify as of this time (Unix seconds) [default: now].
+    #[arg(long)]
+    now: Option<u64>,
+    /// Policy file (TOML) [default: the default policy, which allowlists no image].
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Also require this report data (128 hex digits).
+    #[arg(long)]
+    report_data: Option<String>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct TrustArgs {
+    /// Accept workers with INSECURE development attestation (no TEE): for local testing only;
+    /// a warning is printed on every job.
+    #[arg(long)]
+    insecure_dev_attestation: bool,
+    /// Trust policy file (TOML: allowed_mrtd, allowed_rtmrs, accepted_tcb_statuses, ...)
+    /// [default: allowlists nothing].
+    #[arg(long, env = "COCOON_POLICY")]
+    policy: Option<PathBuf>,
+    /// Directory of cached DCAP collateral [default: $COCOON_HOME/collateral].
+    #[arg(long, env = "COCOON_COLLATERAL_DIR")]
+    collateral_dir: Option<PathBuf>,
+    /// PCCS URL to fetch DCAP collateral from when it is not attached or cached.
+    #[arg(long, env = "COCOON_PCCS_URL")]
+    pccs_url: Option<String>,
+}
+
+impl TrustArgs {
+    fn trust(&self) -> attestation::ClientTrust {
+        attestation::ClientTrust {
+            policy_file: self.policy.clone(),
+            insecure_dev: self.insecure_dev_attestation,
+            collateral_dir: self.collateral_dir.clone(),
+            pccs_url: self.pccs_url.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +137,10 @@ struct NodeArgs {
     /// at load (faster; 8-bit activations can change greedy answers).
     #[arg(long)]
     keep_quantized: bool,
+    /// Evidence to present: auto (TDX if this machine can produce quotes, else insecure dev
+    /// evidence), tdx (refuse to start without it) or dev-insecure [default: auto].
+    #[arg(long, env = "COCOON_ATTESTATION")]
+    attestation: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +206,8 @@ struct InferArgs {
     /// Seconds to search the DHT for a worker.
     #[arg(long, default_value_t = 20)]
     discovery_timeout: u64,
+    #[command(flatten)]
+    trust: TrustArgs,
     /// The prompt.
     prompt: String,
 }
@@ -200,6 +269,10 @@ fn main() -> anyhow::Result<()> {
             init_logging("info");
             model(cmd)
         }
+        Cmd::Attest(cmd) => {
+            init_logging("warn");
+            runtime.block_on(attest(cmd))
+        }
     }
 }
 
@@ -220,6 +293,7 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
             device: args.device,
             max_concurrent: args.max_concurrent,
             keep_quantized: args.keep_quantized.then_some(true),
+            attestation: args.attestation,
         },
     )?;
     daemon::run(config, daemon::shutdown_signal()).await?;
@@ -273,6 +347,7 @@ async fn infer(args: InferArgs) -> anyhow::Result<()> {
     };
     let config = ClientConfig {
         discovery_timeout: Duration::from_secs(args.discovery_timeout),
+        verifier: std::sync::Arc::new(args.trust.trust().verifier()?),
         ..Default::default()
     };
     let json = args.json;
@@ -290,8 +365,9 @@ async fn infer(args: InferArgs) -> anyhow::Result<()> {
     } else {
         println!();
         eprintln!(
-            "[worker {} | {} prompt + {} completion tokens | ttft {:.0} ms | {:.1} tok/s]",
+            "[worker {} | attestation {} | {} prompt + {} completion tokens | ttft {:.0} ms | {:.1} tok/s]",
             outcome.worker_peer,
+            outcome.attestation,
             outcome.prompt_tokens,
             outcome.completion_tokens,
             outcome.ttft_ms,
@@ -315,7 +391,11 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
             "cocoon demo: a bootstrap node, {} worker(s) and a client on loopback",
             args.workers
         );
-        println!("NOTE: no TEE attestation yet; jobs are not confidential in this build.");
+        println!(
+            "NOTE: no TEE here, so the workers present INSECURE development attestation and the \
+             client accepts it (as with --insecure-dev-attestation). The job is end-to-end \
+             encrypted to the worker's enclave key, but nothing proves what the worker runs."
+        );
     }
     let say = |line: &str| {
         if !json {
@@ -350,6 +430,11 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         );
         println!("model       {}", o.model);
         println!(
+            "attestation {} (measurement {}…, self-reported: dev evidence proves nothing)",
+            o.attestation,
+            &o.measurement[..16.min(o.measurement.len())]
+        );
+        println!(
             "tokens      {} prompt, {} completion ({})",
             o.prompt_tokens, o.completion_tokens, o.finish_reason
         );
@@ -359,6 +444,130 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+async fn attest(cmd: AttestCmd) -> anyhow::Result<()> {
+    match cmd {
+        AttestCmd::Status => {
+            match cocoon_p2p::attest::tsm::Tsm::detect(cocoon_p2p::attest::tsm::DEFAULT_ROOT) {
+                Ok(_) => println!("tdx: this machine produces TDX quotes through configfs-tsm"),
+                Err(e) => println!("dev-insecure only: {e}"),
+            }
+            Ok(())
+        }
+        AttestCmd::Verify(args) => {
+            let report = verify_quote(&args)?;
+            if args.json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "verdict      {}",
+                    if report.accepted {
+                        "ACCEPTED"
+                    } else {
+                        "REFUSED"
+                    }
+                );
+                if let Some(reason) = &report.reason {
+                    println!("reason       {reason}");
+                }
+                for (k, v) in [
+                    ("tcb status", report.tcb_status.clone().unwrap_or_default()),
+                    ("advisories", report.advisory_ids.join(", ")),
+                    (
+                        "debug",
+                        report.debug.map(|d| d.to_string()).unwrap_or_default(),
+                    ),
+                    ("mrtd", report.mrtd.clone().unwrap_or_default()),
+                    ("rtmr0", report.rtmrs.first().cloned().unwrap_or_default()),
+                    ("rtmr1", report.rtmrs.get(1).cloned().unwrap_or_default()),
+                    ("rtmr2", report.rtmrs.get(2).cloned().unwrap_or_default()),
+                    ("rtmr3", report.rtmrs.get(3).cloned().unwrap_or_default()),
+                    (
+                        "report data",
+                        report.report_data.clone().unwrap_or_default(),
+                    ),
+                ] {
+                    println!("{k:<12} {v}");
+                }
+            }
+            if !report.accepted {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `cocoon attest verify --json` output. Field names are stable.
+#[derive(Debug, serde::Serialize)]
+struct QuoteReport {
+    accepted: bool,
+    reason: Option<String>,
+    tcb_status: Option<String>,
+    advisory_ids: Vec<String>,
+    debug: Option<bool>,
+    mrtd: Option<String>,
+    rtmrs: Vec<String>,
+    report_data: Option<String>,
+    now: u64,
+}
+
+fn verify_quote(args: &VerifyArgs) -> anyhow::Result<QuoteReport> {
+    use cocoon_p2p::attest::{policy::Policy, tdx};
+    let quote =
+        std::fs::read(&args.quote).with_context(|| format!("reading {}", args.quote.display()))?;
+    let collateral = std::fs::read(&args.collateral)
+        .with_context(|| format!("reading {}", args.collateral.display()))?;
+    let policy = match &args.policy {
+        Some(p) => attestation::load_policy(p)?,
+        None => Policy::default(),
+    };
+    let expected = match &args.report_data {
+        Some(h) => {
+            let bytes = hex::decode(h).context("--report-data is not hex")?;
+            anyhow::ensure!(bytes.len() == 64, "--report-data must be 64 bytes");
+            Some(bytes)
+        }
+        None => None,
+    };
+    let now = args.now.unwrap_or_else(attestation::unix_now);
+    let mut report = QuoteReport {
+        accepted: false,
+        reason: None,
+        tcb_status: None,
+        advisory_ids: Vec::new(),
+        debug: None,
+        mrtd: None,
+        rtmrs: Vec::new(),
+        report_data: None,
+        now,
+    };
+    let appraisal =
+        match tdx::parse_collateral(&collateral).and_then(|c| tdx::appraise(&quote, &c, now)) {
+            Ok(a) => a,
+            Err(e) => {
+                report.reason = Some(e.to_string());
+                return Ok(report);
+            }
+        };
+    report.tcb_status = appraisal.tcb_status.clone();
+    report.advisory_ids = appraisal.advisory_ids.clone();
+    report.debug = Some(appraisal.debug);
+    report.mrtd = Some(hex::encode(appraisal.mrtd));
+    report.rtmrs = appraisal.rtmrs.iter().map(hex::encode).collect();
+    report.report_data = Some(hex::encode(appraisal.report_data));
+    report.reason = match policy.check_appraisal(&appraisal) {
+        Err(e) => Some(e.to_string()),
+        Ok(()) => match expected {
+            Some(want) if want != appraisal.report_data => {
+                Some("the report data differs from --report-data".into())
+            }
+            _ => None,
+        },
+    };
+    report.accepted = report.reason.is_none();
+    Ok(report)
 }
 
 fn model(cmd: ModelCmd) -> anyhow::Result<()> {

@@ -1,6 +1,8 @@
 //! Worker glue: joins inbound `/cocoon/job/1` streams to the inference engine.
 //!
-//! Each stream gets its own task: read and check the request, ask the engine for a
+//! Each stream gets its own task: answer the attested Noise handshake with the current
+//! enclave key and evidence (nothing else is read before it), read and check the request
+//! (now decrypted), ask the engine for a
 //! generation (answering `Busy` at once when the engine is at its limit, never queueing),
 //! stream the text as `Token` chunks and finish with `Done` or `Error`. If the client goes
 //! away, the failed send drops the generation, which stops it at once.
@@ -9,10 +11,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cocoon_inference as inference;
+use cocoon_p2p::attest::attester::Attester;
 use cocoon_p2p::frame::FramedStream;
-use cocoon_p2p::job::{self, ErrorCode, JobChannel, JobConfig, JobFailure, JobRequest, Message};
+use cocoon_p2p::job::{
+    self, confidential, ErrorCode, JobChannel, JobConfig, JobFailure, JobRequest, Message,
+};
 use cocoon_p2p::{Network, NetworkError, PeerId};
-use futures::StreamExt;
+use futures::{AsyncRead, AsyncWrite, StreamExt};
 
 /// Most stop strings a request may carry.
 pub const MAX_STOP_STRINGS: usize = 16;
@@ -24,14 +29,24 @@ pub const MAX_STOP_LEN: usize = 256;
 pub struct Worker {
     engines: Arc<HashMap<String, inference::Engine>>,
     job_config: JobConfig,
+    attester: Arc<Attester>,
+    peer_id: PeerId,
 }
 
 impl Worker {
-    /// A worker serving `engines` (model id → engine).
-    pub fn new(engines: HashMap<String, inference::Engine>, job_config: JobConfig) -> Self {
+    /// A worker serving `engines` (model id → engine) as `peer_id`, presenting `attester`'s
+    /// credentials.
+    pub fn new(
+        engines: HashMap<String, inference::Engine>,
+        job_config: JobConfig,
+        attester: Arc<Attester>,
+        peer_id: PeerId,
+    ) -> Self {
         Self {
             engines: Arc::new(engines),
             job_config,
+            attester,
+            peer_id,
         }
     }
 
@@ -45,14 +60,34 @@ impl Worker {
         let mut incoming = network.accept_jobs()?;
         while let Some((peer, stream)) = incoming.next().await {
             let worker = self.clone();
-            tokio::spawn(async move { worker.handle(peer, stream).await });
+            tokio::spawn(async move { worker.serve_stream(peer, stream).await });
         }
         Ok(())
     }
 
-    async fn handle(&self, peer: PeerId, stream: cocoon_p2p::Stream) {
+    /// Serves one job stream opened by `peer`: handshake, request, generation.
+    pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin + Send>(
+        &self,
+        peer: PeerId,
+        stream: S,
+    ) {
         let transport = FramedStream::new(stream, self.job_config.max_frame);
-        let mut channel = JobChannel::new(transport, self.job_config.clone());
+        let secure = match confidential::accept(
+            transport,
+            &self.attester,
+            &peer,
+            &self.peer_id,
+            &self.job_config,
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::info!(%peer, "handshake failed: {e}");
+                return;
+            }
+        };
+        let mut channel = JobChannel::new(secure, self.job_config.clone());
         let request = match channel.recv_request().await {
             Ok(r) => r,
             Err(e) => {
@@ -201,7 +236,27 @@ mod tests {
         };
         let engine = inference::Engine::load(&source, config).unwrap();
         let engines = HashMap::from([("tiny".to_string(), engine)]);
-        (Worker::new(engines, JobConfig::default()), dir)
+        let (attester, _) = crate::attestation::worker_attester(
+            &crate::attestation::WorkerAttestation {
+                mode: crate::attestation::AttestationMode::DevInsecure,
+                ..Default::default()
+            },
+            worker_peer(),
+        )
+        .unwrap();
+        (
+            Worker::new(engines, JobConfig::default(), attester, worker_peer()),
+            dir,
+        )
+    }
+
+    fn worker_peer() -> PeerId {
+        static PEER: std::sync::OnceLock<PeerId> = std::sync::OnceLock::new();
+        *PEER.get_or_init(|| {
+            libp2p::identity::Keypair::generate_ed25519()
+                .public()
+                .to_peer_id()
+        })
     }
 
     fn request(model: &str, max_tokens: u32) -> JobRequest {
@@ -261,6 +316,56 @@ mod tests {
             tokio::task::block_in_place(|| engine.generate_text(to_engine(request("tiny", 5))))
                 .unwrap();
         assert_eq!(text, expected);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_served_stream_carries_neither_prompt_nor_answer_in_clear() {
+        use cocoon_p2p::attest::policy::Policy;
+        use cocoon_p2p::attest::verifier::{Verifier, VerifierConfig};
+        use cocoon_p2p::testing::{contains, Tap};
+        let (worker, _dir) = tiny_worker(1);
+        let client_peer = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let (c, w) = pipe();
+        let (tapped, seen) = Tap::new(w);
+        let served = {
+            let worker = worker.clone();
+            tokio::spawn(async move { worker.serve_stream(client_peer, tapped).await })
+        };
+        let config = JobConfig::default();
+        let verifier = Verifier::new(VerifierConfig {
+            policy: Policy::insecure_dev(),
+            ..Default::default()
+        });
+        let (secure, _) = confidential::open(
+            FramedStream::new(c, config.max_frame),
+            &verifier,
+            &client_peer,
+            &worker_peer(),
+            crate::attestation::unix_now(),
+            &config,
+        )
+        .await
+        .unwrap();
+        let mut client = JobChannel::new(secure, config);
+        let prompt = "please keep my diagnosis confidential";
+        let mut req = request("tiny", 24);
+        req.input = JobInput::Prompt(prompt.into());
+        client.send_request(req).await.unwrap();
+        let mut text = String::new();
+        while let Ok(ClientEvent::Token(t)) = client.next_event().await {
+            text.push_str(&t);
+        }
+        served.await.unwrap();
+        assert!(text.len() >= 8, "the tiny model answered {text:?}");
+        let seen = seen.lock().unwrap().clone();
+        assert!(!contains(&seen, prompt.as_bytes()));
+        assert!(!contains(&seen, b"diagnosis"));
+        assert!(
+            !contains(&seen, text.as_bytes()),
+            "the answer crossed in clear"
+        );
     }
 
     fn assert_refused(end: &Result<ClientEvent, JobError>, want: ErrorCode) {

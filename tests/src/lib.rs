@@ -119,6 +119,10 @@ impl LoopbackNet {
                 "--model".into(),
                 model.display().to_string(),
             ]);
+            if !extra.iter().any(|a| a == "--attestation") {
+                // No TEE on test machines: say so explicitly rather than rely on `auto`.
+                args.extend(["--attestation".into(), "dev-insecure".into()]);
+            }
             args.extend(extra.iter().cloned());
             started.push(spawn_node(dir.path(), &format!("w{i}"), listen, &args)?);
         }
@@ -138,18 +142,31 @@ impl LoopbackNet {
     }
 
     /// `cocoon infer` with the bootstrap address, these flags and the prompt; waits for it.
+    /// It accepts the workers' dev evidence (`--insecure-dev-attestation`).
     pub fn infer(&self, flags: &[&str], prompt: &str) -> Result<Output> {
         Ok(self.infer_command(flags, prompt)?.output()?)
     }
 
-    /// The `cocoon infer` command, not started.
+    /// The `cocoon infer` command accepting dev evidence, not started.
     pub fn infer_command(&self, flags: &[&str], prompt: &str) -> Result<Command> {
+        self.command(flags, prompt, true)
+    }
+
+    /// The `cocoon infer` command under the default trust policy, not started.
+    pub fn infer_default_policy(&self, flags: &[&str], prompt: &str) -> Result<Command> {
+        self.command(flags, prompt, false)
+    }
+
+    fn command(&self, flags: &[&str], prompt: &str, accept_dev: bool) -> Result<Command> {
         let mut cmd = Command::new(cocoon_bin()?);
         cmd.arg("infer")
             .arg("--bootstrap")
             .arg(self.bootstrap_addr())
-            .args(flags)
-            .arg(prompt);
+            .args(flags);
+        if accept_dev {
+            cmd.arg("--insecure-dev-attestation");
+        }
+        cmd.arg("--").arg(prompt);
         Ok(cmd)
     }
 }

@@ -53,6 +53,10 @@ fn client_finds_worker_through_dht_and_gets_the_in_process_text() {
     );
     assert_eq!(json["text"], expected.as_str());
     assert!(expected.contains("Paris"), "{expected}");
+    // The job ran over the attested channel; the worker has no TEE and says so.
+    assert_eq!(json["attestation"], "dev-insecure");
+    assert_eq!(json["measurement"].as_str().unwrap().len(), 96, "{json}");
+    assert!(json["tcb_status"].is_null());
     for key in [
         "prompt_tokens",
         "completion_tokens",
@@ -88,6 +92,28 @@ fn client_finds_worker_through_dht_and_gets_the_in_process_text() {
         },
     );
     assert_eq!(json["text"], expected.as_str());
+
+    // Under the default policy the dev-evidence worker is refused before the prompt is sent,
+    // with a clear way out; with the flag, every job warns.
+    let out = net
+        .infer_default_policy(&["--max-tokens", "4"], "Hello")
+        .unwrap()
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("development evidence is insecure and refused")
+            && stderr.contains("--insecure-dev-attestation"),
+        "{stderr}"
+    );
+    let out = net.infer(&["--max-tokens", "4"], "Hello").unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("INSECURE development attestation"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -238,7 +264,8 @@ fn mdns_finds_a_worker_on_the_lan_without_bootstrap() {
     let model_args = ["--model".to_string(), model.display().to_string()];
     let worker = spawn_node(dir.path(), "w", QUIC, &model_args).unwrap();
     let out = std::process::Command::new(&bin)
-        .args(["infer", "--mdns", "--json", "--max-tokens", "12", PROMPT])
+        .args(["infer", "--mdns", "--insecure-dev-attestation", "--json"])
+        .args(["--max-tokens", "12", PROMPT])
         .output()
         .unwrap();
     let json = parse_json(&out).unwrap();

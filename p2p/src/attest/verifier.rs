@@ -98,6 +98,14 @@ pub struct Verifier {
     cache: Mutex<Cache>,
 }
 
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Verifier {
     /// A verifier with `config`.
     pub fn new(config: VerifierConfig) -> Self {
