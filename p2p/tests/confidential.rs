@@ -225,12 +225,18 @@ async fn a_real_quote_in_the_handshake_is_verified_then_judged() {
         .await,
     );
     assert!(matches!(e, VerifyError::Policy(PolicyError::Mrtd(ref m)) if *m == mrtd()));
-    // Allowlisted, but the quote's report data binds someone else's key: refused.
-    let e = refused(open_raw(&key, &evidence, &verifier(tdx_policy(&mrtd())), peer(), NOW).await);
-    assert!(matches!(
-        e,
-        VerifyError::Policy(PolicyError::BindingMismatch)
-    ));
+    // Allowlisted, but the quote's report data binds someone else's key: refused. DCAP's
+    // result is cached, so the same worker retrying costs no second quote verification.
+    let allowlisted = verifier(tdx_policy(&mrtd()));
+    let worker = peer();
+    for _ in 0..2 {
+        let e = refused(open_raw(&key, &evidence, &allowlisted, worker, NOW).await);
+        assert!(matches!(
+            e,
+            VerifyError::Policy(PolicyError::BindingMismatch)
+        ));
+        assert_eq!(allowlisted.cached_appraisals(), 1);
+    }
     // One changed byte in the quote: DCAP fails.
     let mut forged = QUOTE.to_vec();
     forged[200] ^= 1;

@@ -36,17 +36,21 @@ pub enum EvidenceBody {
     /// An Intel TDX quote whose report data binds the worker's key, peer id and expiry.
     Tdx {
         /// The raw quote, as configfs-tsm returned it.
+        #[serde(with = "bytes")]
         quote: Vec<u8>,
         /// DCAP collateral (JSON) the worker fetched for its platform, so clients can verify
         /// offline. It is signed by Intel, so the worker cannot forge it; clients may also
         /// use their own cache or PCCS.
+        #[serde(with = "opt_bytes")]
         collateral: Option<Vec<u8>>,
     },
     /// Development evidence: the worker's own claim, no hardware behind it. INSECURE.
     DevInsecure {
         /// A self-reported measurement ([`dev_measurement`]).
+        #[serde(with = "bytes")]
         measurement: Vec<u8>,
         /// The report data the worker computed for its binding.
+        #[serde(with = "bytes")]
         report_data: Vec<u8>,
     },
 }
@@ -70,6 +74,81 @@ pub enum EvidenceError {
         /// The limit.
         max: usize,
     },
+}
+
+/// Byte fields as one length-prefixed run (serde's `bytes`), not a sequence of integers:
+/// decoding a quote plus collateral is then a copy, not 20,000 calls.
+mod bytes {
+    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub(super) struct Bytes;
+
+    impl<'de> Visitor<'de> for Bytes {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("bytes")
+        }
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(b) = seq.next_element()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(Bytes)
+    }
+}
+
+/// [`bytes`] for an optional field.
+mod opt_bytes {
+    use serde::de::{Deserializer, Visitor};
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&Ref(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    struct Ref<'a>(&'a [u8]);
+    impl serde::Serialize for Ref<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    struct Opt;
+    impl<'de> Visitor<'de> for Opt {
+        type Value = Option<Vec<u8>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("optional bytes")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_byte_buf(super::bytes::Bytes).map(Some)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        d.deserialize_option(Opt)
+    }
 }
 
 fn config() -> impl bincode::config::Config {

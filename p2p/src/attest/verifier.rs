@@ -4,8 +4,8 @@
 //! For a TDX quote the DCAP collateral comes, in this order, from the evidence itself (the
 //! worker may attach what it fetched; Intel's signatures make it unforgeable), from the local
 //! collateral cache directory (`tdx-<fmspc>-<ca>.json`), or from the configured PCCS URL (and
-//! is then written to the cache directory). Verified appraisals are cached per (evidence,
-//! enclave key, peer id) for [`VerifierConfig::cache_ttl_secs`], so a client pays for DCAP
+//! is then written to the cache directory). Appraisals that passed DCAP are cached per
+//! (evidence, enclave key, peer id) for [`VerifierConfig::cache_ttl_secs`], so a client pays for DCAP
 //! once per worker, not per job; the policy and the binding are still checked on every use,
 //! since they depend on `now`.
 //!
@@ -120,6 +120,11 @@ impl Verifier {
         &self.config.policy
     }
 
+    /// Appraisals held in the cache.
+    pub fn cached_appraisals(&self) -> usize {
+        self.cache.lock().expect("cache lock").map.len()
+    }
+
     /// Verifies `evidence` presented by `worker` with Noise static key `enclave_key` at `now`.
     pub async fn verify(
         &self,
@@ -158,8 +163,10 @@ impl Verifier {
                 self.appraise_tdx(quote, collateral.as_deref(), now).await?
             }
         };
-        self.config.policy.check(&appraisal, &binding, now)?;
+        // What DCAP established is a fact about these bytes: keep it whatever the policy says,
+        // so a refused worker that retries costs a policy check, not a quote verification.
         self.remember(key, appraisal.clone(), now, parsed.expires_at);
+        self.config.policy.check(&appraisal, &binding, now)?;
         Ok(Verdict {
             appraisal,
             expires_at: parsed.expires_at,
