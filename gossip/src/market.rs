@@ -147,6 +147,27 @@ impl Market {
     /// the advert (to be forwarded); errors say whether to penalise the sender.
     pub fn insert(&mut self, bytes: &[u8], source: &[u8], now: u64) -> Result<Advert, AdvertError> {
         self.take_token(source, now)?;
+        self.admit(bytes, source, now, true)
+    }
+
+    /// Admits an advert that arrived in a market sync from `source` (or our own): no rate
+    /// limit and no per-source share (a sync hands over a whole table), every other check.
+    pub fn insert_synced(
+        &mut self,
+        bytes: &[u8],
+        source: &[u8],
+        now: u64,
+    ) -> Result<Advert, AdvertError> {
+        self.admit(bytes, source, now, false)
+    }
+
+    fn admit(
+        &mut self,
+        bytes: &[u8],
+        source: &[u8],
+        now: u64,
+        metered: bool,
+    ) -> Result<Advert, AdvertError> {
         let (signed, advert) = SignedAdvert::open(bytes, now)?;
         let peer = advert.peer_id();
         if let Some(&(have, _)) = self.seqs.get(&peer) {
@@ -160,7 +181,7 @@ impl Market {
         let replacing = self.entries.contains_key(&peer);
         if !replacing {
             let from_source = self.entries.values().filter(|e| e.source == source).count();
-            if from_source >= self.config.max_per_source {
+            if metered && from_source >= self.config.max_per_source {
                 return Err(AdvertError::RateLimited);
             }
             if self.entries.len() >= self.config.max_adverts {

@@ -1,18 +1,22 @@
-//! The light client's job runner: find workers for a model in the DHT, run the job on one,
-//! stream its text.
+//! The light client's job runner: rank the workers the market knows for a model (DHT provider
+//! records when it knows none), run the job on the best, fail over, stream its text.
 //!
 //! Every job stream opens with the attested Noise handshake: the worker's evidence is checked
 //! by the [`Verifier`] (evidence, binding to the enclave key and peer id, policy) before a
 //! byte of the request is sent, and a refused worker is skipped like a busy one. Accepting
 //! development evidence logs a warning on every job.
 //!
-//! Candidates are tried in turn while none has produced text: a worker that is busy, does not
-//! serve the model, or cannot be reached is skipped. Once text has arrived, a failure ends the
-//! job with an error (resuming on another worker from the received text comes with the
-//! market issue). Failures list every worker tried.
+//! Candidates are tried in rank order. A worker that is busy, does not serve the model,
+//! cannot be reached or fails attestation is skipped; one that dies mid-stream leaves its text
+//! in place, and the next worker continues it (the request carries the text so far as a
+//! `continuation`), so the caller sees one answer with nothing repeated or lost. The client's
+//! reputation record learns from every attempt. Failures list every worker tried.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use cocoon_gossip::{Advert, Reputation, Selection, Weights};
 
 use cocoon_p2p::attest::verifier::{Verifier, VerifierConfig};
 use cocoon_p2p::attest::EvidenceKind;
@@ -22,6 +26,8 @@ use cocoon_p2p::job::{
 };
 use cocoon_p2p::{Network, NetworkError, PeerId};
 use serde::Serialize;
+
+use crate::market::{advert_peer, MarketService};
 
 /// Client settings.
 #[derive(Clone, Debug)]
@@ -35,6 +41,12 @@ pub struct ClientConfig {
     /// Checks workers' attestation. Default: the default policy (refuses dev evidence and
     /// every TDX image not allowlisted), no collateral cache, no PCCS.
     pub verifier: Arc<Verifier>,
+    /// Highest price per million tokens accepted, nanoTON. Default: none.
+    pub max_price_per_mtok: Option<u64>,
+    /// How the market ranks workers.
+    pub weights: Weights,
+    /// Workers tried at most per job. Default: 5.
+    pub max_attempts: usize,
 }
 
 impl Default for ClientConfig {
@@ -44,6 +56,9 @@ impl Default for ClientConfig {
             open_timeout: Duration::from_secs(15),
             job: JobConfig::default(),
             verifier: Arc::new(Verifier::new(VerifierConfig::default())),
+            max_price_per_mtok: None,
+            weights: Weights::default(),
+            max_attempts: 5,
         }
     }
 }
@@ -90,6 +105,16 @@ pub struct InferOutcome {
     pub measurement: String,
     /// The TDX TCB status; absent for dev evidence.
     pub tcb_status: Option<String>,
+    /// Where the worker was found: `market` (ranked adverts) or `dht` (provider records).
+    pub source: String,
+    /// The serving worker's advertised price per million prompt tokens, nanoTON.
+    pub price_prompt_per_mtok: Option<u64>,
+    /// Its price per million completion tokens, nanoTON.
+    pub price_completion_per_mtok: Option<u64>,
+    /// What the job costs at that price, nanoTON.
+    pub cost_nanoton: Option<u64>,
+    /// Workers that failed before this one ("peer: error"); the answer resumed after each.
+    pub failed_attempts: Vec<String>,
 }
 
 /// Why a job failed.
@@ -107,21 +132,50 @@ pub enum InferError {
     #[error(transparent)]
     Network(#[from] NetworkError),
     /// Every candidate failed; each entry names a worker and what went wrong.
-    #[error("every worker failed: {}", .tried.iter().map(|(p, e)| format!("{p}: {e}")).collect::<Vec<_>>().join("; "))]
+    #[error("every worker failed ({received_chars} characters received): {}", .tried.iter().map(|(p, e)| format!("{p}: {e}")).collect::<Vec<_>>().join("; "))]
     AllFailed {
         /// (worker, error) per attempt.
         tried: Vec<(PeerId, String)>,
-    },
-    /// The worker failed after it had started streaming.
-    #[error("worker {worker} failed mid-stream after {received_chars} characters: {source}")]
-    MidStream {
-        /// The worker.
-        worker: PeerId,
-        /// Text received before the failure.
+        /// Text received (and shown) before the last failure.
         received_chars: usize,
-        /// What happened.
-        source: JobError,
     },
+    /// Workers advertise the model, but none at or below the price limit.
+    #[error("no worker offers {model:?} at or below {max} nanoTON per million tokens")]
+    NoneWithinPrice {
+        /// Model id.
+        model: String,
+        /// The limit.
+        max: u64,
+    },
+}
+
+/// Starts the client's market and fills it from the given peers (normally the bootstrap
+/// peers): their live adverts arrive at once, later ones by gossip. Peers that cannot be
+/// reached are skipped (the DHT remains the fallback).
+pub async fn join_market(
+    network: &Network,
+    peers: &[PeerId],
+    timeout: Duration,
+) -> Result<MarketService, InferError> {
+    let market = MarketService::start(network, Default::default())?;
+    for peer in peers {
+        match market.sync_from(*peer, timeout).await {
+            Ok(n) => tracing::debug!(%peer, "market sync: {n} adverts"),
+            Err(e) => tracing::info!(%peer, "market sync failed: {e}"),
+        }
+    }
+    Ok(market)
+}
+
+/// The peer ids named in multiaddrs (`.../p2p/<id>`).
+pub fn peers_of(addrs: &[cocoon_p2p::Multiaddr]) -> Vec<PeerId> {
+    addrs
+        .iter()
+        .filter_map(|a| match a.iter().last() {
+            Some(libp2p::multiaddr::Protocol::P2p(p)) => Some(p),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Looks up providers for `model`, retrying until one is found or the timeout passes.
@@ -148,66 +202,187 @@ pub async fn discover(
     }
 }
 
-/// Runs `request` on a worker found in the DHT; `on_text` sees each chunk as it arrives.
+/// Where a job's candidates come from.
+struct Target {
+    peer: PeerId,
+    advert: Option<Advert>,
+}
+
+/// Runs `request` on the best worker the market knows (DHT providers when it knows none),
+/// failing over to the next candidate (resuming from the text received so far) until one
+/// finishes; `on_text` sees each chunk as it arrives, as one answer.
 pub async fn infer(
     network: &Network,
+    market: &MarketService,
+    reputation: &mut Reputation,
     request: InferRequest,
     config: &ClientConfig,
     mut on_text: impl FnMut(&str),
 ) -> Result<InferOutcome, InferError> {
-    let mut providers = discover(network, &request.model, config.discovery_timeout).await?;
-    // Until the market ranks workers (issue 4), start at a different provider per job so
-    // clients spread their load instead of all trying the lowest peer id first.
-    let start = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as usize)
-        .unwrap_or(0);
-    let len = providers.len();
-    providers.rotate_left(start % len);
-    let mut tried = Vec::new();
-    for (attempt, worker) in providers.iter().copied().enumerate() {
-        match run_on(
+    let selection = Selection {
+        model: request.model.clone(),
+        prompt_tokens: estimate_prompt_tokens(&request.input),
+        max_tokens: request.sampling.max_tokens as u64,
+        max_price_per_mtok: config.max_price_per_mtok,
+        accept_dev: config.verifier.policy().allow_dev_insecure,
+        exclude: Vec::new(),
+    };
+    let ranked = market.select(&selection, reputation, &config.weights);
+    let mut targets: Vec<Target> = ranked
+        .iter()
+        .filter_map(|c| {
+            Some(Target {
+                peer: advert_peer(&c.advert)?,
+                advert: Some(c.advert.clone()),
+            })
+        })
+        .collect();
+    let source = if targets.is_empty() {
+        if config.max_price_per_mtok.is_some() && !market.adverts().is_empty() {
+            // Adverts exist but none fits the price: DHT providers have no known price.
+            return Err(InferError::NoneWithinPrice {
+                model: request.model.clone(),
+                max: config.max_price_per_mtok.unwrap_or_default(),
+            });
+        }
+        let mut providers = discover(network, &request.model, config.discovery_timeout).await?;
+        // No ranking without adverts: start at a different provider per job so clients
+        // spread their load instead of all trying the lowest peer id first.
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as usize)
+            .unwrap_or(0);
+        let len = providers.len();
+        providers.rotate_left(start % len);
+        targets = providers
+            .into_iter()
+            .map(|peer| Target { peer, advert: None })
+            .collect();
+        "dht"
+    } else {
+        "market"
+    };
+    let candidates = targets.len();
+    let mut tried: Vec<(PeerId, String)> = Vec::new();
+    let mut text = String::new();
+    let mut chunks_before = 0u32;
+    let mut first_text: Option<f64> = None;
+    let started = Instant::now();
+    for (attempt, target) in targets.iter().take(config.max_attempts).enumerate() {
+        let worker = target.peer;
+        let continuation = (!text.is_empty()).then(|| text.clone());
+        let remaining = request.sampling.max_tokens.saturating_sub(chunks_before);
+        if continuation.is_some() && remaining == 0 {
+            break;
+        }
+        let mut job = request.clone();
+        job.sampling.max_tokens = remaining;
+        let result = run_on(
             network,
             worker,
-            &request,
+            &job,
+            continuation,
             config,
             attempt as u64,
-            &mut on_text,
+            &mut |chunk: &str| {
+                first_text.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
+                text.push_str(chunk);
+                on_text(chunk)
+            },
         )
-        .await
-        {
-            Ok(mut outcome) => {
-                outcome.providers_found = providers.len();
-                return Ok(outcome);
+        .await;
+        let now = crate::attestation::unix_now();
+        match result {
+            Ok(mut done) => {
+                let advertised = target
+                    .advert
+                    .as_ref()
+                    .map_or(0.0, |a| a.tokens_per_s as f64);
+                reputation.success(
+                    &worker.to_bytes(),
+                    now,
+                    done.ttft_ms,
+                    done.tokens_per_s,
+                    advertised,
+                );
+                done.text = text;
+                done.completion_tokens += chunks_before;
+                done.ttft_ms = first_text.unwrap_or(done.ttft_ms);
+                done.total_ms = started.elapsed().as_secs_f64() * 1e3;
+                done.providers_found = candidates;
+                done.source = source.into();
+                done.failed_attempts = tried.iter().map(|(p, e)| format!("{p}: {e}")).collect();
+                if let Some(a) = &target.advert {
+                    done.price_prompt_per_mtok = Some(a.price.prompt_per_mtok);
+                    done.price_completion_per_mtok = Some(a.price.completion_per_mtok);
+                    done.cost_nanoton = Some(
+                        a.price
+                            .cost(done.prompt_tokens as u64, done.completion_tokens as u64),
+                    );
+                }
+                return Ok(done);
             }
-            Err(Attempt::Skip(e)) => {
-                tracing::info!(%worker, "worker skipped: {e}");
-                tried.push((worker, e));
+            Err(Failure {
+                error,
+                chunks,
+                busy,
+            }) => {
+                tracing::info!(%worker, "worker failed after {chunks} chunks: {error}");
+                if !busy {
+                    reputation.failure(&worker.to_bytes(), now);
+                }
+                chunks_before += chunks;
+                tried.push((worker, error));
             }
-            Err(Attempt::Fatal(e)) => return Err(e),
         }
     }
-    Err(InferError::AllFailed { tried })
+    Err(InferError::AllFailed {
+        tried,
+        received_chars: text.len(),
+    })
 }
 
-enum Attempt {
-    /// Nothing was received; the next candidate may be tried.
-    Skip(String),
-    Fatal(InferError),
+/// A rough prompt size for ranking (about four characters per token).
+fn estimate_prompt_tokens(input: &JobInput) -> u64 {
+    let chars: usize = match input {
+        JobInput::Prompt(t) => t.len(),
+        JobInput::Chat(m) => m.iter().map(|m| m.content.len() + 8).sum(),
+    };
+    (chars / 4 + 1) as u64
+}
+
+/// One failed attempt.
+struct Failure {
+    error: String,
+    /// Text chunks received from this worker before it failed (kept by the caller).
+    chunks: u32,
+    /// The worker was busy (not its fault: no reputation penalty).
+    busy: bool,
+}
+
+impl Failure {
+    fn before_start(error: impl ToString) -> Self {
+        Self {
+            error: error.to_string(),
+            chunks: 0,
+            busy: false,
+        }
+    }
 }
 
 async fn run_on(
     network: &Network,
     worker: PeerId,
     request: &InferRequest,
+    continuation: Option<String>,
     config: &ClientConfig,
     attempt: u64,
     on_text: &mut impl FnMut(&str),
-) -> Result<InferOutcome, Attempt> {
+) -> Result<InferOutcome, Failure> {
     let stream = network
         .open_job_stream(worker, config.open_timeout)
         .await
-        .map_err(|e| Attempt::Skip(e.to_string()))?;
+        .map_err(Failure::before_start)?;
     let (secure, verdict) = confidential::open(
         FramedStream::new(stream, config.job.max_frame),
         &config.verifier,
@@ -217,7 +392,7 @@ async fn run_on(
         &config.job,
     )
     .await
-    .map_err(|e| Attempt::Skip(e.to_string()))?;
+    .map_err(Failure::before_start)?;
     let appraisal = verdict.appraisal;
     if appraisal.kind == EvidenceKind::DevInsecure {
         tracing::warn!(%worker, "{}", crate::attestation::DEV_WARNING);
@@ -236,17 +411,18 @@ async fn run_on(
             model: request.model.clone(),
             input: request.input.clone(),
             sampling: request.sampling.clone(),
+            continuation,
         })
         .await
-        .map_err(|e| Attempt::Skip(e.to_string()))?;
-    let mut text = String::new();
+        .map_err(Failure::before_start)?;
+    let mut chunks = 0u32;
     let mut first: Option<Instant> = None;
     loop {
         match channel.next_event().await {
             Ok(ClientEvent::Token(chunk)) => {
                 first.get_or_insert_with(Instant::now);
+                chunks += 1;
                 on_text(&chunk);
-                text.push_str(&chunk);
             }
             Ok(ClientEvent::Done(done)) => {
                 let end = Instant::now();
@@ -258,7 +434,7 @@ async fn run_on(
                     client_peer: network.peer_id().to_string(),
                     worker_peer: worker.to_string(),
                     model: request.model.clone(),
-                    text,
+                    text: String::new(),
                     prompt_tokens: done.usage.prompt_tokens,
                     completion_tokens: done.usage.completion_tokens,
                     ttft_ms: first.duration_since(started).as_secs_f64() * 1e3,
@@ -276,16 +452,49 @@ async fn run_on(
                     attestation: appraisal.kind.as_str().into(),
                     measurement: hex::encode(appraisal.mrtd),
                     tcb_status: appraisal.tcb_status.clone(),
+                    source: String::new(),
+                    price_prompt_per_mtok: None,
+                    price_completion_per_mtok: None,
+                    cost_nanoton: None,
+                    failed_attempts: Vec::new(),
                 });
             }
-            Err(e) if text.is_empty() => return Err(Attempt::Skip(e.to_string())),
-            Err(source) => {
-                return Err(Attempt::Fatal(InferError::MidStream {
-                    worker,
-                    received_chars: text.len(),
-                    source,
-                }))
+            Err(e) => {
+                let busy = matches!(
+                    &e,
+                    JobError::Remote(f) if f.code == cocoon_p2p::job::ErrorCode::Busy
+                );
+                return Err(Failure {
+                    error: e.to_string(),
+                    chunks,
+                    busy,
+                });
             }
         }
     }
+}
+
+/// Reads a reputation file; a missing file is an empty record, a corrupt one is set aside.
+pub fn load_reputation(path: &Path) -> Reputation {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::warn!(
+                "{}: unreadable reputation ({e}); starting afresh",
+                path.display()
+            );
+            let _ = std::fs::rename(path, path.with_extension("json.corrupt"));
+            Reputation::default()
+        }),
+        Err(_) => Reputation::default(),
+    }
+}
+
+/// Writes a reputation file atomically.
+pub fn save_reputation(path: &Path, reputation: &Reputation) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(reputation)?)?;
+    std::fs::rename(tmp, path)
 }

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cocoon_gossip::PricePolicy;
 use cocoon_inference::DeviceChoice;
 use cocoon_p2p::attest::attester::AttesterConfig;
 use cocoon_p2p::{DhtMode, Multiaddr, NetworkConfig};
@@ -52,6 +53,10 @@ pub struct FileConfig {
     /// Lifetime of the enclave key and its evidence, in seconds; they are rotated together
     /// a quarter before expiry. Default: 3600.
     pub evidence_lifetime_secs: Option<u64>,
+    /// Pricing, e.g. `[price] mode = "fixed"` with `price = { prompt_per_mtok = 1000,
+    /// completion_per_mtok = 3000 }`, or `mode = "dynamic"` with `floor`, `ceiling`, `step`,
+    /// `raise_above`, `lower_below`, `hold_secs`. Default: dynamic (see `PricePolicy`).
+    pub price: Option<PricePolicy>,
 }
 
 /// A configuration that cannot be used.
@@ -103,6 +108,8 @@ pub struct NodeConfig {
     pub keep_quantized: bool,
     /// Attestation of the worker.
     pub attestation: WorkerAttestation,
+    /// Price policy.
+    pub price: PricePolicy,
 }
 
 /// `$COCOON_HOME/node` when `COCOON_HOME` is set, else `<user data dir>/cocoon`.
@@ -153,6 +160,8 @@ pub struct Overrides {
     pub keep_quantized: Option<bool>,
     /// `--attestation`.
     pub attestation: Option<String>,
+    /// `--price PROMPT,COMPLETION`: a fixed price, nanoTON per million tokens.
+    pub fixed_price: Option<(u64, u64)>,
 }
 
 impl NodeConfig {
@@ -231,6 +240,20 @@ impl NodeConfig {
                 .or(file.keep_quantized)
                 .unwrap_or(false),
             attestation,
+            price: match flags.fixed_price {
+                Some((prompt, completion)) => PricePolicy::Fixed {
+                    price: cocoon_gossip::Price {
+                        prompt_per_mtok: prompt,
+                        completion_per_mtok: completion,
+                    },
+                },
+                None => {
+                    let policy = file.price.unwrap_or_default();
+                    cocoon_gossip::PriceCore::new(policy.clone())
+                        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                    policy
+                }
+            },
         })
     }
 }

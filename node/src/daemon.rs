@@ -14,6 +14,7 @@ use cocoon_p2p::job::JobConfig;
 use cocoon_p2p::{identity, Network, NetworkError};
 
 use crate::config::NodeConfig;
+use crate::market::MarketService;
 use crate::models::{self, ModelError};
 use crate::worker::Worker;
 
@@ -61,7 +62,10 @@ pub enum NodeError {
 /// Runs a node until `shutdown` completes, printing the stdout interface lines.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     let keypair = identity::load_or_create(&config.data_dir)?;
+    let signing_key = crate::advertiser::signing_key(&keypair);
     let network = Network::start(keypair, config.network.clone())?;
+    // Every node validates and forwards adverts and answers market syncs.
+    let market = MarketService::start(&network, Default::default())?;
     println!("{PEER_LINE}{}", network.peer_id());
     if !config.network.listen.is_empty() {
         network
@@ -155,6 +159,23 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         let worker = Worker::new(engines, JobConfig::default(), attester, peer_id);
         for id in worker.model_ids() {
             network.provide(id).await?;
+        }
+        match signing_key {
+            Some(key) => {
+                let advertiser = crate::advertiser::AdvertiserConfig {
+                    price: config.price.clone(),
+                    max_concurrent: config.max_concurrent as u32,
+                    ..Default::default()
+                };
+                tokio::spawn(crate::advertiser::run(
+                    worker.clone(),
+                    network.clone(),
+                    market.clone(),
+                    key,
+                    advertiser,
+                ));
+            }
+            None => tracing::warn!("the identity is not ed25519: no adverts"),
         }
         Some(tokio::spawn(worker.serve(network.clone())))
     };

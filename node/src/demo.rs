@@ -203,7 +203,21 @@ async fn run_in(
         })),
         ..Default::default()
     };
-    let outcome = client::infer(&network, request, &config, |t| on_text(t)).await;
+    let boot_peer = boot.peer_id.parse().ok();
+    let outcome = async {
+        let market = client::join_market(
+            &network,
+            &boot_peer.into_iter().collect::<Vec<_>>(),
+            Duration::from_secs(10),
+        )
+        .await?;
+        let mut reputation = cocoon_gossip::Reputation::default();
+        client::infer(&network, &market, &mut reputation, request, &config, |t| {
+            on_text(t)
+        })
+        .await
+    }
+    .await;
     network.shutdown().await;
     for w in &mut workers {
         w.stop(Duration::from_secs(3));

@@ -4,18 +4,22 @@
 //! - [`daemon`]: `cocoon node`, a DHT node that is also a worker when it serves models;
 //! - [`worker`]: job streams in (after the attested handshake), engine generations out;
 //! - [`attestation`]: which evidence a worker presents, which a client trusts;
-//! - [`client`]: the light client that finds a worker in the DHT and runs a job;
+//! - [`market`]: the gossip market core fed by the network (validation, sync);
+//! - [`advertiser`]: a worker's signed advert and its price policy;
+//! - [`client`]: the light client that ranks workers, runs a job, fails over;
 //! - [`demo`]: the whole network on loopback;
 //! - [`launch`]: starting `cocoon node` processes (demo, tests, benchmarks);
 //! - [`models`]: known models and `cocoon model fetch`;
 //! - [`config`]: TOML + environment + flags.
 #![warn(missing_docs)]
 
+pub mod advertiser;
 pub mod attestation;
 pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod launch;
+pub mod market;
 pub mod models;
 pub mod worker;

@@ -32,9 +32,24 @@ enum Cmd {
     /// Manage models.
     #[command(subcommand)]
     Model(ModelCmd),
+    /// Show the market: the live worker adverts the network knows, with prices and capacity.
+    Market(MarketArgs),
     /// Attestation tools: verify a quote offline, check this machine.
     #[command(subcommand)]
     Attest(AttestCmd),
+}
+
+#[derive(Debug, Args)]
+struct MarketArgs {
+    /// Bootstrap peer multiaddr (with /p2p/<id>); repeatable.
+    #[arg(long, env = "COCOON_BOOTSTRAP", value_delimiter = ',', required = true)]
+    bootstrap: Vec<String>,
+    /// Also listen to gossip for this many seconds before printing.
+    #[arg(long, default_value_t = 0)]
+    wait: u64,
+    /// Print JSON (one array of adverts).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,6 +156,18 @@ struct NodeArgs {
     /// evidence), tdx (refuse to start without it) or dev-insecure [default: auto].
     #[arg(long, env = "COCOON_ATTESTATION")]
     attestation: Option<String>,
+    /// A fixed price instead of the dynamic policy: nanoTON per million prompt tokens and
+    /// per million completion tokens, e.g. `--price 1000,3000`.
+    #[arg(long, env = "COCOON_PRICE", value_parser = parse_price)]
+    price: Option<(u64, u64)>,
+}
+
+fn parse_price(s: &str) -> Result<(u64, u64), String> {
+    let (a, b) = s
+        .split_once(',')
+        .ok_or("expected PROMPT,COMPLETION (nanoTON per million tokens)")?;
+    let n = |x: &str| x.trim().parse::<u64>().map_err(|e| format!("{x:?}: {e}"));
+    Ok((n(a)?, n(b)?))
 }
 
 #[derive(Debug, Args)]
@@ -208,6 +235,9 @@ struct InferArgs {
     discovery_timeout: u64,
     #[command(flatten)]
     trust: TrustArgs,
+    /// Highest price accepted, nanoTON per million tokens (prompt and completion).
+    #[arg(long)]
+    max_price: Option<u64>,
     /// The prompt.
     prompt: String,
 }
@@ -269,6 +299,10 @@ fn main() -> anyhow::Result<()> {
             init_logging("info");
             model(cmd)
         }
+        Cmd::Market(args) => {
+            init_logging("warn");
+            runtime.block_on(market(args))
+        }
         Cmd::Attest(cmd) => {
             init_logging("warn");
             runtime.block_on(attest(cmd))
@@ -294,6 +328,7 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
             max_concurrent: args.max_concurrent,
             keep_quantized: args.keep_quantized.then_some(true),
             attestation: args.attestation,
+            fixed_price: args.price,
         },
     )?;
     daemon::run(config, daemon::shutdown_signal()).await?;
@@ -348,24 +383,64 @@ async fn infer(args: InferArgs) -> anyhow::Result<()> {
     let config = ClientConfig {
         discovery_timeout: Duration::from_secs(args.discovery_timeout),
         verifier: std::sync::Arc::new(args.trust.trust().verifier()?),
+        max_price_per_mtok: args.max_price,
         ..Default::default()
     };
+    let reputation_file = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| models::cocoon_home().join("client"))
+        .join("reputation.json");
+    let mut reputation = client::load_reputation(&reputation_file);
     let json = args.json;
-    let result = client::infer(&network, request, &config, |text| {
-        if !json {
-            print!("{text}");
-            let _ = std::io::stdout().flush();
-        }
-    })
+    let bootstrap = config::parse_addrs("bootstrap", &args.bootstrap)?;
+    let result = async {
+        let market = client::join_market(
+            &network,
+            &client::peers_of(&bootstrap),
+            Duration::from_secs(10),
+        )
+        .await?;
+        client::infer(
+            &network,
+            &market,
+            &mut reputation,
+            request,
+            &config,
+            |text| {
+                if !json {
+                    print!("{text}");
+                    let _ = std::io::stdout().flush();
+                }
+            },
+        )
+        .await
+    }
     .await;
     network.shutdown().await;
+    if let Err(e) = client::save_reputation(&reputation_file, &reputation) {
+        tracing::warn!("cannot save {}: {e}", reputation_file.display());
+    }
     let outcome = result?;
     if json {
         print_json(&outcome)?;
     } else {
         println!();
+        let price = match (
+            outcome.price_prompt_per_mtok,
+            outcome.price_completion_per_mtok,
+        ) {
+            (Some(p), Some(c)) => format!(
+                "price {p}/{c} nTON per Mtok, cost {} nTON",
+                outcome.cost_nanoton.unwrap_or_default()
+            ),
+            _ => "price unknown (found in the DHT)".into(),
+        };
+        for failed in &outcome.failed_attempts {
+            eprintln!("[failed over from {failed}]");
+        }
         eprintln!(
-            "[worker {} | attestation {} | {} prompt + {} completion tokens | ttft {:.0} ms | {:.1} tok/s]",
+            "[worker {} | attestation {} | {price} | {} prompt + {} completion tokens | ttft {:.0} ms | {:.1} tok/s]",
             outcome.worker_peer,
             outcome.attestation,
             outcome.prompt_tokens,
@@ -443,6 +518,94 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
             o.ttft_ms, o.tokens_per_s
         );
     }
+    Ok(())
+}
+
+async fn market(args: MarketArgs) -> anyhow::Result<()> {
+    let bootstrap = config::parse_addrs("bootstrap", &args.bootstrap)?;
+    let network = Network::start(
+        libp2p::identity::Keypair::generate_ed25519(),
+        NetworkConfig {
+            listen: vec!["/ip4/0.0.0.0/udp/0/quic-v1".parse()?],
+            bootstrap: bootstrap.clone(),
+            mdns: false,
+            dht_mode: DhtMode::Client,
+            ..Default::default()
+        },
+    )?;
+    let market = client::join_market(
+        &network,
+        &client::peers_of(&bootstrap),
+        Duration::from_secs(10),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(args.wait)).await;
+    let mut adverts = market.adverts();
+    network.shutdown().await;
+    adverts.sort_by(|a, b| {
+        a.price
+            .completion_per_mtok
+            .cmp(&b.price.completion_per_mtok)
+            .then(a.public_key.cmp(&b.public_key))
+    });
+    let now = attestation::unix_now();
+    let rows: Vec<serde_json::Value> = adverts
+        .iter()
+        .map(|a| {
+            serde_json::json!({
+                "peer": cocoon_node::market::advert_peer(a).map(|p| p.to_string()),
+                "models": a.models.iter().map(|m| &m.id).collect::<Vec<_>>(),
+                "attestation": match a.trust {
+                    cocoon_gossip::Trust::Tdx => "tdx",
+                    cocoon_gossip::Trust::DevInsecure => "dev-insecure",
+                },
+                "measurement": hex::encode(&a.measurement),
+                "hardware": match &a.hardware {
+                    cocoon_gossip::Hardware::Cpu { threads } => format!("cpu ({threads} threads)"),
+                    cocoon_gossip::Hardware::Gpu { name, vram_mib } => format!("{name} ({vram_mib} MiB)"),
+                },
+                "free_slots": a.free_slots,
+                "max_concurrent": a.max_concurrent,
+                "tokens_per_s": a.tokens_per_s,
+                "price_prompt_per_mtok": a.price.prompt_per_mtok,
+                "price_completion_per_mtok": a.price.completion_per_mtok,
+                "min_deposit": a.min_deposit,
+                "seq": a.seq,
+                "expires_in_s": a.expires_at.saturating_sub(now),
+            })
+        })
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<54} {:<28} {:<12} {:>5} {:>7} {:>10} {:>10}",
+        "worker", "models", "attestation", "free", "tok/s", "prompt", "completion"
+    );
+    for r in &rows {
+        println!(
+            "{:<54} {:<28} {:<12} {:>5} {:>7.1} {:>10} {:>10}",
+            r["peer"].as_str().unwrap_or("?"),
+            r["models"]
+                .as_array()
+                .map(|m| m
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","))
+                .unwrap_or_default(),
+            r["attestation"].as_str().unwrap_or(""),
+            format!("{}/{}", r["free_slots"], r["max_concurrent"]),
+            r["tokens_per_s"].as_f64().unwrap_or(0.0),
+            r["price_prompt_per_mtok"],
+            r["price_completion_per_mtok"],
+        );
+    }
+    println!(
+        "{} adverts; prices in nanoTON per million tokens",
+        rows.len()
+    );
     Ok(())
 }
 

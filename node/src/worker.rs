@@ -31,6 +31,42 @@ pub struct Worker {
     job_config: JobConfig,
     attester: Arc<Attester>,
     peer_id: PeerId,
+    stats: Arc<Stats>,
+}
+
+/// What the worker measured, for its advert and price policy.
+#[derive(Debug, Default)]
+pub struct Stats {
+    refused_busy: std::sync::atomic::AtomicU32,
+    /// Moving average of decode speed, tokens/s (0 = not measured yet).
+    speed_milli: std::sync::atomic::AtomicU64,
+}
+
+impl Stats {
+    /// Jobs refused as busy since the last call.
+    pub fn take_refused(&self) -> u32 {
+        self.refused_busy
+            .swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Measured decode speed, tokens per second; 0 until a job has run.
+    pub fn tokens_per_s(&self) -> f64 {
+        self.speed_milli.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0
+    }
+
+    fn record_speed(&self, tokens_per_s: f64) {
+        if !(tokens_per_s.is_finite() && tokens_per_s > 0.0) {
+            return;
+        }
+        let old = self.tokens_per_s();
+        let new = if old == 0.0 {
+            tokens_per_s
+        } else {
+            old + 0.3 * (tokens_per_s - old)
+        };
+        self.speed_milli
+            .store((new * 1000.0) as u64, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Worker {
@@ -47,7 +83,23 @@ impl Worker {
             job_config,
             attester,
             peer_id,
+            stats: Arc::new(Stats::default()),
         }
+    }
+
+    /// The engines, by model id.
+    pub fn engines(&self) -> &HashMap<String, inference::Engine> {
+        &self.engines
+    }
+
+    /// The attester whose credentials this worker presents.
+    pub fn attester(&self) -> &Arc<Attester> {
+        &self.attester
+    }
+
+    /// Measured load and speed.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// Model ids served.
@@ -123,9 +175,25 @@ impl Worker {
         if let Err(msg) = validate(&request) {
             return channel.send(&fail(ErrorCode::BadRequest, msg)).await;
         }
-        let mut generation = match engine.generate(to_engine(request)) {
+        let continuation = request.continuation.clone();
+        let mut engine_request = to_engine(request);
+        if let Some(prefix) = continuation {
+            // Failover: carry on from the answer so far, as the start of the reply.
+            match engine.render_prompt(&engine_request.prompt) {
+                Ok(text) => engine_request.prompt = inference::Prompt::Text(text + &prefix),
+                Err(e) => {
+                    return channel
+                        .send(&fail(ErrorCode::BadRequest, e.to_string()))
+                        .await
+                }
+            }
+        }
+        let mut generation = match engine.generate(engine_request) {
             Ok(g) => g,
             Err(inference::GenerateError::Busy { limit }) => {
+                self.stats
+                    .refused_busy
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let msg = format!("worker is running {limit} jobs, its limit");
                 return channel.send(&fail(ErrorCode::Busy, msg)).await;
             }
@@ -139,6 +207,11 @@ impl Worker {
             match event {
                 inference::GenerationEvent::Text(text) => channel.send_token(text).await?,
                 inference::GenerationEvent::Done(usage) => {
+                    let decode_ms = usage.total_ms - usage.time_to_first_token_ms;
+                    if usage.completion_tokens > 1 && decode_ms > 0.0 {
+                        self.stats
+                            .record_speed((usage.completion_tokens - 1) as f64 / decode_ms * 1e3);
+                    }
                     let done = job::JobDone {
                         id,
                         usage: job::Usage {
@@ -271,6 +344,7 @@ mod tests {
                 max_tokens,
                 ..Default::default()
             },
+            continuation: None,
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! - [`swarm`]: the libp2p swarm (QUIC, TCP fallback, identify, ping, Kademlia under
 //!   `/cocoon/kad/1.0.0`, mDNS) behind the [`Network`] handle; model discovery through DHT
-//!   provider records.
+//!   provider records; gossipsub for adverts with application-side validation.
 //! - [`job`]: the `/cocoon/job/1` stream protocol: framing, versioned messages, timeouts.
 //! - [`attest`]: attestation evidence (Intel TDX via DCAP, dev), key binding, trust policy.
 //! - [`frame`]: the length-prefixed framing beneath it, the seam where encryption plugs in.
@@ -23,4 +23,7 @@ pub mod swarm;
 pub mod testing;
 
 pub use libp2p::{Multiaddr, PeerId, Stream};
-pub use swarm::{model_key, DhtMode, Network, NetworkConfig, NetworkError, NetworkState};
+pub use swarm::{
+    model_key, DhtMode, GossipMessage, GossipVerdict, Network, NetworkConfig, NetworkError,
+    NetworkState, ADVERT_TOPIC, MARKET_PROTOCOL,
+};

@@ -2,9 +2,15 @@
 //!
 //! Transports: QUIC (preferred) and TCP + Noise + yamux as a fallback. Behaviours: identify,
 //! ping, Kademlia under our own protocol name [`KAD_PROTOCOL`], optional mDNS, and
-//! `libp2p-stream` for the `/cocoon/job/1` streams. Kademlia and identify read the clock and
+//! `libp2p-stream` for the `/cocoon/job/1` and `/cocoon/market/1` streams, and gossipsub for
+//! worker adverts on [`ADVERT_TOPIC`]. Kademlia, identify and gossipsub read the clock and
 //! RNG themselves, so no market or payment logic lives here: this is a shell, the protocol
 //! cores live in their own crates.
+//!
+//! Gossip validation is the application's: every advert is handed out through
+//! [`Network::take_gossip`] and only forwarded once the node reports it acceptable
+//! ([`Network::report_gossip`]); a rejected advert counts against its sender in gossipsub's
+//! peer score, so peers that forge or flood are pruned from the mesh and then ignored.
 //!
 //! Discovery: a worker announces each model it serves as a provider record under
 //! [`model_key`]; a client runs `get_providers` for the key, dials each provider while the
@@ -19,8 +25,8 @@ use libp2p::kad::{self, store::MemoryStore, Mode, QueryId, QueryResult, RecordKe
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{behaviour::toggle::Toggle, dial_opts::DialOpts, NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    identify, identity::Keypair, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol,
-    Swarm,
+    gossipsub, identify, identity::Keypair, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId,
+    StreamProtocol, Swarm,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -31,6 +37,34 @@ use crate::job::JOB_PROTOCOL;
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/cocoon/kad/1.0.0");
 /// Identify protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/cocoon/id/1.0.0";
+/// The gossipsub topic of worker adverts.
+pub const ADVERT_TOPIC: &str = "/cocoon/adverts/1";
+/// The stream protocol on which a node hands a newcomer the adverts it knows.
+pub const MARKET_PROTOCOL: StreamProtocol = StreamProtocol::new("/cocoon/market/1");
+/// Largest gossip message accepted (an advert is at most 8 KiB).
+pub const MAX_GOSSIP_BYTES: usize = 16 * 1024;
+
+/// A gossiped message waiting for the application's verdict.
+#[derive(Clone, Debug)]
+pub struct GossipMessage {
+    /// The peer that delivered it (not necessarily its author).
+    pub source: PeerId,
+    /// Gossipsub's id for it, to report the verdict.
+    pub id: gossipsub::MessageId,
+    /// The payload.
+    pub data: Vec<u8>,
+}
+
+/// The application's verdict on a gossiped message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GossipVerdict {
+    /// Valid: forward it.
+    Accept,
+    /// Invalid: drop it and penalise the sender.
+    Reject,
+    /// Not useful (stale, rate limited): drop it without penalty.
+    Ignore,
+}
 
 /// The DHT key under which workers announce a model: `sha256("cocoon/model/v1/" || id)`.
 pub fn model_key(model_id: &str) -> RecordKey {
@@ -65,6 +99,10 @@ pub struct NetworkConfig {
     pub mdns: bool,
     /// DHT mode. Default: server.
     pub dht_mode: DhtMode,
+    /// Gossiped adverts queued for validation before new ones are ignored. Default: 256.
+    pub gossip_queue: usize,
+    /// Gossipsub heartbeat (mesh maintenance, gossip emission). Default: 1 s.
+    pub gossip_heartbeat: Duration,
     /// Timeout of one DHT query. Default: 30 s.
     pub query_timeout: Duration,
     /// How long others keep our provider records. Default: 30 min.
@@ -90,6 +128,8 @@ impl Default for NetworkConfig {
             external_addresses: Vec::new(),
             mdns: true,
             dht_mode: DhtMode::Server,
+            gossip_queue: 256,
+            gossip_heartbeat: Duration::from_secs(1),
             query_timeout: Duration::from_secs(30),
             provider_ttl: Duration::from_secs(30 * 60),
             reprovide_interval: Duration::from_secs(10 * 60),
@@ -141,9 +181,12 @@ pub enum NetworkError {
     /// An operation took too long.
     #[error("{0} timed out after {1:?}")]
     Timeout(&'static str, Duration),
-    /// Incoming job streams are already being accepted elsewhere.
-    #[error("job streams are already accepted by another task")]
+    /// Incoming streams (or gossip) are already being taken by another task.
+    #[error("already accepted by another task")]
     AlreadyAccepting,
+    /// Publishing failed (typically: no peer subscribes to the topic yet).
+    #[error("cannot publish: {0}")]
+    Publish(String),
 }
 
 /// What the node currently sees of the network.
@@ -164,9 +207,12 @@ struct Behaviour {
     kad: kad::Behaviour<MemoryStore>,
     mdns: Toggle<mdns::tokio::Behaviour>,
     stream: libp2p_stream::Behaviour,
+    gossipsub: gossipsub::Behaviour,
 }
 
 enum Command {
+    Publish(Vec<u8>, oneshot::Sender<Result<(), NetworkError>>),
+    Verdict(GossipMessage, GossipVerdict),
     Provide(String, oneshot::Sender<()>),
     FindProviders(String, oneshot::Sender<Result<Vec<PeerId>, NetworkError>>),
     Connect(PeerId, oneshot::Sender<Result<(), NetworkError>>),
@@ -180,6 +226,7 @@ pub struct Network {
     commands: mpsc::Sender<Command>,
     control: libp2p_stream::Control,
     state: watch::Receiver<NetworkState>,
+    gossip: std::sync::Arc<std::sync::Mutex<Option<mpsc::Receiver<GossipMessage>>>>,
 }
 
 impl Network {
@@ -220,6 +267,7 @@ impl Network {
         }
         let control = swarm.behaviour().stream.new_control();
         let (commands, rx) = mpsc::channel(config.command_queue);
+        let (gossip_tx, gossip_rx) = mpsc::channel(config.gossip_queue);
         let (state_tx, state) = watch::channel(NetworkState::default());
         let driver = Driver {
             swarm,
@@ -230,6 +278,7 @@ impl Network {
             connect_waiters: HashMap::new(),
             state: state_tx,
             announced_with_peers: false,
+            gossip: gossip_tx,
         };
         tokio::spawn(driver.run(rx));
         Ok(Network {
@@ -237,6 +286,7 @@ impl Network {
             commands,
             control,
             state,
+            gossip: std::sync::Arc::new(std::sync::Mutex::new(Some(gossip_rx))),
         })
     }
 
@@ -324,10 +374,70 @@ impl Network {
 
     /// Starts accepting inbound job streams; only one task may do so.
     pub fn accept_jobs(&self) -> Result<libp2p_stream::IncomingStreams, NetworkError> {
+        self.accept(JOB_PROTOCOL)
+    }
+
+    /// Starts accepting inbound streams of `protocol`; only one task may do so per protocol.
+    pub fn accept(
+        &self,
+        protocol: StreamProtocol,
+    ) -> Result<libp2p_stream::IncomingStreams, NetworkError> {
         self.control
             .clone()
-            .accept(JOB_PROTOCOL)
+            .accept(protocol)
             .map_err(|_| NetworkError::AlreadyAccepting)
+    }
+
+    /// Opens a `protocol` stream to a connected (or dialable) peer.
+    pub async fn open_stream(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+        timeout: Duration,
+    ) -> Result<libp2p::Stream, NetworkError> {
+        let fut = async {
+            self.connect(peer).await?;
+            self.control
+                .clone()
+                .open_stream(peer, protocol)
+                .await
+                .map_err(|e| NetworkError::OpenStream {
+                    peer,
+                    reason: e.to_string(),
+                })
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| NetworkError::Timeout("opening a stream", timeout))?
+    }
+
+    /// Publishes `data` on the advert topic. Fails with [`NetworkError::Publish`] when no
+    /// peer subscribes yet; adverts are re-published periodically, so callers may ignore it.
+    pub async fn publish(&self, data: Vec<u8>) -> Result<(), NetworkError> {
+        self.command(|tx| Command::Publish(data, tx)).await?
+    }
+
+    /// Takes the stream of gossiped adverts awaiting validation; only one task may. Each must
+    /// be answered with [`Network::report_gossip`] (unanswered ones are dropped by gossipsub
+    /// after a while). When nobody takes it, or it is full, messages are ignored.
+    pub fn take_gossip(&self) -> Result<mpsc::Receiver<GossipMessage>, NetworkError> {
+        self.gossip
+            .lock()
+            .expect("gossip receiver lock")
+            .take()
+            .ok_or(NetworkError::AlreadyAccepting)
+    }
+
+    /// Reports the verdict on a gossiped message: forward, reject (penalise) or ignore.
+    pub async fn report_gossip(
+        &self,
+        message: GossipMessage,
+        verdict: GossipVerdict,
+    ) -> Result<(), NetworkError> {
+        self.commands
+            .send(Command::Verdict(message, verdict))
+            .await
+            .map_err(|_| NetworkError::Stopped)
     }
 
     /// Stops the swarm task and closes all connections.
@@ -345,6 +455,17 @@ fn build_swarm(keypair: Keypair, config: &NetworkConfig) -> Result<Swarm<Behavio
         .set_provider_record_ttl(Some(config.provider_ttl))
         .set_provider_publication_interval(Some(config.reprovide_interval));
     let mode = config.dht_mode;
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(config.gossip_heartbeat)
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(MAX_GOSSIP_BYTES)
+        // Content-addressed ids: the same advert relayed twice is one message.
+        .message_id_fn(|m: &gossipsub::Message| {
+            gossipsub::MessageId::from(&Sha256::digest(&m.data)[..20])
+        })
+        .build()
+        .map_err(|e| setup(&e))?;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -356,6 +477,12 @@ fn build_swarm(keypair: Keypair, config: &NetworkConfig) -> Result<Swarm<Behavio
         .with_quic()
         .with_behaviour(|key| {
             let peer_id = key.public().to_peer_id();
+            let mut gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossip_config,
+            )?;
+            gossipsub.with_peer_score(advert_score_params(), gossip_thresholds())?;
+            gossipsub.subscribe(&gossipsub::IdentTopic::new(ADVERT_TOPIC))?;
             let mut kad =
                 kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_config);
             kad.set_mode(Some(match mode {
@@ -379,12 +506,44 @@ fn build_swarm(keypair: Keypair, config: &NetworkConfig) -> Result<Swarm<Behavio
                 kad,
                 mdns: Toggle::from(mdns),
                 stream: libp2p_stream::Behaviour::new(),
+                gossipsub,
             })
         })
         .map_err(|e| setup(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
         .build();
     Ok(swarm)
+}
+
+/// Peer scoring for the advert topic: each invalid advert costs its sender heavily, so a
+/// forger drops below the gossip threshold after a couple and below graylist soon after.
+fn advert_score_params() -> gossipsub::PeerScoreParams {
+    let mut params = gossipsub::PeerScoreParams::default();
+    let topic = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        invalid_message_deliveries_weight: -20.0,
+        invalid_message_deliveries_decay: 0.9,
+        // No delivery quotas: a quiet mesh is normal for adverts.
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        first_message_deliveries_weight: 1.0,
+        ..Default::default()
+    };
+    params
+        .topics
+        .insert(gossipsub::IdentTopic::new(ADVERT_TOPIC).hash(), topic);
+    // Loopback networks put every peer on one IP: do not punish that.
+    params.ip_colocation_factor_weight = 0.0;
+    params
+}
+
+fn gossip_thresholds() -> gossipsub::PeerScoreThresholds {
+    gossipsub::PeerScoreThresholds {
+        gossip_threshold: -10.0,
+        publish_threshold: -50.0,
+        graylist_threshold: -80.0,
+        ..Default::default()
+    }
 }
 
 struct ProviderQuery {
@@ -403,6 +562,7 @@ struct Driver {
     state: watch::Sender<NetworkState>,
     /// Whether an announcement went out while we knew at least one peer.
     announced_with_peers: bool,
+    gossip: mpsc::Sender<GossipMessage>,
 }
 
 impl Driver {
@@ -458,6 +618,29 @@ impl Driver {
                 let _ = self.swarm.dial(DialOpts::peer_id(peer).build());
                 let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
                 self.lookups.insert(id, peer);
+            }
+            Command::Publish(data, reply) => {
+                let topic = gossipsub::IdentTopic::new(ADVERT_TOPIC);
+                let result = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(topic, data)
+                    .map(|_| ())
+                    .map_err(|e| NetworkError::Publish(e.to_string()));
+                let _ = reply.send(result);
+            }
+            Command::Verdict(message, verdict) => {
+                let acceptance = match verdict {
+                    GossipVerdict::Accept => gossipsub::MessageAcceptance::Accept,
+                    GossipVerdict::Reject => gossipsub::MessageAcceptance::Reject,
+                    GossipVerdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+                };
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message.id, &message.source, acceptance);
             }
             Command::Shutdown(_) => unreachable!("handled by the loop"),
         }
@@ -571,6 +754,30 @@ impl Driver {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => {
+                let m = GossipMessage {
+                    source: propagation_source,
+                    id: message_id,
+                    data: message.data,
+                };
+                if let Err(e) = self.gossip.try_send(m) {
+                    // Nobody keeps up (or nobody listens): drop it without penalty.
+                    let m = e.into_inner();
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .report_message_validation_result(
+                            &m.id,
+                            &m.source,
+                            gossipsub::MessageAcceptance::Ignore,
+                        );
+                }
+            }
             _ => {}
         }
     }

@@ -364,6 +364,7 @@ async fn over_real_swarms_the_job_stream_carries_neither_prompt_nor_answer() {
             model: "m".into(),
             input: JobInput::Prompt(PROMPT.into()),
             sampling: Sampling::default(),
+            continuation: None,
         })
         .await
         .unwrap();

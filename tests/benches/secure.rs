@@ -48,6 +48,7 @@ fn request(id: u64) -> JobRequest {
             max_tokens: 8,
             ..Default::default()
         },
+        continuation: None,
     }
 }
 

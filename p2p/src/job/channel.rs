@@ -221,6 +221,7 @@ mod tests {
             model: "m".into(),
             input: JobInput::Prompt("hi".into()),
             sampling: Sampling::default(),
+            continuation: None,
         }
     }
 

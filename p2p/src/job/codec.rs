@@ -7,7 +7,7 @@
 use super::message::Message;
 
 /// The version this build speaks; bumped on any incompatible change of [`Message`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Upper bound on any allocation the decoder makes: one frame.
 const DECODE_LIMIT: usize = crate::frame::DEFAULT_MAX_FRAME;
@@ -98,14 +98,22 @@ mod tests {
             Just(ErrorCode::Internal)
         ];
         prop_oneof![
-            (any::<u64>(), "[a-z0-9_.-]{1,30}", input, sampling).prop_map(
-                |(id, model, input, sampling)| Message::Request(JobRequest {
-                    id,
-                    model,
-                    input,
-                    sampling
-                })
-            ),
+            (
+                any::<u64>(),
+                "[a-z0-9_.-]{1,30}",
+                input,
+                sampling,
+                proptest::option::of(".{0,20}")
+            )
+                .prop_map(|(id, model, input, sampling, continuation)| {
+                    Message::Request(JobRequest {
+                        id,
+                        model,
+                        input,
+                        sampling,
+                        continuation,
+                    })
+                }),
             (any::<u64>(), any::<u32>(), ".{0,20}")
                 .prop_map(|(id, index, text)| Message::Token(TokenChunk { id, index, text })),
             (

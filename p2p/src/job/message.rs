@@ -91,6 +91,10 @@ pub struct JobRequest {
     pub input: JobInput,
     /// Sampling settings.
     pub sampling: Sampling,
+    /// Failover: the answer so far, produced by another worker that failed. The worker
+    /// continues it (as the start of the assistant's reply) instead of starting afresh, and
+    /// streams only the new text; `sampling.max_tokens` counts the new tokens.
+    pub continuation: Option<String>,
 }
 
 /// A chunk of generated text.

@@ -1,0 +1,216 @@
+//! The worker's advert: built from its engines, load, measured speed, price and attestation,
+//! signed with the node identity, and gossiped on change and periodically.
+//!
+//! Every second the price core ([`PriceCore`]) sees the load (busy slots, jobs refused as
+//! busy). A new advert goes out when the price, the free slots or the enclave key changed
+//! (at most one every [`MIN_GAP`]), and every [`AdvertiserConfig::interval`] regardless; it
+//! expires after [`AdvertiserConfig::ttl_secs`], about twice the interval, so a dead worker
+//! leaves the market within that. Sequence numbers are milliseconds since the epoch (and
+//! strictly increasing), so they keep growing across restarts.
+
+use std::time::Duration;
+
+use cocoon_gossip::{Advert, Hardware, Load, ModelOffer, Price, PriceCore, PricePolicy, Trust};
+use cocoon_p2p::attest::EvidenceKind;
+use cocoon_p2p::{Network, NetworkError};
+use ed25519_dalek::SigningKey;
+
+use crate::attestation::unix_now;
+use crate::market::MarketService;
+use crate::worker::Worker;
+
+/// Least time between two adverts caused by changes.
+pub const MIN_GAP: Duration = Duration::from_secs(2);
+
+/// Advert settings.
+#[derive(Clone, Debug)]
+pub struct AdvertiserConfig {
+    /// Re-publication period. Default: 30 s.
+    pub interval: Duration,
+    /// Advert lifetime in seconds. Default: 75 (two periods and a margin).
+    pub ttl_secs: u64,
+    /// Pricing. Default: [`PricePolicy::default`] (dynamic).
+    pub price: PricePolicy,
+    /// Smallest channel deposit accepted, nanoTON. Default: 0.
+    pub min_deposit: u64,
+    /// Expected uptime announced, seconds. Default: 86,400.
+    pub expected_uptime_secs: u64,
+    /// Jobs per model at once (the engines' limit).
+    pub max_concurrent: u32,
+}
+
+impl Default for AdvertiserConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(30),
+            ttl_secs: 75,
+            price: PricePolicy::default(),
+            min_deposit: 0,
+            expected_uptime_secs: 86_400,
+            max_concurrent: 2,
+        }
+    }
+}
+
+/// The ed25519 signing key of a libp2p identity.
+pub fn signing_key(keypair: &libp2p::identity::Keypair) -> Option<SigningKey> {
+    let ed = keypair.clone().try_into_ed25519().ok()?;
+    let secret: [u8; 32] = ed.secret().as_ref().try_into().ok()?;
+    Some(SigningKey::from_bytes(&secret))
+}
+
+/// Builds the advert describing `worker` now.
+pub fn build(
+    worker: &Worker,
+    network: &Network,
+    key: &SigningKey,
+    config: &AdvertiserConfig,
+    price: Price,
+    seq: u64,
+    now: u64,
+) -> Advert {
+    let credentials = worker.attester().current();
+    let mut models: Vec<ModelOffer> = worker
+        .engines()
+        .iter()
+        .map(|(id, engine)| {
+            let info = engine.info();
+            ModelOffer {
+                id: id.clone(),
+                quantization: info.quantization.clone(),
+                context_length: info.context_length as u32,
+            }
+        })
+        .collect();
+    models.sort_by(|a, b| a.id.cmp(&b.id));
+    let slots = config.max_concurrent * worker.engines().len().max(1) as u32;
+    let busy: usize = worker.engines().values().map(|e| e.active()).sum();
+    let device = worker
+        .engines()
+        .values()
+        .next()
+        .map(|e| e.info().device.clone())
+        .unwrap_or_default();
+    let hardware = if device.to_lowercase().contains("cuda") {
+        Hardware::Gpu {
+            name: device,
+            vram_mib: 0,
+        }
+    } else {
+        Hardware::Cpu {
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+        }
+    };
+    Advert {
+        public_key: key.verifying_key().to_bytes(),
+        enclave_key: credentials.key.public(),
+        trust: match worker.attester().kind() {
+            EvidenceKind::Tdx => Trust::Tdx,
+            _ => Trust::DevInsecure,
+        },
+        measurement: credentials
+            .measurement
+            .map(|m| m.to_vec())
+            .unwrap_or_default(),
+        models,
+        hardware,
+        max_concurrent: slots,
+        free_slots: slots.saturating_sub(busy as u32),
+        queued: 0,
+        tokens_per_s: worker.stats().tokens_per_s() as f32,
+        price,
+        min_deposit: config.min_deposit,
+        expected_uptime_secs: config.expected_uptime_secs,
+        addrs: network
+            .state()
+            .listen_addrs
+            .iter()
+            .take(cocoon_gossip::advert::limits::ADDRS)
+            .map(|a| a.to_vec())
+            .collect(),
+        seq,
+        issued_at: now,
+        expires_at: now + config.ttl_secs,
+    }
+}
+
+/// Publishes the worker's advert until the network stops.
+pub async fn run(
+    worker: Worker,
+    network: Network,
+    market: MarketService,
+    key: SigningKey,
+    config: AdvertiserConfig,
+) {
+    let mut price = match PriceCore::new(config.price.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("{e}; adverts disabled");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last: Option<(Price, u32, [u8; 32])> = None;
+    let mut last_sent = tokio::time::Instant::now() - config.interval;
+    let mut seq = 0u64;
+    loop {
+        tick.tick().await;
+        let now = unix_now();
+        let slots = config.max_concurrent * worker.engines().len().max(1) as u32;
+        let busy: usize = worker.engines().values().map(|e| e.active()).sum();
+        if let Some(p) = price.observe(
+            Load {
+                busy: busy as u32,
+                slots,
+                refused: worker.stats().take_refused(),
+            },
+            now,
+        ) {
+            tracing::info!(
+                prompt = p.prompt_per_mtok,
+                completion = p.completion_per_mtok,
+                utilisation = price.utilisation(),
+                "price changed"
+            );
+        }
+        let state = (
+            price.price(),
+            slots.saturating_sub(busy as u32),
+            worker.attester().current().key.public(),
+        );
+        let since = last_sent.elapsed();
+        let changed = last != Some(state);
+        if !(since >= config.interval || (changed && since >= MIN_GAP)) {
+            continue;
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        seq = now_ms.max(seq + 1);
+        let advert = build(&worker, &network, &key, &config, state.0, seq, now);
+        let bytes = match advert.sign(&key).and_then(|s| s.encode()) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("cannot sign our advert: {e}");
+                continue;
+            }
+        };
+        if let Err(e) = market.insert_own(&bytes) {
+            tracing::warn!("our own advert is invalid: {e}");
+        }
+        match network.publish(bytes).await {
+            Ok(()) => {}
+            // No subscribed peer yet: try again on the next tick.
+            Err(NetworkError::Publish(e)) => {
+                tracing::debug!("advert not published yet: {e}");
+                continue;
+            }
+            Err(_) => return,
+        }
+        last = Some(state);
+        last_sent = tokio::time::Instant::now();
+    }
+}
