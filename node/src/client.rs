@@ -498,3 +498,30 @@ pub fn save_reputation(path: &Path, reputation: &Reputation) -> std::io::Result<
     std::fs::write(&tmp, serde_json::to_vec_pretty(reputation)?)?;
     std::fs::rename(tmp, path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reputation_survives_a_restart_and_a_corrupt_file_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client/reputation.json");
+        assert!(load_reputation(&path).is_empty());
+        let mut r = Reputation::default();
+        r.success(b"w1", 100, 250.0, 9.0, 10.0);
+        r.failure(b"w2", 100);
+        save_reputation(&path, &r).unwrap();
+        assert_eq!(load_reputation(&path), r);
+        std::fs::write(&path, b"{not json").unwrap();
+        assert!(load_reputation(&path).is_empty());
+        assert!(path.with_extension("json.corrupt").exists());
+    }
+
+    #[test]
+    fn prompt_size_estimate_grows_with_the_prompt() {
+        let short = estimate_prompt_tokens(&JobInput::Prompt("hi".into()));
+        let long = estimate_prompt_tokens(&JobInput::Prompt("word ".repeat(400)));
+        assert!(short >= 1 && long >= 400 && long < 1000);
+    }
+}

@@ -356,20 +356,7 @@ impl Network {
         peer: PeerId,
         timeout: Duration,
     ) -> Result<libp2p::Stream, NetworkError> {
-        let fut = async {
-            self.connect(peer).await?;
-            self.control
-                .clone()
-                .open_stream(peer, JOB_PROTOCOL)
-                .await
-                .map_err(|e| NetworkError::OpenStream {
-                    peer,
-                    reason: e.to_string(),
-                })
-        };
-        tokio::time::timeout(timeout, fut)
-            .await
-            .map_err(|_| NetworkError::Timeout("opening a job stream", timeout))?
+        self.open_stream(peer, JOB_PROTOCOL, timeout).await
     }
 
     /// Starts accepting inbound job streams; only one task may do so.

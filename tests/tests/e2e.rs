@@ -136,7 +136,7 @@ fn unknown_model_is_a_clear_error() {
 #[test]
 fn worker_killed_mid_stream_gives_a_clear_error_not_a_hang() {
     let mut net = LoopbackNet::start("kill", &[vec![]]).expect("start the network");
-    let mut client = net
+    let cmd = net
         .infer_command(
             &[
                 "--max-tokens",
@@ -148,20 +148,9 @@ fn worker_killed_mid_stream_gives_a_clear_error_not_a_hang() {
             ],
             "Write a very long story about a dragon.",
         )
-        .unwrap()
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
         .unwrap();
     // Wait for streamed text, then kill the worker hard.
-    let mut stdout = client.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 256];
-    while seen.len() < 20 {
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "client ended before any text");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    let (mut client, _stdout, _) = streaming(cmd, 20);
     net.workers[0].kill();
     let killed = Instant::now();
     let deadline = killed + Duration::from_secs(60);
@@ -298,6 +287,27 @@ fn sigterm_stops_a_node_cleanly() {
     assert!(log.contains("shutting down"), "{log}");
 }
 
+/// Starts a streaming client and reads until it has printed `at_least` bytes of answer.
+fn streaming(
+    mut cmd: std::process::Command,
+    at_least: usize,
+) -> (std::process::Child, std::process::ChildStdout, Vec<u8>) {
+    let mut client = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = client.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while seen.len() < at_least {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "client ended before any text");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    (client, stdout, seen)
+}
+
 /// Which worker logged the start of a job.
 fn serving_worker(net: &LoopbackNet) -> Option<usize> {
     net.workers
@@ -310,21 +320,10 @@ fn a_worker_dying_mid_stream_is_resumed_on_another_as_one_answer() {
     let mut net = LoopbackNet::start("failover", &[vec![], vec![]]).expect("start the network");
     const STORY: &str = "Write a long story about a lighthouse keeper.";
     const TOKENS: u32 = 96;
-    let mut client = net
+    let cmd = net
         .infer_command(&["--max-tokens", &TOKENS.to_string()], STORY)
-        .unwrap()
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
         .unwrap();
-    let mut stdout = client.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 256];
-    while seen.len() < 40 {
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "client ended before any text");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    let (mut client, mut stdout, seen) = streaming(cmd, 40);
     let serving = serving_worker(&net).expect("a worker logged the job");
     net.workers[serving].kill();
     let mut rest = Vec::new();
