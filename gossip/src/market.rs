@@ -123,6 +123,8 @@ pub struct Candidate {
 
 /// Time to first token assumed for a worker the client has never used, ms.
 pub const DEFAULT_TTFT_MS: f64 = 500.0;
+/// Decode speed assumed when no eligible worker has measured one yet, tokens/s.
+pub const DEFAULT_TOKENS_PER_S: f64 = 20.0;
 
 /// The table of live adverts.
 #[derive(Debug, Default)]
@@ -284,7 +286,7 @@ impl Market {
         weights: &Weights,
         now: u64,
     ) -> Vec<Candidate> {
-        let mut raw: Vec<(Candidate, f64, f64)> = self
+        let eligible: Vec<&Advert> = self
             .live(now)
             .map(|e| &e.advert)
             .filter(|a| a.serves(&job.model))
@@ -295,6 +297,21 @@ impl Market {
                 })
             })
             .filter(|a| !job.exclude.contains(&a.peer_id()))
+            .collect();
+        // A worker that has not measured its speed yet (0) is assumed as fast as the median
+        // measured one, so newcomers get jobs and a measurement.
+        let mut measured: Vec<f64> = eligible
+            .iter()
+            .map(|a| a.tokens_per_s as f64)
+            .filter(|s| *s > 0.0)
+            .collect();
+        measured.sort_by(f64::total_cmp);
+        let assumed = measured
+            .get(measured.len() / 2)
+            .copied()
+            .unwrap_or(DEFAULT_TOKENS_PER_S);
+        let mut raw: Vec<(Candidate, f64, f64)> = eligible
+            .into_iter()
             .map(|a| {
                 let peer = a.peer_id();
                 let est_cost = a.price.cost(job.prompt_tokens, job.max_tokens);
@@ -304,7 +321,12 @@ impl Market {
                     .and_then(|r| r.speed_ratio)
                     .unwrap_or(1.0)
                     .clamp(0.1, 1.5);
-                let speed = (a.tokens_per_s as f64 * ratio).max(0.1);
+                let advertised = if a.tokens_per_s > 0.0 {
+                    a.tokens_per_s as f64
+                } else {
+                    assumed
+                };
+                let speed = (advertised * ratio).max(0.1);
                 let latency = ttft + job.max_tokens as f64 / speed * 1e3;
                 let busy = 1.0 - a.free_slots as f64 / a.max_concurrent as f64;
                 let reliability = reputation.success_estimate(&peer, now);
@@ -437,6 +459,29 @@ mod tests {
         assert_eq!(
             m.select(&excluded, &rep, &Weights::default(), 1000)[0].peer_id,
             b.peer_id()
+        );
+    }
+
+    #[test]
+    fn an_unmeasured_newcomer_is_ranked_like_a_typical_worker() {
+        let mut m = Market::new(MarketConfig::default());
+        let (old, new) = (key(1), key(2));
+        let measured = advert(&old, 1, 1000);
+        let mut fresh = advert(&new, 1, 1000);
+        fresh.tokens_per_s = 0.0;
+        m.insert(&bytes(&measured, 1), b"s", 1000).unwrap();
+        m.insert(&bytes(&fresh, 2), b"s", 1000).unwrap();
+        let job = Selection {
+            model: "smollm2".into(),
+            max_tokens: 100,
+            accept_dev: true,
+            ..Default::default()
+        };
+        let ranked = m.select(&job, &Reputation::default(), &Weights::default(), 1000);
+        assert_eq!(ranked.len(), 2);
+        assert!(
+            (ranked[0].score - ranked[1].score).abs() < 1e-9,
+            "{ranked:?}"
         );
     }
 

@@ -500,9 +500,15 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     } else {
         println!("\n");
         println!(
-            "served by   {} ({} workers found in the DHT)",
-            o.worker_peer, o.providers_found
+            "served by   {} ({} candidates, found in the {})",
+            o.worker_peer, o.providers_found, o.source
         );
+        if let (Some(p), Some(c)) = (o.price_prompt_per_mtok, o.price_completion_per_mtok) {
+            println!(
+                "price       {p} / {c} nanoTON per million prompt / completion tokens: this job {} nanoTON",
+                o.cost_nanoton.unwrap_or_default()
+            );
+        }
         println!("model       {}", o.model);
         println!(
             "attestation {} (measurement {}…, self-reported: dev evidence proves nothing)",
