@@ -1,0 +1,461 @@
+//! The payment-channel core of both sides, sans-IO.
+//!
+//! Client ([`ClientChannel`]): signs cumulative vouchers, never beyond the deposit, with a
+//! strictly increasing seq; [`Meter`] says when to pay (every N tokens, at the worker's
+//! advertised price). Worker ([`WorkerChannel`]): accepts only a voucher for its channel,
+//! signed by the client, with a higher seq, a cumulative amount that does not go down and
+//! stays within the deposit; it counts what it delivered and refuses to deliver more once the
+//! unpaid amount would pass its credit limit. A replayed or reordered voucher is refused, so
+//! nothing is paid twice; the worker keeps the best voucher, which is what it settles with.
+//!
+//! Both sides must journal their state (the client what it signed, the worker its best
+//! voucher) before acting on it; [`ClientChannel::restore`] and [`WorkerChannel::restore`]
+//! rebuild the cores after a crash.
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::voucher::{SignedVoucher, Voucher};
+
+/// The cost of `tokens` at `price_per_mtok` nanoTON per million tokens, rounded up.
+pub fn cost(price_per_mtok: u64, tokens: u64) -> u64 {
+    (price_per_mtok as u128 * tokens as u128)
+        .div_ceil(1_000_000)
+        .min(u64::MAX as u128) as u64
+}
+
+/// Why the client cannot pay.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayError {
+    /// The deposit does not cover the amount.
+    #[error("the deposit of {deposit} nanoTON does not cover {wanted}")]
+    InsufficientDeposit {
+        /// Deposit.
+        deposit: u64,
+        /// Cumulative amount asked for.
+        wanted: u64,
+    },
+}
+
+/// Why the worker refuses a voucher.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VoucherError {
+    /// For another channel.
+    #[error("voucher for another channel")]
+    WrongChannel,
+    /// Not signed by the channel's client.
+    #[error("bad voucher signature")]
+    BadSignature,
+    /// Not newer than the best one held (replayed or reordered).
+    #[error("stale voucher: seq {got} <= {have}")]
+    Stale {
+        /// Its seq.
+        got: u64,
+        /// The best seq held.
+        have: u64,
+    },
+    /// Promises less than an earlier voucher.
+    #[error("voucher lowers the total from {have} to {got}")]
+    Decreasing {
+        /// Its amount.
+        got: u64,
+        /// The best amount held.
+        have: u64,
+    },
+    /// Promises more than the deposit.
+    #[error("voucher of {got} exceeds the deposit of {deposit}")]
+    AboveDeposit {
+        /// Its amount.
+        got: u64,
+        /// Deposit.
+        deposit: u64,
+    },
+}
+
+/// The client's side of one channel.
+#[derive(Clone, Debug)]
+pub struct ClientChannel {
+    channel: [u8; 32],
+    deposit: u64,
+    key: SigningKey,
+    paid: u64,
+    seq: u64,
+}
+
+impl ClientChannel {
+    /// A fresh channel with `deposit` nanoTON.
+    pub fn new(channel: [u8; 32], deposit: u64, key: SigningKey) -> Self {
+        Self::restore(channel, deposit, key, 0, 0)
+    }
+
+    /// Rebuilds the core from the journal: the last signed cumulative amount and seq.
+    pub fn restore(channel: [u8; 32], deposit: u64, key: SigningKey, paid: u64, seq: u64) -> Self {
+        Self {
+            channel,
+            deposit,
+            key,
+            paid,
+            seq,
+        }
+    }
+
+    /// Signs a voucher raising the total to `cumulative` (journal it before sending). Asking
+    /// for less than already signed re-signs nothing and returns `None`.
+    pub fn pay_up_to(&mut self, cumulative: u64) -> Result<Option<SignedVoucher>, PayError> {
+        if cumulative <= self.paid {
+            return Ok(None);
+        }
+        if cumulative > self.deposit {
+            return Err(PayError::InsufficientDeposit {
+                deposit: self.deposit,
+                wanted: cumulative,
+            });
+        }
+        self.seq += 1;
+        self.paid = cumulative;
+        Ok(Some(
+            Voucher {
+                channel: self.channel,
+                cumulative,
+                seq: self.seq,
+            }
+            .sign(&self.key),
+        ))
+    }
+
+    /// Total signed so far.
+    pub fn paid(&self) -> u64 {
+        self.paid
+    }
+
+    /// The last seq used.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Deposit not yet promised.
+    pub fn remaining(&self) -> u64 {
+        self.deposit - self.paid
+    }
+
+    /// Records a top-up.
+    pub fn top_up(&mut self, amount: u64) {
+        self.deposit = self.deposit.saturating_add(amount);
+    }
+}
+
+/// The worker's side of one channel.
+#[derive(Clone, Debug)]
+pub struct WorkerChannel {
+    channel: [u8; 32],
+    deposit: u64,
+    client: VerifyingKey,
+    best: Option<SignedVoucher>,
+    delivered: u64,
+    credit_limit: u64,
+}
+
+/// The worker must stop: delivering `cost` more would leave more than the credit unpaid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unpaid {unpaid} nanoTON plus {cost} would exceed the credit limit of {limit}")]
+pub struct CreditExceeded {
+    /// Unpaid now.
+    pub unpaid: u64,
+    /// The delivery asked for.
+    pub cost: u64,
+    /// The limit.
+    pub limit: u64,
+}
+
+/// What a worker journals per channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerState {
+    /// The best voucher.
+    pub best: Option<SignedVoucher>,
+    /// Value delivered, nanoTON.
+    pub delivered: u64,
+}
+
+impl WorkerChannel {
+    /// A channel whose client is `client`, with `deposit`, extending `credit_limit` nanoTON
+    /// of unpaid service at most.
+    pub fn new(channel: [u8; 32], deposit: u64, client: VerifyingKey, credit_limit: u64) -> Self {
+        Self {
+            channel,
+            deposit,
+            client,
+            best: None,
+            delivered: 0,
+            credit_limit,
+        }
+    }
+
+    /// Rebuilds the core from the journal.
+    pub fn restore(mut self, state: WorkerState) -> Self {
+        self.best = state.best;
+        self.delivered = state.delivered;
+        self
+    }
+
+    /// What to journal.
+    pub fn state(&self) -> WorkerState {
+        WorkerState {
+            best: self.best,
+            delivered: self.delivered,
+        }
+    }
+
+    /// Checks a voucher and keeps it if it is the best so far; returns the new paid total.
+    pub fn accept(&mut self, v: &SignedVoucher) -> Result<u64, VoucherError> {
+        if v.voucher.channel != self.channel {
+            return Err(VoucherError::WrongChannel);
+        }
+        if !v.verify(&self.client) {
+            return Err(VoucherError::BadSignature);
+        }
+        if let Some(best) = &self.best {
+            if v.voucher.seq <= best.voucher.seq {
+                return Err(VoucherError::Stale {
+                    got: v.voucher.seq,
+                    have: best.voucher.seq,
+                });
+            }
+            if v.voucher.cumulative < best.voucher.cumulative {
+                return Err(VoucherError::Decreasing {
+                    got: v.voucher.cumulative,
+                    have: best.voucher.cumulative,
+                });
+            }
+        }
+        if v.voucher.cumulative > self.deposit {
+            return Err(VoucherError::AboveDeposit {
+                got: v.voucher.cumulative,
+                deposit: self.deposit,
+            });
+        }
+        self.best = Some(*v);
+        Ok(v.voucher.cumulative)
+    }
+
+    /// Paid so far (the best voucher's total).
+    pub fn paid(&self) -> u64 {
+        self.best.map_or(0, |b| b.voucher.cumulative)
+    }
+
+    /// Delivered but not paid.
+    pub fn unpaid(&self) -> u64 {
+        self.delivered.saturating_sub(self.paid())
+    }
+
+    /// Asks to deliver work worth `cost`; refused past the credit limit (stop streaming and
+    /// wait for a voucher).
+    pub fn deliver(&mut self, cost: u64) -> Result<(), CreditExceeded> {
+        let unpaid = self.unpaid();
+        if unpaid.saturating_add(cost) > self.credit_limit {
+            return Err(CreditExceeded {
+                unpaid,
+                cost,
+                limit: self.credit_limit,
+            });
+        }
+        self.delivered = self.delivered.saturating_add(cost);
+        Ok(())
+    }
+
+    /// The voucher to settle with.
+    pub fn best(&self) -> Option<&SignedVoucher> {
+        self.best.as_ref()
+    }
+}
+
+/// When the client pays during a job: every `every` completion tokens (and for the prompt at
+/// the first token), at the worker's price.
+#[derive(Clone, Debug)]
+pub struct Meter {
+    /// Price per million prompt tokens, nanoTON.
+    pub prompt_price: u64,
+    /// Price per million completion tokens, nanoTON.
+    pub completion_price: u64,
+    /// Pay after this many tokens.
+    pub every: u32,
+    /// What the channel had paid before this job.
+    pub base: u64,
+    prompt_tokens: u64,
+    tokens: u64,
+    billed: u64,
+}
+
+impl Meter {
+    /// A meter for one job.
+    pub fn new(prompt_price: u64, completion_price: u64, every: u32, base: u64) -> Self {
+        Self {
+            prompt_price,
+            completion_price,
+            every: every.max(1),
+            base,
+            prompt_tokens: 0,
+            tokens: 0,
+            billed: 0,
+        }
+    }
+
+    /// The cumulative channel total that pays for everything counted so far.
+    pub fn owed(&self) -> u64 {
+        self.base
+            .saturating_add(cost(self.prompt_price, self.prompt_tokens))
+            .saturating_add(cost(self.completion_price, self.tokens))
+    }
+
+    /// Counts the prompt.
+    pub fn prompt(&mut self, tokens: u64) {
+        self.prompt_tokens = tokens;
+    }
+
+    /// Counts `n` more completion tokens; returns the total to pay up to when a payment is
+    /// due.
+    pub fn tokens(&mut self, n: u64) -> Option<u64> {
+        self.tokens += n;
+        if self.tokens - self.billed >= self.every as u64 || self.billed == 0 {
+            self.billed = self.tokens;
+            return Some(self.owed());
+        }
+        None
+    }
+
+    /// The final total once the job is done (usage from `Done`).
+    pub fn finish(&mut self, prompt_tokens: u64, completion_tokens: u64) -> u64 {
+        self.prompt_tokens = prompt_tokens;
+        self.tokens = completion_tokens;
+        self.billed = completion_tokens;
+        self.owed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const CH: [u8; 32] = [9; 32];
+
+    fn pair(deposit: u64, credit: u64) -> (ClientChannel, WorkerChannel) {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let worker = WorkerChannel::new(CH, deposit, key.verifying_key(), credit);
+        (ClientChannel::new(CH, deposit, key), worker)
+    }
+
+    #[test]
+    fn vouchers_grow_replays_and_forgeries_are_refused() {
+        let (mut c, mut w) = pair(1_000, 100);
+        let v1 = c.pay_up_to(100).unwrap().unwrap();
+        let v2 = c.pay_up_to(250).unwrap().unwrap();
+        assert_eq!(c.pay_up_to(200).unwrap(), None, "never re-signs less");
+        assert_eq!(w.accept(&v2), Ok(250));
+        assert_eq!(w.accept(&v1), Err(VoucherError::Stale { got: 1, have: 2 }));
+        assert!(matches!(w.accept(&v2), Err(VoucherError::Stale { .. })));
+        let mut forged = v2;
+        forged.voucher.cumulative = 900;
+        forged.voucher.seq = 9;
+        assert_eq!(w.accept(&forged), Err(VoucherError::BadSignature));
+        let other = Voucher {
+            channel: [8; 32],
+            cumulative: 10,
+            seq: 10,
+        }
+        .sign(&SigningKey::from_bytes(&[1; 32]));
+        assert_eq!(w.accept(&other), Err(VoucherError::WrongChannel));
+        assert!(matches!(
+            c.pay_up_to(1_001),
+            Err(PayError::InsufficientDeposit { .. })
+        ));
+        // A client that lost its journal and signs a lower total with a higher seq.
+        let mut amnesiac = ClientChannel::new(CH, 1_000, SigningKey::from_bytes(&[1; 32]));
+        amnesiac.seq = 5;
+        let low = amnesiac.pay_up_to(10).unwrap().unwrap();
+        assert!(matches!(
+            w.accept(&low),
+            Err(VoucherError::Decreasing { .. })
+        ));
+    }
+
+    #[test]
+    fn the_worker_stops_past_its_credit_and_resumes_when_paid() {
+        let (mut c, mut w) = pair(10_000, 50);
+        w.deliver(40).unwrap();
+        assert!(w.deliver(20).is_err(), "60 unpaid > 50");
+        w.accept(&c.pay_up_to(40).unwrap().unwrap()).unwrap();
+        w.deliver(20).unwrap();
+        assert_eq!(w.unpaid(), 20);
+        // After a crash the journal restores both sides exactly.
+        let state = w.state();
+        let restored = WorkerChannel::new(
+            CH,
+            10_000,
+            SigningKey::from_bytes(&[1; 32]).verifying_key(),
+            50,
+        )
+        .restore(state.clone());
+        assert_eq!(restored.state(), state);
+        let again = ClientChannel::restore(
+            CH,
+            10_000,
+            SigningKey::from_bytes(&[1; 32]),
+            c.paid(),
+            c.seq(),
+        );
+        assert_eq!(again.paid(), 40);
+    }
+
+    #[test]
+    fn the_meter_pays_every_n_tokens_at_the_advertised_price() {
+        let mut m = Meter::new(1_000_000, 3_000_000, 4, 100);
+        m.prompt(10);
+        assert_eq!(
+            m.tokens(1),
+            Some(100 + 10 + 3),
+            "the first token pays for the prompt"
+        );
+        assert_eq!(m.tokens(1), None);
+        assert_eq!(m.tokens(1), None);
+        assert_eq!(m.tokens(1), None);
+        assert_eq!(m.tokens(1), Some(100 + 10 + 15));
+        assert_eq!(m.finish(10, 7), 100 + 10 + 21);
+        assert_eq!(cost(1, 1), 1, "rounded up");
+        assert_eq!(cost(u64::MAX, u64::MAX), u64::MAX);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever order vouchers arrive in (lost, duplicated, reordered), the worker's paid
+        /// total only grows, never exceeds what the client signed or the deposit, and the
+        /// newest voucher always lands.
+        #[test]
+        fn paid_only_grows_and_never_exceeds_what_was_signed(
+            steps in proptest::collection::vec(0u64..500, 1..30),
+            order in proptest::collection::vec(0usize..1000, 0..60),
+        ) {
+            let (mut c, mut w) = pair(5_000, 1_000);
+            let mut signed = Vec::new();
+            let mut total = 0;
+            for s in steps {
+                total += s;
+                if let Ok(Some(v)) = c.pay_up_to(total) {
+                    signed.push(v);
+                }
+            }
+            let mut last = 0;
+            for i in order {
+                if signed.is_empty() { break; }
+                let _ = w.accept(&signed[i % signed.len()]);
+                prop_assert!(w.paid() >= last);
+                prop_assert!(w.paid() <= c.paid() && w.paid() <= 5_000);
+                last = w.paid();
+            }
+            if let Some(newest) = signed.last() {
+                let _ = w.accept(newest);
+                prop_assert_eq!(w.paid(), c.paid());
+            }
+        }
+    }
+}

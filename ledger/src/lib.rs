@@ -1,0 +1,17 @@
+//! cocoon-ledger: payments that lose nothing.
+//!
+//! - [`cell`]: the few TON cells the payment-channel contract (`ledger/contract/channel.tolk`)
+//!   checks, built bit for bit and hashed as TVM does, so the bytes a client signs off-chain
+//!   are the bytes the contract verifies with `check_signature(cell.hash(), ...)`;
+//! - [`voucher`]: cumulative vouchers and cooperative-close statements, signed with ed25519;
+//! - [`channel`]: the sans-IO channel core of both sides: the client pays as tokens stream,
+//!   the worker accepts only growing vouchers within the deposit and stops serving when the
+//!   unpaid amount passes its credit limit.
+//!
+//! No clock, no I/O: the node drives these cores and journals their state; the simulator
+//! drives them too. The TON client and the journal come next (issue 5).
+#![warn(missing_docs)]
+
+pub mod cell;
+pub mod channel;
+pub mod voucher;
