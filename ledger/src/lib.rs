@@ -8,10 +8,13 @@
 //!   the worker accepts only growing vouchers within the deposit and stops serving when the
 //!   unpaid amount passes its credit limit.
 //!
-//! No clock, no I/O: the node drives these cores and journals their state; the simulator
-//! drives them too. The TON client and the journal come next (issue 5).
+//! - [`journal`]: the durable journal (redb) both sides write before they act.
+//!
+//! The cores have no clock and no I/O: the node drives them and journals their state; the
+//! simulator drives them too. The TON client comes next (issue 5).
 #![warn(missing_docs)]
 
 pub mod cell;
 pub mod channel;
+pub mod journal;
 pub mod voucher;
