@@ -123,6 +123,11 @@ pub struct Candidate {
 
 /// Time to first token assumed for a worker the client has never used, ms.
 pub const DEFAULT_TTFT_MS: f64 = 500.0;
+/// Smallest cost used when comparing prices, nanoTON.
+const COST_FLOOR: f64 = 1e-3;
+/// Largest relative cost counted in a score.
+const MAX_COST_RATIO: f64 = 100.0;
+
 /// Decode speed assumed when no eligible worker has measured one yet, tokens/s.
 pub const DEFAULT_TOKENS_PER_S: f64 = 20.0;
 
@@ -348,24 +353,25 @@ impl Market {
                         est_latency_ms: latency,
                         advert: a.clone(),
                     },
-                    est_cost as f64,
+                    // Unrounded, so small jobs still rank by price (both may round to 1).
+                    (a.price.prompt_per_mtok as f64 * job.prompt_tokens as f64
+                        + a.price.completion_per_mtok as f64 * job.max_tokens as f64)
+                        / 1e6,
                     latency,
                 )
             })
             .collect();
-        let min_cost = raw
-            .iter()
-            .map(|r| r.1)
-            .fold(f64::INFINITY, f64::min)
-            .max(1.0);
+        let min_cost = raw.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
         let min_latency = raw
             .iter()
             .map(|r| r.2)
             .fold(f64::INFINITY, f64::min)
             .max(1.0);
         for (c, cost, latency) in &mut raw {
-            c.score +=
-                weights.cost * cost.max(1.0) / min_cost + weights.latency * *latency / min_latency;
+            // Relative cost, with a floor of a thousandth of a nanoTON so free workers do not
+            // divide by zero, and a cap so price cannot drown every other signal.
+            let relative = ((*cost + COST_FLOOR) / (min_cost + COST_FLOOR)).min(MAX_COST_RATIO);
+            c.score += weights.cost * relative + weights.latency * *latency / min_latency;
         }
         let mut ranked: Vec<Candidate> = raw.into_iter().map(|r| r.0).collect();
         ranked.sort_by(|a, b| {
@@ -445,6 +451,15 @@ mod tests {
         };
         let rep = Reputation::default();
         let ranked = m.select(&job, &rep, &Weights::default(), 1000);
+        assert_eq!(ranked[0].peer_id, a.peer_id());
+        // A tiny job costs 1 nanoTON (rounded up) on both, yet the cheaper still ranks first.
+        let tiny = Selection {
+            prompt_tokens: 3,
+            max_tokens: 8,
+            ..job.clone()
+        };
+        let ranked = m.select(&tiny, &rep, &Weights::default(), 1000);
+        assert_eq!((ranked[0].est_cost, ranked[1].est_cost), (1, 1));
         assert_eq!(ranked[0].peer_id, a.peer_id());
         let capped = Selection {
             max_price_per_mtok: Some(1_000),
