@@ -494,7 +494,8 @@ pub fn save_reputation(path: &Path, reputation: &Reputation) -> std::io::Result<
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("json.tmp");
+    // A per-process temporary name: clients sharing a data dir never write the same file.
+    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
     std::fs::write(&tmp, serde_json::to_vec_pretty(reputation)?)?;
     std::fs::rename(tmp, path)
 }

@@ -286,7 +286,7 @@ fn store(path: &Path, collateral: &dcap_qvl::QuoteCollateralV3) -> std::io::Resu
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("json.tmp");
+    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
     std::fs::write(&tmp, json)?;
     std::fs::rename(tmp, path)
 }
