@@ -151,15 +151,4 @@ mod tests {
         assert!(err.to_string().contains("not a TDX guest"));
     }
 
-    #[test]
-    fn this_machine_is_detected_truthfully() {
-        // On a TDX guest this finds the TEE; anywhere else it must say why not, never fake it.
-        match Tsm::detect(DEFAULT_ROOT) {
-            Ok(tsm) => {
-                let quote = tsm.quote(&[7; 64]).expect("a TDX guest produces quotes");
-                assert!(quote.len() > 600);
-            }
-            Err(e) => assert!(!e.to_string().is_empty()),
-        }
-    }
 }
