@@ -377,7 +377,10 @@ mod tests {
         w.send_frame(answer).await.unwrap();
         assert_eq!(c.recv_frame().await.unwrap().unwrap(), answer);
         let wire = seen.lock().unwrap().clone();
-        assert!(wire.len() > prompt.len() + answer.len(), "the tap saw the stream");
+        assert!(
+            wire.len() > prompt.len() + answer.len(),
+            "the tap saw the stream"
+        );
         for secret in [&prompt[..], &answer[..], b"SECRET"] {
             assert!(!contains(&wire, secret), "plaintext on the wire");
         }

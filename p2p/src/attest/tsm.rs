@@ -150,5 +150,4 @@ mod tests {
         assert!(matches!(err, TsmError::Missing(_)), "{err}");
         assert!(err.to_string().contains("not a TDX guest"));
     }
-
 }
