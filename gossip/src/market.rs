@@ -7,8 +7,8 @@
 //! Admission ([`Market::insert`]): a per-source token bucket first (a flooding peer is
 //! throttled before any signature is checked), then decode, signature, bounds and expiry
 //! ([`SignedAdvert::open`]), then the sequence number, which must grow strictly per worker.
-//! The table is bounded; when full, an advert only displaces the one that expires soonest,
-//! and never one from a source that is not over its share.
+//! The table is bounded, with a share per source; when full, an advert only displaces the
+//! one that expires soonest, and only if it outlives it.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -139,6 +139,8 @@ pub struct Market {
     /// Highest seq seen per worker, kept after expiry so replays stay stale.
     seqs: HashMap<Vec<u8>, (u64, u64)>,
     buckets: HashMap<Vec<u8>, Bucket>,
+    /// Entries held per delivering source (kept in step with `entries`).
+    per_source: HashMap<Vec<u8>, usize>,
 }
 
 impl Market {
@@ -187,7 +189,7 @@ impl Market {
         }
         let replacing = self.entries.contains_key(&peer);
         if !replacing {
-            let from_source = self.entries.values().filter(|e| e.source == source).count();
+            let from_source = self.per_source.get(source).copied().unwrap_or(0);
             if metered && from_source >= self.config.max_per_source {
                 return Err(AdvertError::RateLimited);
             }
@@ -200,6 +202,8 @@ impl Market {
         }
         self.seqs
             .insert(peer.clone(), (advert.seq, advert.expires_at));
+        self.remove_entry(&peer);
+        *self.per_source.entry(source.to_vec()).or_default() += 1;
         self.entries.insert(
             peer,
             Entry {
@@ -210,6 +214,17 @@ impl Market {
             },
         );
         Ok(advert)
+    }
+
+    fn remove_entry(&mut self, peer: &[u8]) {
+        if let Some(e) = self.entries.remove(peer) {
+            if let Some(n) = self.per_source.get_mut(&e.source) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_source.remove(&e.source);
+                }
+            }
+        }
     }
 
     fn take_token(&mut self, source: &[u8], now: u64) -> Result<(), AdvertError> {
@@ -240,7 +255,7 @@ impl Market {
             .map(|(peer, _)| peer.clone());
         match victim {
             Some(peer) => {
-                self.entries.remove(&peer);
+                self.remove_entry(&peer);
                 true
             }
             None => false,
@@ -249,7 +264,15 @@ impl Market {
 
     /// Drops expired adverts (and forgets rate buckets and seqs that no longer matter).
     pub fn prune(&mut self, now: u64) {
-        self.entries.retain(|_, e| e.advert.expires_at > now);
+        let expired: Vec<Vec<u8>> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.advert.expires_at <= now)
+            .map(|(peer, _)| peer.clone())
+            .collect();
+        for peer in expired {
+            self.remove_entry(&peer);
+        }
         let burst = self.config.burst as u64;
         let rate = self.config.rate_per_sec.max(1) as u64;
         self.buckets
@@ -498,6 +521,34 @@ mod tests {
             (ranked[0].score - ranked[1].score).abs() < 1e-9,
             "{ranked:?}"
         );
+    }
+
+    #[test]
+    fn a_source_share_frees_when_its_adverts_expire_or_move() {
+        let mut m = Market::new(MarketConfig {
+            max_per_source: 2,
+            ..Default::default()
+        });
+        m.insert(&bytes(&advert(&key(1), 1, 1000), 1), b"s", 1000)
+            .unwrap();
+        m.insert(&bytes(&advert(&key(2), 1, 1000), 2), b"s", 1000)
+            .unwrap();
+        assert_eq!(
+            m.insert(&bytes(&advert(&key(3), 1, 1000), 3), b"s", 1000),
+            Err(AdvertError::RateLimited)
+        );
+        // Worker 1's next advert arrives through another peer: the share of "s" drops.
+        m.insert(&bytes(&advert(&key(1), 2, 1000), 1), b"t", 1000)
+            .unwrap();
+        m.insert(&bytes(&advert(&key(3), 1, 1000), 3), b"s", 1000)
+            .unwrap();
+        // Everything expires; the share is free again.
+        m.prune(1200);
+        assert!(m.is_empty());
+        m.insert(&bytes(&advert(&key(4), 1, 1200), 4), b"s", 1200)
+            .unwrap();
+        m.insert(&bytes(&advert(&key(5), 1, 1200), 5), b"s", 1200)
+            .unwrap();
     }
 
     #[test]
