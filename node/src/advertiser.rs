@@ -59,12 +59,21 @@ pub fn signing_key(keypair: &libp2p::identity::Keypair) -> Option<SigningKey> {
     Some(SigningKey::from_bytes(&secret))
 }
 
-/// Builds the advert describing `worker` now.
+/// The worker's slots and how many are busy now.
+pub fn load(worker: &Worker, config: &AdvertiserConfig) -> (u32, u32) {
+    let slots = config.max_concurrent * worker.engines().len().max(1) as u32;
+    let busy: usize = worker.engines().values().map(|e| e.active()).sum();
+    (slots, busy as u32)
+}
+
+/// Builds the advert describing `worker` with `(slots, busy)` from [`load`].
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     worker: &Worker,
     network: &Network,
     key: &SigningKey,
     config: &AdvertiserConfig,
+    (slots, busy): (u32, u32),
     price: Price,
     seq: u64,
     now: u64,
@@ -83,8 +92,6 @@ pub fn build(
         })
         .collect();
     models.sort_by(|a, b| a.id.cmp(&b.id));
-    let slots = config.max_concurrent * worker.engines().len().max(1) as u32;
-    let busy: usize = worker.engines().values().map(|e| e.active()).sum();
     let device = worker
         .engines()
         .values()
@@ -117,7 +124,7 @@ pub fn build(
         models,
         hardware,
         max_concurrent: slots,
-        free_slots: slots.saturating_sub(busy as u32),
+        free_slots: slots.saturating_sub(busy),
         queued: 0,
         tokens_per_s: worker.stats().tokens_per_s() as f32,
         price,
@@ -153,16 +160,15 @@ pub async fn run(
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last: Option<(Price, u32, [u8; 32])> = None;
-    let mut last_sent = tokio::time::Instant::now() - config.interval;
+    let mut last_sent: Option<tokio::time::Instant> = None;
     let mut seq = 0u64;
     loop {
         tick.tick().await;
         let now = unix_now();
-        let slots = config.max_concurrent * worker.engines().len().max(1) as u32;
-        let busy: usize = worker.engines().values().map(|e| e.active()).sum();
+        let (slots, busy) = load(&worker, &config);
         if let Some(p) = price.observe(
             Load {
-                busy: busy as u32,
+                busy,
                 slots,
                 refused: worker.stats().take_refused(),
             },
@@ -177,12 +183,17 @@ pub async fn run(
         }
         let state = (
             price.price(),
-            slots.saturating_sub(busy as u32),
+            slots.saturating_sub(busy),
             worker.attester().current().key.public(),
         );
-        let since = last_sent.elapsed();
-        let changed = last != Some(state);
-        if !(since >= config.interval || (changed && since >= MIN_GAP)) {
+        let due = match last_sent {
+            None => true,
+            Some(t) => {
+                let since = t.elapsed();
+                since >= config.interval || (last != Some(state) && since >= MIN_GAP)
+            }
+        };
+        if !due {
             continue;
         }
         let now_ms = std::time::SystemTime::now()
@@ -190,7 +201,16 @@ pub async fn run(
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         seq = now_ms.max(seq + 1);
-        let advert = build(&worker, &network, &key, &config, state.0, seq, now);
+        let advert = build(
+            &worker,
+            &network,
+            &key,
+            &config,
+            (slots, busy),
+            state.0,
+            seq,
+            now,
+        );
         let bytes = match advert.sign(&key).and_then(|s| s.encode()) {
             Ok(b) => b,
             Err(e) => {
@@ -211,6 +231,6 @@ pub async fn run(
             Err(_) => return,
         }
         last = Some(state);
-        last_sent = tokio::time::Instant::now();
+        last_sent = Some(tokio::time::Instant::now());
     }
 }
