@@ -349,16 +349,8 @@ async fn infer(args: InferArgs) -> anyhow::Result<()> {
         Some(dir) => identity::load_or_create(dir)?,
         None => libp2p::identity::Keypair::generate_ed25519(),
     };
-    let network = Network::start(
-        keypair,
-        NetworkConfig {
-            listen: vec!["/ip4/0.0.0.0/udp/0/quic-v1".parse()?],
-            bootstrap: config::parse_addrs("bootstrap", &args.bootstrap)?,
-            mdns: args.mdns,
-            dht_mode: DhtMode::Client,
-            ..Default::default()
-        },
-    )?;
+    let bootstrap = config::parse_addrs("bootstrap", &args.bootstrap)?;
+    let (network, market) = join_as_client(keypair, bootstrap, args.mdns).await?;
     let input = if args.raw {
         JobInput::Prompt(args.prompt.clone())
     } else {
@@ -393,14 +385,7 @@ async fn infer(args: InferArgs) -> anyhow::Result<()> {
         .join("reputation.json");
     let mut reputation = client::load_reputation(&reputation_file);
     let json = args.json;
-    let bootstrap = config::parse_addrs("bootstrap", &args.bootstrap)?;
     let result = async {
-        let market = client::join_market(
-            &network,
-            &client::peers_of(&bootstrap),
-            Duration::from_secs(10),
-        )
-        .await?;
         client::infer(
             &network,
             &market,
@@ -527,22 +512,34 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn market(args: MarketArgs) -> anyhow::Result<()> {
-    let bootstrap = config::parse_addrs("bootstrap", &args.bootstrap)?;
+/// Starts a light client (DHT client mode, QUIC on any port) and fills its market from the
+/// bootstrap peers.
+async fn join_as_client(
+    keypair: libp2p::identity::Keypair,
+    bootstrap: Vec<libp2p::Multiaddr>,
+    mdns: bool,
+) -> anyhow::Result<(Network, cocoon_node::market::MarketService)> {
+    let peers = client::peers_of(&bootstrap);
     let network = Network::start(
-        libp2p::identity::Keypair::generate_ed25519(),
+        keypair,
         NetworkConfig {
             listen: vec!["/ip4/0.0.0.0/udp/0/quic-v1".parse()?],
-            bootstrap: bootstrap.clone(),
-            mdns: false,
+            bootstrap,
+            mdns,
             dht_mode: DhtMode::Client,
             ..Default::default()
         },
     )?;
-    let market = client::join_market(
-        &network,
-        &client::peers_of(&bootstrap),
-        Duration::from_secs(10),
+    let market = client::join_market(&network, &peers, Duration::from_secs(10)).await?;
+    Ok((network, market))
+}
+
+async fn market(args: MarketArgs) -> anyhow::Result<()> {
+    let bootstrap = config::parse_addrs("bootstrap", &args.bootstrap)?;
+    let (network, market) = join_as_client(
+        libp2p::identity::Keypair::generate_ed25519(),
+        bootstrap,
+        false,
     )
     .await?;
     tokio::time::sleep(Duration::from_secs(args.wait)).await;

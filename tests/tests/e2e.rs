@@ -164,13 +164,7 @@ fn worker_killed_mid_stream_gives_a_clear_error_not_a_hang() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    let mut stderr = String::new();
-    client
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stderr_of(&mut client);
     // The only worker is gone: the job fails, saying what was received and who was tried.
     assert!(!status.success());
     assert!(
@@ -308,6 +302,18 @@ fn streaming(
     (client, stdout, seen)
 }
 
+/// Everything a finished child wrote to its piped stderr.
+fn stderr_of(child: &mut std::process::Child) -> String {
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr is piped")
+        .read_to_string(&mut stderr)
+        .unwrap();
+    stderr
+}
+
 /// Which worker logged the start of a job.
 fn serving_worker(net: &LoopbackNet) -> Option<usize> {
     net.workers
@@ -329,13 +335,7 @@ fn a_worker_dying_mid_stream_is_resumed_on_another_as_one_answer() {
     let mut rest = Vec::new();
     stdout.read_to_end(&mut rest).unwrap();
     let status = client.wait().unwrap();
-    let mut stderr = String::new();
-    client
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stderr_of(&mut client);
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("failed over from"), "{stderr}");
     let answer = String::from_utf8([seen, rest].concat()).unwrap();
