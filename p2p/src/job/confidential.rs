@@ -18,9 +18,6 @@ use crate::attest::verifier::{Verdict, Verifier, VerifyError};
 use crate::frame::FrameTransport;
 use crate::secure::{self, HandshakeError, SecureTransport};
 
-/// The channel a job runs on once the handshake succeeded.
-pub type Secured<T> = SecureTransport<T>;
-
 /// Why a confidential job stream could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -47,7 +44,7 @@ pub async fn accept<T: FrameTransport>(
     client: &PeerId,
     worker: &PeerId,
     config: &JobConfig,
-) -> Result<Secured<T>, OpenError> {
+) -> Result<SecureTransport<T>, OpenError> {
     let credentials = attester.current();
     let prologue = prologue(client, worker);
     let handshake =
@@ -67,7 +64,7 @@ pub async fn open<T: FrameTransport>(
     worker: &PeerId,
     now: u64,
     config: &JobConfig,
-) -> Result<(Secured<T>, Verdict), OpenError> {
+) -> Result<(SecureTransport<T>, Verdict), OpenError> {
     let handshake = async {
         let pending = secure::client_handshake_unverified(inner, &prologue(client, worker)).await?;
         let verdict = verifier
