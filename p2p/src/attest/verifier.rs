@@ -148,12 +148,6 @@ impl Verifier {
                 cached: true,
             });
         }
-        // Refuse dev evidence before doing any work for it.
-        if parsed.kind() == super::EvidenceKind::DevInsecure
-            && !self.config.policy.allow_dev_insecure
-        {
-            return Err(PolicyError::DevEvidenceRefused.into());
-        }
         let appraisal = match &parsed.body {
             EvidenceBody::DevInsecure {
                 measurement,
