@@ -123,6 +123,9 @@ pub struct Advert {
     pub price: Price,
     /// Smallest payment-channel deposit accepted, nanoTON.
     pub min_deposit: u64,
+    /// The worker's payout wallet (basechain account id) that its payment channels pay;
+    /// `None` when it takes no payments. The channel's worker key is `public_key`.
+    pub payout: Option<[u8; 32]>,
     /// How long the operator expects to stay up from now, seconds.
     pub expected_uptime_secs: u64,
     /// Listen multiaddrs (binary form).
@@ -388,6 +391,7 @@ pub(crate) mod tests {
                 completion_per_mtok: 3_000,
             },
             min_deposit: 0,
+            payout: Some([7; 32]),
             expected_uptime_secs: 3600,
             addrs: vec![b"/ip4/127.0.0.1/udp/1/quic-v1".to_vec()],
             seq,

@@ -38,17 +38,18 @@ pub enum PricePolicy {
 }
 
 impl Default for PricePolicy {
-    /// Dynamic, from 1,000 to 1,000,000 nanoTON per million prompt tokens and 3,000 to
-    /// 3,000,000 per million completion tokens, starting at the floor.
+    /// Dynamic, from 0.01 to 1 TON per million prompt tokens and 0.03 to 3 TON per million
+    /// completion tokens, starting at the floor. (At the floor a 100-token answer costs about
+    /// 3,000 nanoTON: a thousand such jobs pay for one on-chain settlement.)
     fn default() -> Self {
         PricePolicy::Dynamic {
             floor: Price {
-                prompt_per_mtok: 1_000,
-                completion_per_mtok: 3_000,
+                prompt_per_mtok: 10_000_000,
+                completion_per_mtok: 30_000_000,
             },
             ceiling: Price {
-                prompt_per_mtok: 1_000_000,
-                completion_per_mtok: 3_000_000,
+                prompt_per_mtok: 1_000_000_000,
+                completion_per_mtok: 3_000_000_000,
             },
             step: 0.1,
             raise_above: 0.8,

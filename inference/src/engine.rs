@@ -14,7 +14,7 @@
 
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
@@ -133,6 +133,8 @@ pub enum GenerationEvent {
 #[derive(Debug)]
 pub struct Generation {
     id: u64,
+    prompt_tokens: u32,
+    sampled: Arc<AtomicU32>,
     rx: mpsc::Receiver<GenerationEvent>,
     cancel: Arc<AtomicBool>,
     thread: Thread,
@@ -142,6 +144,18 @@ impl Generation {
     /// This generation's id, unique within its engine (also in its thread's name and logs).
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Tokens in the prompt, as [`Usage::prompt_tokens`] will count them.
+    pub fn prompt_tokens(&self) -> u32 {
+        self.prompt_tokens
+    }
+
+    /// Completion tokens sampled so far, including any whose text is still held back (an
+    /// incomplete character, a possible stop string). Never decreases and never exceeds the
+    /// final [`Usage::completion_tokens`]: what a worker bills a chunk by.
+    pub fn tokens_so_far(&self) -> u32 {
+        self.sampled.load(Ordering::Acquire)
     }
 
     /// The next event; `None` after the last one.
@@ -302,6 +316,8 @@ impl Engine {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.shared.config.channel_capacity);
         let cancel = Arc::new(AtomicBool::new(false));
+        let sampled = Arc::new(AtomicU32::new(0));
+        let prompt_tokens = prompt_ids.len() as u32;
         let job = Job {
             id,
             shared: self.shared.clone(),
@@ -309,6 +325,7 @@ impl Engine {
             sampling: request.sampling,
             tx,
             cancel: cancel.clone(),
+            sampled: sampled.clone(),
             started: Instant::now(),
         };
         let handle = thread::Builder::new()
@@ -317,6 +334,8 @@ impl Engine {
             .map_err(GenerateError::Spawn)?;
         Ok(Generation {
             id,
+            prompt_tokens,
+            sampled,
             rx,
             cancel,
             thread: handle.thread().clone(),
@@ -392,6 +411,7 @@ struct Job {
     sampling: SamplingParams,
     tx: mpsc::Sender<GenerationEvent>,
     cancel: Arc<AtomicBool>,
+    sampled: Arc<AtomicU32>,
     started: Instant,
 }
 
@@ -484,6 +504,8 @@ impl Job {
             }
             let token = sampler.sample(&logits)?;
             progress.completion_tokens += 1;
+            self.sampled
+                .store(progress.completion_tokens, Ordering::Release);
             progress
                 .first_token_ms
                 .get_or_insert_with(|| ms(self.started.elapsed()));
@@ -636,6 +658,8 @@ mod tests {
         assert_eq!(chunks.concat(), expected);
         let usage = usage.unwrap();
         assert_eq!(usage.completion_tokens, n as u32);
+        assert_eq!(generation.tokens_so_far(), usage.completion_tokens);
+        assert_eq!(generation.prompt_tokens(), usage.prompt_tokens);
         assert_eq!(usage.finish_reason, FinishReason::Length);
         assert!(usage.time_to_first_token_ms <= usage.total_ms);
     }

@@ -17,9 +17,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::voucher::{SignedVoucher, Voucher};
 
-/// The cost of `tokens` at `price_per_mtok` nanoTON per million tokens, rounded up.
-pub fn cost(price_per_mtok: u64, tokens: u64) -> u64 {
-    (price_per_mtok as u128 * tokens as u128)
+/// What a job of `prompt` prompt and `completion` completion tokens costs at the given
+/// prices (nanoTON per million tokens): one rounding per job, up. Client and worker both bill
+/// with this, so they agree to the nanoTON.
+pub fn job_cost(prompt_price: u64, completion_price: u64, prompt: u64, completion: u64) -> u64 {
+    (prompt_price as u128 * prompt as u128)
+        .saturating_add(completion_price as u128 * completion as u128)
         .div_ceil(1_000_000)
         .min(u64::MAX as u128) as u64
 }
@@ -247,13 +250,17 @@ impl WorkerChannel {
         self.delivered.saturating_sub(self.paid())
     }
 
-    /// Asks to deliver work worth `cost`; refused past the credit limit (stop streaming and
-    /// wait for a voucher).
+    /// Asks to deliver work worth `cost`; refused when the unpaid amount afterwards would
+    /// pass the credit limit (stop streaming and wait for a voucher). A voucher paid ahead
+    /// (a prompt paid at the quote) counts.
     pub fn deliver(&mut self, cost: u64) -> Result<(), CreditExceeded> {
-        let unpaid = self.unpaid();
-        if unpaid.saturating_add(cost) > self.credit_limit {
+        let after = self
+            .delivered
+            .saturating_add(cost)
+            .saturating_sub(self.paid());
+        if after > self.credit_limit {
             return Err(CreditExceeded {
-                unpaid,
+                unpaid: self.unpaid(),
                 cost,
                 limit: self.credit_limit,
             });
@@ -262,14 +269,31 @@ impl WorkerChannel {
         Ok(())
     }
 
+    /// The deposit vouchers are checked against.
+    pub fn deposit(&self) -> u64 {
+        self.deposit
+    }
+
+    /// Raises the deposit (a top-up seen on chain); never lowers it.
+    pub fn set_deposit(&mut self, deposit: u64) {
+        self.deposit = self.deposit.max(deposit);
+    }
+
+    /// Counts work already done whatever the credit (the final count of a job whose text
+    /// is all sent: tokens that produced no text, like the end-of-sequence token).
+    pub fn owe(&mut self, cost: u64) {
+        self.delivered = self.delivered.saturating_add(cost);
+    }
+
     /// The voucher to settle with.
     pub fn best(&self) -> Option<&SignedVoucher> {
         self.best.as_ref()
     }
 }
 
-/// When the client pays during a job: every `every` completion tokens (and for the prompt at
-/// the first token), at the worker's price.
+/// The client's bill for one job: it pays the prompt when the worker quotes it, then every
+/// `every` completion tokens or sooner when half the worker's credit is used, at the quoted
+/// price, and the exact total at the end.
 #[derive(Clone, Debug)]
 pub struct Meter {
     /// Price per million prompt tokens, nanoTON.
@@ -278,11 +302,14 @@ pub struct Meter {
     pub completion_price: u64,
     /// Pay after this many tokens.
     pub every: u32,
-    /// What the channel had paid before this job.
+    /// The channel total this job adds to.
     pub base: u64,
+    /// The worker's credit limit: a payment is due when half of it is used.
+    pub credit: u64,
     prompt_tokens: u64,
     tokens: u64,
     billed: u64,
+    paid: u64,
 }
 
 impl Meter {
@@ -293,31 +320,51 @@ impl Meter {
             completion_price,
             every: every.max(1),
             base,
+            credit: u64::MAX,
             prompt_tokens: 0,
             tokens: 0,
             billed: 0,
+            paid: base,
         }
+    }
+
+    /// Pays sooner for a worker extending only `credit` nanoTON.
+    pub fn with_credit(mut self, credit: u64) -> Self {
+        self.credit = credit;
+        self
     }
 
     /// The cumulative channel total that pays for everything counted so far.
     pub fn owed(&self) -> u64 {
-        self.base
-            .saturating_add(cost(self.prompt_price, self.prompt_tokens))
-            .saturating_add(cost(self.completion_price, self.tokens))
+        self.base.saturating_add(self.job_cost())
     }
 
-    /// Counts the prompt.
-    pub fn prompt(&mut self, tokens: u64) {
+    /// What the job itself costs so far.
+    pub fn job_cost(&self) -> u64 {
+        job_cost(
+            self.prompt_price,
+            self.completion_price,
+            self.prompt_tokens,
+            self.tokens,
+        )
+    }
+
+    /// Counts the quoted prompt; returns the total to pay up to now.
+    pub fn prompt(&mut self, tokens: u64) -> u64 {
         self.prompt_tokens = tokens;
+        self.paid = self.owed();
+        self.paid
     }
 
     /// Counts `n` more completion tokens; returns the total to pay up to when a payment is
     /// due.
     pub fn tokens(&mut self, n: u64) -> Option<u64> {
         self.tokens += n;
-        if self.tokens - self.billed >= self.every as u64 || self.billed == 0 {
+        let owed = self.owed();
+        if self.tokens - self.billed >= self.every as u64 || owed - self.paid >= self.credit / 2 {
             self.billed = self.tokens;
-            return Some(self.owed());
+            self.paid = owed;
+            return Some(owed);
         }
         None
     }
@@ -327,7 +374,8 @@ impl Meter {
         self.prompt_tokens = prompt_tokens;
         self.tokens = completion_tokens;
         self.billed = completion_tokens;
-        self.owed()
+        self.paid = self.owed();
+        self.paid
     }
 }
 
@@ -386,8 +434,14 @@ mod tests {
         w.accept(&c.pay_up_to(40).unwrap().unwrap()).unwrap();
         w.deliver(20).unwrap();
         assert_eq!(w.unpaid(), 20);
-        // After a crash the journal restores both sides exactly.
+        // Paid ahead: a delivery above the credit limit fits once it is prepaid.
+        assert!(w.deliver(100).is_err());
+        w.accept(&c.pay_up_to(150).unwrap().unwrap()).unwrap();
+        w.deliver(100).unwrap();
+        assert_eq!(w.unpaid(), 10);
         let state = w.state();
+        assert_eq!(state.delivered, 160);
+        // After a crash the journal restores both sides exactly.
         let restored = WorkerChannel::new(
             CH,
             10_000,
@@ -403,25 +457,27 @@ mod tests {
             c.paid(),
             c.seq(),
         );
-        assert_eq!(again.paid(), 40);
+        assert_eq!(again.paid(), 150);
     }
 
     #[test]
-    fn the_meter_pays_every_n_tokens_at_the_advertised_price() {
+    fn the_meter_pays_the_prompt_then_every_n_tokens() {
         let mut m = Meter::new(1_000_000, 3_000_000, 4, 100);
-        m.prompt(10);
-        assert_eq!(
-            m.tokens(1),
-            Some(100 + 10 + 3),
-            "the first token pays for the prompt"
-        );
+        assert_eq!(m.prompt(10), 100 + 10, "the quote pays for the prompt");
         assert_eq!(m.tokens(1), None);
-        assert_eq!(m.tokens(1), None);
-        assert_eq!(m.tokens(1), None);
-        assert_eq!(m.tokens(1), Some(100 + 10 + 15));
+        assert_eq!(m.tokens(2), None);
+        assert_eq!(m.tokens(1), Some(100 + 10 + 12));
+        assert_eq!(m.tokens(3), None);
         assert_eq!(m.finish(10, 7), 100 + 10 + 21);
-        assert_eq!(cost(1, 1), 1, "rounded up");
-        assert_eq!(cost(u64::MAX, u64::MAX), u64::MAX);
+        assert_eq!(m.job_cost(), 31);
+        // A tight credit makes it pay sooner.
+        let mut m = Meter::new(0, 3_000_000, 100, 0).with_credit(10);
+        m.prompt(1);
+        assert_eq!(m.tokens(1), None);
+        assert_eq!(m.tokens(1), Some(6), "half the credit used");
+        assert_eq!(job_cost(0, 1, 0, 1), 1, "rounded up");
+        assert_eq!(job_cost(1, 1, 1, 1), 1, "once per job");
+        assert_eq!(job_cost(u64::MAX, u64::MAX, u64::MAX, u64::MAX), u64::MAX);
     }
 
     proptest! {

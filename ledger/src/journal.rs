@@ -23,9 +23,32 @@ use crate::voucher::SignedVoucher;
 const CLIENT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("client_channels");
 const WORKER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("worker_channels");
 
+/// The parameters a channel contract is deployed with (its address derives from them and
+/// the contract code), as both sides journal them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelTerms {
+    /// The contract's `channel_id`.
+    pub channel_id: u64,
+    /// The client's voucher key.
+    pub client_key: [u8; 32],
+    /// The worker's key.
+    pub worker_key: [u8; 32],
+    /// The client's wallet (basechain account id).
+    pub client_address: [u8; 32],
+    /// The worker's payout wallet (basechain account id).
+    pub worker_payout: [u8; 32],
+    /// Challenge window, seconds.
+    pub challenge_period: u32,
+    /// Seconds after opening when the client may take an unclaimed deposit back.
+    pub worker_timeout: u32,
+}
+
 /// What a client keeps per channel.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientRecord {
+    /// The channel's parameters (`None` in records written before they were kept).
+    #[serde(default)]
+    pub terms: Option<ChannelTerms>,
     /// Deposit, nanoTON.
     pub deposit: u64,
     /// Total promised (the last voucher's cumulative amount).
@@ -39,6 +62,9 @@ pub struct ClientRecord {
 /// What a worker keeps per channel.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerRecord {
+    /// The channel's parameters (`None` in records written before they were kept).
+    #[serde(default)]
+    pub terms: Option<ChannelTerms>,
     /// Deposit, nanoTON.
     pub deposit: u64,
     /// The client's ed25519 key.
@@ -50,9 +76,12 @@ pub struct WorkerRecord {
 /// Journal failures.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    /// The database failed (I/O, corruption, another process holding it).
+    /// The database failed (I/O, corruption).
     #[error("journal: {0}")]
     Db(String),
+    /// Another process has the journal open.
+    #[error("journal {0} is in use by another process")]
+    InUse(String),
     /// A record could not be (de)serialised.
     #[error("journal record: {0}")]
     Record(#[from] serde_json::Error),
@@ -77,6 +106,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// A node's payment journal.
+#[derive(Debug)]
 pub struct Journal {
     db: Database,
 }
@@ -87,7 +117,12 @@ impl Journal {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(dberr)?;
         }
-        let db = Database::create(path).map_err(dberr)?;
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                JournalError::InUse(path.display().to_string())
+            }
+            e => dberr(e),
+        })?;
         let tx = db.begin_write().map_err(dberr)?;
         tx.open_table(CLIENT).map_err(dberr)?;
         tx.open_table(WORKER).map_err(dberr)?;
@@ -172,8 +207,20 @@ impl Journal {
 
     /// Every channel the worker has a record of (to settle on shutdown or restart).
     pub fn worker_channels(&self) -> Result<Vec<([u8; 32], WorkerRecord)>, JournalError> {
+        self.all(WORKER)
+    }
+
+    /// Every channel the client has a record of.
+    pub fn client_channels(&self) -> Result<Vec<([u8; 32], ClientRecord)>, JournalError> {
+        self.all(CLIENT)
+    }
+
+    fn all<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&[u8], &[u8]>,
+    ) -> Result<Vec<([u8; 32], T)>, JournalError> {
         let tx = self.db.begin_read().map_err(dberr)?;
-        let t = tx.open_table(WORKER).map_err(dberr)?;
+        let t = tx.open_table(table).map_err(dberr)?;
         let mut out = Vec::new();
         for row in t.iter().map_err(dberr)? {
             let (k, v) = row.map_err(dberr)?;
@@ -207,6 +254,7 @@ mod tests {
         {
             let j = Journal::open(&path).unwrap();
             let rec = ClientRecord {
+                terms: None,
                 deposit: 1_000,
                 paid: client.paid(),
                 seq: client.seq(),
@@ -228,6 +276,7 @@ mod tests {
             j.record_worker(
                 &CH,
                 &WorkerRecord {
+                    terms: None,
                     deposit: 1_000,
                     client_key: key().verifying_key().to_bytes(),
                     state: worker.state(),
@@ -264,6 +313,7 @@ mod tests {
             j.record_client(
                 &CH,
                 &ClientRecord {
+                    terms: None,
                     deposit: u64::MAX / 2,
                     paid: client.paid(),
                     seq: client.seq(),

@@ -9,12 +9,15 @@
 //!   unpaid amount passes its credit limit.
 //!
 //! - [`journal`]: the durable journal (redb) both sides write before they act.
+//! - [`ton`]: the chain side: contract messages and addresses, a wallet v4r2, the toncenter
+//!   client and a local TVM-emulator chain for tests.
 //!
 //! The cores have no clock and no I/O: the node drives them and journals their state; the
-//! simulator drives them too. The TON client comes next (issue 5).
+//! simulator drives them too; [`ton`] is the I/O shell that settles on chain.
 #![warn(missing_docs)]
 
 pub mod cell;
 pub mod channel;
 pub mod journal;
+pub mod ton;
 pub mod voucher;

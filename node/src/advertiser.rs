@@ -33,6 +33,9 @@ pub struct AdvertiserConfig {
     pub price: PricePolicy,
     /// Smallest channel deposit accepted, nanoTON. Default: 0.
     pub min_deposit: u64,
+    /// Payout wallet announced for payment channels (basechain account id). Default: none
+    /// (no payments taken).
+    pub payout: Option<[u8; 32]>,
     /// Expected uptime announced, seconds. Default: 86,400.
     pub expected_uptime_secs: u64,
     /// Jobs per model at once (the engines' limit).
@@ -46,6 +49,7 @@ impl Default for AdvertiserConfig {
             ttl_secs: 75,
             price: PricePolicy::default(),
             min_deposit: 0,
+            payout: None,
             expected_uptime_secs: 86_400,
             max_concurrent: 2,
         }
@@ -129,6 +133,7 @@ pub fn build(
         tokens_per_s: worker.stats().tokens_per_s() as f32,
         price,
         min_deposit: config.min_deposit,
+        payout: config.payout,
         expected_uptime_secs: config.expected_uptime_secs,
         addrs: network
             .state()
@@ -181,6 +186,7 @@ pub async fn run(
                 "price changed"
             );
         }
+        worker.set_price(crate::payments::job_price(price.price()));
         let state = (
             price.price(),
             slots.saturating_sub(busy),

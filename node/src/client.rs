@@ -11,6 +11,11 @@
 //! in place, and the next worker continues it (the request carries the text so far as a
 //! `continuation`), so the caller sees one answer with nothing repeated or lost. The client's
 //! reputation record learns from every attempt. Failures list every worker tried.
+//!
+//! A worker with a price is paid through a payment channel with it ([`ClientLedger`]): the
+//! request names the channel, the worker quotes the prompt and the price, and the client
+//! signs a voucher for the prompt at once, then every few tokens, and the exact total after
+//! `Done`, journalling each before it is sent.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,12 +27,14 @@ use cocoon_p2p::attest::verifier::{Verifier, VerifierConfig};
 use cocoon_p2p::attest::EvidenceKind;
 use cocoon_p2p::frame::FramedStream;
 use cocoon_p2p::job::{
-    confidential, ClientEvent, JobChannel, JobConfig, JobError, JobInput, JobRequest, Sampling,
+    confidential, ClientEvent, ErrorCode, JobChannel, JobConfig, JobInput, JobPrice, JobRequest,
+    Message, Sampling,
 };
 use cocoon_p2p::{Network, NetworkError, PeerId};
 use serde::Serialize;
 
 use crate::market::{advert_peer, MarketService};
+use crate::payments::{self, ClientLedger};
 
 /// Client settings.
 #[derive(Clone, Debug)]
@@ -47,6 +54,8 @@ pub struct ClientConfig {
     pub weights: Weights,
     /// Workers tried at most per job. Default: 5.
     pub max_attempts: usize,
+    /// Pays workers that charge; without it only free workers serve. Default: none.
+    pub payments: Option<Arc<ClientLedger>>,
 }
 
 impl Default for ClientConfig {
@@ -59,6 +68,7 @@ impl Default for ClientConfig {
             max_price_per_mtok: None,
             weights: Weights::default(),
             max_attempts: 5,
+            payments: None,
         }
     }
 }
@@ -113,6 +123,11 @@ pub struct InferOutcome {
     pub price_completion_per_mtok: Option<u64>,
     /// What the job costs at that price, nanoTON.
     pub cost_nanoton: Option<u64>,
+    /// What the client paid the serving worker for this job, nanoTON (vouchers signed;
+    /// 0 for a free job).
+    pub paid_nanoton: u64,
+    /// The payment channel used (the contract's account id, hex); absent for a free job.
+    pub channel: Option<String>,
     /// Workers that failed before this one ("peer: error"); the answer resumed after each.
     pub failed_attempts: Vec<String>,
 }
@@ -265,13 +280,13 @@ pub async fn infer(
     let candidates = targets.len();
     let mut tried: Vec<(PeerId, String)> = Vec::new();
     let mut text = String::new();
-    let mut chunks_before = 0u32;
+    let mut tokens_before = 0u32;
     let mut first_text: Option<f64> = None;
     let started = Instant::now();
     for (attempt, target) in targets.iter().take(config.max_attempts).enumerate() {
         let worker = target.peer;
         let continuation = (!text.is_empty()).then(|| text.clone());
-        let remaining = request.sampling.max_tokens.saturating_sub(chunks_before);
+        let remaining = request.sampling.max_tokens.saturating_sub(tokens_before);
         if continuation.is_some() && remaining == 0 {
             break;
         }
@@ -279,7 +294,7 @@ pub async fn infer(
         job.sampling.max_tokens = remaining;
         let result = run_on(
             network,
-            worker,
+            target,
             &job,
             continuation,
             config,
@@ -306,13 +321,13 @@ pub async fn infer(
                     advertised,
                 );
                 done.text = text;
-                done.completion_tokens += chunks_before;
+                done.completion_tokens += tokens_before;
                 done.ttft_ms = first_text.unwrap_or(done.ttft_ms);
                 done.total_ms = started.elapsed().as_secs_f64() * 1e3;
                 done.providers_found = candidates;
                 done.source = source.into();
                 done.failed_attempts = tried.iter().map(|(p, e)| format!("{p}: {e}")).collect();
-                if let Some(a) = &target.advert {
+                if let (None, Some(a)) = (&done.channel, &target.advert) {
                     done.price_prompt_per_mtok = Some(a.price.prompt_per_mtok);
                     done.price_completion_per_mtok = Some(a.price.completion_per_mtok);
                     done.cost_nanoton = Some(
@@ -324,14 +339,14 @@ pub async fn infer(
             }
             Err(Failure {
                 error,
-                chunks,
+                tokens,
                 busy,
             }) => {
-                tracing::info!(%worker, "worker failed after {chunks} chunks: {error}");
+                tracing::info!(%worker, "worker failed after {tokens} tokens: {error}");
                 if !busy {
                     reputation.failure(&worker.to_bytes(), now);
                 }
-                chunks_before += chunks;
+                tokens_before += tokens;
                 tried.push((worker, error));
             }
         }
@@ -354,9 +369,10 @@ fn estimate_prompt_tokens(input: &JobInput) -> u64 {
 /// One failed attempt.
 struct Failure {
     error: String,
-    /// Text chunks received from this worker before it failed (kept by the caller).
-    chunks: u32,
-    /// The worker was busy (not its fault: no reputation penalty).
+    /// Completion tokens received from this worker before it failed (text kept by the
+    /// caller).
+    tokens: u32,
+    /// The worker was busy or too dear (not its fault: no reputation penalty).
     busy: bool,
 }
 
@@ -364,21 +380,89 @@ impl Failure {
     fn before_start(error: impl ToString) -> Self {
         Self {
             error: error.to_string(),
-            chunks: 0,
+            tokens: 0,
             busy: false,
         }
     }
 }
 
+/// A job's payment: the channel and its bill.
+struct Paying {
+    ledger: Arc<ClientLedger>,
+    channel: payments::ClientChannelInfo,
+    meter: Option<cocoon_ledger::channel::Meter>,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Paying {
+    /// Signs and journals a voucher up to `total`, then sends it.
+    async fn pay<T: cocoon_p2p::frame::FrameTransport>(
+        &self,
+        channel: &mut JobChannel<T>,
+        total: u64,
+        job: u64,
+    ) -> Result<(), String> {
+        match self.ledger.pay(&self.channel.channel, total, job) {
+            Ok(Some(p)) => channel
+                .send(&Message::Voucher(p))
+                .await
+                .map_err(|e| e.to_string()),
+            Ok(None) => Ok(()),
+            Err(e) => Err(format!("cannot pay: {e}")),
+        }
+    }
+}
+
+/// The payment channel for a job on `target`, when it charges and we can pay.
+async fn paying(target: &Target, config: &ClientConfig) -> Result<Option<Paying>, Failure> {
+    let (Some(ledger), Some(advert)) = (&config.payments, &target.advert) else {
+        return Ok(None);
+    };
+    let Some(payout) = advert.payout else {
+        return Ok(None);
+    };
+    let channel = ledger
+        .channel_with(advert.public_key, payout)
+        .map_err(Failure::before_start)?;
+    let guard = ledger.lock_channel(channel.channel).await;
+    // Read again under the lock: another job may have paid meanwhile.
+    let channel = ledger
+        .channel_with(advert.public_key, payout)
+        .map_err(Failure::before_start)?;
+    Ok(Some(Paying {
+        ledger: ledger.clone(),
+        channel,
+        meter: None,
+        _guard: guard,
+    }))
+}
+
+/// The price ceiling sent with a job: the advertised price with some slack, never above the
+/// client's own limit.
+fn max_price(advert: &Advert, config: &ClientConfig) -> JobPrice {
+    let slack = config
+        .payments
+        .as_ref()
+        .map_or(1.25, |l| l.config().price_slack);
+    let cap = config.max_price_per_mtok.unwrap_or(u64::MAX);
+    let up = |p: u64| (((p as f64) * slack).ceil() as u64).max(p).min(cap.max(p));
+    JobPrice {
+        prompt_per_mtok: up(advert.price.prompt_per_mtok),
+        completion_per_mtok: up(advert.price.completion_per_mtok),
+    }
+}
+
 async fn run_on(
     network: &Network,
-    worker: PeerId,
+    target: &Target,
     request: &InferRequest,
     continuation: Option<String>,
     config: &ClientConfig,
     attempt: u64,
     on_text: &mut impl FnMut(&str),
 ) -> Result<InferOutcome, Failure> {
+    let worker = target.peer;
+    let mut paying = paying(target, config).await?;
     let stream = network
         .open_job_stream(worker, config.open_timeout)
         .await
@@ -405,6 +489,10 @@ async fn run_on(
         .unwrap_or(0)
         .wrapping_add(attempt);
     let started = Instant::now();
+    let payment = match (&paying, &target.advert) {
+        (Some(p), Some(a)) => Some(Box::new(p.ledger.terms(&p.channel, max_price(a, config)))),
+        _ => None,
+    };
     channel
         .send_request(JobRequest {
             id,
@@ -412,66 +500,128 @@ async fn run_on(
             input: request.input.clone(),
             sampling: request.sampling.clone(),
             continuation,
+            payment,
         })
         .await
         .map_err(Failure::before_start)?;
-    let mut chunks = 0u32;
+    let mut tokens = 0u32;
     let mut first: Option<Instant> = None;
-    loop {
-        match channel.next_event().await {
-            Ok(ClientEvent::Token(chunk)) => {
-                first.get_or_insert_with(Instant::now);
-                chunks += 1;
-                on_text(&chunk);
-            }
-            Ok(ClientEvent::Done(done)) => {
-                let end = Instant::now();
-                let first = first.unwrap_or(end);
-                let decode_s = end.duration_since(first).as_secs_f64();
-                let after_first = done.usage.completion_tokens.saturating_sub(1) as f64;
-                let _ = channel.close().await;
-                return Ok(InferOutcome {
-                    client_peer: network.peer_id().to_string(),
-                    worker_peer: worker.to_string(),
-                    model: request.model.clone(),
-                    text: String::new(),
-                    prompt_tokens: done.usage.prompt_tokens,
-                    completion_tokens: done.usage.completion_tokens,
-                    ttft_ms: first.duration_since(started).as_secs_f64() * 1e3,
-                    tokens_per_s: if decode_s > 0.0 {
-                        after_first / decode_s
-                    } else {
-                        0.0
-                    },
-                    total_ms: end.duration_since(started).as_secs_f64() * 1e3,
-                    finish_reason: match done.finish_reason {
-                        cocoon_p2p::job::FinishReason::Stop => "stop".into(),
-                        cocoon_p2p::job::FinishReason::Length => "length".into(),
-                    },
-                    providers_found: 0,
-                    attestation: appraisal.kind.as_str().into(),
-                    measurement: hex::encode(appraisal.mrtd),
-                    tcb_status: appraisal.tcb_status.clone(),
-                    source: String::new(),
-                    price_prompt_per_mtok: None,
-                    price_completion_per_mtok: None,
-                    cost_nanoton: None,
-                    failed_attempts: Vec::new(),
-                });
-            }
+    let result = loop {
+        let event = match channel.next_event().await {
+            Ok(e) => e,
             Err(e) => {
-                let busy = matches!(
-                    &e,
-                    JobError::Remote(f) if f.code == cocoon_p2p::job::ErrorCode::Busy
-                );
-                return Err(Failure {
-                    error: e.to_string(),
-                    chunks,
-                    busy,
-                });
+                // Busy or too dear is not the worker's fault: no reputation penalty.
+                let busy = matches!(&e, cocoon_p2p::job::JobError::Remote(f)
+                    if matches!(f.code, ErrorCode::Busy | ErrorCode::PriceTooHigh));
+                break Err((e.to_string(), busy));
+            }
+        };
+        let due = match (event, paying.as_mut()) {
+            (ClientEvent::Quote(q), Some(p)) => {
+                let every = p.ledger.config().pay_every;
+                let meter = p.meter.insert(payments::meter(&q, p.channel.paid, every));
+                let due = meter.prompt(q.prompt_tokens as u64);
+                if due <= p.channel.paid && q.channel_paid < p.channel.paid {
+                    // The worker missed our last voucher (it crashed before it arrived).
+                    if let Ok(Some(last)) = p.ledger.last(&p.channel.channel, id) {
+                        if let Err(e) = channel.send(&Message::Voucher(last)).await {
+                            break Err((e.to_string(), false));
+                        }
+                    }
+                }
+                Some(due)
+            }
+            (ClientEvent::Quote(_), None) => {
+                let msg = "the worker quoted a price for a job we did not offer to pay";
+                break Err((msg.into(), false));
+            }
+            (ClientEvent::Token { text, tokens: n }, p) => {
+                first.get_or_insert_with(Instant::now);
+                tokens += n;
+                on_text(&text);
+                p.and_then(|p| p.meter.as_mut()?.tokens(n as u64))
+            }
+            (ClientEvent::Done(done), p) => {
+                if let Some(m) = p.and_then(|p| p.meter.as_mut()) {
+                    m.finish(
+                        done.usage.prompt_tokens as u64,
+                        done.usage.completion_tokens as u64,
+                    );
+                }
+                break Ok(done);
+            }
+        };
+        if let (Some(total), Some(p)) = (due, &paying) {
+            if let Err(e) = p.pay(&mut channel, total, id).await {
+                break Err((e, false));
             }
         }
-    }
+    };
+    let (paid, channel_hex) = match &paying {
+        Some(p) => {
+            let owed = p.meter.as_ref().map_or(0, |m| m.owed());
+            // Pay for everything received, also when the job failed: the voucher is
+            // journalled and reaches the worker now or with the next job.
+            let sent = p.pay(&mut channel, owed, id).await;
+            if let Err(e) = sent {
+                tracing::info!(%worker, "final voucher not delivered now: {e}");
+            }
+            (
+                p.meter.as_ref().map_or(0, |m| m.job_cost()),
+                Some(hex::encode(p.channel.channel)),
+            )
+        }
+        None => (0, None),
+    };
+    let _ = channel.close().await;
+    let done = match result {
+        Ok(done) => done,
+        Err((error, busy)) => {
+            return Err(Failure {
+                error,
+                tokens,
+                busy,
+            });
+        }
+    };
+    let end = Instant::now();
+    let first = first.unwrap_or(end);
+    let decode_s = end.duration_since(first).as_secs_f64();
+    let after_first = done.usage.completion_tokens.saturating_sub(1) as f64;
+    Ok(InferOutcome {
+        client_peer: network.peer_id().to_string(),
+        worker_peer: worker.to_string(),
+        model: request.model.clone(),
+        text: String::new(),
+        prompt_tokens: done.usage.prompt_tokens,
+        completion_tokens: done.usage.completion_tokens,
+        ttft_ms: first.duration_since(started).as_secs_f64() * 1e3,
+        tokens_per_s: if decode_s > 0.0 {
+            after_first / decode_s
+        } else {
+            0.0
+        },
+        total_ms: end.duration_since(started).as_secs_f64() * 1e3,
+        finish_reason: match done.finish_reason {
+            cocoon_p2p::job::FinishReason::Stop => "stop".into(),
+            cocoon_p2p::job::FinishReason::Length => "length".into(),
+        },
+        providers_found: 0,
+        attestation: appraisal.kind.as_str().into(),
+        measurement: hex::encode(appraisal.mrtd),
+        tcb_status: appraisal.tcb_status.clone(),
+        source: String::new(),
+        price_prompt_per_mtok: paying
+            .as_ref()
+            .and_then(|p| Some(p.meter.as_ref()?.prompt_price)),
+        price_completion_per_mtok: paying
+            .as_ref()
+            .and_then(|p| Some(p.meter.as_ref()?.completion_price)),
+        cost_nanoton: paying.as_ref().map(|_| paid),
+        paid_nanoton: paid,
+        channel: channel_hex,
+        failed_attempts: Vec::new(),
+    })
 }
 
 /// Reads a reputation file; a missing file is an empty record, a corrupt one is set aside.

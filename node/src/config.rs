@@ -57,6 +57,9 @@ pub struct FileConfig {
     /// completion_per_mtok = 3000 }`, or `mode = "dynamic"` with `floor`, `ceiling`, `step`,
     /// `raise_above`, `lower_below`, `hold_secs`. Default: dynamic (see `PricePolicy`).
     pub price: Option<PricePolicy>,
+    /// Unpaid value a worker streams ahead of the client's vouchers, nanoTON. Default:
+    /// 1,000,000 (0.001 TON).
+    pub credit_limit: Option<u64>,
 }
 
 /// A configuration that cannot be used.
@@ -110,6 +113,8 @@ pub struct NodeConfig {
     pub attestation: WorkerAttestation,
     /// Price policy.
     pub price: PricePolicy,
+    /// Payment settings (the worker's credit limit).
+    pub payments: crate::payments::PaymentConfig,
 }
 
 /// `$COCOON_HOME/node` when `COCOON_HOME` is set, else `<user data dir>/cocoon`.
@@ -226,7 +231,12 @@ impl NodeConfig {
                 rotate_before_secs: secs / 4,
             };
         }
+        let mut payments = crate::payments::PaymentConfig::default();
+        if let Some(limit) = file.credit_limit {
+            payments.credit_limit = limit;
+        }
         Ok(NodeConfig {
+            payments,
             data_dir: flags
                 .data_dir
                 .or(file.data_dir)

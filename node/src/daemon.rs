@@ -26,6 +26,8 @@ pub const LISTEN_LINE: &str = "listening on: ";
 pub const SERVING_LINE: &str = "serving: ";
 /// Stdout line prefix naming the evidence kind a worker presents (`tdx`, `dev-insecure`).
 pub const ATTESTATION_LINE: &str = "attestation: ";
+/// Stdout line prefix giving a worker's payout wallet (`0:<hex>`).
+pub const PAYOUT_LINE: &str = "payout: ";
 /// Stdout line printed once the node is up (and its models announced).
 pub const READY_LINE: &str = "ready";
 
@@ -57,6 +59,9 @@ pub enum NodeError {
     /// Two models with the same id.
     #[error("model id {0} is given twice")]
     DuplicateModel(String),
+    /// The payment journal could not be opened.
+    #[error(transparent)]
+    Payments(#[from] crate::payments::PaymentError),
 }
 
 /// Runs a node until `shutdown` completes, printing the stdout interface lines.
@@ -156,7 +161,28 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             }
         }
         tokio::spawn(rotate(attester.clone()));
-        let worker = Worker::new(engines, JobConfig::default(), attester, peer_id);
+        let mut worker = Worker::new(engines, JobConfig::default(), attester, peer_id);
+        let mut payout = None;
+        if let Some(key) = &signing_key {
+            // The channel's worker key is the node's identity key; payouts go to the
+            // wallet of the same key.
+            let wallet = crate::payments::wallet(key)?;
+            let ledger = tokio::task::block_in_place(|| {
+                crate::payments::WorkerLedger::open(
+                    &config.data_dir.join(crate::payments::JOURNAL_FILE),
+                    key.verifying_key().to_bytes(),
+                    wallet,
+                    config.payments.credit_limit,
+                )
+            })?;
+            println!("{PAYOUT_LINE}0:{}", hex::encode(wallet));
+            payout = Some(wallet);
+            worker =
+                worker.with_payments(std::sync::Arc::new(ledger), config.payments.voucher_timeout);
+        }
+        if let Ok(core) = cocoon_gossip::PriceCore::new(config.price.clone()) {
+            worker.set_price(crate::payments::job_price(core.price()));
+        }
         for id in worker.model_ids() {
             network.provide(id).await?;
         }
@@ -165,6 +191,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                 let advertiser = crate::advertiser::AdvertiserConfig {
                     price: config.price.clone(),
                     max_concurrent: config.max_concurrent as u32,
+                    payout,
                     ..Default::default()
                 };
                 tokio::spawn(crate::advertiser::run(

@@ -6,7 +6,8 @@
 //! - [`attestation`]: which evidence a worker presents, which a client trusts;
 //! - [`market`]: the gossip market core fed by the network (validation, sync);
 //! - [`advertiser`]: a worker's signed advert and its price policy;
-//! - [`client`]: the light client that ranks workers, runs a job, fails over;
+//! - [`client`]: the light client that ranks workers, runs a job, pays, fails over;
+//! - [`payments`]: payment channels on both sides of a job, journalled;
 //! - [`demo`]: the whole network on loopback;
 //! - [`launch`]: starting `cocoon node` processes (demo, tests, benchmarks);
 //! - [`models`]: known models and `cocoon model fetch`;
@@ -22,4 +23,5 @@ pub mod demo;
 pub mod launch;
 pub mod market;
 pub mod models;
+pub mod payments;
 pub mod worker;

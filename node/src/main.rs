@@ -224,12 +224,19 @@ struct InferArgs {
     /// Print one JSON object at the end instead of streaming text.
     #[arg(long)]
     json: bool,
-    /// Keep a persistent identity in this directory (default: a fresh identity per run).
+    /// The client's identity, payment journal and reputation record (default:
+    /// `$COCOON_HOME/client`). The identity key also signs the client's vouchers.
     #[arg(long, env = "COCOON_CLIENT_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Also find peers on the LAN with mDNS.
     #[arg(long)]
     mdns: bool,
+    /// Pay every this many completion tokens.
+    #[arg(long, default_value_t = 16)]
+    pay_every: u32,
+    /// Deposit of a new payment channel, nanoTON.
+    #[arg(long, default_value_t = 1_000_000_000)]
+    deposit: u64,
     /// Seconds to search the DHT for a worker.
     #[arg(long, default_value_t = 20)]
     discovery_timeout: u64,
@@ -345,10 +352,25 @@ async fn infer(args: InferArgs) -> anyhow::Result<()> {
         !args.bootstrap.is_empty() || args.mdns,
         "give --bootstrap MULTIADDR (or --mdns) so the client can find the network"
     );
-    let keypair = match &args.data_dir {
-        Some(dir) => identity::load_or_create(dir)?,
-        None => libp2p::identity::Keypair::generate_ed25519(),
-    };
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| models::cocoon_home().join("client"));
+    let keypair = identity::load_or_create(&data_dir)?;
+    let key = cocoon_node::advertiser::signing_key(&keypair)
+        .context("the client identity is not an ed25519 key")?;
+    let ledger = tokio::task::block_in_place(|| {
+        cocoon_node::payments::ClientLedger::open(
+            &data_dir.join(cocoon_node::payments::JOURNAL_FILE),
+            key.clone(),
+            cocoon_node::payments::wallet(&key)?,
+            cocoon_node::payments::PaymentConfig {
+                pay_every: args.pay_every,
+                deposit: args.deposit,
+                ..Default::default()
+            },
+        )
+    })?;
     let bootstrap = config::parse_addrs("bootstrap", &args.bootstrap)?;
     let (network, market) = join_as_client(keypair, bootstrap, args.mdns).await?;
     let input = if args.raw {
@@ -376,13 +398,10 @@ async fn infer(args: InferArgs) -> anyhow::Result<()> {
         discovery_timeout: Duration::from_secs(args.discovery_timeout),
         verifier: std::sync::Arc::new(args.trust.trust().verifier()?),
         max_price_per_mtok: args.max_price,
+        payments: Some(std::sync::Arc::new(ledger)),
         ..Default::default()
     };
-    let reputation_file = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| models::cocoon_home().join("client"))
-        .join("reputation.json");
+    let reputation_file = data_dir.join("reputation.json");
     let mut reputation = client::load_reputation(&reputation_file);
     let json = args.json;
     let result = async {
@@ -416,8 +435,13 @@ async fn infer(args: InferArgs) -> anyhow::Result<()> {
             outcome.price_completion_per_mtok,
         ) {
             (Some(p), Some(c)) => format!(
-                "price {p}/{c} nTON per Mtok, cost {} nTON",
-                outcome.cost_nanoton.unwrap_or_default()
+                "price {p}/{c} nTON per Mtok, paid {} nTON{}",
+                outcome.paid_nanoton,
+                outcome
+                    .channel
+                    .as_ref()
+                    .map(|c| format!(" on channel {}…", &c[..12]))
+                    .unwrap_or_default()
             ),
             _ => "price unknown (found in the DHT)".into(),
         };

@@ -6,18 +6,29 @@
 //! generation (answering `Busy` at once when the engine is at its limit, never queueing),
 //! stream the text as `Token` chunks and finish with `Done` or `Error`. If the client goes
 //! away, the failed send drops the generation, which stops it at once.
+//!
+//! A worker with a price bills every job through a payment channel ([`crate::payments`]):
+//! it admits the channel named in the request, quotes the prompt size and price, counts each
+//! chunk against its credit limit before sending it, takes vouchers as they come (racing
+//! them against the token stream; receiving is cancel-safe) and, when the credit runs out,
+//! waits for one; no voucher in time ends the job with `PaymentRequired`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use cocoon_inference as inference;
 use cocoon_p2p::attest::attester::Attester;
+use cocoon_p2p::frame::FrameTransport;
 use cocoon_p2p::frame::FramedStream;
 use cocoon_p2p::job::{
-    self, confidential, ErrorCode, JobChannel, JobConfig, JobFailure, JobRequest, Message,
+    self, confidential, ErrorCode, JobChannel, JobConfig, JobError, JobFailure, JobPrice, JobQuote,
+    JobRequest, Message,
 };
 use cocoon_p2p::{Network, NetworkError, PeerId};
 use futures::{AsyncRead, AsyncWrite, StreamExt};
+
+use crate::payments::WorkerLedger;
 
 /// Most stop strings a request may carry.
 pub const MAX_STOP_STRINGS: usize = 16;
@@ -32,6 +43,22 @@ pub struct Worker {
     attester: Arc<Attester>,
     peer_id: PeerId,
     stats: Arc<Stats>,
+    price: Arc<Mutex<JobPrice>>,
+    payments: Option<Arc<WorkerLedger>>,
+    voucher_timeout: Duration,
+}
+
+/// A paid job's bookkeeping on the worker.
+struct Billing {
+    ledger: Arc<WorkerLedger>,
+    channel: [u8; 32],
+    price: JobPrice,
+    /// Value delivered by this job so far.
+    delivered: u64,
+    /// Completion tokens billed so far.
+    tokens: u32,
+    /// The job's hold on the channel.
+    claim: crate::payments::JobClaim,
 }
 
 /// What the worker measured, for its advert and price policy.
@@ -84,7 +111,33 @@ impl Worker {
             attester,
             peer_id,
             stats: Arc::new(Stats::default()),
+            price: Arc::new(Mutex::new(JobPrice::default())),
+            payments: None,
+            voucher_timeout: Duration::from_secs(10),
         }
+    }
+
+    /// Bills jobs through `ledger`, waiting at most `voucher_timeout` for a voucher when the
+    /// credit runs out. Without it the worker serves only while its price is zero.
+    pub fn with_payments(mut self, ledger: Arc<WorkerLedger>, voucher_timeout: Duration) -> Self {
+        self.payments = Some(ledger);
+        self.voucher_timeout = voucher_timeout;
+        self
+    }
+
+    /// Sets the price new jobs are billed at (the advertiser keeps it current).
+    pub fn set_price(&self, price: JobPrice) {
+        *self.price.lock().expect("price lock") = price;
+    }
+
+    /// The price new jobs are billed at.
+    pub fn price(&self) -> JobPrice {
+        *self.price.lock().expect("price lock")
+    }
+
+    /// The payment ledger, when jobs are billed.
+    pub fn payments(&self) -> Option<&Arc<WorkerLedger>> {
+        self.payments.as_ref()
     }
 
     /// The engines, by model id.
@@ -175,6 +228,10 @@ impl Worker {
         if let Err(msg) = validate(&request) {
             return channel.send(&fail(ErrorCode::BadRequest, msg)).await;
         }
+        let mut billing = match self.admit(&request).await {
+            Ok(b) => b,
+            Err((code, msg)) => return channel.send(&fail(code, msg)).await,
+        };
         let continuation = request.continuation.clone();
         let mut engine_request = to_engine(request);
         if let Some(prefix) = continuation {
@@ -203,10 +260,140 @@ impl Worker {
                     .await
             }
         };
-        while let Some(event) = generation.next().await {
+        let prompt_tokens = generation.prompt_tokens();
+        if let Some(b) = &billing {
+            let view = b.ledger.view(&b.channel).unwrap_or_default();
+            let quote = JobQuote {
+                id,
+                prompt_tokens,
+                price: b.price,
+                channel_paid: view.paid,
+                channel_seq: view.seq,
+                channel_delivered: view.delivered,
+                credit_limit: b.ledger.credit_limit(),
+            };
+            channel.send(&Message::Quote(quote)).await?;
+        }
+        let result = self
+            .stream(channel, &mut generation, billing.as_mut(), id)
+            .await;
+        if let Some(b) = &billing {
+            if let Err(e) = b.ledger.record(&b.channel) {
+                tracing::error!(job = id, "cannot journal the delivery: {e}");
+            }
+        }
+        match result {
+            Ok(()) => Ok(()),
+            Err(Stop::Job(e)) => Err(e),
+            Err(Stop::Payment(msg)) => {
+                channel
+                    .send(&fail(ErrorCode::PaymentRequired, msg.clone()))
+                    .await?;
+                Err(JobError::Protocol(msg))
+            }
+        }
+    }
+
+    /// Decides how a job is paid: `None` for a free job, the channel's bookkeeping for a paid
+    /// one, or the refusal to send.
+    async fn admit(&self, request: &JobRequest) -> Result<Option<Billing>, (ErrorCode, String)> {
+        let price = self.price();
+        if price == JobPrice::default() {
+            return Ok(None);
+        }
+        let Some(terms) = &request.payment else {
+            return Err((
+                ErrorCode::PaymentRequired,
+                format!(
+                    "this worker charges {} / {} nanoTON per million prompt / completion \
+                     tokens: send the job with a payment channel",
+                    price.prompt_per_mtok, price.completion_per_mtok
+                ),
+            ));
+        };
+        if price.prompt_per_mtok > terms.max_price.prompt_per_mtok
+            || price.completion_per_mtok > terms.max_price.completion_per_mtok
+        {
+            return Err((
+                ErrorCode::PriceTooHigh,
+                format!(
+                    "the price is {} / {} nanoTON per million tokens, above the {} / {} offered",
+                    price.prompt_per_mtok,
+                    price.completion_per_mtok,
+                    terms.max_price.prompt_per_mtok,
+                    terms.max_price.completion_per_mtok
+                ),
+            ));
+        }
+        let Some(ledger) = &self.payments else {
+            return Err((
+                ErrorCode::PaymentRequired,
+                "this worker has no payment journal".into(),
+            ));
+        };
+        ledger
+            .admit(terms, terms.deposit)
+            .map_err(|e| (ErrorCode::PaymentRequired, e.to_string()))?;
+        let claim = ledger
+            .claim(terms.channel, request.id, self.voucher_timeout)
+            .await;
+        Ok(Some(Billing {
+            ledger: ledger.clone(),
+            channel: terms.channel,
+            price,
+            delivered: 0,
+            tokens: 0,
+            claim,
+        }))
+    }
+
+    /// Streams the generation's events to the client, billing each chunk and taking
+    /// vouchers as they come.
+    async fn stream<T: FrameTransport>(
+        &self,
+        channel: &mut JobChannel<T>,
+        generation: &mut inference::Generation,
+        mut billing: Option<&mut Billing>,
+        id: job::JobId,
+    ) -> Result<(), Stop> {
+        let fail = |code, message: String| Message::Error(JobFailure { id, code, message });
+        let mut client_open = billing.is_some();
+        loop {
+            let event = match billing.as_deref_mut() {
+                Some(b) => {
+                    tokio::select! {
+                        biased;
+                        _ = b.claim.wait_superseded() => {
+                            return Err(Stop::Job(JobError::Protocol(
+                                "superseded by a newer job on the same channel".into(),
+                            )));
+                        }
+                        voucher = channel.recv_voucher(Duration::MAX), if client_open => {
+                            client_open = self.take_voucher(b, voucher)?;
+                            continue;
+                        }
+                        event = generation.next() => event,
+                    }
+                }
+                None => generation.next().await,
+            };
             match event {
-                inference::GenerationEvent::Text(text) => channel.send_token(text).await?,
-                inference::GenerationEvent::Done(usage) => {
+                Some(inference::GenerationEvent::Text(text)) => {
+                    let sampled = generation.tokens_so_far();
+                    let tokens = match billing.as_deref_mut() {
+                        Some(b) => {
+                            let prompt = generation.prompt_tokens();
+                            self.charge(channel, b, prompt, sampled, false).await?
+                        }
+                        None => sampled,
+                    };
+                    channel.send_token(text, tokens).await?;
+                }
+                Some(inference::GenerationEvent::Done(usage)) => {
+                    if let Some(b) = billing.as_deref_mut() {
+                        let (p, c) = (usage.prompt_tokens, usage.completion_tokens);
+                        self.charge(channel, b, p, c, true).await?;
+                    }
                     let decode_ms = usage.total_ms - usage.time_to_first_token_ms;
                     if usage.completion_tokens > 1 && decode_ms > 0.0 {
                         self.stats
@@ -227,19 +414,100 @@ impl Worker {
                             _ => job::FinishReason::Stop,
                         },
                     };
-                    return channel.send(&Message::Done(done)).await;
+                    channel.send(&Message::Done(done)).await?;
+                    if let Some(b) = billing {
+                        self.final_payment(channel, b, client_open).await;
+                    }
+                    return Ok(());
                 }
-                inference::GenerationEvent::Error(e) => {
-                    return channel.send(&fail(ErrorCode::Internal, e)).await;
+                Some(inference::GenerationEvent::Error(e)) => {
+                    return Ok(channel.send(&fail(ErrorCode::Internal, e)).await?);
+                }
+                None => {
+                    let msg = "generation ended without a result".to_string();
+                    return Ok(channel.send(&fail(ErrorCode::Internal, msg)).await?);
                 }
             }
         }
-        channel
-            .send(&fail(
-                ErrorCode::Internal,
-                "generation ended without a result".into(),
-            ))
-            .await
+    }
+
+    /// Bills the job up to `completion` tokens (and its prompt) before the text that goes
+    /// with them is sent, waiting for vouchers while the credit is used up (unless `done`:
+    /// the final count, for work already delivered). Returns the tokens newly billed.
+    async fn charge<T: FrameTransport>(
+        &self,
+        channel: &mut JobChannel<T>,
+        b: &mut Billing,
+        prompt: u32,
+        completion: u32,
+        done: bool,
+    ) -> Result<u32, Stop> {
+        let total = crate::payments::job_cost(b.price, prompt as u64, completion as u64);
+        let cost = total.saturating_sub(b.delivered);
+        while let Err(exceeded) = b.ledger.deliver(&b.channel, cost, done) {
+            let voucher = channel.recv_voucher(self.voucher_timeout).await;
+            let waited = matches!(voucher, Err(JobError::Timeout { .. }));
+            if waited || !self.take_voucher(b, voucher)? {
+                return Err(Stop::Payment(format!(
+                    "payment required: {exceeded}; no voucher came within {:?}",
+                    self.voucher_timeout
+                )));
+            }
+        }
+        b.delivered += cost;
+        let new = completion.saturating_sub(b.tokens);
+        b.tokens = b.tokens.max(completion);
+        Ok(new)
+    }
+
+    /// Handles what `recv_voucher` returned; `Ok(false)` when the client closed its side.
+    fn take_voucher(
+        &self,
+        b: &mut Billing,
+        voucher: Result<Option<job::Payment>, JobError>,
+    ) -> Result<bool, Stop> {
+        match voucher.map_err(Stop::Job)? {
+            None => Ok(false),
+            Some(p) => {
+                b.ledger
+                    .accept(&b.channel, &p)
+                    .map_err(|e| Stop::Payment(e.to_string()))?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// After `Done`: waits (bounded) for the voucher that pays the whole job.
+    async fn final_payment<T: FrameTransport>(
+        &self,
+        channel: &mut JobChannel<T>,
+        b: &mut Billing,
+        mut client_open: bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + self.voucher_timeout;
+        while client_open {
+            let view = b.ledger.view(&b.channel).unwrap_or_default();
+            if view.paid >= view.delivered {
+                return;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let voucher = channel.recv_voucher(left).await;
+            client_open = matches!(self.take_voucher(b, voucher), Ok(true));
+        }
+    }
+}
+
+/// Why a job stopped early.
+enum Stop {
+    /// The stream failed.
+    Job(JobError),
+    /// The client did not pay.
+    Payment(String),
+}
+
+impl From<JobError> for Stop {
+    fn from(e: JobError) -> Self {
+        Stop::Job(e)
     }
 }
 
@@ -345,6 +613,7 @@ mod tests {
                 ..Default::default()
             },
             continuation: None,
+            payment: None,
         }
     }
 
@@ -368,7 +637,7 @@ mod tests {
         let mut text = String::new();
         loop {
             match client.next_event().await {
-                Ok(ClientEvent::Token(t)) => text.push_str(&t),
+                Ok(ClientEvent::Token { text: t, .. }) => text.push_str(&t),
                 other => return (text, other),
             }
         }
@@ -428,7 +697,7 @@ mod tests {
         req.input = JobInput::Prompt(prompt.into());
         client.send_request(req).await.unwrap();
         let mut text = String::new();
-        while let Ok(ClientEvent::Token(t)) = client.next_event().await {
+        while let Ok(ClientEvent::Token { text: t, .. }) = client.next_event().await {
             text.push_str(&t);
         }
         served.await.unwrap();

@@ -46,6 +46,7 @@ fn advert(key: &SigningKey, seq: u64, completion: u64) -> Advert {
             completion_per_mtok: completion,
         },
         min_deposit: 0,
+        payout: None,
         expected_uptime_secs: 60,
         addrs: vec![],
         seq,

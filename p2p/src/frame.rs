@@ -130,7 +130,9 @@ pub trait FrameTransport: Send {
         body: &[u8],
     ) -> impl std::future::Future<Output = Result<(), FrameError>> + Send;
     /// Receives the next frame; `Ok(None)` when the peer closed the stream cleanly between
-    /// frames.
+    /// frames. Implementations are cancel-safe: dropping the future before it completes
+    /// loses no bytes (partial frames stay buffered in `self`), so a worker can wait for a
+    /// voucher in a `select!` next to its token stream.
     fn recv_frame(
         &mut self,
     ) -> impl std::future::Future<Output = Result<Option<Vec<u8>>, FrameError>> + Send;

@@ -210,6 +210,9 @@ pub struct SecureTransport<T> {
     state: snow::TransportState,
     worker_key: [u8; 32],
     buf: Vec<u8>,
+    /// The chunks of a frame received so far: kept here, not in the future, so that
+    /// [`FrameTransport::recv_frame`] is cancel-safe when the inner transport's is.
+    partial: Vec<u8>,
     max_frame: usize,
 }
 
@@ -220,6 +223,7 @@ impl<T> SecureTransport<T> {
             state,
             worker_key,
             buf: vec![0u8; MAX_MESSAGE],
+            partial: Vec::new(),
             max_frame: DEFAULT_MAX_FRAME,
         }
     }
@@ -264,15 +268,16 @@ impl<T: FrameTransport> FrameTransport for SecureTransport<T> {
     }
 
     async fn recv_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
-        let mut frame = Vec::new();
         loop {
+            // The only await: after it returns, nothing below awaits, so a cancelled call
+            // loses no chunk.
             let Some(cipher) = self.inner.recv_frame().await? else {
-                if frame.is_empty() {
+                if self.partial.is_empty() {
                     return Ok(None);
                 }
                 return Err(FrameError::Truncated {
-                    have: frame.len(),
-                    want: frame.len() + 1,
+                    have: self.partial.len(),
+                    want: self.partial.len() + 1,
                 });
             };
             let n = self
@@ -280,15 +285,15 @@ impl<T: FrameTransport> FrameTransport for SecureTransport<T> {
                 .read_message(&cipher, &mut self.buf)
                 .map_err(|_| FrameError::Decrypt)?;
             let (flag, chunk) = self.buf[..n].split_first().ok_or(FrameError::Decrypt)?;
-            if frame.len() + chunk.len() > self.max_frame {
+            if self.partial.len() + chunk.len() > self.max_frame {
                 return Err(FrameError::Oversize {
-                    len: frame.len() + chunk.len(),
+                    len: self.partial.len() + chunk.len(),
                     max: self.max_frame,
                 });
             }
-            frame.extend_from_slice(chunk);
+            self.partial.extend_from_slice(chunk);
             match *flag {
-                LAST => return Ok(Some(frame)),
+                LAST => return Ok(Some(std::mem::take(&mut self.partial))),
                 MORE => continue,
                 _ => return Err(FrameError::Decrypt),
             }

@@ -329,7 +329,7 @@ async fn over_real_swarms_the_job_stream_carries_neither_prompt_nor_answer() {
         let mut channel = JobChannel::new(secure, job);
         let request = channel.recv_request().await.unwrap();
         assert_eq!(request.input, JobInput::Prompt(PROMPT.into()));
-        channel.send_token(ANSWER.into()).await.unwrap();
+        channel.send_token(ANSWER.into(), 1).await.unwrap();
         channel
             .send(&cocoon_p2p::job::Message::Done(cocoon_p2p::job::JobDone {
                 id: request.id,
@@ -365,11 +365,12 @@ async fn over_real_swarms_the_job_stream_carries_neither_prompt_nor_answer() {
             input: JobInput::Prompt(PROMPT.into()),
             sampling: Sampling::default(),
             continuation: None,
+            payment: None,
         })
         .await
         .unwrap();
     let mut text = String::new();
-    while let ClientEvent::Token(t) = channel.next_event().await.unwrap() {
+    while let ClientEvent::Token { text: t, .. } = channel.next_event().await.unwrap() {
         text.push_str(&t);
     }
     assert_eq!(text, ANSWER);

@@ -49,6 +49,7 @@ fn request(id: u64) -> JobRequest {
             ..Default::default()
         },
         continuation: None,
+        payment: None,
     }
 }
 
@@ -69,10 +70,11 @@ async fn job(client: &Network, worker: &Network, secure: bool, id: u64) -> Resul
             channel.send_request(request(id)).await?;
             loop {
                 match channel.next_event().await? {
-                    ClientEvent::Token(_) => {
+                    ClientEvent::Token { .. } => {
                         first.get_or_insert_with(Instant::now);
                     }
                     ClientEvent::Done(_) => break,
+                    ClientEvent::Quote(_) => anyhow::bail!("a free worker sent a quote"),
                 }
             }
         }};

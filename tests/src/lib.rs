@@ -13,6 +13,8 @@ use anyhow::{ensure, Context, Result};
 use cocoon_node::launch::NodeProcess;
 use cocoon_node::models;
 
+pub mod contract;
+
 /// Builds `cocoon` (once per test process) with the profile this test was built with and
 /// returns its path. Cargo releases its lock before running tests, so this nests safely.
 pub fn cocoon_bin() -> Result<PathBuf> {
@@ -158,11 +160,21 @@ impl LoopbackNet {
     }
 
     fn command(&self, flags: &[&str], prompt: &str, accept_dev: bool) -> Result<Command> {
+        static CLIENTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let mut cmd = Command::new(cocoon_bin()?);
         cmd.arg("infer")
             .arg("--bootstrap")
             .arg(self.bootstrap_addr())
             .args(flags);
+        if !flags.contains(&"--data-dir") {
+            // A client of its own per command (identity, payment journal): parallel tests
+            // do not queue for one journal.
+            let n = CLIENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            cmd.env(
+                "COCOON_CLIENT_DATA_DIR",
+                self.dir.path().join(format!("client-{n}")),
+            );
+        }
         if accept_dev {
             cmd.arg("--insecure-dev-attestation");
         }

@@ -2,12 +2,7 @@
 //! the workspace test command: installs the pinned npm packages from the lockfile when they
 //! are missing, then runs `npm test`, which also prints the gas and fee table.
 
-use std::path::PathBuf;
 use std::process::Command;
-
-fn contract_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../ledger/contract")
-}
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd
@@ -24,18 +19,7 @@ fn run(cmd: &mut Command) -> String {
 
 #[test]
 fn contracts_pass_their_tests_in_the_tvm_emulator() {
-    let dir = contract_dir();
-    let installed = dir.join("node_modules/.package-lock.json");
-    let lock = dir.join("package-lock.json");
-    let stale = match (std::fs::metadata(&installed), std::fs::metadata(&lock)) {
-        (Ok(i), Ok(l)) => i.modified().unwrap() < l.modified().unwrap(),
-        _ => true,
-    };
-    if stale {
-        run(Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir));
-    }
+    let dir = cocoon_tests::contract::contract_dir_ready();
     let out = run(Command::new("npm").arg("test").current_dir(&dir));
     println!("{out}");
     assert!(out.contains("| operation |"), "no gas table in:\n{out}");

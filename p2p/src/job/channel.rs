@@ -66,8 +66,15 @@ pub enum JobError {
 /// What a client receives while a job runs.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ClientEvent {
-    /// More text.
-    Token(String),
+    /// A paid job's quote (once, before any text).
+    Quote(JobQuote),
+    /// More text, accounting for `tokens` completion tokens.
+    Token {
+        /// The text.
+        text: String,
+        /// Completion tokens billed with it.
+        tokens: u32,
+    },
     /// The job finished.
     Done(JobDone),
 }
@@ -79,6 +86,7 @@ pub struct JobChannel<T> {
     config: JobConfig,
     job: Option<JobId>,
     next_index: u32,
+    quoted: bool,
 }
 
 impl<T: FrameTransport> JobChannel<T> {
@@ -89,6 +97,7 @@ impl<T: FrameTransport> JobChannel<T> {
             config,
             job: None,
             next_index: 0,
+            quoted: false,
         }
     }
 
@@ -123,6 +132,7 @@ impl<T: FrameTransport> JobChannel<T> {
     pub async fn send_request(&mut self, request: JobRequest) -> Result<(), JobError> {
         self.job = Some(request.id);
         self.next_index = 0;
+        self.quoted = false;
         self.send(&Message::Request(request)).await
     }
 
@@ -143,6 +153,13 @@ impl<T: FrameTransport> JobChannel<T> {
             )));
         }
         match message {
+            Message::Quote(quote) if self.next_index == 0 && !self.quoted => {
+                self.quoted = true;
+                Ok(ClientEvent::Quote(quote))
+            }
+            Message::Quote(_) => Err(JobError::Protocol(
+                "a quote after the first token or a second quote".into(),
+            )),
             Message::Token(chunk) => {
                 if chunk.index != self.next_index {
                     return Err(JobError::Protocol(format!(
@@ -151,11 +168,31 @@ impl<T: FrameTransport> JobChannel<T> {
                     )));
                 }
                 self.next_index += 1;
-                Ok(ClientEvent::Token(chunk.text))
+                Ok(ClientEvent::Token {
+                    text: chunk.text,
+                    tokens: chunk.tokens,
+                })
             }
             Message::Done(done) => Ok(ClientEvent::Done(done)),
             Message::Error(failure) => Err(JobError::Remote(failure)),
-            Message::Request(_) => Err(JobError::Protocol("worker sent a request".into())),
+            Message::Request(_) | Message::Voucher(_) => {
+                Err(JobError::Protocol("worker sent a client's message".into()))
+            }
+        }
+    }
+
+    /// Worker: the next voucher of the current job, waiting at most `within`. `Ok(None)` when
+    /// the client closed its side. Cancel-safe (see [`FrameTransport::recv_frame`]), so it can
+    /// race the token stream in a `select!`.
+    pub async fn recv_voucher(&mut self, within: Duration) -> Result<Option<Payment>, JobError> {
+        let id = self.job.unwrap_or_default();
+        match self.recv("voucher", within).await? {
+            None => Ok(None),
+            Some(Message::Voucher(p)) if p.id == id => Ok(Some(p)),
+            Some(Message::Error(failure)) => Err(JobError::Remote(failure)),
+            Some(other) => Err(JobError::Protocol(format!(
+                "expected a voucher for job {id}, got {other:?}"
+            ))),
         }
     }
 
@@ -194,13 +231,18 @@ impl<T: FrameTransport> JobChannel<T> {
         Err(err)
     }
 
-    /// Worker: sends the next chunk of text of the current job.
-    pub async fn send_token(&mut self, text: String) -> Result<(), JobError> {
+    /// Worker: sends the next chunk of text of the current job, billed as `tokens`.
+    pub async fn send_token(&mut self, text: String, tokens: u32) -> Result<(), JobError> {
         let id = self.job.unwrap_or_default();
         let index = self.next_index;
         self.next_index += 1;
-        self.send(&Message::Token(TokenChunk { id, index, text }))
-            .await
+        self.send(&Message::Token(TokenChunk {
+            id,
+            index,
+            text,
+            tokens,
+        }))
+        .await
     }
 
     /// The transport underneath.
@@ -222,6 +264,7 @@ mod tests {
             input: JobInput::Prompt("hi".into()),
             sampling: Sampling::default(),
             continuation: None,
+            payment: None,
         }
     }
 
@@ -244,8 +287,8 @@ mod tests {
         client.send_request(request(9)).await.unwrap();
         let req = worker.recv_request().await.unwrap();
         assert_eq!(req, request(9));
-        worker.send_token("Hel".into()).await.unwrap();
-        worker.send_token("lo".into()).await.unwrap();
+        worker.send_token("Hel".into(), 1).await.unwrap();
+        worker.send_token("lo".into(), 1).await.unwrap();
         let done = JobDone {
             id: 9,
             usage: Usage {
@@ -258,11 +301,17 @@ mod tests {
         worker.send(&Message::Done(done.clone())).await.unwrap();
         assert_eq!(
             client.next_event().await.unwrap(),
-            ClientEvent::Token("Hel".into())
+            ClientEvent::Token {
+                text: "Hel".into(),
+                tokens: 1
+            }
         );
         assert_eq!(
             client.next_event().await.unwrap(),
-            ClientEvent::Token("lo".into())
+            ClientEvent::Token {
+                text: "lo".into(),
+                tokens: 1
+            }
         );
         assert_eq!(client.next_event().await.unwrap(), ClientEvent::Done(done));
     }
@@ -272,11 +321,14 @@ mod tests {
         let (mut client, mut worker) = pair(JobConfig::default());
         client.send_request(request(1)).await.unwrap();
         worker.recv_request().await.unwrap();
-        worker.send_token("a".into()).await.unwrap();
+        worker.send_token("a".into(), 1).await.unwrap();
         drop(worker);
         assert_eq!(
             client.next_event().await.unwrap(),
-            ClientEvent::Token("a".into())
+            ClientEvent::Token {
+                text: "a".into(),
+                tokens: 1
+            }
         );
         assert!(matches!(client.next_event().await, Err(JobError::Closed)));
     }
@@ -305,6 +357,7 @@ mod tests {
                 id: 1,
                 index: 1,
                 text: "x".into(),
+                tokens: 1,
             }))
             .await
             .unwrap();
@@ -321,6 +374,7 @@ mod tests {
                 id: 2,
                 index: 0,
                 text: "x".into(),
+                tokens: 1,
             }))
             .await
             .unwrap();

@@ -7,7 +7,7 @@
 use super::message::Message;
 
 /// The version this build speaks; bumped on any incompatible change of [`Message`].
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Upper bound on any allocation the decoder makes: one frame.
 const DECODE_LIMIT: usize = crate::frame::DEFAULT_MAX_FRAME;
@@ -95,27 +95,93 @@ mod tests {
             Just(ErrorCode::BadRequest),
             Just(ErrorCode::UnsupportedVersion),
             Just(ErrorCode::Timeout),
-            Just(ErrorCode::Internal)
+            Just(ErrorCode::Internal),
+            Just(ErrorCode::PaymentRequired),
+            Just(ErrorCode::PriceTooHigh)
         ];
+        let price = (any::<u64>(), any::<u64>()).prop_map(|(p, c)| JobPrice {
+            prompt_per_mtok: p,
+            completion_per_mtok: c,
+        });
+        let terms = (
+            any::<[u8; 32]>(),
+            any::<u64>(),
+            any::<[u8; 32]>(),
+            any::<(u32, u32, u64)>(),
+            price.clone(),
+        )
+            .prop_map(|(channel, channel_id, key, (cp, wt, deposit), max_price)| {
+                PaymentTerms {
+                    channel,
+                    channel_id,
+                    client_key: key,
+                    client_address: channel,
+                    challenge_period: cp,
+                    worker_timeout: wt,
+                    deposit,
+                    max_price,
+                }
+            });
         prop_oneof![
             (
                 any::<u64>(),
                 "[a-z0-9_.-]{1,30}",
                 input,
                 sampling,
-                proptest::option::of(".{0,20}")
+                proptest::option::of(".{0,20}"),
+                proptest::option::of(terms.prop_map(Box::new)),
             )
-                .prop_map(|(id, model, input, sampling, continuation)| {
+                .prop_map(|(id, model, input, sampling, continuation, payment)| {
                     Message::Request(JobRequest {
                         id,
                         model,
                         input,
                         sampling,
                         continuation,
+                        payment,
                     })
                 }),
-            (any::<u64>(), any::<u32>(), ".{0,20}")
-                .prop_map(|(id, index, text)| Message::Token(TokenChunk { id, index, text })),
+            (any::<u64>(), any::<u32>(), ".{0,20}", any::<u32>()).prop_map(
+                |(id, index, text, tokens)| Message::Token(TokenChunk {
+                    id,
+                    index,
+                    text,
+                    tokens
+                })
+            ),
+            (
+                any::<u64>(),
+                any::<u32>(),
+                price,
+                any::<(u64, u64, u64, u64)>()
+            )
+                .prop_map(
+                    |(id, prompt_tokens, price, (paid, seq, delivered, credit))| {
+                        Message::Quote(JobQuote {
+                            id,
+                            prompt_tokens,
+                            price,
+                            channel_paid: paid,
+                            channel_seq: seq,
+                            channel_delivered: delivered,
+                            credit_limit: credit,
+                        })
+                    }
+                ),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..70)
+            )
+                .prop_map(|(id, cumulative, seq, signature)| Message::Voucher(
+                    Payment {
+                        id,
+                        cumulative,
+                        seq,
+                        signature
+                    }
+                )),
             (
                 any::<u64>(),
                 any::<u32>(),
@@ -170,6 +236,7 @@ mod tests {
             id: 1,
             index: 0,
             text: "x".into(),
+            tokens: 1,
         });
         let bytes = bincode::serde::encode_to_vec((7u16, &msg), config()).unwrap();
         assert!(matches!(
@@ -184,6 +251,7 @@ mod tests {
             id: 1,
             index: 0,
             text: "x".into(),
+            tokens: 1,
         });
         let mut bytes = encode(&msg).unwrap();
         bytes.push(0);
@@ -192,14 +260,15 @@ mod tests {
 
     #[test]
     fn huge_length_claims_do_not_allocate() {
-        // version 1, variant Token, id, index, then a string claiming 2^60 bytes.
+        // version, variant Token, id, index, then a string claiming 2^60 bytes.
         let mut bytes = encode(&Message::Token(TokenChunk {
             id: 1,
             index: 0,
             text: String::new(),
+            tokens: 0,
         }))
         .unwrap();
-        bytes.pop();
+        bytes.truncate(bytes.len() - 2); // the empty text's length and `tokens`
         bytes.extend([0xfd, 0, 0, 0, 0, 0, 0, 0, 0x10]);
         assert!(matches!(decode(&bytes), Err(CodecError::Malformed(_))));
     }

@@ -18,6 +18,11 @@ pub enum Message {
     Done(JobDone),
     /// Either side: the job failed; last message on the stream.
     Error(JobFailure),
+    /// Worker → client, on a paid job, before the first token: the prompt's size, the price
+    /// this job is billed at and the worker's view of the channel.
+    Quote(JobQuote),
+    /// Client → worker, on a paid job, any time after the quote: a signed cumulative voucher.
+    Voucher(Payment),
 }
 
 impl Message {
@@ -28,6 +33,8 @@ impl Message {
             Message::Token(m) => m.id,
             Message::Done(m) => m.id,
             Message::Error(m) => m.id,
+            Message::Quote(m) => m.id,
+            Message::Voucher(m) => m.id,
         }
     }
 }
@@ -95,6 +102,75 @@ pub struct JobRequest {
     /// continues it (as the start of the assistant's reply) instead of starting afresh, and
     /// streams only the new text; `sampling.max_tokens` counts the new tokens.
     pub continuation: Option<String>,
+    /// How the job is paid; `None` asks for a free job, which a worker with a price refuses.
+    pub payment: Option<Box<PaymentTerms>>,
+}
+
+/// Prices in nanoTON per million tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobPrice {
+    /// Per million prompt tokens.
+    pub prompt_per_mtok: u64,
+    /// Per million completion tokens.
+    pub completion_per_mtok: u64,
+}
+
+/// The payment channel a job is paid through (the TON channel contract's parameters, see
+/// `ledger/contract/README.md`) and the client's price ceiling. The worker adds its own key
+/// and payout address, recomputes the channel's address and refuses a mismatch, so a client
+/// cannot point it at a channel that pays someone else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentTerms {
+    /// The channel contract's account id (basechain address hash).
+    pub channel: [u8; 32],
+    /// The contract's `channel_id` (unique per client and worker).
+    pub channel_id: u64,
+    /// The client's ed25519 key that signs vouchers.
+    pub client_key: [u8; 32],
+    /// The client's wallet (basechain account id): open, top-up and refunds.
+    pub client_address: [u8; 32],
+    /// Seconds the worker has to answer a unilateral close.
+    pub challenge_period: u32,
+    /// Seconds after which the client may take back an unclaimed deposit.
+    pub worker_timeout: u32,
+    /// What the client says the channel holds, nanoTON; a worker with a chain reads the real
+    /// deposit instead.
+    pub deposit: u64,
+    /// The highest price the client accepts for this job.
+    pub max_price: JobPrice,
+}
+
+/// The worker's answer to a paid request, before any token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobQuote {
+    /// The job id.
+    pub id: JobId,
+    /// Tokens in the rendered prompt (billed at the prompt price).
+    pub prompt_tokens: u32,
+    /// The price this job is billed at (at most the client's ceiling).
+    pub price: JobPrice,
+    /// The best voucher the worker holds on the channel: its cumulative amount...
+    pub channel_paid: u64,
+    /// ...and its seq.
+    pub channel_seq: u64,
+    /// What the worker has delivered on the channel so far, nanoTON (jobs before this one).
+    pub channel_delivered: u64,
+    /// Unpaid value the worker streams ahead of vouchers, nanoTON: pay before half of it
+    /// is used, or the stream waits.
+    pub credit_limit: u64,
+}
+
+/// A voucher on the wire: the channel is the job's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    /// The job id.
+    pub id: JobId,
+    /// Total owed to the worker on the channel, nanoTON.
+    pub cumulative: u64,
+    /// The voucher's seq.
+    pub seq: u64,
+    /// The client's ed25519 signature over the voucher cell's hash (64 bytes).
+    pub signature: Vec<u8>,
 }
 
 /// A chunk of generated text.
@@ -106,6 +182,9 @@ pub struct TokenChunk {
     pub index: u32,
     /// Generated text (valid UTF-8, possibly several tokens).
     pub text: String,
+    /// Completion tokens this chunk accounts for (what a paid job is billed by; text held
+    /// back for a stop string is billed with the chunk that releases it).
+    pub tokens: u32,
 }
 
 /// Why generation ended.
@@ -164,6 +243,11 @@ pub enum ErrorCode {
     Timeout,
     /// The worker failed while generating.
     Internal,
+    /// The job is not paid for: no or a bad channel, the deposit or the credit ran out, or
+    /// no voucher came in time.
+    PaymentRequired,
+    /// The worker's price is above the client's ceiling.
+    PriceTooHigh,
 }
 
 /// A failed job.

@@ -1,0 +1,102 @@
+//! Paid jobs end to end with real processes: a worker with a price, clients that pay through
+//! a payment channel, and `kill -9` of the client in the middle of a stream. Afterwards the
+//! journals of both sides agree to the nanoTON: the worker holds a voucher for exactly what
+//! it delivered, and the client signed exactly that.
+
+use std::io::Read;
+use std::process::Stdio;
+
+use cocoon_ledger::journal::Journal;
+use cocoon_tests::{parse_json, LoopbackNet};
+
+/// 1 TON per million prompt tokens, 3 per million completion tokens: 1 and 3 nanoTON each.
+const PRICE: &str = "1000000,3000000";
+
+fn channel_of(json: &serde_json::Value) -> [u8; 32] {
+    let hex = json["channel"]
+        .as_str()
+        .expect("a paid job names its channel");
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    bytes.try_into().unwrap()
+}
+
+#[test]
+fn a_killed_client_loses_nothing_and_pays_nothing_twice() {
+    let mut net = LoopbackNet::start("pay", &[vec!["--price".into(), PRICE.into()]])
+        .expect("start the network");
+    let client_dir = net.dir.path().join("payer");
+    let cd = client_dir.to_str().unwrap();
+    let paid_flags = ["--data-dir", cd, "--pay-every", "4"];
+
+    // A whole job: billed at the quoted price for exactly the tokens counted.
+    let mut flags = vec!["--json", "--max-tokens", "12"];
+    flags.extend(paid_flags);
+    let first = parse_json(&net.infer(&flags, "Hello").unwrap()).unwrap();
+    let (prompt, completion) = (
+        first["prompt_tokens"].as_u64().unwrap(),
+        first["completion_tokens"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        first["paid_nanoton"].as_u64(),
+        Some(prompt + 3 * completion)
+    );
+    assert_eq!(first["price_completion_per_mtok"], 3_000_000);
+    let channel = channel_of(&first);
+
+    // kill -9 of the client in the middle of a long answer.
+    let mut flags = vec!["--max-tokens", "200"];
+    flags.extend(paid_flags);
+    let mut child = net
+        .infer_command(&flags, "Write a long story about a lighthouse keeper.")
+        .unwrap()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while seen.len() < 80 {
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "the client ended before the kill: {seen:?}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    // The next job on the same channel pays what the killed one received unpaid.
+    let mut flags = vec!["--json", "--max-tokens", "8"];
+    flags.extend(paid_flags);
+    let third = parse_json(&net.infer(&flags, "Hi").unwrap()).unwrap();
+    assert_eq!(channel_of(&third), channel, "one channel per worker");
+
+    // kill -9 of the worker, then both journals.
+    net.workers[0].kill();
+    let worker = Journal::open(&net.dir.path().join("w0/journal.redb")).unwrap();
+    let w = worker
+        .worker(&channel)
+        .unwrap()
+        .expect("the worker journalled the channel");
+    let best = w.state.best.expect("the worker holds a voucher");
+    assert_eq!(
+        best.voucher.cumulative, w.state.delivered,
+        "the worker was paid exactly what it delivered"
+    );
+    let client = Journal::open(&client_dir.join("journal.redb")).unwrap();
+    let c = client.client(&channel).unwrap().unwrap();
+    assert_eq!(
+        c.paid, best.voucher.cumulative,
+        "the client signed exactly that"
+    );
+    assert_eq!(
+        c.seq, best.voucher.seq,
+        "its last voucher reached the worker"
+    );
+    assert!(
+        c.paid > first["paid_nanoton"].as_u64().unwrap() + third["paid_nanoton"].as_u64().unwrap(),
+        "the killed job's tokens were paid too"
+    );
+}
