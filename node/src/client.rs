@@ -261,17 +261,39 @@ pub async fn infer(
             });
         }
         let mut providers = discover(network, &request.model, config.discovery_timeout).await?;
-        // No ranking without adverts: start at a different provider per job so clients
+        // Ask the providers themselves for their adverts (a client that found the network
+        // by mDNS has synced from nobody): with them we can rank and pay.
+        for peer in &providers {
+            if let Err(e) = market.sync_from(*peer, config.open_timeout).await {
+                tracing::debug!(%peer, "market sync failed: {e}");
+            }
+        }
+        let ranked = market.select(&selection, reputation, &config.weights);
+        if !ranked.is_empty() {
+            providers = ranked
+                .iter()
+                .filter_map(|c| advert_peer(&c.advert))
+                .collect();
+        }
+        // Without adverts no ranking: start at a different provider per job so clients
         // spread their load instead of all trying the lowest peer id first.
         let start = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos() as usize)
             .unwrap_or(0);
-        let len = providers.len();
-        providers.rotate_left(start % len);
+        if ranked.is_empty() {
+            let len = providers.len();
+            providers.rotate_left(start % len);
+        }
         targets = providers
             .into_iter()
-            .map(|peer| Target { peer, advert: None })
+            .map(|peer| Target {
+                peer,
+                advert: ranked
+                    .iter()
+                    .find(|c| advert_peer(&c.advert) == Some(peer))
+                    .map(|c| c.advert.clone()),
+            })
             .collect();
         "dht"
     } else {

@@ -253,10 +253,13 @@ fn mdns_finds_a_worker_on_the_lan_without_bootstrap() {
     let out = std::process::Command::new(&bin)
         .args(["infer", "--mdns", "--insecure-dev-attestation", "--json"])
         .args(["--max-tokens", "12", PROMPT])
+        .env("COCOON_CLIENT_DATA_DIR", dir.path().join("client"))
         .output()
         .unwrap();
     let json = parse_json(&out).unwrap();
     assert_eq!(json["worker_peer"], worker.peer_id.as_str());
+    // Found without a bootstrap peer, its advert fetched from itself: paid like any other.
+    assert!(json["paid_nanoton"].as_u64().unwrap() > 0, "{json}");
 }
 
 #[test]
@@ -394,6 +397,9 @@ fn the_market_lists_workers_and_max_price_picks_the_cheap_one() {
     assert_eq!(json["worker_peer"], cheap.as_str());
     assert_eq!(json["price_completion_per_mtok"], 3000);
     assert!(json["cost_nanoton"].as_u64().is_some());
+    // Paid through a payment channel with that worker, at least one nanoTON (rounded up).
+    assert!(json["paid_nanoton"].as_u64().unwrap() >= 1, "{json}");
+    assert_eq!(json["channel"].as_str().map(str::len), Some(64), "{json}");
     // A price cap above only the cheap worker's price still gets it; below both, a clear error.
     let out = net
         .infer(

@@ -138,7 +138,6 @@ impl LocalChain {
             cmd.args(["--now", &now.to_string()]);
         }
         let mut child = cmd
-            .current_dir(dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -302,5 +301,40 @@ impl Chain for LocalChain {
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<TxInfo>, ChainError>> {
         self.http.transactions(address, limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn startup_failures_say_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LocalChainConfig::new(dir.path());
+        let err = LocalChain::start(config.clone()).await.err().unwrap();
+        assert!(err.to_string().contains("run `npm ci` in"), "{err}");
+
+        std::fs::create_dir(dir.path().join("node_modules")).unwrap();
+        let missing = LocalChainConfig {
+            node: dir.path().join("no-such-node"),
+            ..config.clone()
+        };
+        let err = LocalChain::start(missing).await.err().unwrap();
+        assert!(matches!(err, LocalChainError::Node { .. }), "{err}");
+
+        // A "node" that exits at once without the ready line.
+        let quits = LocalChainConfig {
+            node: "true".into(),
+            ..config
+        };
+        let err = LocalChain::start(quits).await.err().unwrap();
+        assert!(matches!(err, LocalChainError::Startup(_)), "{err}");
+    }
+
+    #[test]
+    fn the_contract_dir_is_found_from_the_source_tree() {
+        let dir = LocalChain::locate_contract_dir().unwrap();
+        assert!(dir.join("localchain.mjs").is_file());
     }
 }
