@@ -100,3 +100,104 @@ fn a_killed_client_loses_nothing_and_pays_nothing_twice() {
         "the killed job's tokens were paid too"
     );
 }
+
+#[test]
+fn a_killed_worker_keeps_every_voucher_it_acknowledged() {
+    let mut net = LoopbackNet::start("pay-w", &[vec!["--price".into(), PRICE.into()]])
+        .expect("start the network");
+    let client_dir = net.dir.path().join("payer");
+    let cd = client_dir.to_str().unwrap();
+
+    // kill -9 of the worker in the middle of a long, paid answer.
+    let mut child = net
+        .infer_command(
+            &["--max-tokens", "200", "--data-dir", cd, "--pay-every", "4"],
+            "Write a long story about a lighthouse keeper.",
+        )
+        .unwrap()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while seen.len() < 80 {
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "the client ended before the kill: {seen:?}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    net.workers[0].kill(); // SIGKILL
+    assert!(!child.wait().unwrap().success(), "the only worker died");
+
+    // What the dead worker journalled: every voucher it acted on.
+    let journal_path = net.dir.path().join("w0/journal.redb");
+    let (channel, before) = {
+        let j = Journal::open(&journal_path).unwrap();
+        let mut channels = j.worker_channels().unwrap();
+        assert_eq!(channels.len(), 1);
+        channels.pop().unwrap()
+    };
+    let client = || Journal::open(&client_dir.join("journal.redb")).unwrap();
+    let signed = client().client(&channel).unwrap().unwrap();
+    let held = before.state.best.unwrap().voucher;
+    assert!(held.cumulative > 0 && held.cumulative <= signed.paid);
+
+    // The same worker again (same identity, same journal), and one more job.
+    let model = cocoon_tests::model_path().unwrap().display().to_string();
+    let args: Vec<String> = [
+        "--no-mdns",
+        "--bootstrap",
+        &net.bootstrap_addr(),
+        "--model",
+        &model,
+        "--attestation",
+        "dev-insecure",
+        "--price",
+        PRICE,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    net.workers[0] =
+        cocoon_tests::spawn_node(net.dir.path(), "w0", "/ip4/127.0.0.1/udp/0/quic-v1", &args)
+            .unwrap();
+    let next = parse_json(
+        &net.infer(
+            &[
+                "--json",
+                "--max-tokens",
+                "8",
+                "--data-dir",
+                cd,
+                "--pay-every",
+                "4",
+            ],
+            "Hi",
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        channel_of(&next),
+        channel,
+        "the same channel after the restart"
+    );
+    net.workers[0].kill();
+    let after = Journal::open(&journal_path)
+        .unwrap()
+        .worker(&channel)
+        .unwrap()
+        .unwrap();
+    let best = after.state.best.unwrap().voucher;
+    let c = client().client(&channel).unwrap().unwrap();
+    // Settled = everything the client received, in both jobs, to the nanoTON: the voucher
+    // the worker missed while dead was superseded by the next job's.
+    assert_eq!(best.cumulative, c.paid);
+    assert_eq!(best.seq, c.seq);
+    assert_eq!(
+        c.paid,
+        signed.paid + next["paid_nanoton"].as_u64().unwrap(),
+        "the restarted worker was paid for the killed job's tokens and the new job's, nothing twice"
+    );
+}
