@@ -6,8 +6,9 @@
 //! - [`voucher`]: cumulative vouchers and cooperative-close statements, signed with ed25519;
 //! - [`channel`]: the sans-IO channel core of both sides: the client pays as tokens stream,
 //!   the worker accepts only growing vouchers within the deposit and stops serving when the
-//!   unpaid amount passes its credit limit.
-//!
+//!   unpaid amount passes its credit limit;
+//! - [`settle`]: when a worker goes on chain (threshold, idle, shutdown, deadline) and the
+//!   job receipts it anchors in batches;
 //! - [`journal`]: the durable journal (redb) both sides write before they act.
 //! - [`ton`]: the chain side: contract messages and addresses, a wallet v4r2, the toncenter
 //!   client and a local TVM-emulator chain for tests.
@@ -19,5 +20,6 @@
 pub mod cell;
 pub mod channel;
 pub mod journal;
+pub mod settle;
 pub mod ton;
 pub mod voucher;

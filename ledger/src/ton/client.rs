@@ -15,7 +15,7 @@ use tokio::sync::Mutex;
 use tonlib_core::cell::Cell;
 use tonlib_core::TonAddress;
 
-use super::chain::{AccountStatus, Chain, ChainError, StackEntry, StackReader};
+use super::chain::{AccountState, AccountStatus, Chain, ChainError, StackEntry, StackReader};
 use super::contract::{
     anchor_body, exit, AnchorEntry, ChannelMsg, ChannelParams, ChannelState, Contract,
     ANCHOR_MIN_VALUE, CLOSE_VALUE, DEPOSIT_RESERVE,
@@ -93,34 +93,29 @@ impl WalletClient {
 
     /// The wallet's seqno; 0 while it is not deployed.
     pub async fn seqno(&self) -> Result<u32, ChainError> {
-        let deployed = self.chain.account(self.address()).await?.status == AccountStatus::Active;
-        if deployed {
-            self.deployed_seqno().await
-        } else {
-            Ok(0)
-        }
+        Ok(self.state().await?.1)
     }
 
-    async fn deployed_seqno(&self) -> Result<u32, ChainError> {
+    /// The wallet's account and seqno.
+    async fn state(&self) -> Result<(AccountState, u32), ChainError> {
+        let account = self.chain.account(self.address()).await?;
+        if account.status != AccountStatus::Active {
+            return Ok((account, 0));
+        }
         let stack = self
             .chain
             .run_get_method(self.address(), "seqno", vec![])
             .await?
             .ok("seqno")?;
-        StackReader::new(&stack).uint("seqno")
+        Ok((account, StackReader::new(&stack).uint("seqno")?))
     }
 
     /// Sends `msgs` (at most [`MAX_MESSAGES`](super::wallet::MAX_MESSAGES)) in one external
     /// message, deploying the wallet if needed, and waits until the wallet executed it.
     pub async fn send(&self, msgs: &[OutMsg]) -> Result<SentTx, ChainError> {
         let _one_at_a_time = self.sending.lock().await;
-        let account = self.chain.account(self.address()).await?;
+        let (account, seqno) = self.state().await?;
         let deployed = account.status == AccountStatus::Active;
-        let seqno = if deployed {
-            self.deployed_seqno().await?
-        } else {
-            0
-        };
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
