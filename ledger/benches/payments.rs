@@ -74,6 +74,7 @@ fn main() {
                         deposit: u64::MAX / 2,
                         client_key: key.verifying_key().to_bytes(),
                         state: worker.state(),
+                        last_activity: 0,
                     },
                 )
                 .unwrap()

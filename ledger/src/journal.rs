@@ -71,6 +71,9 @@ pub struct WorkerRecord {
     pub client_key: [u8; 32],
     /// Best voucher and delivered value.
     pub state: WorkerState,
+    /// When the channel last carried a job (unix seconds; 0 = unknown).
+    #[serde(default)]
+    pub last_activity: u64,
 }
 
 /// Journal failures.
@@ -280,6 +283,7 @@ mod tests {
                     deposit: 1_000,
                     client_key: key().verifying_key().to_bytes(),
                     state: worker.state(),
+                    last_activity: 0,
                 },
             )
             .unwrap();

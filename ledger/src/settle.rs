@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 /// When to settle.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SettlePolicy {
     /// Settle once this much is unsettled, nanoTON. Default: 0.5 TON.
     pub threshold: u64,

@@ -36,6 +36,10 @@ use serde::Serialize;
 use crate::market::{advert_peer, MarketService};
 use crate::payments::{self, ClientLedger};
 
+/// How long a paying client waits, after its final voucher, for the worker to end the
+/// stream (the worker's acknowledgement that it holds the voucher).
+pub const FINAL_ACK_WAIT: Duration = Duration::from_secs(5);
+
 /// Client settings.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -444,7 +448,8 @@ async fn paying(target: &Target, config: &ClientConfig) -> Result<Option<Paying>
         return Ok(None);
     };
     let channel = ledger
-        .channel_with(advert.public_key, payout)
+        .channel_for(advert.public_key, payout)
+        .await
         .map_err(Failure::before_start)?;
     let guard = ledger.lock_channel(channel.channel).await;
     // Read again under the lock: another job may have paid meanwhile.
@@ -596,6 +601,11 @@ async fn run_on(
         None => (0, None),
     };
     let _ = channel.close().await;
+    if paying.is_some() {
+        // Wait for the worker to end the stream: it does so once it holds the final voucher,
+        // which could otherwise be lost in our send buffer when the process exits.
+        let _ = tokio::time::timeout(FINAL_ACK_WAIT, channel.next_event()).await;
+    }
     let done = match result {
         Ok(done) => done,
         Err((error, busy)) => {

@@ -60,6 +60,14 @@ pub struct FileConfig {
     /// Unpaid value a worker streams ahead of the client's vouchers, nanoTON. Default:
     /// 1,000,000 (0.001 TON).
     pub credit_limit: Option<u64>,
+    /// TON HTTP API endpoint (toncenter v2 style, or a local chain's URL) for channel
+    /// deposits and settlement. Default: none (payments stay off-chain).
+    pub chain: Option<String>,
+    /// API key sent to the chain endpoint (`X-API-Key`). Default: none.
+    pub chain_api_key: Option<String>,
+    /// When a worker settles on chain, e.g. `[settle] threshold = 500000000`, `idle_secs`,
+    /// `min_amount`, `deadline_margin_secs`. Default: see `SettlePolicy`.
+    pub settle: Option<cocoon_ledger::settle::SettlePolicy>,
 }
 
 /// A configuration that cannot be used.
@@ -115,6 +123,10 @@ pub struct NodeConfig {
     pub price: PricePolicy,
     /// Payment settings (the worker's credit limit).
     pub payments: crate::payments::PaymentConfig,
+    /// The chain endpoint and its API key; `None` keeps payments off-chain.
+    pub chain: Option<(String, Option<String>)>,
+    /// When to settle on chain.
+    pub settle: cocoon_ledger::settle::SettlePolicy,
 }
 
 /// `$COCOON_HOME/node` when `COCOON_HOME` is set, else `<user data dir>/cocoon`.
@@ -167,6 +179,10 @@ pub struct Overrides {
     pub attestation: Option<String>,
     /// `--price PROMPT,COMPLETION`: a fixed price, nanoTON per million tokens.
     pub fixed_price: Option<(u64, u64)>,
+    /// `--chain URL`.
+    pub chain: Option<String>,
+    /// `--chain-api-key`.
+    pub chain_api_key: Option<String>,
 }
 
 impl NodeConfig {
@@ -237,6 +253,11 @@ impl NodeConfig {
         }
         Ok(NodeConfig {
             payments,
+            chain: flags
+                .chain
+                .or(file.chain)
+                .map(|url| (url, flags.chain_api_key.or(file.chain_api_key))),
+            settle: file.settle.unwrap_or_default(),
             data_dir: flags
                 .data_dir
                 .or(file.data_dir)

@@ -28,6 +28,11 @@ pub const SERVING_LINE: &str = "serving: ";
 pub const ATTESTATION_LINE: &str = "attestation: ";
 /// Stdout line prefix giving a worker's payout wallet (`0:<hex>`).
 pub const PAYOUT_LINE: &str = "payout: ";
+/// Stdout line prefix for an on-chain settlement action (`worker_close|challenge|finalize
+/// CHANNEL AMOUNT`).
+pub const SETTLED_LINE: &str = "settled: ";
+/// How often a worker with a chain checks whether a channel is due for settlement.
+pub const SETTLE_EVERY: Duration = Duration::from_secs(30);
 /// Stdout line printed once the node is up (and its models announced).
 pub const READY_LINE: &str = "ready";
 
@@ -127,6 +132,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         }
     }
 
+    let mut settler = None;
     let serve = if engines.is_empty() {
         None
     } else {
@@ -167,7 +173,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             // The channel's worker key is the node's identity key; payouts go to the
             // wallet of the same key.
             let wallet = crate::payments::wallet(key)?;
-            let ledger = tokio::task::block_in_place(|| {
+            let mut ledger = tokio::task::block_in_place(|| {
                 crate::payments::WorkerLedger::open(
                     &config.data_dir.join(crate::payments::JOURNAL_FILE),
                     key.verifying_key().to_bytes(),
@@ -175,10 +181,21 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                     config.payments.credit_limit,
                 )
             })?;
+            if let Some((url, api_key)) = &config.chain {
+                ledger = ledger.with_chain(crate::settlement::connect(url, api_key.clone(), key)?);
+            }
             println!("{PAYOUT_LINE}0:{}", hex::encode(wallet));
             payout = Some(wallet);
-            worker =
-                worker.with_payments(std::sync::Arc::new(ledger), config.payments.voucher_timeout);
+            let ledger = std::sync::Arc::new(ledger);
+            if config.chain.is_some() {
+                settler = Some(ledger.clone());
+                tokio::spawn(crate::settlement::run(
+                    ledger.clone(),
+                    config.settle.clone(),
+                    SETTLE_EVERY,
+                ));
+            }
+            worker = worker.with_payments(ledger, config.payments.voucher_timeout);
         }
         if let Ok(core) = cocoon_gossip::PriceCore::new(config.price.clone()) {
             worker.set_price(crate::payments::job_price(core.price()));
@@ -211,6 +228,17 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     shutdown.await;
     tracing::info!("shutting down");
     network.shutdown().await;
+    if let Some(ledger) = settler {
+        // No more jobs: settle what is worth settling.
+        match crate::settlement::settle_all(&ledger, &config.settle, true, false).await {
+            Ok(done) => {
+                for s in done {
+                    println!("{SETTLED_LINE}{} {} {}", s.action, s.channel, s.amount);
+                }
+            }
+            Err(e) => tracing::error!("settlement on shutdown failed: {e}"),
+        }
+    }
     if let Some(task) = serve {
         task.abort();
     }

@@ -8,6 +8,7 @@
 //! - [`advertiser`]: a worker's signed advert and its price policy;
 //! - [`client`]: the light client that ranks workers, runs a job, pays, fails over;
 //! - [`payments`]: payment channels on both sides of a job, journalled;
+//! - [`settlement`]: a worker's channels settled on TON;
 //! - [`demo`]: the whole network on loopback;
 //! - [`launch`]: starting `cocoon node` processes (demo, tests, benchmarks);
 //! - [`models`]: known models and `cocoon model fetch`;
@@ -24,4 +25,5 @@ pub mod launch;
 pub mod market;
 pub mod models;
 pub mod payments;
+pub mod settlement;
 pub mod worker;

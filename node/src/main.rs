@@ -160,6 +160,20 @@ struct NodeArgs {
     /// per million completion tokens, e.g. `--price 1000,3000`.
     #[arg(long, env = "COCOON_PRICE", value_parser = parse_price)]
     price: Option<(u64, u64)>,
+    #[command(flatten)]
+    chain: ChainArgs,
+}
+
+/// Where payments go on chain.
+#[derive(Debug, Args)]
+struct ChainArgs {
+    /// TON HTTP API endpoint (toncenter v2 style, e.g. a testnet or mainnet toncenter URL,
+    /// or a local chain's `http://127.0.0.1:PORT`); without it payments stay off-chain.
+    #[arg(long = "chain", env = "COCOON_CHAIN")]
+    url: Option<String>,
+    /// API key for the endpoint.
+    #[arg(long = "chain-api-key", env = "COCOON_CHAIN_API_KEY")]
+    api_key: Option<String>,
 }
 
 fn parse_price(s: &str) -> Result<(u64, u64), String> {
@@ -237,6 +251,8 @@ struct InferArgs {
     /// Deposit of a new payment channel, nanoTON.
     #[arg(long, default_value_t = 1_000_000_000)]
     deposit: u64,
+    #[command(flatten)]
+    chain: ChainArgs,
     /// Seconds to search the DHT for a worker.
     #[arg(long, default_value_t = 20)]
     discovery_timeout: u64,
@@ -336,6 +352,8 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
             keep_quantized: args.keep_quantized.then_some(true),
             attestation: args.attestation,
             fixed_price: args.price,
+            chain: args.chain.url,
+            chain_api_key: args.chain.api_key,
         },
     )?;
     daemon::run(config, daemon::shutdown_signal()).await?;
@@ -371,6 +389,14 @@ async fn infer(args: InferArgs) -> anyhow::Result<()> {
             },
         )
     })?;
+    let ledger = match &args.chain.url {
+        Some(url) => ledger.with_chain(cocoon_node::settlement::connect(
+            url,
+            args.chain.api_key.clone(),
+            &key,
+        )?),
+        None => ledger,
+    };
     let bootstrap = config::parse_addrs("bootstrap", &args.bootstrap)?;
     let (network, market) = join_as_client(keypair, bootstrap, args.mdns).await?;
     let input = if args.raw {

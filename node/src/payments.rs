@@ -25,7 +25,8 @@ use std::time::Duration;
 use cocoon_gossip::Price;
 use cocoon_ledger::channel::{ClientChannel, CreditExceeded, Meter, WorkerChannel};
 use cocoon_ledger::journal::{ChannelTerms, ClientRecord, Journal, JournalError, WorkerRecord};
-use cocoon_ledger::ton::contract::ChannelParams;
+use cocoon_ledger::ton::client::ChannelClient;
+use cocoon_ledger::ton::contract::{ChannelParams, ChannelStatus};
 use cocoon_ledger::voucher::{SignedVoucher, Voucher};
 use cocoon_p2p::job::{JobPrice, JobQuote, Payment, PaymentTerms};
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -90,7 +91,16 @@ pub enum PaymentError {
     /// The channel's terms cannot be turned into a contract address.
     #[error("channel parameters: {0}")]
     Terms(String),
+    /// The chain could not be read or written.
+    #[error("chain: {0}")]
+    Chain(String),
+    /// The channel is not open on chain.
+    #[error("the channel is not open on chain ({0})")]
+    NotOpen(String),
 }
+
+/// How long a worker trusts a deposit it read on chain before reading it again.
+pub const DEPOSIT_TTL: Duration = Duration::from_secs(30);
 
 /// The journal's file name in a node's data dir.
 pub const JOURNAL_FILE: &str = "journal.redb";
@@ -161,6 +171,9 @@ pub fn meter(quote: &JobQuote, signed: u64, every: u32) -> Meter {
     .with_credit(quote.credit_limit)
 }
 
+/// How long a client waits for a channel it opened to show as open on chain.
+pub const OPEN_WAIT: Duration = Duration::from_secs(90);
+
 /// How long to wait for a journal another process has open (another `cocoon infer` on the
 /// same data dir) before giving up.
 pub const JOURNAL_WAIT: Duration = Duration::from_secs(60);
@@ -197,6 +210,8 @@ pub struct WorkerLedger {
     credit_limit: u64,
     channels: Mutex<HashMap<[u8; 32], (ChannelTerms, WorkerChannel)>>,
     slots: Mutex<HashMap<[u8; 32], Arc<Slot>>>,
+    chain: Option<Arc<ChannelClient>>,
+    deposits: Mutex<HashMap<[u8; 32], (u64, std::time::Instant)>>,
 }
 
 /// Who is running a job on a channel. A client runs one job at a time per channel, so a new
@@ -251,7 +266,58 @@ impl WorkerLedger {
             credit_limit,
             channels: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
+            chain: None,
+            deposits: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Reads deposits from `chain` instead of trusting the client's word.
+    pub fn with_chain(mut self, chain: Arc<ChannelClient>) -> Self {
+        self.chain = Some(chain);
+        self
+    }
+
+    /// Drops the cached deposit of `channel` (its state changed on chain).
+    pub fn forget_deposit(&self, channel: &[u8; 32]) {
+        self.deposits.lock().expect("ledger lock").remove(channel);
+    }
+
+    /// The chain, when the worker settles on one.
+    pub fn chain(&self) -> Option<&Arc<ChannelClient>> {
+        self.chain.as_ref()
+    }
+
+    /// The deposit to check a job's vouchers against: the contract's when the worker has a
+    /// chain (the channel must be open there; read at most every [`DEPOSIT_TTL`]), else the
+    /// client's claim.
+    pub async fn deposit(&self, terms: &PaymentTerms) -> Result<u64, PaymentError> {
+        let Some(chain) = &self.chain else {
+            return Ok(terms.deposit);
+        };
+        if let Some((deposit, at)) = self
+            .deposits
+            .lock()
+            .expect("ledger lock")
+            .get(&terms.channel)
+        {
+            if at.elapsed() < DEPOSIT_TTL {
+                return Ok(*deposit);
+            }
+        }
+        let state = chain
+            .channel_state(&basechain(terms.channel))
+            .await
+            .map_err(|e| PaymentError::Chain(e.to_string()))?
+            .ok_or_else(|| PaymentError::NotOpen("not deployed".into()))?;
+        if state.status != ChannelStatus::Open {
+            return Err(PaymentError::NotOpen(format!("{:?}", state.status)));
+        }
+        let deposit = u64::try_from(state.deposit).unwrap_or(u64::MAX);
+        self.deposits
+            .lock()
+            .expect("ledger lock")
+            .insert(terms.channel, (deposit, std::time::Instant::now()));
+        Ok(deposit)
     }
 
     /// Takes `channel` for `job`: a job still running on it is told to stop, and this waits
@@ -414,11 +480,11 @@ fn record(terms: &ChannelTerms, core: &WorkerChannel) -> WorkerRecord {
         deposit: core.deposit(),
         client_key: terms.client_key,
         state: core.state(),
+        last_activity: crate::attestation::unix_now(),
     }
 }
 
 /// The client's side: its channels, by worker, journalled.
-#[derive(Debug)]
 pub struct ClientLedger {
     journal: Arc<Journal>,
     key: SigningKey,
@@ -426,6 +492,17 @@ pub struct ClientLedger {
     config: PaymentConfig,
     lock: Mutex<()>,
     in_use: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
+    chain: Option<Arc<ChannelClient>>,
+}
+
+impl std::fmt::Debug for ClientLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientLedger")
+            .field("address", &hex::encode(self.address))
+            .field("config", &self.config)
+            .field("chain", &self.chain.is_some())
+            .finish()
+    }
 }
 
 /// A client's channel with one worker.
@@ -459,7 +536,68 @@ impl ClientLedger {
             config,
             lock: Mutex::new(()),
             in_use: Mutex::new(HashMap::new()),
+            chain: None,
         })
+    }
+
+    /// Opens channels on `chain` (deploy + deposit) instead of off-chain only.
+    pub fn with_chain(mut self, chain: Arc<ChannelClient>) -> Self {
+        self.chain = Some(chain);
+        self
+    }
+
+    /// The channel with a worker, ready for a job: [`Self::channel_with`], and with a chain
+    /// also opened there (the open is sent after the channel is journalled, so a crash in
+    /// between finds it again; one found closed or closing is retired for a new one).
+    pub async fn channel_for(
+        &self,
+        worker_key: [u8; 32],
+        payout: [u8; 32],
+    ) -> Result<ClientChannelInfo, PaymentError> {
+        let Some(chain) = &self.chain else {
+            return self.channel_with(worker_key, payout);
+        };
+        let chain_err =
+            |e: cocoon_ledger::ton::chain::ChainError| PaymentError::Chain(e.to_string());
+        for _ in 0..3 {
+            let info = self.channel_with(worker_key, payout)?;
+            let address = basechain(info.channel);
+            match chain.channel_state(&address).await.map_err(chain_err)? {
+                Some(s) if s.status == ChannelStatus::Open => return Ok(info),
+                None => {
+                    chain
+                        .open_channel(&channel_params(&info.terms), info.deposit as u128)
+                        .await
+                        .map_err(chain_err)?;
+                    let deadline = std::time::Instant::now() + OPEN_WAIT;
+                    while std::time::Instant::now() < deadline {
+                        if let Some(s) = chain.channel_state(&address).await.map_err(chain_err)? {
+                            if s.status == ChannelStatus::Open {
+                                return Ok(info);
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    return Err(PaymentError::NotOpen(format!(
+                        "opened but not open within {OPEN_WAIT:?}"
+                    )));
+                }
+                Some(s) => self.retire(&info.channel, &format!("{:?}", s.status))?,
+            }
+        }
+        Err(PaymentError::NotOpen("no usable channel".into()))
+    }
+
+    /// Marks a channel spent (closing or closed on chain): no more jobs go through it.
+    fn retire(&self, channel: &[u8; 32], why: &str) -> Result<(), PaymentError> {
+        tracing::info!(channel = %hex::encode(channel), "channel retired: {why}");
+        let _guard = self.lock.lock().expect("ledger lock");
+        if let Some(mut r) = self.journal.client(channel)? {
+            // A channel whose promises equal its deposit is never picked again.
+            r.deposit = r.paid;
+            self.journal.record_client(channel, &r)?;
+        }
+        Ok(())
     }
 
     /// Waits until no other job of this process pays through `channel`: one job at a time

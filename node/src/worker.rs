@@ -331,9 +331,9 @@ impl Worker {
                 "this worker has no payment journal".into(),
             ));
         };
-        ledger
-            .admit(terms, terms.deposit)
-            .map_err(|e| (ErrorCode::PaymentRequired, e.to_string()))?;
+        let refuse = |e: crate::payments::PaymentError| (ErrorCode::PaymentRequired, e.to_string());
+        let deposit = ledger.deposit(terms).await.map_err(refuse)?;
+        ledger.admit(terms, deposit).map_err(refuse)?;
         let claim = ledger
             .claim(terms.channel, request.id, self.voucher_timeout)
             .await;

@@ -1,0 +1,156 @@
+//! A worker on chain: it settles its channels with the best vouchers it holds.
+//!
+//! The decision is the ledger's sans-IO [`SettlePolicy`] (threshold, idle, shutdown, the
+//! contract's deadline); this module reads the channels' on-chain state and sends the
+//! messages: `worker_close` with the best voucher when a channel is due, `challenge` when a
+//! channel is closing with an older voucher than ours (the client closed, or posted a stale
+//! voucher), and `finalize` once the challenge window is over, which pays the payout wallet.
+//! A daemon runs [`run`] every `check_every` and [`settle_all`] once more on shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cocoon_ledger::settle::{ChannelFacts, Reason, SettlePolicy};
+use cocoon_ledger::ton::chain::Chain;
+use cocoon_ledger::ton::client::{ChannelClient, WalletClient, WalletConfig};
+use cocoon_ledger::ton::contract::ChannelStatus;
+use cocoon_ledger::ton::http::{HttpChain, HttpChainConfig};
+use cocoon_ledger::ton::wallet::Wallet;
+use ed25519_dalek::SigningKey;
+use serde::Serialize;
+
+use crate::payments::{basechain, PaymentError, WorkerLedger};
+
+/// A TON HTTP API endpoint (toncenter v2 style, or the local chain's) with the node's
+/// wallet (v4r2 of `key`) on it.
+pub fn connect(
+    url: &str,
+    api_key: Option<String>,
+    key: &SigningKey,
+) -> Result<Arc<ChannelClient>, PaymentError> {
+    let mut http = HttpChainConfig::new(url);
+    http.api_key = api_key;
+    let chain: Arc<dyn Chain> =
+        Arc::new(HttpChain::new(http).map_err(|e| PaymentError::Chain(e.to_string()))?);
+    let wallet =
+        Wallet::from_seed(&key.to_bytes()).map_err(|e| PaymentError::Chain(e.to_string()))?;
+    let local = url.contains("://127.0.0.1") || url.contains("://localhost");
+    let config = if local {
+        WalletConfig::local()
+    } else {
+        WalletConfig::default()
+    };
+    Ok(Arc::new(ChannelClient::new(WalletClient::new(
+        wallet, chain, config,
+    ))))
+}
+
+/// What a settlement pass did to one channel.
+#[derive(Clone, Debug, Serialize)]
+pub struct Settled {
+    /// The channel (hex account id).
+    pub channel: String,
+    /// `worker_close`, `challenge` or `finalize`.
+    pub action: &'static str,
+    /// Why (for a close).
+    pub reason: Option<Reason>,
+    /// The voucher amount it settles, nanoTON.
+    pub amount: u64,
+}
+
+/// One pass over every channel in the worker's journal: closes those due, challenges stale
+/// closes, finalizes those past their window. `shutdown` settles every balance worth its
+/// fees; `manual` every non-zero one. Errors on one channel are logged and the pass goes on.
+pub async fn settle_all(
+    ledger: &WorkerLedger,
+    policy: &SettlePolicy,
+    shutdown: bool,
+    manual: bool,
+) -> Result<Vec<Settled>, PaymentError> {
+    let Some(chain) = ledger.chain() else {
+        return Ok(Vec::new());
+    };
+    let channels = ledger.journal().worker_channels()?;
+    let mut done = Vec::new();
+    for (channel, record) in channels {
+        let Some(best) = record.state.best else {
+            continue;
+        };
+        let address = basechain(channel);
+        let state = match chain.channel_state(&address).await {
+            Ok(Some(s)) => s,
+            Ok(None) => continue, // an off-chain channel
+            Err(e) => {
+                tracing::warn!(channel = %hex::encode(channel), "cannot read the channel: {e}");
+                continue;
+            }
+        };
+        let now = chain
+            .wallet()
+            .chain()
+            .account(&address)
+            .await
+            .ok()
+            .and_then(|a| a.chain_time)
+            .map_or_else(crate::attestation::unix_now, u64::from);
+        let amount = best.voucher.cumulative;
+        let action = match state.status {
+            ChannelStatus::Open => {
+                let facts = ChannelFacts {
+                    unsettled: amount,
+                    last_activity: record.last_activity,
+                    deadline: Some(
+                        (state.opened_at as u64 + state.worker_timeout as u64)
+                            .saturating_sub(state.challenge_period as u64),
+                    ),
+                };
+                let reason = if manual && amount > 0 {
+                    Some(Reason::Manual)
+                } else {
+                    policy.due(&facts, now, shutdown)
+                };
+                let Some(reason) = reason else { continue };
+                chain
+                    .worker_close(&address, &best)
+                    .await
+                    .map(|_| ("worker_close", Some(reason)))
+            }
+            ChannelStatus::Closing if state.settled_seq < best.voucher.seq => chain
+                .challenge(&address, &best)
+                .await
+                .map(|_| ("challenge", None)),
+            ChannelStatus::Closing
+                if now >= state.close_started_at as u64 + state.challenge_period as u64 =>
+            {
+                chain.finalize(&address).await.map(|_| ("finalize", None))
+            }
+            _ => continue,
+        };
+        ledger.forget_deposit(&channel);
+        match action {
+            Ok((action, reason)) => {
+                tracing::info!(channel = %hex::encode(channel), amount, ?reason, "{action}");
+                done.push(Settled {
+                    channel: hex::encode(channel),
+                    action,
+                    reason,
+                    amount,
+                });
+            }
+            Err(e) => tracing::warn!(channel = %hex::encode(channel), "settlement failed: {e}"),
+        }
+    }
+    Ok(done)
+}
+
+/// Runs a settlement pass every `every` until the task is dropped.
+pub async fn run(ledger: Arc<WorkerLedger>, policy: SettlePolicy, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = settle_all(&ledger, &policy, false, false).await {
+            tracing::warn!("settlement pass failed: {e}");
+        }
+    }
+}

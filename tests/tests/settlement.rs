@@ -1,0 +1,161 @@
+//! Paid jobs settled on the local chain (the real TVM emulator behind the toncenter API,
+//! `ledger/contract/localchain.mjs`), with real `cocoon` processes: the client opens a channel
+//! on chain and pays as tokens stream, the worker checks the deposit on chain, settles on
+//! shutdown with its best voucher, and after the challenge window the contract pays the
+//! worker's payout wallet exactly what its journal holds.
+
+use std::sync::Arc;
+
+use cocoon_ledger::journal::Journal;
+use cocoon_ledger::ton::contract::{ChannelStatus, CLOSE_VALUE, DEPOSIT_RESERVE};
+use cocoon_ledger::ton::{
+    Chain, ChannelClient, LocalChain, LocalChainConfig, TonAddress, WalletClient, WalletConfig,
+};
+use cocoon_node::payments::{basechain, wallet};
+use cocoon_tests::{parse_json, LoopbackNet};
+
+const TON: u128 = 1_000_000_000;
+/// Ops of the contract's outgoing messages (README "Outgoing messages").
+const PAYOUT: u32 = 0x70617964;
+const REFUND: u32 = 0x72656664;
+
+fn key_of(dir: &std::path::Path) -> ed25519_dalek::SigningKey {
+    let keypair = cocoon_p2p::identity::load_or_create(dir).unwrap();
+    cocoon_node::advertiser::signing_key(&keypair).unwrap()
+}
+
+fn hex32(s: &str) -> [u8; 32] {
+    let v: Vec<u8> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect();
+    v.try_into().unwrap()
+}
+
+#[test]
+fn jobs_paid_through_a_channel_are_settled_on_chain_to_the_nanoton() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let contract_dir = cocoon_tests::contract::contract_dir_ready();
+    let chain = Arc::new(
+        rt.block_on(LocalChain::start(LocalChainConfig::new(contract_dir)))
+            .expect("start the local chain"),
+    );
+    let url = chain.http().base_url().to_string();
+
+    // A worker that settles anything on shutdown (the default waits for 0.05 TON).
+    let scratch = cocoon_tests::scratch("settle-cfg").unwrap();
+    let config = scratch.path().join("worker.toml");
+    std::fs::write(&config, "[settle]\nmin_amount = 1\n").unwrap();
+    let mut net = LoopbackNet::start(
+        "settle",
+        &[vec![
+            "--price".into(),
+            "1000000,3000000".into(),
+            "--chain".into(),
+            url.clone(),
+            "--config".into(),
+            config.display().to_string(),
+        ]],
+    )
+    .expect("start the network");
+
+    // Fund both wallets (the node identity's v4r2 wallet).
+    let client_dir = net.dir.path().join("payer");
+    let client_key = key_of(&client_dir);
+    let worker_key = key_of(&net.dir.path().join("w0"));
+    let client_wallet = basechain(wallet(&client_key).unwrap());
+    let payout = basechain(wallet(&worker_key).unwrap());
+    rt.block_on(chain.fund(&client_wallet, 5 * TON)).unwrap();
+    rt.block_on(chain.fund(&payout, TON)).unwrap();
+
+    let cd = client_dir.to_str().unwrap();
+    let flags = [
+        "--json",
+        "--max-tokens",
+        "10",
+        "--data-dir",
+        cd,
+        "--chain",
+        &url,
+        "--deposit",
+        "1000000000",
+    ];
+    let first = parse_json(&net.infer(&flags, "Hello").unwrap()).unwrap();
+    let second = parse_json(&net.infer(&flags, "Hi there").unwrap()).unwrap();
+    let channel = hex32(first["channel"].as_str().unwrap());
+    assert_eq!(
+        second["channel"], first["channel"],
+        "one channel for both jobs"
+    );
+    let address: TonAddress = basechain(channel);
+
+    // The channel is open on chain with the deposit the client asked for.
+    let anyone = ChannelClient::new(WalletClient::new(
+        cocoon_ledger::ton::Wallet::from_seed(&client_key.to_bytes()).unwrap(),
+        chain.clone() as Arc<dyn Chain>,
+        WalletConfig::local(),
+    ));
+    let state = rt
+        .block_on(anyone.channel_state(&address))
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.status, ChannelStatus::Open);
+    assert_eq!(state.deposit, TON);
+
+    // SIGTERM: the worker settles on shutdown with its best voucher.
+    net.workers[0].stop(std::time::Duration::from_secs(30));
+    let journal = Journal::open(&net.dir.path().join("w0/journal.redb")).unwrap();
+    let best = journal
+        .worker(&channel)
+        .unwrap()
+        .unwrap()
+        .state
+        .best
+        .unwrap();
+    let paid = first["paid_nanoton"].as_u64().unwrap() + second["paid_nanoton"].as_u64().unwrap();
+    assert_eq!(
+        best.voucher.cumulative, paid,
+        "the worker holds what the client paid"
+    );
+    let state = rt
+        .block_on(anyone.channel_state(&address))
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.status, ChannelStatus::Closing, "closed on shutdown");
+    assert_eq!(state.settled_amount, paid as u128);
+    assert_eq!(state.settled_seq, best.voucher.seq);
+
+    // After the challenge window anyone finalizes: the payout gets exactly the voucher.
+    rt.block_on(chain.advance(state.challenge_period + 1))
+        .unwrap();
+    rt.block_on(anyone.finalize(&address)).unwrap();
+    let state = rt
+        .block_on(anyone.channel_state(&address))
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.status, ChannelStatus::Closed);
+    let txs = rt.block_on(chain.transactions(&payout, 20)).unwrap();
+    let payout_tx = txs
+        .iter()
+        .find(|t| t.in_op == Some(PAYOUT))
+        .expect("the payout reached the worker's wallet");
+    assert_eq!(payout_tx.in_value, paid as u128, "paid to the nanoTON");
+    let refund = rt.block_on(chain.transactions(&client_wallet, 20)).unwrap();
+    let refund = refund
+        .iter()
+        .find(|t| t.in_op == Some(REFUND))
+        .expect("the client got the rest back");
+    // The rest of the deposit, the 0.05 TON reserve and the finalize message's value, minus
+    // the contract's gas (well under 0.01 TON).
+    let expected = TON - paid as u128 + DEPOSIT_RESERVE + CLOSE_VALUE;
+    assert!(
+        refund.in_value <= expected && refund.in_value > expected - TON / 100,
+        "refund {} for {expected} before gas",
+        refund.in_value
+    );
+    let stats = rt.block_on(chain.stats()).unwrap();
+    eprintln!(
+        "on chain for 2 jobs: {} transactions, {} nanoTON of fees",
+        stats.transactions, stats.fees
+    );
+}
