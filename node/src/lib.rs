@@ -9,12 +9,14 @@
 //! - [`client`]: the light client that ranks workers, runs a job, pays, fails over;
 //! - [`payments`]: payment channels on both sides of a job, journalled;
 //! - [`settlement`]: a worker's channels settled on TON;
+//! - [`accounts`]: `cocoon wallet|channel|ledger`: a data dir's wallet and channels;
 //! - [`demo`]: the whole network on loopback;
 //! - [`launch`]: starting `cocoon node` processes (demo, tests, benchmarks);
 //! - [`models`]: known models and `cocoon model fetch`;
 //! - [`config`]: TOML + environment + flags.
 #![warn(missing_docs)]
 
+pub mod accounts;
 pub mod advertiser;
 pub mod attestation;
 pub mod client;

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use cocoon_node::client::{self, ClientConfig, InferRequest};
 use cocoon_node::config::{self, FileConfig, NodeConfig, Overrides};
-use cocoon_node::{attestation, daemon, demo, models};
+use cocoon_node::{accounts, attestation, daemon, demo, models};
 use cocoon_p2p::job::{ChatMessage, JobInput, Sampling};
 use cocoon_p2p::{identity, DhtMode, Network, NetworkConfig};
 
@@ -37,6 +37,114 @@ enum Cmd {
     /// Attestation tools: verify a quote offline, check this machine.
     #[command(subcommand)]
     Attest(AttestCmd),
+    /// The node's TON wallet (its identity key, wallet v4r2).
+    #[command(subcommand)]
+    Wallet(WalletCmd),
+    /// Payment channels: list, open, top up, close.
+    #[command(subcommand)]
+    Channel(ChannelCmd),
+    /// The worker's ledger: settle its channels on chain now.
+    #[command(subcommand)]
+    Ledger(LedgerCmd),
+}
+
+/// Which account a money command acts on.
+#[derive(Debug, Args)]
+struct AccountArgs {
+    /// The data dir holding the identity and the payment journal [default:
+    /// $COCOON_HOME/client; give a node's data dir for a worker].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    chain: ChainArgs,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl AccountArgs {
+    fn dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| models::cocoon_home().join("client"))
+    }
+
+    fn chain(
+        &self,
+        key: &ed25519_dalek::SigningKey,
+    ) -> anyhow::Result<Option<std::sync::Arc<cocoon_ledger::ton::client::ChannelClient>>> {
+        Ok(match &self.chain.url {
+            Some(url) => Some(cocoon_node::settlement::connect(
+                url,
+                self.chain.api_key.clone(),
+                key,
+            )?),
+            None => None,
+        })
+    }
+
+    fn need_chain(
+        &self,
+        key: &ed25519_dalek::SigningKey,
+    ) -> anyhow::Result<std::sync::Arc<cocoon_ledger::ton::client::ChannelClient>> {
+        self.chain(key)?
+            .ok_or_else(|| accounts::AccountError::NoChain.into())
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum WalletCmd {
+    /// Create the identity (and so the wallet) if there is none; print the address.
+    New(AccountArgs),
+    /// Print the address, and with --chain the balance.
+    Show(AccountArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ChannelCmd {
+    /// The channels in the journal, with their on-chain state when --chain is given.
+    List(AccountArgs),
+    /// Open a channel with a worker (deploy + deposit on chain).
+    Open {
+        #[command(flatten)]
+        account: AccountArgs,
+        /// The worker's key (hex; its advert's public key).
+        #[arg(long)]
+        worker_key: String,
+        /// The worker's payout wallet (`0:<hex>`; its `payout:` line).
+        #[arg(long)]
+        payout: String,
+        /// Deposit, nanoTON.
+        #[arg(long, default_value_t = 1_000_000_000)]
+        deposit: u64,
+    },
+    /// Add to a channel's deposit.
+    Topup {
+        #[command(flatten)]
+        account: AccountArgs,
+        /// The channel (hex account id).
+        #[arg(long)]
+        channel: String,
+        /// nanoTON to add.
+        #[arg(long)]
+        amount: u64,
+    },
+    /// Close a channel as the client (the worker then has the challenge window to post its
+    /// voucher); run again after the window to pay out.
+    Close {
+        #[command(flatten)]
+        account: AccountArgs,
+        /// The channel (hex account id).
+        #[arg(long)]
+        channel: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCmd {
+    /// Settle every channel of a stopped worker now (a running worker settles by its policy
+    /// and on shutdown).
+    Settle(AccountArgs),
 }
 
 #[derive(Debug, Args)]
@@ -325,6 +433,35 @@ fn main() -> anyhow::Result<()> {
         Cmd::Market(args) => {
             init_logging("warn");
             runtime.block_on(market(args))
+        }
+        Cmd::Wallet(cmd) => {
+            init_logging("warn");
+            runtime.block_on(wallet_cmd(cmd))
+        }
+        Cmd::Channel(cmd) => {
+            init_logging("warn");
+            runtime.block_on(channel_cmd(cmd))
+        }
+        Cmd::Ledger(LedgerCmd::Settle(args)) => {
+            init_logging("warn");
+            runtime.block_on(async {
+                let dir = args
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(config::default_data_dir);
+                let key = accounts::key(&dir)?;
+                let done = accounts::settle(&dir, &key, args.need_chain(&key)?).await?;
+                if args.json {
+                    return print_json(&done);
+                }
+                for s in &done {
+                    println!("{} {} {} nanoTON", s.action, s.channel, s.amount);
+                }
+                if done.is_empty() {
+                    println!("nothing to settle");
+                }
+                Ok(())
+            })
         }
         Cmd::Attest(cmd) => {
             init_logging("warn");
@@ -842,4 +979,106 @@ mod tests {
             Cmd::Demo(DemoArgs { workers: 2, .. })
         ));
     }
+}
+
+async fn wallet_cmd(cmd: WalletCmd) -> anyhow::Result<()> {
+    let (WalletCmd::New(args) | WalletCmd::Show(args)) = &cmd;
+    let dir = args.dir();
+    if matches!(cmd, WalletCmd::Show(_)) {
+        anyhow::ensure!(
+            dir.join("identity.key").exists(),
+            "no identity in {}: run `cocoon wallet new` first",
+            dir.display()
+        );
+    }
+    let key = accounts::key(&dir)?;
+    let chain = args.chain(&key)?;
+    let info = accounts::wallet_info(&key, chain.as_deref()).await?;
+    if args.json {
+        return print_json(&info);
+    }
+    println!("address: {}", info.address);
+    println!("public key: {}", info.public_key);
+    if let (Some(balance), Some(state)) = (&info.balance, &info.state) {
+        println!("balance: {balance} nanoTON ({state})");
+    }
+    Ok(())
+}
+
+async fn channel_cmd(cmd: ChannelCmd) -> anyhow::Result<()> {
+    match cmd {
+        ChannelCmd::List(args) => {
+            let dir = args.dir();
+            let key = accounts::key(&dir)?;
+            let chain = args.chain(&key)?;
+            let rows = accounts::channels(&dir, chain.as_deref()).await?;
+            if args.json {
+                return print_json(&rows);
+            }
+            for r in &rows {
+                println!(
+                    "{} {} paid {} of {} (seq {}){}",
+                    r.role,
+                    r.channel,
+                    r.paid,
+                    r.deposit,
+                    r.seq,
+                    r.onchain
+                        .as_ref()
+                        .map(|s| format!(", on chain: {s}"))
+                        .unwrap_or_default()
+                );
+            }
+            if rows.is_empty() {
+                println!("no channels");
+            }
+        }
+        ChannelCmd::Open {
+            account,
+            worker_key,
+            payout,
+            deposit,
+        } => {
+            let dir = account.dir();
+            let key = accounts::key(&dir)?;
+            let ledger = accounts::client_ledger(
+                &dir,
+                &key,
+                account.need_chain(&key)?,
+                cocoon_node::payments::PaymentConfig {
+                    deposit,
+                    ..Default::default()
+                },
+            )?;
+            let channel = accounts::open(
+                &ledger,
+                accounts::parse_channel(&worker_key)?,
+                accounts::parse_channel(&payout)?,
+            )
+            .await?;
+            if account.json {
+                return print_json(&serde_json::json!({ "channel": channel }));
+            }
+            println!("channel: {channel}");
+        }
+        ChannelCmd::Topup {
+            account,
+            channel,
+            amount,
+        } => {
+            let dir = account.dir();
+            let key = accounts::key(&dir)?;
+            let chain = account.need_chain(&key)?;
+            accounts::top_up(&dir, &chain, accounts::parse_channel(&channel)?, amount).await?;
+            println!("topped up {channel} by {amount} nanoTON");
+        }
+        ChannelCmd::Close { account, channel } => {
+            let dir = account.dir();
+            let key = accounts::key(&dir)?;
+            let chain = account.need_chain(&key)?;
+            let done = accounts::close(&chain, accounts::parse_channel(&channel)?).await?;
+            println!("{done} {channel}");
+        }
+    }
+    Ok(())
 }

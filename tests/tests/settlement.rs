@@ -89,6 +89,48 @@ fn jobs_paid_through_a_channel_are_settled_on_chain_to_the_nanoton() {
     );
     let address: TonAddress = basechain(channel);
 
+    // The CLI sees the same: the wallet's balance, the channel open on chain.
+    let cocoon = |args: &[&str]| {
+        let out = std::process::Command::new(cocoon_tests::cocoon_bin().unwrap())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let wallet_json = cocoon(&[
+        "wallet",
+        "show",
+        "--data-dir",
+        cd,
+        "--chain",
+        &url,
+        "--json",
+    ]);
+    assert_eq!(wallet_json["state"], "active");
+    let balance: u128 = wallet_json["balance"].as_str().unwrap().parse().unwrap();
+    assert!(
+        balance < 4 * TON && balance > 3 * TON,
+        "5 TON less the 1.05 TON opening"
+    );
+    let rows = cocoon(&[
+        "channel",
+        "list",
+        "--data-dir",
+        cd,
+        "--chain",
+        &url,
+        "--json",
+    ]);
+    let row = &rows.as_array().unwrap()[0];
+    assert_eq!(row["role"], "client");
+    assert_eq!(row["onchain"], "open");
+    assert_eq!(row["onchain_deposit"], TON.to_string());
+
     // The channel is open on chain with the deposit the client asked for.
     let anyone = ChannelClient::new(WalletClient::new(
         cocoon_ledger::ton::Wallet::from_seed(&client_key.to_bytes()).unwrap(),
@@ -104,8 +146,9 @@ fn jobs_paid_through_a_channel_are_settled_on_chain_to_the_nanoton() {
 
     // SIGTERM: the worker settles on shutdown with its best voucher.
     net.workers[0].stop(std::time::Duration::from_secs(30));
-    let journal = Journal::open(&net.dir.path().join("w0/journal.redb")).unwrap();
-    let best = journal
+    // (Opened in its own scope: `cocoon ledger settle` needs the journal later.)
+    let best = Journal::open(&net.dir.path().join("w0/journal.redb"))
+        .unwrap()
         .worker(&channel)
         .unwrap()
         .unwrap()
@@ -125,10 +168,22 @@ fn jobs_paid_through_a_channel_are_settled_on_chain_to_the_nanoton() {
     assert_eq!(state.settled_amount, paid as u128);
     assert_eq!(state.settled_seq, best.voucher.seq);
 
-    // After the challenge window anyone finalizes: the payout gets exactly the voucher.
+    // After the challenge window `cocoon ledger settle` finalizes: the payout gets exactly
+    // the voucher.
     rt.block_on(chain.advance(state.challenge_period + 1))
         .unwrap();
-    rt.block_on(anyone.finalize(&address)).unwrap();
+    let w0 = net.dir.path().join("w0");
+    let settled = cocoon(&[
+        "ledger",
+        "settle",
+        "--data-dir",
+        w0.to_str().unwrap(),
+        "--chain",
+        &url,
+        "--json",
+    ]);
+    assert_eq!(settled[0]["action"], "finalize", "{settled}");
+    assert_eq!(settled[0]["amount"], paid);
     let state = rt
         .block_on(anyone.channel_state(&address))
         .unwrap()
@@ -145,8 +200,8 @@ fn jobs_paid_through_a_channel_are_settled_on_chain_to_the_nanoton() {
         .iter()
         .find(|t| t.in_op == Some(REFUND))
         .expect("the client got the rest back");
-    // The rest of the deposit, the 0.05 TON reserve and the finalize message's value, minus
-    // the contract's gas (well under 0.01 TON).
+    // The rest of the deposit and the 0.05 TON reserve, minus the contract's gas (well under
+    // 0.01 TON); the finalize message's value came from the worker's wallet this time.
     let expected = TON - paid as u128 + DEPOSIT_RESERVE + CLOSE_VALUE;
     assert!(
         refund.in_value <= expected && refund.in_value > expected - TON / 100,
