@@ -949,38 +949,6 @@ fn model(cmd: ModelCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn cli_is_well_formed_and_defaults_parse() {
-        Cli::command().debug_assert();
-        let cli = Cli::try_parse_from([
-            "cocoon",
-            "infer",
-            "--bootstrap",
-            "/ip4/127.0.0.1/udp/1/quic-v1",
-            "hi",
-        ])
-        .unwrap();
-        match cli.command {
-            Cmd::Infer(a) => {
-                assert_eq!(a.model, models::SMOLLM2.id);
-                assert_eq!(a.sampling.max_tokens, 256);
-                assert_eq!(a.sampling.temperature, 0.0);
-            }
-            other => panic!("{other:?}"),
-        }
-        let cli = Cli::try_parse_from(["cocoon", "demo"]).unwrap();
-        assert!(matches!(
-            cli.command,
-            Cmd::Demo(DemoArgs { workers: 2, .. })
-        ));
-    }
-}
-
 async fn wallet_cmd(cmd: WalletCmd) -> anyhow::Result<()> {
     let (WalletCmd::New(args) | WalletCmd::Show(args)) = &cmd;
     let dir = args.dir();
@@ -1081,4 +1049,36 @@ async fn channel_cmd(cmd: ChannelCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed_and_defaults_parse() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "cocoon",
+            "infer",
+            "--bootstrap",
+            "/ip4/127.0.0.1/udp/1/quic-v1",
+            "hi",
+        ])
+        .unwrap();
+        match cli.command {
+            Cmd::Infer(a) => {
+                assert_eq!(a.model, models::SMOLLM2.id);
+                assert_eq!(a.sampling.max_tokens, 256);
+                assert_eq!(a.sampling.temperature, 0.0);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["cocoon", "demo"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Cmd::Demo(DemoArgs { workers: 2, .. })
+        ));
+    }
 }
