@@ -5,6 +5,12 @@
 //! in this process that finds a worker through the DHT and streams the answer. There is no
 //! TEE here: the workers present development evidence and the client accepts it explicitly,
 //! so the job is end-to-end encrypted to the worker's key but nothing proves what it runs.
+//!
+//! The job is paid. With Node.js the demo starts the local chain (the real TVM emulator,
+//! `ledger/contract/localchain.mjs`, its npm packages installed on first use), funds the
+//! wallets, and the client opens its channel on chain; the workers settle on shutdown and
+//! the demo finalizes after the challenge window, so the payout lands in the worker's wallet.
+//! Without Node.js it says so and the payments stay off-chain.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +20,8 @@ use cocoon_p2p::attest::policy::Policy;
 use cocoon_p2p::attest::verifier::{Verifier, VerifierConfig};
 use cocoon_p2p::job::{ChatMessage, JobInput, Sampling};
 use cocoon_p2p::{DhtMode, Network, NetworkConfig};
+
+use cocoon_ledger::ton::{Chain, LocalChain, LocalChainConfig};
 
 use crate::client::{self, ClientConfig, InferOutcome, InferRequest};
 use crate::launch::{LaunchError, NodeProcess};
@@ -60,6 +68,10 @@ pub enum DemoError {
 pub struct DemoReport {
     /// The job's outcome.
     pub outcome: InferOutcome,
+    /// Transactions on the local chain (funding, opening, settling); `None` off-chain.
+    pub onchain_txs: Option<u64>,
+    /// What reached the worker's payout wallet on chain, nanoTON; `None` off-chain.
+    pub settled_nanoton: Option<u128>,
     /// Bootstrap node's peer id.
     pub bootstrap_peer: String,
     /// Worker peer ids.
@@ -145,6 +157,11 @@ async fn run_in(
         .to_string();
     say(&format!("bootstrap node {} at {boot_addr}", boot.peer_id));
 
+    let chain = start_chain(say).await;
+    let url = chain.as_ref().map(|c| c.http().base_url().to_string());
+    // Small payments settle on shutdown (the default waits for 0.05 TON).
+    let settle_config = dir.join("worker.toml");
+    std::fs::write(&settle_config, "[settle]\nmin_amount = 1\n")?;
     let mut workers = Vec::new();
     for i in 0..options.workers {
         let name = format!("worker{i}");
@@ -157,7 +174,12 @@ async fn run_in(
             // No TEE on a laptop: the demo says so instead of pretending.
             "--attestation".into(),
             "dev-insecure".into(),
+            "--config".into(),
+            settle_config.display().to_string(),
         ]);
+        if let Some(url) = &url {
+            args.extend(["--chain".into(), url.clone()]);
+        }
         let w = spawn_node(exe.to_path_buf(), args, dir.join(format!("{name}.log"))).await?;
         say(&format!(
             "worker {} serving {}",
@@ -165,6 +187,40 @@ async fn run_in(
             models::DEFAULT_MODEL.id
         ));
         workers.push(w);
+    }
+
+    // The client's money: a wallet and a payment journal of its own.
+    let client_dir = dir.join("client");
+    let client_key = crate::accounts::key(&client_dir).map_err(other)?;
+    let mut ledger = crate::payments::ClientLedger::open(
+        &client_dir.join(crate::payments::JOURNAL_FILE),
+        client_key.clone(),
+        crate::payments::wallet(&client_key).map_err(other)?,
+        Default::default(),
+    )
+    .map_err(other)?;
+    let mut payouts = Vec::new();
+    if let (Some(chain), Some(url)) = (&chain, &url) {
+        let fund = |key: &ed25519_dalek::SigningKey, ton: u128| {
+            let address = crate::payments::wallet(key).map(crate::payments::basechain);
+            async move {
+                chain
+                    .fund(&address.map_err(other)?, ton * 1_000_000_000)
+                    .await
+                    .map_err(other)
+            }
+        };
+        fund(&client_key, 10).await?;
+        for i in 0..options.workers {
+            let key = crate::accounts::key(&dir.join(format!("worker{i}"))).map_err(other)?;
+            fund(&key, 1).await?;
+            payouts.push(crate::payments::basechain(
+                crate::payments::wallet(&key).map_err(other)?,
+            ));
+        }
+        say("local chain: client funded with 10 TON, each worker with 1 TON for fees");
+        ledger =
+            ledger.with_chain(crate::settlement::connect(url, None, &client_key).map_err(other)?);
     }
 
     // The client: an ephemeral identity, DHT client mode, knows only the bootstrap node.
@@ -201,6 +257,7 @@ async fn run_in(
             policy: Policy::insecure_dev(),
             ..Default::default()
         })),
+        payments: Some(Arc::new(ledger)),
         ..Default::default()
     };
     let boot_peer = boot.peer_id.parse().ok();
@@ -219,13 +276,113 @@ async fn run_in(
     }
     .await;
     network.shutdown().await;
+    // SIGTERM: each worker settles its channels with its best voucher as it stops.
     for w in &mut workers {
-        w.stop(Duration::from_secs(3));
+        w.stop(Duration::from_secs(30));
     }
     boot.stop(Duration::from_secs(3));
+    let outcome = outcome?;
+    let (mut onchain_txs, mut settled_nanoton) = (None, None);
+    if let Some(chain) = &chain {
+        settled_nanoton = Some(finish_on_chain(chain, &outcome, &payouts, &client_key, say).await?);
+        onchain_txs = Some(chain.stats().await.map_err(other)?.transactions);
+    }
     Ok(DemoReport {
-        outcome: outcome?,
+        outcome,
+        onchain_txs,
+        settled_nanoton,
         bootstrap_peer: boot.peer_id.clone(),
         worker_peers: workers.iter().map(|w| w.peer_id.clone()).collect(),
     })
 }
+
+fn other(e: impl std::fmt::Display) -> DemoError {
+    DemoError::Other(e.to_string())
+}
+
+/// The local chain, when Node.js can run it (its npm packages installed on first use).
+async fn start_chain(say: &impl Fn(&str)) -> Option<LocalChain> {
+    let started = async {
+        let dir = LocalChain::locate_contract_dir().map_err(other)?;
+        if !cocoon_ledger::ton::npm::installed(&dir) {
+            say("installing the local chain's npm packages (once)...");
+            let d = dir.clone();
+            tokio::task::spawn_blocking(move || cocoon_ledger::ton::npm::install(&d))
+                .await
+                .map_err(other)?
+                .map_err(other)?;
+        }
+        LocalChain::start(LocalChainConfig::new(dir))
+            .await
+            .map_err(other)
+    }
+    .await;
+    match started {
+        Ok(chain) => {
+            say(&format!(
+                "local chain (TVM emulator) at {}: payments settle on chain",
+                chain.http().base_url()
+            ));
+            Some(chain)
+        }
+        Err(e) => {
+            say(&format!(
+                "no local chain ({e}): payments stay off-chain (signed vouchers, journalled, not settled)"
+            ));
+            None
+        }
+    }
+}
+
+/// After the workers settled on shutdown: lets the challenge window pass on the local chain,
+/// finalizes the job's channel and returns what reached the worker's payout wallet.
+async fn finish_on_chain(
+    chain: &LocalChain,
+    outcome: &InferOutcome,
+    payouts: &[cocoon_ledger::ton::TonAddress],
+    client_key: &ed25519_dalek::SigningKey,
+    say: &impl Fn(&str),
+) -> Result<u128, DemoError> {
+    let Some(channel) = &outcome.channel else {
+        return Ok(0);
+    };
+    let address =
+        crate::payments::basechain(crate::accounts::parse_channel(channel).map_err(other)?);
+    let client =
+        crate::settlement::connect(chain.http().base_url(), None, client_key).map_err(other)?;
+    let Some(state) = client.channel_state(&address).await.map_err(other)? else {
+        return Ok(0);
+    };
+    if state.status != cocoon_ledger::ton::contract::ChannelStatus::Closing {
+        say(&format!(
+            "channel {}… is {:?} on chain",
+            &channel[..12],
+            state.status
+        ));
+        return Ok(0);
+    }
+    chain
+        .advance(state.challenge_period + 1)
+        .await
+        .map_err(other)?;
+    client.finalize(&address).await.map_err(other)?;
+    let mut paid = 0;
+    for payout in payouts {
+        for tx in chain.transactions(payout, 16).await.map_err(other)? {
+            if tx.in_op == Some(PAYOUT_OP) {
+                paid += tx.in_value;
+            }
+        }
+    }
+    say(&format!(
+        "settled on chain: the worker closed channel {}… with its best voucher on shutdown; \
+         after the challenge window ({} s, fast-forwarded) the contract paid {paid} nanoTON \
+         to its wallet and refunded the rest to the client",
+        &channel[..12],
+        state.challenge_period
+    ));
+    Ok(paid)
+}
+
+/// The op of the channel contract's payout message (README "Outgoing messages").
+const PAYOUT_OP: u32 = 0x70617964;

@@ -668,7 +668,10 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     .context("demo failed")?;
     let o = &report.outcome;
     if json {
-        print_json(o)?;
+        let mut value = serde_json::to_value(o)?;
+        value["onchain_txs"] = serde_json::json!(report.onchain_txs);
+        value["settled_nanoton"] = serde_json::json!(report.settled_nanoton.map(|n| n as u64));
+        print_json(&value)?;
     } else {
         println!("\n");
         println!(
@@ -679,6 +682,19 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
             println!(
                 "price       {p} / {c} nanoTON per million prompt / completion tokens: this job {} nanoTON",
                 o.cost_nanoton.unwrap_or_default()
+            );
+        }
+        if let Some(channel) = &o.channel {
+            println!(
+                "paid        {} nanoTON in vouchers on channel {}…, {}",
+                o.paid_nanoton,
+                &channel[..12],
+                match (report.settled_nanoton, report.onchain_txs) {
+                    (Some(n), Some(t)) => format!(
+                        "settled on the local chain: {n} nanoTON paid out, {t} transactions"
+                    ),
+                    _ => "off-chain (no Node.js for the local chain)".into(),
+                }
             );
         }
         println!("model       {}", o.model);

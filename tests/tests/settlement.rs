@@ -214,3 +214,22 @@ fn jobs_paid_through_a_channel_are_settled_on_chain_to_the_nanoton() {
         stats.transactions, stats.fees
     );
 }
+
+/// The README's first command: a network on loopback, one paid job, settled on the local
+/// chain.
+#[test]
+fn the_demo_pays_its_job_and_settles_it_on_the_local_chain() {
+    cocoon_tests::contract::contract_dir_ready();
+    let _ = cocoon_tests::model_path().unwrap();
+    let out = std::process::Command::new(cocoon_tests::cocoon_bin().unwrap())
+        .args(["demo", "--json", "--workers", "1", "--max-tokens", "8"])
+        .output()
+        .unwrap();
+    let json = parse_json(&out).unwrap();
+    assert!(!json["text"].as_str().unwrap().is_empty());
+    let paid = json["paid_nanoton"].as_u64().unwrap();
+    assert!(paid > 0);
+    assert_eq!(json["settled_nanoton"].as_u64(), Some(paid), "{json}");
+    assert!(json["onchain_txs"].as_u64().unwrap() >= 5, "{json}");
+    assert_eq!(json["channel"].as_str().map(str::len), Some(64));
+}

@@ -51,6 +51,9 @@ pub enum LocalChainError {
     /// No contract directory found.
     #[error("no ledger/contract directory (set {CONTRACT_DIR_ENV})")]
     NoContractDir,
+    /// The npm packages could not be installed.
+    #[error("{0}")]
+    Install(String),
     /// The child exited or printed something else before it was ready.
     #[error("the local chain did not start: {0}")]
     Startup(String),

@@ -8,6 +8,7 @@
 //! - [`chain`]: the [`Chain`] trait and its data types;
 //! - [`http`]: [`HttpChain`], the toncenter v2 HTTP API (mainnet, testnet, local chain);
 //! - [`local`]: [`LocalChain`], the TVM emulator behind that API as a child process;
+//! - [`npm`]: its npm packages, installed once from the lockfile;
 //! - [`client`]: [`WalletClient`] and [`ChannelClient`], what the node calls.
 //!
 //! Cells, BoCs and addresses are tonlib-core's; its cells hash exactly as @ton/core's (the unit
@@ -19,6 +20,7 @@ pub mod contract;
 pub mod http;
 pub mod local;
 pub mod merkle;
+pub mod npm;
 pub mod wallet;
 
 pub use chain::{
