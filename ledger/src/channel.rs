@@ -480,8 +480,108 @@ mod tests {
         assert_eq!(job_cost(u64::MAX, u64::MAX, u64::MAX, u64::MAX), u64::MAX);
     }
 
+    /// One step of the crash model below.
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// The worker delivers work of this cost (if its credit allows); the client receives
+        /// it.
+        Deliver(u64),
+        /// The client pays for everything it received (journal first, then send).
+        Pay,
+        /// The oldest voucher in flight reaches the worker (which journals it).
+        Arrive,
+        /// The oldest voucher in flight is lost.
+        Lose,
+        /// The worker is killed: it restarts from its journal; vouchers in flight are lost.
+        CrashWorker,
+        /// The client is killed: it restarts from its journal and forgets what it received
+        /// beyond what it paid.
+        CrashClient,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (1u64..50).prop_map(Step::Deliver),
+            Just(Step::Pay),
+            Just(Step::Arrive),
+            Just(Step::Lose),
+            Just(Step::CrashWorker),
+            Just(Step::CrashClient),
+        ]
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever the interleaving of deliveries, payments, lost vouchers and crashes of
+        /// either side, after the next job's quote (the client pays the larger of what it
+        /// signed and what the worker says it delivered) both sides agree on the total, the
+        /// worker is paid for everything it journalled as delivered, and nothing exceeds the
+        /// deposit.
+        #[test]
+        fn both_sides_agree_after_any_crashes(steps in proptest::collection::vec(step(), 1..60)) {
+            const DEPOSIT: u64 = 100_000;
+            let key = SigningKey::from_bytes(&[1; 32]);
+            let fresh_worker = || WorkerChannel::new(CH, DEPOSIT, key.verifying_key(), 200);
+            let mut worker = fresh_worker();
+            let mut worker_journal = worker.state();
+            let mut client = ClientChannel::new(CH, DEPOSIT, key.clone());
+            let mut client_journal = (0u64, 0u64);
+            let mut received = 0u64;
+            let mut in_flight: std::collections::VecDeque<SignedVoucher> = Default::default();
+            for s in steps {
+                match s {
+                    Step::Deliver(c) => {
+                        if worker.deliver(c).is_ok() {
+                            received += c;
+                        }
+                    }
+                    Step::Pay => {
+                        if let Ok(Some(v)) = client.pay_up_to(received) {
+                            client_journal = (client.paid(), client.seq());
+                            in_flight.push_back(v);
+                        }
+                    }
+                    Step::Arrive => {
+                        if let Some(v) = in_flight.pop_front() {
+                            if worker.accept(&v).is_ok() {
+                                worker_journal = worker.state();
+                            }
+                        }
+                    }
+                    Step::Lose => {
+                        in_flight.pop_front();
+                    }
+                    Step::CrashWorker => {
+                        worker = fresh_worker().restore(worker_journal.clone());
+                        in_flight.clear();
+                    }
+                    Step::CrashClient => {
+                        client = ClientChannel::restore(
+                            CH, DEPOSIT, key.clone(), client_journal.0, client_journal.1,
+                        );
+                        received = client.paid();
+                    }
+                }
+                prop_assert!(worker.paid() <= client.paid() && client.paid() <= DEPOSIT);
+            }
+            // The next job: its quote says what the worker delivered; the client pays up to
+            // the larger total and the voucher arrives.
+            let total = client.paid().max(received).max(worker.state().delivered);
+            if let Ok(Some(v)) = client.pay_up_to(total) {
+                worker.accept(&v).unwrap();
+            } else if let Some(v) = in_flight.pop_back() {
+                let _ = worker.accept(&v);
+            }
+            if worker.paid() < client.paid() {
+                // The newest voucher was lost: the client sends its journalled last again.
+                let v = Voucher { channel: CH, cumulative: client.paid(), seq: client.seq() }
+                    .sign(&key);
+                worker.accept(&v).unwrap();
+            }
+            prop_assert_eq!(worker.paid(), client.paid());
+            prop_assert!(worker.paid() >= worker.state().delivered);
+        }
 
         /// Whatever order vouchers arrive in (lost, duplicated, reordered), the worker's paid
         /// total only grows, never exceeds what the client signed or the deposit, and the

@@ -28,6 +28,9 @@ pub const SERVING_LINE: &str = "serving: ";
 pub const ATTESTATION_LINE: &str = "attestation: ";
 /// Stdout line prefix giving a worker's payout wallet (`0:<hex>`).
 pub const PAYOUT_LINE: &str = "payout: ";
+/// Stdout line prefix naming the chain a worker settles on when it runs its own
+/// (`--chain local`): `local <url>`.
+pub const CHAIN_LINE: &str = "chain: ";
 /// Stdout line prefix for an on-chain settlement action (`worker_close|challenge|finalize
 /// CHANNEL AMOUNT`).
 pub const SETTLED_LINE: &str = "settled: ";
@@ -133,6 +136,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
 
     let mut settler = None;
+    let mut local_chain = None;
     let serve = if engines.is_empty() {
         None
     } else {
@@ -182,7 +186,19 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                 )
             })?;
             if let Some((url, api_key)) = &config.chain {
-                ledger = ledger.with_chain(crate::settlement::connect(url, api_key.clone(), key)?);
+                let url = match url.as_str() {
+                    "local" => {
+                        // A chain of this node's own: the TVM emulator as a child process,
+                        // its state kept in the data dir, stopped with the node.
+                        let chain = start_local_chain(&config.data_dir).await?;
+                        let url = chain.http().base_url().to_string();
+                        println!("{CHAIN_LINE}local {url}");
+                        local_chain = Some(chain);
+                        url
+                    }
+                    url => url.to_string(),
+                };
+                ledger = ledger.with_chain(crate::settlement::connect(&url, api_key.clone(), key)?);
             }
             println!("{PAYOUT_LINE}0:{}", hex::encode(wallet));
             payout = Some(wallet);
@@ -242,7 +258,27 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     if let Some(task) = serve {
         task.abort();
     }
+    drop(local_chain);
     Ok(())
+}
+
+/// Starts a local chain for `--chain local`, its state in `data_dir/localchain.json`.
+async fn start_local_chain(
+    data_dir: &std::path::Path,
+) -> Result<cocoon_ledger::ton::LocalChain, NodeError> {
+    use cocoon_ledger::ton::{npm, LocalChain, LocalChainConfig};
+    let err = |e: String| NodeError::Payments(crate::payments::PaymentError::Chain(e));
+    let dir = LocalChain::locate_contract_dir().map_err(|e| err(e.to_string()))?;
+    let d = dir.clone();
+    tokio::task::spawn_blocking(move || npm::install(&d))
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .map_err(|e| err(e.to_string()))?;
+    let mut config = LocalChainConfig::new(dir);
+    config.state = Some(data_dir.join("localchain.json"));
+    LocalChain::start(config)
+        .await
+        .map_err(|e| err(e.to_string()))
 }
 
 /// Renews the enclave key and its evidence before they expire.

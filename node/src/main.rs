@@ -276,7 +276,9 @@ struct NodeArgs {
 #[derive(Debug, Args)]
 struct ChainArgs {
     /// TON HTTP API endpoint (toncenter v2 style, e.g. a testnet or mainnet toncenter URL,
-    /// or a local chain's `http://127.0.0.1:PORT`); without it payments stay off-chain.
+    /// or a local chain's `http://127.0.0.1:PORT`); `local` makes `cocoon node` start a local
+    /// chain of its own (the TVM emulator, needs Node.js). Without it payments stay
+    /// off-chain.
     #[arg(long = "chain", env = "COCOON_CHAIN")]
     url: Option<String>,
     /// API key for the endpoint.
