@@ -18,10 +18,28 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::channel::WorkerState;
+use crate::settle::Receipt;
 use crate::voucher::SignedVoucher;
 
 const CLIENT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("client_channels");
 const WORKER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("worker_channels");
+/// Job receipts by sequence number (from 1).
+const RECEIPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("receipts");
+/// Anchored batches by index (from 0).
+const ANCHORS: TableDefinition<u64, &[u8]> = TableDefinition::new("anchors");
+
+/// A batch of receipts whose Merkle root was posted to the anchor contract.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnchorRecord {
+    /// The Merkle root posted.
+    pub root: [u8; 32],
+    /// The first receipt's sequence number.
+    pub first: u64,
+    /// The last receipt's sequence number (the batch is `first..=last`).
+    pub last: u64,
+    /// When it was posted (unix seconds).
+    pub posted_at: u64,
+}
 
 /// The parameters a channel contract is deployed with (its address derives from them and
 /// the contract code), as both sides journal them.
@@ -129,6 +147,8 @@ impl Journal {
         let tx = db.begin_write().map_err(dberr)?;
         tx.open_table(CLIENT).map_err(dberr)?;
         tx.open_table(WORKER).map_err(dberr)?;
+        tx.open_table(RECEIPTS).map_err(dberr)?;
+        tx.open_table(ANCHORS).map_err(dberr)?;
         tx.commit().map_err(dberr)?;
         Ok(Self { db })
     }
@@ -218,6 +238,67 @@ impl Journal {
         self.all(CLIENT)
     }
 
+    /// Appends a job receipt; returns its sequence number.
+    pub fn add_receipt(&self, receipt: &Receipt) -> Result<u64, JournalError> {
+        let bytes = serde_json::to_vec(receipt)?;
+        let tx = self.db.begin_write().map_err(dberr)?;
+        let seq = {
+            let mut t = tx.open_table(RECEIPTS).map_err(dberr)?;
+            let next = t.last().map_err(dberr)?.map_or(1, |(k, _)| k.value() + 1);
+            t.insert(next, bytes.as_slice()).map_err(dberr)?;
+            next
+        };
+        tx.commit().map_err(dberr)?;
+        Ok(seq)
+    }
+
+    /// The receipts not yet in an anchored batch, oldest first.
+    pub fn pending_receipts(&self) -> Result<Vec<(u64, Receipt)>, JournalError> {
+        let after = self.anchors()?.last().map_or(0, |a| a.last);
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let t = tx.open_table(RECEIPTS).map_err(dberr)?;
+        let mut out = Vec::new();
+        for row in t.range(after + 1..).map_err(dberr)? {
+            let (k, v) = row.map_err(dberr)?;
+            out.push((k.value(), serde_json::from_slice(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The receipts `first..=last` (an anchored batch, to prove one of them).
+    pub fn receipts(&self, first: u64, last: u64) -> Result<Vec<Receipt>, JournalError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let t = tx.open_table(RECEIPTS).map_err(dberr)?;
+        let mut out = Vec::new();
+        for row in t.range(first..=last).map_err(dberr)? {
+            out.push(serde_json::from_slice(row.map_err(dberr)?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Records a posted batch (after the chain took it).
+    pub fn record_anchor(&self, anchor: &AnchorRecord) -> Result<(), JournalError> {
+        let bytes = serde_json::to_vec(anchor)?;
+        let tx = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut t = tx.open_table(ANCHORS).map_err(dberr)?;
+            let next = t.last().map_err(dberr)?.map_or(0, |(k, _)| k.value() + 1);
+            t.insert(next, bytes.as_slice()).map_err(dberr)?;
+        }
+        tx.commit().map_err(dberr)
+    }
+
+    /// Every anchored batch, in order.
+    pub fn anchors(&self) -> Result<Vec<AnchorRecord>, JournalError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let t = tx.open_table(ANCHORS).map_err(dberr)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(dberr)? {
+            out.push(serde_json::from_slice(row.map_err(dberr)?.1.value())?);
+        }
+        Ok(out)
+    }
+
     fn all<T: for<'de> Deserialize<'de>>(
         &self,
         table: TableDefinition<&[u8], &[u8]>,
@@ -296,6 +377,31 @@ mod tests {
         assert_eq!(w.state.delivered, 350);
         assert_eq!(j.worker_channels().unwrap().len(), 1);
         assert!(j.client(&[0; 32]).unwrap().is_none());
+
+        // Receipts wait until their batch is anchored.
+        let receipt = |job| Receipt {
+            channel: CH,
+            job,
+            prompt_tokens: 3,
+            completion_tokens: 4,
+            cost: 5,
+            finished_at: 6,
+        };
+        assert_eq!(j.add_receipt(&receipt(1)).unwrap(), 1);
+        assert_eq!(j.add_receipt(&receipt(2)).unwrap(), 2);
+        assert_eq!(j.pending_receipts().unwrap().len(), 2);
+        j.record_anchor(&AnchorRecord {
+            root: [9; 32],
+            first: 1,
+            last: 2,
+            posted_at: 7,
+        })
+        .unwrap();
+        j.add_receipt(&receipt(3)).unwrap();
+        let pending = j.pending_receipts().unwrap();
+        assert_eq!(pending, vec![(3, receipt(3))]);
+        assert_eq!(j.receipts(1, 2).unwrap(), vec![receipt(1), receipt(2)]);
+        assert_eq!(j.anchors().unwrap().len(), 1);
     }
 
     /// The child side of the crash test: pays in a loop, journalling each voucher before

@@ -287,5 +287,16 @@ pub async fn settle(
         0,
     )?
     .with_chain(chain);
-    Ok(crate::settlement::settle_all(&ledger, &Default::default(), false, true).await?)
+    let mut done = crate::settlement::settle_all(&ledger, &Default::default(), false, true).await?;
+    if let Some(a) =
+        crate::settlement::anchor_receipts(&ledger, &Default::default(), false, true).await?
+    {
+        done.push(crate::settlement::Settled {
+            channel: hex::encode(a.root),
+            action: "anchor",
+            reason: None,
+            amount: a.last + 1 - a.first,
+        });
+    }
+    Ok(done)
 }

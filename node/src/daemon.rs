@@ -254,6 +254,15 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             }
             Err(e) => tracing::error!("settlement on shutdown failed: {e}"),
         }
+        match crate::settlement::anchor_receipts(&ledger, &config.settle, true, false).await {
+            Ok(Some(a)) => println!(
+                "{SETTLED_LINE}anchor {} {}",
+                hex::encode(a.root),
+                a.last + 1 - a.first
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::error!("anchoring on shutdown failed: {e}"),
+        }
     }
     if let Some(task) = serve {
         task.abort();

@@ -5,16 +5,21 @@
 //! messages: `worker_close` with the best voucher when a channel is due, `challenge` when a
 //! channel is closing with an older voucher than ours (the client closed, or posted a stale
 //! voucher), and `finalize` once the challenge window is over, which pays the payout wallet.
-//! A daemon runs [`run`] every `check_every` and [`settle_all`] once more on shutdown.
+//! Job receipts are anchored in batches ([`anchor_receipts`]): the Merkle root of the
+//! receipts waiting goes to the worker's own anchor contract when the policy says a batch is
+//! due. A daemon runs [`run`] every `check_every` and both once more on shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use cocoon_ledger::journal::AnchorRecord;
 use cocoon_ledger::settle::{ChannelFacts, Reason, SettlePolicy};
 use cocoon_ledger::ton::chain::Chain;
 use cocoon_ledger::ton::client::{ChannelClient, WalletClient, WalletConfig};
+use cocoon_ledger::ton::contract::anchor_contract;
 use cocoon_ledger::ton::contract::ChannelStatus;
 use cocoon_ledger::ton::http::{HttpChain, HttpChainConfig};
+use cocoon_ledger::ton::merkle;
 use cocoon_ledger::ton::wallet::Wallet;
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
@@ -48,13 +53,13 @@ pub fn connect(
 /// What a settlement pass did to one channel.
 #[derive(Clone, Debug, Serialize)]
 pub struct Settled {
-    /// The channel (hex account id).
+    /// The channel (hex account id); for `anchor`, the batch's Merkle root.
     pub channel: String,
-    /// `worker_close`, `challenge` or `finalize`.
+    /// `worker_close`, `challenge`, `finalize` or `anchor`.
     pub action: &'static str,
     /// Why (for a close).
     pub reason: Option<Reason>,
-    /// The voucher amount it settles, nanoTON.
+    /// The voucher amount it settles, nanoTON; for `anchor`, the receipts in the batch.
     pub amount: u64,
 }
 
@@ -143,6 +148,48 @@ pub async fn settle_all(
     Ok(done)
 }
 
+/// Posts the Merkle root of the receipts waiting when a batch is due (or any are waiting,
+/// when `force`) to the worker's anchor contract (owner: its wallet; deployed by the first
+/// post), then journals the batch. Returns the batch, if one was posted.
+pub async fn anchor_receipts(
+    ledger: &WorkerLedger,
+    policy: &SettlePolicy,
+    shutdown: bool,
+    force: bool,
+) -> Result<Option<AnchorRecord>, PaymentError> {
+    let Some(chain) = ledger.chain() else {
+        return Ok(None);
+    };
+    let pending = ledger.journal().pending_receipts()?;
+    let (Some(first), Some(last)) = (pending.first(), pending.last()) else {
+        return Ok(None);
+    };
+    let now = crate::attestation::unix_now();
+    let age = now.saturating_sub(first.1.finished_at);
+    if !force && !policy.anchor_due(pending.len(), age, shutdown) {
+        return Ok(None);
+    }
+    let leaves: Vec<Vec<u8>> = pending.iter().map(|(_, r)| r.bytes()).collect();
+    let root = merkle::root(&leaves).expect("a non-empty batch has a root");
+    let chain_err = |e: cocoon_ledger::ton::chain::ChainError| PaymentError::Chain(e.to_string());
+    let anchor = anchor_contract(Some(chain.wallet().address()))
+        .map_err(|e| PaymentError::Chain(e.to_string()))?;
+    let count = u32::try_from(leaves.len()).unwrap_or(u32::MAX);
+    chain
+        .anchor(&anchor, &root, count)
+        .await
+        .map_err(chain_err)?;
+    let record = AnchorRecord {
+        root,
+        first: first.0,
+        last: last.0,
+        posted_at: now,
+    };
+    ledger.journal().record_anchor(&record)?;
+    tracing::info!(receipts = count, root = %hex::encode(root), "receipts anchored");
+    Ok(Some(record))
+}
+
 /// Runs a settlement pass every `every` until the task is dropped.
 pub async fn run(ledger: Arc<WorkerLedger>, policy: SettlePolicy, every: Duration) {
     let mut tick = tokio::time::interval(every);
@@ -151,6 +198,9 @@ pub async fn run(ledger: Arc<WorkerLedger>, policy: SettlePolicy, every: Duratio
         tick.tick().await;
         if let Err(e) = settle_all(&ledger, &policy, false, false).await {
             tracing::warn!("settlement pass failed: {e}");
+        }
+        if let Err(e) = anchor_receipts(&ledger, &policy, false, false).await {
+            tracing::warn!("anchoring failed: {e}");
         }
     }
 }

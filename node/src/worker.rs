@@ -278,7 +278,19 @@ impl Worker {
             .stream(channel, &mut generation, billing.as_mut(), id)
             .await;
         if let Some(b) = &billing {
-            if let Err(e) = b.ledger.record(&b.channel) {
+            let receipt = cocoon_ledger::settle::Receipt {
+                channel: b.channel,
+                job: id,
+                prompt_tokens,
+                completion_tokens: b.tokens,
+                cost: b.delivered,
+                finished_at: crate::attestation::unix_now(),
+            };
+            let journalled = b
+                .ledger
+                .record(&b.channel)
+                .and_then(|()| Ok(b.ledger.journal().add_receipt(&receipt)?));
+            if let Err(e) = journalled {
                 tracing::error!(job = id, "cannot journal the delivery: {e}");
             }
         }

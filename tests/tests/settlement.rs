@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use cocoon_ledger::journal::Journal;
-use cocoon_ledger::ton::contract::{ChannelStatus, CLOSE_VALUE, DEPOSIT_RESERVE};
+use cocoon_ledger::ton::contract::{anchor_contract, ChannelStatus, CLOSE_VALUE, DEPOSIT_RESERVE};
+use cocoon_ledger::ton::merkle;
 use cocoon_ledger::ton::{
     Chain, ChannelClient, LocalChain, LocalChainConfig, TonAddress, WalletClient, WalletConfig,
 };
@@ -45,7 +46,7 @@ fn jobs_paid_through_a_channel_are_settled_on_chain_to_the_nanoton() {
     // A worker that settles anything on shutdown (the default waits for 0.05 TON).
     let scratch = cocoon_tests::scratch("settle-cfg").unwrap();
     let config = scratch.path().join("worker.toml");
-    std::fs::write(&config, "[settle]\nmin_amount = 1\n").unwrap();
+    std::fs::write(&config, "[settle]\nmin_amount = 1\nanchor_batch = 2\n").unwrap();
     let mut net = LoopbackNet::start(
         "settle",
         &[vec![
@@ -208,6 +209,31 @@ fn jobs_paid_through_a_channel_are_settled_on_chain_to_the_nanoton() {
         "refund {} for {expected} before gas",
         refund.in_value
     );
+
+    // The two jobs' receipts were anchored as one batch in the worker's anchor contract; a
+    // receipt from the worker's journal proves against the root on chain.
+    let journal = Journal::open(&w0.join("journal.redb")).unwrap();
+    let batch = journal.anchors().unwrap();
+    assert_eq!(batch.len(), 1, "{batch:?}");
+    let receipts = journal.receipts(batch[0].first, batch[0].last).unwrap();
+    assert_eq!(receipts.len(), 2);
+    assert_eq!(
+        receipts.iter().map(|r| r.cost).sum::<u64>(),
+        paid,
+        "the receipts account for every nanoTON"
+    );
+    let anchor = anchor_contract(Some(&payout)).unwrap();
+    let entry = rt
+        .block_on(anyone.anchor_root(&anchor.address, 0))
+        .unwrap()
+        .expect("the batch is on chain");
+    assert_eq!(entry.root, batch[0].root);
+    assert_eq!(entry.batch_size, 2);
+    let leaves: Vec<Vec<u8>> = receipts.iter().map(|r| r.bytes()).collect();
+    let proof = merkle::proof(&leaves, 1).unwrap();
+    assert!(merkle::verify(&leaves[1], &proof, &entry.root));
+    drop(journal);
+
     let stats = rt.block_on(chain.stats()).unwrap();
     eprintln!(
         "on chain for 2 jobs: {} transactions, {} nanoTON of fees",
