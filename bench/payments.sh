@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 export COCOON_BENCH_ROUNDS="${1:-5}"
 rm -f target/bench-payments.md target/bench-onchain.md
 cargo bench -p cocoon-ledger --bench payments
-cargo bench -p cocoon-tests --bench onchain
+cargo bench -p cocoon-ledger --bench onchain
 {
   echo "# bench/payments.sh, $(date -u +%Y-%m-%d), $(nproc) cores"
   echo

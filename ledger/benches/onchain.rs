@@ -1,6 +1,6 @@
 //! Benchmark: on-chain operations and fees per 1,000 jobs at steady state.
 //!
-//! `cargo bench -p cocoon-tests --bench onchain` (or `bench/payments.sh`). Two real parts:
+//! `cargo bench -p cocoon-ledger --bench onchain` (or `bench/payments.sh`). Two real parts:
 //! 1. the fees of each operation, measured by running one channel's whole life (open, worker
 //!    close with a voucher, finalize) and one anchor post from Rust-built messages on the local
 //!    chain (the TVM emulator with mainnet fees), counting every transaction each causes;
@@ -44,7 +44,8 @@ async fn measure<F: std::future::Future<Output = ()>>(chain: &LocalChain, op: F)
 
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let dir = cocoon_tests::contract::contract_dir_ready();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contract");
+    cocoon_ledger::ton::npm::install(&dir).unwrap();
     let chain = Arc::new(
         rt.block_on(LocalChain::start(LocalChainConfig::new(dir)))
             .unwrap(),
