@@ -1056,6 +1056,9 @@ async fn channel_cmd(cmd: ChannelCmd) -> anyhow::Result<()> {
             let key = accounts::key(&dir)?;
             let chain = account.need_chain(&key)?;
             accounts::top_up(&dir, &chain, accounts::parse_channel(&channel)?, amount).await?;
+            if account.json {
+                return print_json(&serde_json::json!({ "channel": channel, "topped_up": amount }));
+            }
             println!("topped up {channel} by {amount} nanoTON");
         }
         ChannelCmd::Close { account, channel } => {
@@ -1063,6 +1066,9 @@ async fn channel_cmd(cmd: ChannelCmd) -> anyhow::Result<()> {
             let key = accounts::key(&dir)?;
             let chain = account.need_chain(&key)?;
             let done = accounts::close(&chain, accounts::parse_channel(&channel)?).await?;
+            if account.json {
+                return print_json(&serde_json::json!({ "channel": channel, "action": done }));
+            }
             println!("{done} {channel}");
         }
     }

@@ -16,6 +16,7 @@ use cocoon_node::payments::{basechain, wallet};
 use cocoon_tests::{parse_json, LoopbackNet};
 
 const TON: u128 = 1_000_000_000;
+const TOP_UP: u128 = 100_000_000;
 /// Ops of the contract's outgoing messages (README "Outgoing messages").
 const PAYOUT: u32 = 0x70617964;
 const REFUND: u32 = 0x72656664;
@@ -131,6 +132,21 @@ fn jobs_paid_through_a_channel_are_settled_on_chain_to_the_nanoton() {
     assert_eq!(row["role"], "client");
     assert_eq!(row["onchain"], "open");
     assert_eq!(row["onchain_deposit"], TON.to_string());
+    let channel_hex = first["channel"].as_str().unwrap();
+    let topped = cocoon(&[
+        "channel",
+        "topup",
+        "--data-dir",
+        cd,
+        "--chain",
+        &url,
+        "--channel",
+        channel_hex,
+        "--amount",
+        "100000000",
+        "--json",
+    ]);
+    assert_eq!(topped["topped_up"], 100_000_000);
 
     // The channel is open on chain with the deposit the client asked for.
     let anyone = ChannelClient::new(WalletClient::new(
@@ -143,7 +159,7 @@ fn jobs_paid_through_a_channel_are_settled_on_chain_to_the_nanoton() {
         .unwrap()
         .unwrap();
     assert_eq!(state.status, ChannelStatus::Open);
-    assert_eq!(state.deposit, TON);
+    assert_eq!(state.deposit, TON + TOP_UP, "opened with 1 TON, topped up");
 
     // SIGTERM: the worker settles on shutdown with its best voucher.
     net.workers[0].stop(std::time::Duration::from_secs(30));
@@ -201,9 +217,10 @@ fn jobs_paid_through_a_channel_are_settled_on_chain_to_the_nanoton() {
         .iter()
         .find(|t| t.in_op == Some(REFUND))
         .expect("the client got the rest back");
-    // The rest of the deposit and the 0.05 TON reserve, minus the contract's gas (well under
-    // 0.01 TON); the finalize message's value came from the worker's wallet this time.
-    let expected = TON - paid as u128 + DEPOSIT_RESERVE + CLOSE_VALUE;
+    // The rest of the deposit and the 0.05 TON reserve of each funding message, plus the
+    // finalize message's value (sent by the worker's wallet), minus the contract's gas (well
+    // under 0.01 TON).
+    let expected = TON + TOP_UP - paid as u128 + 2 * DEPOSIT_RESERVE + CLOSE_VALUE;
     assert!(
         refund.in_value <= expected && refund.in_value > expected - TON / 100,
         "refund {} for {expected} before gas",
