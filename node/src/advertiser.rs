@@ -56,12 +56,7 @@ impl Default for AdvertiserConfig {
     }
 }
 
-/// The ed25519 signing key of a libp2p identity.
-pub fn signing_key(keypair: &libp2p::identity::Keypair) -> Option<SigningKey> {
-    let ed = keypair.clone().try_into_ed25519().ok()?;
-    let secret: [u8; 32] = ed.secret().as_ref().try_into().ok()?;
-    Some(SigningKey::from_bytes(&secret))
-}
+pub use crate::payments::signing_key;
 
 /// The worker's slots and how many are busy now.
 pub fn load(worker: &Worker, config: &AdvertiserConfig) -> (u32, u32) {

@@ -7,6 +7,7 @@
 //! - [`market`]: the gossip market core fed by the network (validation, sync);
 //! - [`advertiser`]: a worker's signed advert and its price policy;
 //! - [`client`]: the light client that ranks workers, runs a job, pays, fails over;
+//! - [`light`]: the same as an embeddable library: a builder and a `Stream` of text;
 //! - [`payments`]: payment channels on both sides of a job, journalled;
 //! - [`settlement`]: a worker's channels settled on TON;
 //! - [`accounts`]: `cocoon wallet|channel|ledger`: a data dir's wallet and channels;
@@ -14,18 +15,28 @@
 //! - [`launch`]: starting `cocoon node` processes (demo, tests, benchmarks);
 //! - [`models`]: known models and `cocoon model fetch`;
 //! - [`config`]: TOML + environment + flags.
+//!
+//! Feature `worker` (default) adds the inference engine (candle), the daemon, the demo and
+//! the binary; without it this crate is the light client ([`light`]) and pulls in no candle.
 #![warn(missing_docs)]
 
 pub mod accounts;
+#[cfg(feature = "worker")]
 pub mod advertiser;
 pub mod attestation;
 pub mod client;
+#[cfg(feature = "worker")]
 pub mod config;
+#[cfg(feature = "worker")]
 pub mod daemon;
+#[cfg(feature = "worker")]
 pub mod demo;
+#[cfg(feature = "worker")]
 pub mod launch;
+pub mod light;
 pub mod market;
 pub mod models;
 pub mod payments;
 pub mod settlement;
+#[cfg(feature = "worker")]
 pub mod worker;

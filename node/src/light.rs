@@ -1,0 +1,243 @@
+//! The embeddable light client: the network from a Rust program, without candle.
+//!
+//! [`LightClient::builder`] joins the network in DHT client mode (bootstrap peers and/or
+//! mDNS), fills its market from the bootstrap peers and gossip, and keeps an identity, a
+//! payment journal and a reputation record in its data dir. [`LightClient::infer`] returns a
+//! [`futures::Stream`] of [`Event`]s: text as the worker streams it, then the outcome. Under
+//! the stream the job runs as `cocoon infer` runs it ([`crate::client`]): the market ranks
+//! the workers, the first is verified (attestation, bound to the Noise key), the job runs
+//! encrypted end to end, is paid through a channel with the worker, and fails over to the
+//! next worker, resuming the answer, when one dies.
+//!
+//! Build with `default-features = false` to leave out the worker (and candle).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cocoon_gossip::{Advert, Reputation};
+use cocoon_p2p::{DhtMode, Multiaddr, Network, NetworkConfig};
+use futures::Stream;
+
+use crate::attestation::ClientTrust;
+use crate::client::{self, ClientConfig, InferError, InferOutcome, InferRequest};
+use crate::market::MarketService;
+use crate::payments::{ClientLedger, PaymentConfig, PaymentError, JOURNAL_FILE};
+
+/// Why the light client could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LightError {
+    /// Neither bootstrap peers nor mDNS: no way to find the network.
+    #[error("give bootstrap peers or enable mDNS: there is no way to find the network")]
+    NoWayIn,
+    /// The identity in the data dir could not be read or made.
+    #[error(transparent)]
+    Identity(#[from] cocoon_p2p::identity::IdentityError),
+    /// The identity is not an ed25519 key.
+    #[error("the identity is not an ed25519 key")]
+    NotEd25519,
+    /// The trust policy could not be loaded.
+    #[error(transparent)]
+    Trust(#[from] crate::attestation::AttestationSetupError),
+    /// The payment journal or the chain could not be set up.
+    #[error(transparent)]
+    Payments(#[from] PaymentError),
+    /// The network could not start.
+    #[error(transparent)]
+    Network(#[from] cocoon_p2p::NetworkError),
+    /// Joining the market failed.
+    #[error(transparent)]
+    Join(#[from] InferError),
+}
+
+/// Builds a [`LightClient`]; every setting has a documented default.
+#[derive(Clone, Debug)]
+pub struct LightClientBuilder {
+    bootstrap: Vec<Multiaddr>,
+    mdns: bool,
+    data_dir: PathBuf,
+    trust: ClientTrust,
+    payments: PaymentConfig,
+    chain: Option<(String, Option<String>)>,
+    max_price_per_mtok: Option<u64>,
+    sync_timeout: Duration,
+}
+
+impl Default for LightClientBuilder {
+    fn default() -> Self {
+        Self {
+            bootstrap: Vec::new(),
+            mdns: false,
+            data_dir: crate::models::cocoon_home().join("client"),
+            trust: ClientTrust::default(),
+            payments: PaymentConfig::default(),
+            chain: None,
+            max_price_per_mtok: None,
+            sync_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl LightClientBuilder {
+    /// A bootstrap peer (a multiaddr ending in `/p2p/<peer id>`). Default: none.
+    pub fn bootstrap(mut self, addr: Multiaddr) -> Self {
+        self.bootstrap.push(addr);
+        self
+    }
+
+    /// Finds peers on the LAN with mDNS. Default: off.
+    pub fn mdns(mut self, on: bool) -> Self {
+        self.mdns = on;
+        self
+    }
+
+    /// Identity, payment journal and reputation record. Default: `$COCOON_HOME/client`.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = dir.into();
+        self
+    }
+
+    /// Which workers to trust. Default: the safe default policy, which refuses development
+    /// evidence and every TDX image not allowlisted.
+    pub fn trust(mut self, trust: ClientTrust) -> Self {
+        self.trust = trust;
+        self
+    }
+
+    /// How to pay (deposit of new channels, tokens per voucher). Default:
+    /// [`PaymentConfig::default`].
+    pub fn payments(mut self, payments: PaymentConfig) -> Self {
+        self.payments = payments;
+        self
+    }
+
+    /// Opens channels on this TON HTTP API endpoint (and its API key). Default: none, the
+    /// channels stay off-chain.
+    pub fn chain(mut self, url: impl Into<String>, api_key: Option<String>) -> Self {
+        self.chain = Some((url.into(), api_key));
+        self
+    }
+
+    /// Highest price accepted, nanoTON per million tokens. Default: none.
+    pub fn max_price_per_mtok(mut self, max: u64) -> Self {
+        self.max_price_per_mtok = Some(max);
+        self
+    }
+
+    /// Starts the client: network, market (synced from the bootstrap peers), payments.
+    pub async fn build(self) -> Result<LightClient, LightError> {
+        if self.bootstrap.is_empty() && !self.mdns {
+            return Err(LightError::NoWayIn);
+        }
+        let keypair = cocoon_p2p::identity::load_or_create(&self.data_dir)?;
+        let key = crate::payments::signing_key(&keypair).ok_or(LightError::NotEd25519)?;
+        let dir = self.data_dir.clone();
+        let payments = self.payments.clone();
+        let k = key.clone();
+        let mut ledger = tokio::task::spawn_blocking(move || {
+            ClientLedger::open(
+                &dir.join(JOURNAL_FILE),
+                k.clone(),
+                crate::payments::wallet(&k)?,
+                payments,
+            )
+        })
+        .await
+        .map_err(|e| PaymentError::Chain(e.to_string()))??;
+        if let Some((url, api_key)) = &self.chain {
+            ledger = ledger.with_chain(crate::settlement::connect(url, api_key.clone(), &key)?);
+        }
+        let peers = client::peers_of(&self.bootstrap);
+        let network = Network::start(
+            keypair,
+            NetworkConfig {
+                listen: vec!["/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .expect("valid multiaddr")],
+                bootstrap: self.bootstrap,
+                mdns: self.mdns,
+                dht_mode: DhtMode::Client,
+                ..Default::default()
+            },
+        )?;
+        let market = client::join_market(&network, &peers, self.sync_timeout).await?;
+        let reputation_file = self.data_dir.join("reputation.json");
+        Ok(LightClient {
+            config: ClientConfig {
+                verifier: Arc::new(self.trust.verifier()?),
+                max_price_per_mtok: self.max_price_per_mtok,
+                payments: Some(Arc::new(ledger)),
+                ..Default::default()
+            },
+            reputation: Arc::new(Mutex::new(client::load_reputation(&reputation_file))),
+            reputation_file,
+            network,
+            market,
+        })
+    }
+}
+
+/// What [`LightClient::infer`] streams.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// More of the answer (one answer across failovers: nothing repeated, nothing lost).
+    Text(String),
+    /// The job finished: worker, attestation, tokens, timings and what was paid.
+    Done(Box<InferOutcome>),
+}
+
+/// A running light client. Cheap to share behind an `Arc`; jobs may run concurrently.
+pub struct LightClient {
+    network: Network,
+    market: MarketService,
+    config: ClientConfig,
+    reputation: Arc<Mutex<Reputation>>,
+    reputation_file: PathBuf,
+}
+
+impl LightClient {
+    /// A builder with the defaults.
+    pub fn builder() -> LightClientBuilder {
+        LightClientBuilder::default()
+    }
+
+    /// The live adverts the market knows (models, prices, capacity, attestation kind).
+    pub fn adverts(&self) -> Vec<Advert> {
+        self.market.adverts()
+    }
+
+    /// Runs `request` on the network; the stream yields the answer's text as it arrives and
+    /// ends with [`Event::Done`] or one error. Dropping the stream abandons the job.
+    pub fn infer(
+        &self,
+        request: InferRequest,
+    ) -> impl Stream<Item = Result<Event, InferError>> + Send + 'static {
+        // Every chunk holds at least one token: max_tokens + 2 slots never fill.
+        let capacity = request.sampling.max_tokens as usize + 2;
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+        let network = self.network.clone();
+        let market = self.market.clone();
+        let config = self.config.clone();
+        let reputation = self.reputation.clone();
+        tokio::spawn(async move {
+            let mut rep = reputation.lock().expect("reputation lock").clone();
+            let text_tx = tx.clone();
+            let result = client::infer(&network, &market, &mut rep, request, &config, |t| {
+                let _ = text_tx.try_send(Ok(Event::Text(t.to_string())));
+            })
+            .await;
+            *reputation.lock().expect("reputation lock") = rep;
+            let _ = tx.send(result.map(|o| Event::Done(Box::new(o)))).await;
+        });
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
+    }
+
+    /// Stops the network and saves the reputation record.
+    pub async fn shutdown(self) {
+        self.network.shutdown().await;
+        let reputation = self.reputation.lock().expect("reputation lock").clone();
+        if let Err(e) = client::save_reputation(&self.reputation_file, &reputation) {
+            tracing::warn!("cannot save {}: {e}", self.reputation_file.display());
+        }
+    }
+}

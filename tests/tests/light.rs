@@ -1,0 +1,56 @@
+//! The embeddable light client (`cocoon_node::light`) against real worker processes: the
+//! stream carries the answer and ends with the outcome; the job was attested, encrypted and
+//! paid like one from `cocoon infer`.
+
+use cocoon_node::attestation::ClientTrust;
+use cocoon_node::client::InferRequest;
+use cocoon_node::light::{Event, LightClient, LightError};
+use cocoon_p2p::job::{JobInput, Sampling};
+use cocoon_tests::LoopbackNet;
+use futures::StreamExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_light_client_streams_a_paid_answer() {
+    let net = tokio::task::spawn_blocking(|| LoopbackNet::start("light", &[vec![]]))
+        .await
+        .unwrap()
+        .expect("start the network");
+    assert!(matches!(
+        LightClient::builder().build().await,
+        Err(LightError::NoWayIn)
+    ));
+    let client = LightClient::builder()
+        .bootstrap(net.bootstrap_addr().parse().unwrap())
+        .data_dir(net.dir.path().join("light"))
+        .trust(ClientTrust {
+            insecure_dev: true,
+            ..Default::default()
+        })
+        .build()
+        .await
+        .expect("join the network");
+    let request = InferRequest {
+        model: "smollm2-135m-instruct-q4_1".into(),
+        input: JobInput::Prompt("The capital of France is".into()),
+        sampling: Sampling {
+            max_tokens: 8,
+            ..Default::default()
+        },
+    };
+    let mut stream = Box::pin(client.infer(request));
+    let (mut text, mut outcome) = (String::new(), None);
+    while let Some(event) = stream.next().await {
+        match event.expect("the job succeeds") {
+            Event::Text(t) => text.push_str(&t),
+            Event::Done(o) => outcome = Some(o),
+        }
+    }
+    let outcome = outcome.expect("the stream ends with the outcome");
+    assert!(!text.is_empty());
+    assert_eq!(outcome.text, text, "streamed text is the answer");
+    assert_eq!(outcome.worker_peer, net.workers[0].peer_id);
+    assert_eq!(outcome.attestation, "dev-insecure");
+    assert!(outcome.paid_nanoton > 0 && outcome.channel.is_some());
+    assert!(!client.adverts().is_empty());
+    client.shutdown().await;
+}
