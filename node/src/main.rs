@@ -37,6 +37,9 @@ enum Cmd {
     /// Attestation tools: verify a quote offline, check this machine.
     #[command(subcommand)]
     Attest(AttestCmd),
+    /// Serve the OpenAI HTTP API (/v1/models, /v1/chat/completions, /v1/completions)
+    /// backed by the network.
+    Gateway(GatewayArgs),
     /// The node's TON wallet (its identity key, wallet v4r2).
     #[command(subcommand)]
     Wallet(WalletCmd),
@@ -46,6 +49,32 @@ enum Cmd {
     /// The worker's ledger: settle its channels on chain now.
     #[command(subcommand)]
     Ledger(LedgerCmd),
+}
+
+#[derive(Debug, Args)]
+struct GatewayArgs {
+    /// Address to serve on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Bootstrap peers (multiaddrs with /p2p/<id>).
+    #[arg(long, env = "COCOON_BOOTSTRAP", value_delimiter = ',')]
+    bootstrap: Vec<String>,
+    /// Also find peers on the LAN with mDNS.
+    #[arg(long)]
+    mdns: bool,
+    /// Require `Authorization: Bearer KEY` on every request.
+    #[arg(long = "api-key", env = "COCOON_GATEWAY_API_KEY")]
+    gateway_key: Option<String>,
+    /// Identity, payment journal and reputation [default: $COCOON_HOME/client].
+    #[arg(long, env = "COCOON_CLIENT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Largest request body, bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_body: usize,
+    #[command(flatten)]
+    trust: TrustArgs,
+    #[command(flatten)]
+    chain: ChainArgs,
 }
 
 /// Which account a money command acts on.
@@ -435,6 +464,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Market(args) => {
             init_logging("warn");
             runtime.block_on(market(args))
+        }
+        Cmd::Gateway(args) => {
+            init_logging("warn");
+            runtime.block_on(gateway(args))
         }
         Cmd::Wallet(cmd) => {
             init_logging("warn");
@@ -964,6 +997,38 @@ fn model(cmd: ModelCmd) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let mut builder = cocoon_node::light::LightClient::builder()
+        .mdns(args.mdns)
+        .trust(args.trust.trust());
+    for addr in config::parse_addrs("bootstrap", &args.bootstrap)? {
+        builder = builder.bootstrap(addr);
+    }
+    if let Some(dir) = &args.data_dir {
+        builder = builder.data_dir(dir);
+    }
+    if let Some(url) = &args.chain.url {
+        builder = builder.chain(url, args.chain.api_key.clone());
+    }
+    let client = std::sync::Arc::new(builder.build().await?);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let router = cocoon_node::gateway::router(
+        client.clone(),
+        cocoon_node::gateway::GatewayConfig {
+            api_key: args.gateway_key,
+            max_body: args.max_body,
+            ..Default::default()
+        },
+    );
+    println!("gateway listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(daemon::shutdown_signal())
+        .await?;
     Ok(())
 }
 

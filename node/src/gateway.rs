@@ -1,0 +1,477 @@
+//! `cocoon gateway`: the OpenAI HTTP API in front of the network, for the code developers
+//! already have.
+//!
+//! `GET /v1/models` lists the models on offer in the market (with their cheapest price and
+//! worker count); `POST /v1/chat/completions` and `POST /v1/completions` run a job through
+//! the [`LightClient`] (attested, encrypted, paid, with failover), either as one JSON
+//! response or, with `"stream": true`, as server-sent events in OpenAI's chunk format ending
+//! with `data: [DONE]`. Every answer names the worker that produced it, its attestation and
+//! what was paid: in `x-cocoon-*` headers and a `cocoon` field (the last chunk's, when
+//! streaming). Errors are OpenAI's error JSON with the status a client expects: 400 bad
+//! request, 401 bad API key, 404 unknown model, 402 payment channel out of funds, 413 body
+//! too large, 503 no worker available.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cocoon_p2p::job::{ChatMessage, JobInput, Sampling};
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::client::{InferError, InferOutcome, InferRequest};
+use crate::light::{Event, LightClient};
+
+/// Gateway settings.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Bearer token the local API requires; `None` serves anyone who can reach the port.
+    /// Default: none.
+    pub api_key: Option<String>,
+    /// Largest request body, bytes. Default: 1 MiB.
+    pub max_body: usize,
+    /// `max_tokens` when a request gives none. Default: 256.
+    pub default_max_tokens: u32,
+    /// Largest `max_tokens` accepted. Default: 4,096.
+    pub max_tokens_cap: u32,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            max_body: 1 << 20,
+            default_max_tokens: 256,
+            max_tokens_cap: 4096,
+        }
+    }
+}
+
+struct App {
+    client: Arc<LightClient>,
+    config: GatewayConfig,
+}
+
+/// The gateway's routes over `client`.
+pub fn router(client: Arc<LightClient>, config: GatewayConfig) -> Router {
+    let max_body = config.max_body;
+    Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint", "not_found") })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(Arc::new(App { client, config }))
+}
+
+/// A refused request: its status, message and OpenAI error code.
+struct ApiError(StatusCode, String, &'static str);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.0, self.1, self.2)
+    }
+}
+
+fn bad_request(message: String) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message, "invalid_request")
+}
+
+/// OpenAI's error JSON.
+fn error(status: StatusCode, message: impl Into<String>, code: &str) -> Response {
+    let kind = match status {
+        StatusCode::UNAUTHORIZED => "authentication_error",
+        StatusCode::PAYMENT_REQUIRED => "insufficient_quota",
+        StatusCode::NOT_FOUND => "invalid_request_error",
+        s if s.is_client_error() => "invalid_request_error",
+        _ => "service_unavailable",
+    };
+    let body =
+        json!({"error": {"message": message.into(), "type": kind, "param": null, "code": code}});
+    (status, Json(body)).into_response()
+}
+
+fn authorised(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = &app.config.api_key else {
+        return Ok(());
+    };
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(key.as_str()) {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong API key (Authorization: Bearer ...)".into(),
+            "invalid_api_key",
+        ))
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorised(&app, &headers) {
+        return e.into_response();
+    }
+    let mut offers: BTreeMap<String, (u64, u64, usize)> = BTreeMap::new();
+    for advert in app.client.adverts() {
+        for m in &advert.models {
+            let e = offers
+                .entry(m.id.clone())
+                .or_insert((u64::MAX, u64::MAX, 0));
+            e.0 = e.0.min(advert.price.prompt_per_mtok);
+            e.1 = e.1.min(advert.price.completion_per_mtok);
+            e.2 += 1;
+        }
+    }
+    let data: Vec<Value> = offers
+        .into_iter()
+        .map(|(id, (p, c, workers))| {
+            json!({"id": id, "object": "model", "created": 0, "owned_by": "cocoon",
+                   "price": {"prompt_per_mtok_nanoton": p, "completion_per_mtok_nanoton": c},
+                   "workers": workers})
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// `stop`: a string or a list of strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The fields both endpoints share.
+#[derive(Deserialize)]
+struct Common {
+    model: String,
+    #[serde(default)]
+    stream: bool,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    stop: Option<Stop>,
+    seed: Option<u64>,
+    n: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct ChatBody {
+    #[serde(flatten)]
+    common: Common,
+    messages: Vec<ChatMessage>,
+}
+
+#[derive(Deserialize)]
+struct CompletionBody {
+    #[serde(flatten)]
+    common: Common,
+    prompt: String,
+}
+
+/// What kind of answer the client asked for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+/// The fields whose type a request most often gets wrong, checked by name first so the
+/// error names the field (serde's message for a flattened struct does not).
+const TYPED_FIELDS: &[(&str, &str)] = &[
+    ("model", "a string"),
+    ("stream", "a boolean"),
+    ("temperature", "a number"),
+    ("top_p", "a number"),
+    ("max_tokens", "a non-negative integer"),
+    ("max_completion_tokens", "a non-negative integer"),
+    ("seed", "a non-negative integer"),
+    ("n", "a non-negative integer"),
+    ("messages", "an array of {role, content} objects"),
+    ("prompt", "a string"),
+];
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
+    let bad = bad_request;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+    let Some(fields) = value.as_object() else {
+        return Err(bad("the body must be a JSON object".into()));
+    };
+    for (name, want) in TYPED_FIELDS {
+        let ok = match (fields.get(*name), *name) {
+            (None | Some(Value::Null), _) => true,
+            (Some(v), "model" | "prompt") => v.is_string(),
+            (Some(v), "stream") => v.is_boolean(),
+            (Some(v), "temperature" | "top_p") => v.is_number(),
+            (Some(v), "messages") => v.is_array(),
+            (Some(v), _) => v.is_u64(),
+        };
+        if !ok {
+            return Err(bad(format!("`{name}` must be {want}")));
+        }
+    }
+    serde_json::from_value(value).map_err(|e| bad(format!("invalid request: {e}")))
+}
+
+fn sampling(app: &App, c: &Common) -> Result<Sampling, ApiError> {
+    let bad = |m: String| Err(bad_request(m));
+    if c.n.is_some_and(|n| n != 1) {
+        return bad("only n = 1 is supported".into());
+    }
+    let max_tokens = c
+        .max_completion_tokens
+        .or(c.max_tokens)
+        .unwrap_or(app.config.default_max_tokens);
+    if max_tokens == 0 || max_tokens > app.config.max_tokens_cap {
+        return bad(format!(
+            "max_tokens must be between 1 and {}",
+            app.config.max_tokens_cap
+        ));
+    }
+    let temperature = c.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return bad("temperature must be between 0 and 2".into());
+    }
+    if c.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+        return bad("top_p must be in (0, 1]".into());
+    }
+    Ok(Sampling {
+        seed: c
+            .seed
+            .unwrap_or_else(|| now() ^ u64::from(std::process::id())),
+        temperature,
+        top_p: c.top_p,
+        top_k: None,
+        max_tokens,
+        stop: match &c.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        },
+    })
+}
+
+async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(e) = authorised(&app, &headers) {
+        return e.into_response();
+    }
+    let body: ChatBody = match parse(&body) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    if body.messages.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "messages must not be empty",
+            "invalid_request",
+        );
+    }
+    run(app, body.common, JobInput::Chat(body.messages), Kind::Chat).await
+}
+
+async fn completions(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(e) = authorised(&app, &headers) {
+        return e.into_response();
+    }
+    let body: CompletionBody = match parse(&body) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    run(
+        app,
+        body.common,
+        JobInput::Prompt(body.prompt),
+        Kind::Completion,
+    )
+    .await
+}
+
+/// The status and error of a failed job.
+fn job_error(e: &InferError) -> Response {
+    let text = e.to_string();
+    match e {
+        InferError::AllFailed { tried, .. }
+            if !tried.is_empty()
+                && tried
+                    .iter()
+                    .all(|(_, m)| m.contains("PaymentRequired") || m.contains("deposit")) =>
+        {
+            error(StatusCode::PAYMENT_REQUIRED, text, "payment_required")
+        }
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, text, "no_worker_available"),
+    }
+}
+
+fn audit(o: &InferOutcome) -> Value {
+    json!({
+        "worker": o.worker_peer,
+        "attestation": o.attestation,
+        "measurement": o.measurement,
+        "tcb_status": o.tcb_status,
+        "paid_nanoton": o.paid_nanoton,
+        "channel": o.channel,
+        "price_prompt_per_mtok": o.price_prompt_per_mtok,
+        "price_completion_per_mtok": o.price_completion_per_mtok,
+        "failed_attempts": o.failed_attempts,
+    })
+}
+
+fn usage(o: &InferOutcome) -> Value {
+    json!({"prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens,
+           "total_tokens": o.prompt_tokens + o.completion_tokens})
+}
+
+fn request_id(kind: Kind) -> String {
+    let mut b = [0u8; 12];
+    let _ = getrandom::fill(&mut b);
+    match kind {
+        Kind::Chat => format!("chatcmpl-{}", hex::encode(b)),
+        Kind::Completion => format!("cmpl-{}", hex::encode(b)),
+    }
+}
+
+async fn run(app: Arc<App>, common: Common, input: JobInput, kind: Kind) -> Response {
+    let offered = app.client.adverts().iter().any(|a| a.serves(&common.model));
+    if !offered {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("the model {:?} is not offered on the network", common.model),
+            "model_not_found",
+        );
+    }
+    let sampling = match sampling(&app, &common) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let request = InferRequest {
+        model: common.model.clone(),
+        input,
+        sampling,
+    };
+    let id = request_id(kind);
+    let events = app.client.infer(request);
+    if common.stream {
+        return stream(events, id, common.model, kind).await;
+    }
+    let mut events = Box::pin(events);
+    let mut outcome = None;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Event::Text(_)) => {}
+            Ok(Event::Done(o)) => outcome = Some(o),
+            Err(e) => return job_error(&e),
+        }
+    }
+    let Some(o) = outcome else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the job ended without a result",
+            "no_worker_available",
+        );
+    };
+    let choice = match kind {
+        Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": o.text},
+                             "finish_reason": o.finish_reason, "logprobs": null}),
+        Kind::Completion => json!({"index": 0, "text": o.text, "finish_reason": o.finish_reason,
+                                   "logprobs": null}),
+    };
+    let object = match kind {
+        Kind::Chat => "chat.completion",
+        Kind::Completion => "text_completion",
+    };
+    let body = json!({"id": id, "object": object, "created": now(), "model": common.model,
+                      "choices": [choice], "usage": usage(&o), "cocoon": audit(&o)});
+    let mut response = Json(body).into_response();
+    let h = response.headers_mut();
+    for (name, value) in [
+        ("x-cocoon-worker", o.worker_peer.clone()),
+        ("x-cocoon-attestation", o.attestation.clone()),
+        ("x-cocoon-paid-nanoton", o.paid_nanoton.to_string()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
+    response
+}
+
+/// Server-sent events in OpenAI's chunk format; the last chunk carries `finish_reason`,
+/// `usage` and `cocoon`; then `[DONE]`. A failure mid-stream is an `error` event.
+async fn stream(
+    events: impl Stream<Item = Result<Event, InferError>> + Send + 'static,
+    id: String,
+    model: String,
+    kind: Kind,
+) -> Response {
+    let created = now();
+    let chunk = move |delta: Value, finish: Value, extra: Option<(Value, Value)>| {
+        let choice = match kind {
+            Kind::Chat => {
+                json!({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null})
+            }
+            Kind::Completion => {
+                json!({"index": 0, "text": delta.get("content").cloned().unwrap_or(json!("")),
+                                       "finish_reason": finish, "logprobs": null})
+            }
+        };
+        let object = match kind {
+            Kind::Chat => "chat.completion.chunk",
+            Kind::Completion => "text_completion",
+        };
+        let mut v = json!({"id": id, "object": object, "created": created, "model": model,
+                           "choices": [choice]});
+        if let Some((usage, cocoon)) = extra {
+            v["usage"] = usage;
+            v["cocoon"] = cocoon;
+        }
+        SseEvent::default().data(v.to_string())
+    };
+    let first = (kind == Kind::Chat).then(|| {
+        chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+            None,
+        )
+    });
+    let body = futures::stream::iter(first)
+        .chain(events.map(move |event| {
+            match event {
+                Ok(Event::Text(t)) => chunk(json!({"content": t}), Value::Null, None),
+                Ok(Event::Done(o)) => chunk(
+                    json!({}),
+                    json!(o.finish_reason),
+                    Some((usage(&o), audit(&o))),
+                ),
+                Err(e) => SseEvent::default().data(
+                    json!({"error": {"message": e.to_string(), "type": "service_unavailable",
+                                 "param": null, "code": "job_failed"}})
+                    .to_string(),
+                ),
+            }
+        }))
+        .chain(futures::stream::once(async {
+            SseEvent::default().data("[DONE]")
+        }))
+        .map(Ok::<_, Infallible>);
+    Sse::new(body).into_response()
+}

@@ -1,0 +1,211 @@
+//! `cocoon gateway` against real workers, spoken to in plain HTTP/1.1: model listing, chat
+//! and text completions with and without streaming, the audit fields, and every class of bad
+//! request answered with OpenAI's error JSON while the gateway keeps serving.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+
+use cocoon_tests::LoopbackNet;
+use serde_json::{json, Value};
+
+const MODEL: &str = "smollm2-135m-instruct-q4_1";
+
+/// A gateway process on an OS-chosen port; killed on drop.
+struct Gateway {
+    child: Child,
+    addr: String,
+}
+
+impl Gateway {
+    fn start(net: &LoopbackNet, extra: &[&str]) -> Self {
+        let mut child = Command::new(cocoon_tests::cocoon_bin().unwrap())
+            .args(["gateway", "--listen", "127.0.0.1:0", "--bootstrap"])
+            .arg(net.bootstrap_addr())
+            .args(["--insecure-dev-attestation", "--data-dir"])
+            .arg(net.dir.path().join(format!("gw-{}", extra.len())))
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("gateway listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Gateway { child, addr }
+    }
+
+    /// One request; returns (status, headers, body).
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        auth: Option<&str>,
+    ) -> (u16, String, String) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        let auth = auth.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        let _ = s.write_all(body);
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let raw = String::from_utf8_lossy(&raw).to_string();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, head.to_lowercase(), dechunk(head, body))
+    }
+
+    fn post(&self, path: &str, body: Value) -> (u16, String, String) {
+        self.call("POST", path, body.to_string().as_bytes(), None)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Undoes `Transfer-Encoding: chunked`.
+fn dechunk(head: &str, body: &str) -> String {
+    if !head.to_lowercase().contains("transfer-encoding: chunked") {
+        return body.to_string();
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = &after[n + 2..];
+    }
+    out
+}
+
+fn error_code(body: &str) -> String {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    v["error"]["code"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn the_gateway_speaks_openai_and_survives_bad_requests() {
+    let net = LoopbackNet::start("gateway", &[vec![]]).expect("start the network");
+    let gw = Gateway::start(&net, &[]);
+
+    let (status, _, body) = gw.call("GET", "/v1/models", b"", None);
+    assert_eq!(status, 200, "{body}");
+    let models: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(models["data"][0]["id"], MODEL, "{models}");
+    assert!(
+        models["data"][0]["price"]["completion_per_mtok_nanoton"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+
+    // A chat completion, audited.
+    let chat = json!({"model": MODEL, "messages": [{"role": "user", "content": "Say hi"}],
+                      "max_tokens": 8, "temperature": 0, "seed": 1});
+    let (status, head, body) = gw.post("/v1/chat/completions", chat.clone());
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    let content = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!content.is_empty());
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
+    assert_eq!(v["cocoon"]["worker"], net.workers[0].peer_id.as_str());
+    assert_eq!(v["cocoon"]["attestation"], "dev-insecure");
+    assert!(v["cocoon"]["paid_nanoton"].as_u64().unwrap() > 0);
+    assert!(head.contains(&format!(
+        "x-cocoon-worker: {}",
+        net.workers[0].peer_id.to_lowercase()
+    )));
+
+    // The same, streamed: chunks, then usage + audit, then [DONE]; greedy gives the same text.
+    let mut streamed = chat.clone();
+    streamed["stream"] = json!(true);
+    let (status, head, body) = gw.post("/v1/chat/completions", streamed);
+    assert_eq!(status, 200);
+    assert!(head.contains("text/event-stream"), "{head}");
+    let events: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{body}");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(
+        text, content,
+        "streaming and not give the same greedy answer"
+    );
+    let last = chunks.last().unwrap();
+    assert!(last["choices"][0]["finish_reason"].is_string());
+    assert!(last["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    assert!(last["cocoon"]["paid_nanoton"].as_u64().unwrap() > 0);
+
+    // A text completion.
+    let (status, _, body) = gw.post(
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["object"], "text_completion");
+    assert!(!v["choices"][0]["text"].as_str().unwrap().is_empty());
+
+    // Bad requests: clear errors with the right status, and the gateway keeps serving.
+    let (status, _, body) = gw.call("POST", "/v1/chat/completions", b"{not json", None);
+    assert_eq!((status, error_code(&body)), (400, "invalid_request".into()));
+    let mut wrong = chat.clone();
+    wrong["temperature"] = json!("hot");
+    let (status, _, body) = gw.post("/v1/chat/completions", wrong);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("temperature"), "{body}");
+    let mut unknown = chat.clone();
+    unknown["model"] = json!("gpt-9");
+    let (status, _, body) = gw.post("/v1/chat/completions", unknown);
+    assert_eq!((status, error_code(&body)), (404, "model_not_found".into()));
+    let mut empty = chat.clone();
+    empty["messages"] = json!([]);
+    assert_eq!(gw.post("/v1/chat/completions", empty).0, 400);
+    let huge = vec![b'x'; 2 << 20];
+    assert_eq!(gw.call("POST", "/v1/completions", &huge, None).0, 413);
+    assert_eq!(gw.call("GET", "/v2/nothing", b"", None).0, 404);
+    assert_eq!(
+        gw.post("/v1/chat/completions", chat.clone()).0,
+        200,
+        "still serving"
+    );
+
+    // With an API key: refused without it, served with it.
+    let locked = Gateway::start(&net, &["--api-key", "s3cret"]);
+    let (status, _, body) = locked.call("GET", "/v1/models", b"", None);
+    assert_eq!((status, error_code(&body)), (401, "invalid_api_key".into()));
+    assert_eq!(locked.call("GET", "/v1/models", b"", Some("s3cret")).0, 200);
+}
