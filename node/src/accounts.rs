@@ -247,28 +247,19 @@ pub async fn close(chain: &ChannelClient, channel: [u8; 32]) -> Result<&'static 
         .await
         .map_err(chain_err)?
         .ok_or_else(|| AccountError::Invalid("the channel is not deployed".into()))?;
-    let now = chain
-        .wallet()
-        .chain()
-        .account(&address)
-        .await
-        .ok()
-        .and_then(|a| a.chain_time)
-        .map_or_else(crate::attestation::unix_now, u64::from);
+    let now = crate::settlement::chain_now(chain).await;
     match state.status {
         ChannelStatus::Open => {
             chain.client_close(&address).await.map_err(chain_err)?;
             Ok("client_close")
         }
-        ChannelStatus::Closing
-            if now >= state.close_started_at as u64 + state.challenge_period as u64 =>
-        {
+        ChannelStatus::Closing if now >= state.window_ends() => {
             chain.finalize(&address).await.map_err(chain_err)?;
             Ok("finalize")
         }
         ChannelStatus::Closing => Err(AccountError::Invalid(format!(
             "closing; the challenge window ends at {}",
-            state.close_started_at as u64 + state.challenge_period as u64
+            state.window_ends()
         ))),
         other => Err(AccountError::Invalid(format!("the channel is {other:?}"))),
     }

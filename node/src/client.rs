@@ -34,7 +34,7 @@ use cocoon_p2p::{Network, NetworkError, PeerId};
 use serde::Serialize;
 
 use crate::market::{advert_peer, MarketService};
-use crate::payments::{self, ClientLedger};
+use crate::payments::{self, ClientLedger, PaymentConfig};
 
 /// How long a paying client waits, after its final voucher, for the worker to end the
 /// stream (the worker's acknowledgement that it holds the voucher).
@@ -470,7 +470,9 @@ fn max_price(advert: &Advert, config: &ClientConfig) -> JobPrice {
     let slack = config
         .payments
         .as_ref()
-        .map_or(1.25, |l| l.config().price_slack);
+        .map_or(PaymentConfig::default().price_slack, |l| {
+            l.config().price_slack
+        });
     let cap = config.max_price_per_mtok.unwrap_or(u64::MAX);
     let up = |p: u64| (((p as f64) * slack).ceil() as u64).max(p).min(cap.max(p));
     JobPrice {

@@ -369,7 +369,7 @@ async fn finish_on_chain(
     let mut paid = 0;
     for payout in payouts {
         for tx in chain.transactions(payout, 16).await.map_err(other)? {
-            if tx.in_op == Some(PAYOUT_OP) {
+            if tx.in_op == Some(cocoon_ledger::ton::contract::op::PAYOUT) {
                 paid += tx.in_value;
             }
         }
@@ -383,6 +383,3 @@ async fn finish_on_chain(
     ));
     Ok(paid)
 }
-
-/// The op of the channel contract's payout message (README "Outgoing messages").
-const PAYOUT_OP: u32 = 0x70617964;

@@ -50,6 +50,19 @@ pub fn connect(
     ))))
 }
 
+/// The chain's clock (its last sync time; the local chain's can be moved), falling back on
+/// ours when the endpoint does not say.
+pub async fn chain_now(chain: &ChannelClient) -> u64 {
+    chain
+        .wallet()
+        .chain()
+        .account(chain.wallet().address())
+        .await
+        .ok()
+        .and_then(|a| a.chain_time)
+        .map_or_else(crate::attestation::unix_now, u64::from)
+}
+
 /// What a settlement pass did to one channel.
 #[derive(Clone, Debug, Serialize)]
 pub struct Settled {
@@ -76,6 +89,7 @@ pub async fn settle_all(
         return Ok(Vec::new());
     };
     let channels = ledger.journal().worker_channels()?;
+    let now = chain_now(chain).await;
     let mut done = Vec::new();
     for (channel, record) in channels {
         let Some(best) = record.state.best else {
@@ -90,14 +104,6 @@ pub async fn settle_all(
                 continue;
             }
         };
-        let now = chain
-            .wallet()
-            .chain()
-            .account(&address)
-            .await
-            .ok()
-            .and_then(|a| a.chain_time)
-            .map_or_else(crate::attestation::unix_now, u64::from);
         let amount = best.voucher.cumulative;
         let action = match state.status {
             ChannelStatus::Open => {
@@ -124,9 +130,7 @@ pub async fn settle_all(
                 .challenge(&address, &best)
                 .await
                 .map(|_| ("challenge", None)),
-            ChannelStatus::Closing
-                if now >= state.close_started_at as u64 + state.challenge_period as u64 =>
-            {
+            ChannelStatus::Closing if now >= state.window_ends() => {
                 chain.finalize(&address).await.map(|_| ("finalize", None))
             }
             _ => continue,

@@ -13,7 +13,6 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use cocoon_node::attestation::ClientTrust;
@@ -117,29 +116,8 @@ fn main() {
     };
     let (runs, tokens) = (env("COCOON_BENCH_RUNS", 5), env("COCOON_BENCH_TOKENS", 48));
     let net = LoopbackNet::start("bench-gateway", &[vec![]]).unwrap();
-    let mut gw = Command::new(cocoon_tests::cocoon_bin().unwrap())
-        .args([
-            "gateway",
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-dev-attestation",
-        ])
-        .arg("--bootstrap")
-        .arg(net.bootstrap_addr())
-        .arg("--data-dir")
-        .arg(net.dir.path().join("gateway"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(gw.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .trim_start_matches("gateway listening on http://")
-        .to_string();
+    let gw = cocoon_tests::Gateway::start(&net, "gateway", &[]).unwrap();
+    let addr = gw.addr.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client = rt
         .block_on(
@@ -161,8 +139,7 @@ fn main() {
         lib.push(rt.block_on(library(&client, tokens)));
         gwy.push(gateway(&addr, tokens));
     }
-    let _ = gw.kill();
-    let _ = gw.wait();
+    drop(gw);
     let col = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| median(v.iter().map(f).collect());
     let (lt, ls) = (col(&lib, |x| x.0), col(&lib, |x| x.1));
     let (gt, gs) = (col(&gwy, |x| x.0), col(&gwy, |x| x.1));

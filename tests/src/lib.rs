@@ -90,6 +90,7 @@ pub struct LoopbackNet {
     pub workers: Vec<NodeProcess>,
     /// Data and logs.
     pub dir: tempfile::TempDir,
+    listen: String,
 }
 
 /// Extra flags for each worker.
@@ -112,27 +113,47 @@ impl LoopbackNet {
             .quic_addr()
             .context("bootstrap address")?
             .to_string();
-        let mut started = Vec::new();
-        for (i, extra) in workers.iter().enumerate() {
-            let mut args = no_mdns.clone();
-            args.extend([
-                "--bootstrap".into(),
-                boot_addr.clone(),
-                "--model".into(),
-                model.display().to_string(),
-            ]);
-            if !extra.iter().any(|a| a == "--attestation") {
-                // No TEE on test machines: say so explicitly rather than rely on `auto`.
-                args.extend(["--attestation".into(), "dev-insecure".into()]);
-            }
-            args.extend(extra.iter().cloned());
-            started.push(spawn_node(dir.path(), &format!("w{i}"), listen, &args)?);
-        }
-        Ok(Self {
+        let mut net = Self {
             bootstrap,
-            workers: started,
+            workers: Vec::new(),
             dir,
-        })
+            listen: listen.to_string(),
+        };
+        for (i, extra) in workers.iter().enumerate() {
+            let worker = net.spawn_worker(i, &boot_addr, &model, extra)?;
+            net.workers.push(worker);
+        }
+        Ok(net)
+    }
+
+    fn spawn_worker(
+        &self,
+        i: usize,
+        boot_addr: &str,
+        model: &Path,
+        extra: &[String],
+    ) -> Result<NodeProcess> {
+        let mut args = vec![
+            "--no-mdns".to_string(),
+            "--bootstrap".into(),
+            boot_addr.to_string(),
+            "--model".into(),
+            model.display().to_string(),
+        ];
+        if !extra.iter().any(|a| a == "--attestation") {
+            // No TEE on test machines: say so explicitly rather than rely on `auto`.
+            args.extend(["--attestation".into(), "dev-insecure".into()]);
+        }
+        args.extend(extra.iter().cloned());
+        spawn_node(self.dir.path(), &format!("w{i}"), &self.listen, &args)
+    }
+
+    /// Starts worker `i` again (same data dir: identity, journal) with `extra` flags, after
+    /// it was stopped or killed.
+    pub fn restart_worker(&mut self, i: usize, extra: &[String]) -> Result<()> {
+        let model = model_path()?;
+        self.workers[i] = self.spawn_worker(i, &self.bootstrap_addr(), &model, extra)?;
+        Ok(())
     }
 
     /// The bootstrap node's address (QUIC when it has one).
@@ -180,6 +201,85 @@ impl LoopbackNet {
         }
         cmd.arg("--").arg(prompt);
         Ok(cmd)
+    }
+}
+
+/// The payment channel a paid job's JSON names.
+pub fn channel_of(json: &serde_json::Value) -> [u8; 32] {
+    let hex = json["channel"]
+        .as_str()
+        .expect("a paid job names its channel");
+    cocoon_node::accounts::parse_channel(hex).expect("a channel id")
+}
+
+/// Starts a streaming client (`cmd`) and reads until it has printed `at_least` bytes of
+/// answer; returns the child (stderr piped), its stdout and what it printed.
+pub fn streaming(
+    mut cmd: Command,
+    at_least: usize,
+) -> (std::process::Child, std::process::ChildStdout, Vec<u8>) {
+    use std::io::Read;
+    let mut client = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = client.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while seen.len() < at_least {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "client ended before {at_least} bytes of text: {seen:?}"
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    (client, stdout, seen)
+}
+
+/// `cocoon gateway` on an OS-chosen loopback port, joined to `net`, accepting dev evidence,
+/// with its own data dir `name` and `extra` flags; killed on drop.
+pub struct Gateway {
+    child: std::process::Child,
+    /// `host:port` it serves on.
+    pub addr: String,
+}
+
+impl Gateway {
+    /// Starts it and waits for its `gateway listening on` line.
+    pub fn start(net: &LoopbackNet, name: &str, extra: &[&str]) -> Result<Self> {
+        use std::io::BufRead;
+        let mut child = Command::new(cocoon_bin()?)
+            .args([
+                "gateway",
+                "--listen",
+                "127.0.0.1:0",
+                "--insecure-dev-attestation",
+            ])
+            .arg("--bootstrap")
+            .arg(net.bootstrap_addr())
+            .arg("--data-dir")
+            .arg(net.dir.path().join(name))
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("gateway listening on http://")
+            .with_context(|| format!("unexpected first line {line:?}"))?
+            .to_string();
+        Ok(Gateway { child, addr })
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use cocoon_inference::{
     ChatMessage, Engine, EngineConfig, GenerateRequest, ModelSource, Prompt, SamplingParams,
 };
-use cocoon_tests::{parse_json, spawn_node, LoopbackNet};
+use cocoon_tests::{parse_json, spawn_node, streaming, LoopbackNet};
 
 const PROMPT: &str = "What is the capital of France?";
 const QUIC: &str = "/ip4/127.0.0.1/udp/0/quic-v1";
@@ -282,27 +282,6 @@ fn sigterm_stops_a_node_cleanly() {
     assert!(exit.success(), "exit status {exit}");
     let log = std::fs::read_to_string(&node.log).unwrap();
     assert!(log.contains("shutting down"), "{log}");
-}
-
-/// Starts a streaming client and reads until it has printed `at_least` bytes of answer.
-fn streaming(
-    mut cmd: std::process::Command,
-    at_least: usize,
-) -> (std::process::Child, std::process::ChildStdout, Vec<u8>) {
-    let mut client = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = client.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 256];
-    while seen.len() < at_least {
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "client ended before any text");
-        seen.extend_from_slice(&buf[..n]);
-    }
-    (client, stdout, seen)
 }
 
 /// Everything a finished child wrote to its piped stderr.

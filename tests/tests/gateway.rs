@@ -2,80 +2,41 @@
 //! and text completions with and without streaming, the audit fields, and every class of bad
 //! request answered with OpenAI's error JSON while the gateway keeps serving.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 
-use cocoon_tests::LoopbackNet;
+use cocoon_tests::{Gateway, LoopbackNet};
 use serde_json::{json, Value};
 
 const MODEL: &str = "smollm2-135m-instruct-q4_1";
 
-/// A gateway process on an OS-chosen port; killed on drop.
-struct Gateway {
-    child: Child,
-    addr: String,
+/// One request to the gateway; returns (status, lowercased head, body).
+fn call(
+    gw: &Gateway,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    auth: Option<&str>,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(&gw.addr).unwrap();
+    let auth = auth.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let raw = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_lowercase(), dechunk(head, body))
 }
 
-impl Gateway {
-    fn start(net: &LoopbackNet, extra: &[&str]) -> Self {
-        let mut child = Command::new(cocoon_tests::cocoon_bin().unwrap())
-            .args(["gateway", "--listen", "127.0.0.1:0", "--bootstrap"])
-            .arg(net.bootstrap_addr())
-            .args(["--insecure-dev-attestation", "--data-dir"])
-            .arg(net.dir.path().join(format!("gw-{}", extra.len())))
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("gateway listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Gateway { child, addr }
-    }
-
-    /// One request; returns (status, headers, body).
-    fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: &[u8],
-        auth: Option<&str>,
-    ) -> (u16, String, String) {
-        let mut s = TcpStream::connect(&self.addr).unwrap();
-        let auth = auth.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        )
-        .unwrap();
-        let _ = s.write_all(body);
-        let mut raw = Vec::new();
-        let _ = s.read_to_end(&mut raw);
-        let raw = String::from_utf8_lossy(&raw).to_string();
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        (status, head.to_lowercase(), dechunk(head, body))
-    }
-
-    fn post(&self, path: &str, body: Value) -> (u16, String, String) {
-        self.call("POST", path, body.to_string().as_bytes(), None)
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn post(gw: &Gateway, path: &str, body: Value) -> (u16, String, String) {
+    call(gw, "POST", path, body.to_string().as_bytes(), None)
 }
 
 /// Undoes `Transfer-Encoding: chunked`.
@@ -104,9 +65,9 @@ fn error_code(body: &str) -> String {
 #[test]
 fn the_gateway_speaks_openai_and_survives_bad_requests() {
     let net = LoopbackNet::start("gateway", &[vec![]]).expect("start the network");
-    let gw = Gateway::start(&net, &[]);
+    let gw = Gateway::start(&net, "gw", &[]).unwrap();
 
-    let (status, _, body) = gw.call("GET", "/v1/models", b"", None);
+    let (status, _, body) = call(&gw, "GET", "/v1/models", b"", None);
     assert_eq!(status, 200, "{body}");
     let models: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(models["data"][0]["id"], MODEL, "{models}");
@@ -120,7 +81,7 @@ fn the_gateway_speaks_openai_and_survives_bad_requests() {
     // A chat completion, audited.
     let chat = json!({"model": MODEL, "messages": [{"role": "user", "content": "Say hi"}],
                       "max_tokens": 8, "temperature": 0, "seed": 1});
-    let (status, head, body) = gw.post("/v1/chat/completions", chat.clone());
+    let (status, head, body) = post(&gw, "/v1/chat/completions", chat.clone());
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["object"], "chat.completion");
@@ -141,7 +102,7 @@ fn the_gateway_speaks_openai_and_survives_bad_requests() {
     // The same, streamed: chunks, then usage + audit, then [DONE]; greedy gives the same text.
     let mut streamed = chat.clone();
     streamed["stream"] = json!(true);
-    let (status, head, body) = gw.post("/v1/chat/completions", streamed);
+    let (status, head, body) = post(&gw, "/v1/chat/completions", streamed);
     assert_eq!(status, 200);
     assert!(head.contains("text/event-stream"), "{head}");
     let events: Vec<&str> = body
@@ -170,7 +131,8 @@ fn the_gateway_speaks_openai_and_survives_bad_requests() {
     assert!(last["cocoon"]["paid_nanoton"].as_u64().unwrap() > 0);
 
     // A text completion.
-    let (status, _, body) = gw.post(
+    let (status, _, body) = post(
+        &gw,
         "/v1/completions",
         json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}),
     );
@@ -180,32 +142,35 @@ fn the_gateway_speaks_openai_and_survives_bad_requests() {
     assert!(!v["choices"][0]["text"].as_str().unwrap().is_empty());
 
     // Bad requests: clear errors with the right status, and the gateway keeps serving.
-    let (status, _, body) = gw.call("POST", "/v1/chat/completions", b"{not json", None);
+    let (status, _, body) = call(&gw, "POST", "/v1/chat/completions", b"{not json", None);
     assert_eq!((status, error_code(&body)), (400, "invalid_request".into()));
     let mut wrong = chat.clone();
     wrong["temperature"] = json!("hot");
-    let (status, _, body) = gw.post("/v1/chat/completions", wrong);
+    let (status, _, body) = post(&gw, "/v1/chat/completions", wrong);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("temperature"), "{body}");
     let mut unknown = chat.clone();
     unknown["model"] = json!("gpt-9");
-    let (status, _, body) = gw.post("/v1/chat/completions", unknown);
+    let (status, _, body) = post(&gw, "/v1/chat/completions", unknown);
     assert_eq!((status, error_code(&body)), (404, "model_not_found".into()));
     let mut empty = chat.clone();
     empty["messages"] = json!([]);
-    assert_eq!(gw.post("/v1/chat/completions", empty).0, 400);
+    assert_eq!(post(&gw, "/v1/chat/completions", empty).0, 400);
     let huge = vec![b'x'; 2 << 20];
-    assert_eq!(gw.call("POST", "/v1/completions", &huge, None).0, 413);
-    assert_eq!(gw.call("GET", "/v2/nothing", b"", None).0, 404);
+    assert_eq!(call(&gw, "POST", "/v1/completions", &huge, None).0, 413);
+    assert_eq!(call(&gw, "GET", "/v2/nothing", b"", None).0, 404);
     assert_eq!(
-        gw.post("/v1/chat/completions", chat.clone()).0,
+        post(&gw, "/v1/chat/completions", chat.clone()).0,
         200,
         "still serving"
     );
 
     // With an API key: refused without it, served with it.
-    let locked = Gateway::start(&net, &["--api-key", "s3cret"]);
-    let (status, _, body) = locked.call("GET", "/v1/models", b"", None);
+    let locked = Gateway::start(&net, "gw-locked", &["--api-key", "s3cret"]).unwrap();
+    let (status, _, body) = call(&locked, "GET", "/v1/models", b"", None);
     assert_eq!((status, error_code(&body)), (401, "invalid_api_key".into()));
-    assert_eq!(locked.call("GET", "/v1/models", b"", Some("s3cret")).0, 200);
+    assert_eq!(
+        call(&locked, "GET", "/v1/models", b"", Some("s3cret")).0,
+        200
+    );
 }

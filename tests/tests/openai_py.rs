@@ -3,11 +3,10 @@
 //! completion, and typed errors (404 unknown model, 400 bad request). The package is
 //! installed into a virtual environment under the target dir on first use (pinned version).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use cocoon_tests::LoopbackNet;
+use cocoon_tests::{Gateway, LoopbackNet};
 
 /// The `openai` package version the test pins.
 const OPENAI: &str = "openai==3.54.0";
@@ -45,32 +44,8 @@ fn venv() -> PathBuf {
 fn the_official_openai_client_works_against_the_gateway() {
     let python = venv();
     let net = LoopbackNet::start("openai", &[vec![]]).expect("start the network");
-    let mut gateway = Command::new(cocoon_tests::cocoon_bin().unwrap())
-        .args([
-            "gateway",
-            "--listen",
-            "127.0.0.1:0",
-            "--api-key",
-            "test-key",
-        ])
-        .arg("--bootstrap")
-        .arg(net.bootstrap_addr())
-        .arg("--insecure-dev-attestation")
-        .arg("--data-dir")
-        .arg(net.dir.path().join("gateway"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(gateway.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("gateway listening on ")
-        .unwrap()
-        .to_string();
+    let gateway = Gateway::start(&net, "gateway", &["--api-key", "test-key"]).unwrap();
+    let url = format!("http://{}", gateway.addr);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("openai/check_gateway.py");
     let out = Command::new(python)
         .arg(script)
@@ -78,8 +53,7 @@ fn the_official_openai_client_works_against_the_gateway() {
         .env("OPENAI_API_KEY", "test-key")
         .output()
         .unwrap();
-    let _ = gateway.kill();
-    let _ = gateway.wait();
+    drop(gateway);
     assert!(
         out.status.success(),
         "{}\n{}",

@@ -3,25 +3,11 @@
 //! journals of both sides agree to the nanoTON: the worker holds a voucher for exactly what
 //! it delivered, and the client signed exactly that.
 
-use std::io::Read;
-use std::process::Stdio;
-
 use cocoon_ledger::journal::Journal;
-use cocoon_tests::{parse_json, LoopbackNet};
+use cocoon_tests::{channel_of, parse_json, streaming, LoopbackNet};
 
 /// 1 TON per million prompt tokens, 3 per million completion tokens: 1 and 3 nanoTON each.
 const PRICE: &str = "1000000,3000000";
-
-fn channel_of(json: &serde_json::Value) -> [u8; 32] {
-    let hex = json["channel"]
-        .as_str()
-        .expect("a paid job names its channel");
-    let bytes: Vec<u8> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect();
-    bytes.try_into().unwrap()
-}
 
 #[test]
 fn a_killed_client_loses_nothing_and_pays_nothing_twice() {
@@ -49,21 +35,10 @@ fn a_killed_client_loses_nothing_and_pays_nothing_twice() {
     // kill -9 of the client in the middle of a long answer.
     let mut flags = vec!["--max-tokens", "200"];
     flags.extend(paid_flags);
-    let mut child = net
+    let cmd = net
         .infer_command(&flags, "Write a long story about a lighthouse keeper.")
-        .unwrap()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
         .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 256];
-    while seen.len() < 80 {
-        let n = out.read(&mut buf).unwrap();
-        assert!(n > 0, "the client ended before the kill: {seen:?}");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    let (mut child, _out, _) = streaming(cmd, 80);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
@@ -109,24 +84,13 @@ fn a_killed_worker_keeps_every_voucher_it_acknowledged() {
     let cd = client_dir.to_str().unwrap();
 
     // kill -9 of the worker in the middle of a long, paid answer.
-    let mut child = net
+    let cmd = net
         .infer_command(
             &["--max-tokens", "200", "--data-dir", cd, "--pay-every", "4"],
             "Write a long story about a lighthouse keeper.",
         )
-        .unwrap()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
         .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 256];
-    while seen.len() < 80 {
-        let n = out.read(&mut buf).unwrap();
-        assert!(n > 0, "the client ended before the kill: {seen:?}");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    let (mut child, _out, _) = streaming(cmd, 80);
     net.workers[0].kill(); // SIGKILL
     assert!(!child.wait().unwrap().success(), "the only worker died");
 
@@ -144,24 +108,8 @@ fn a_killed_worker_keeps_every_voucher_it_acknowledged() {
     assert!(held.cumulative > 0 && held.cumulative <= signed.paid);
 
     // The same worker again (same identity, same journal), and one more job.
-    let model = cocoon_tests::model_path().unwrap().display().to_string();
-    let args: Vec<String> = [
-        "--no-mdns",
-        "--bootstrap",
-        &net.bootstrap_addr(),
-        "--model",
-        &model,
-        "--attestation",
-        "dev-insecure",
-        "--price",
-        PRICE,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    net.workers[0] =
-        cocoon_tests::spawn_node(net.dir.path(), "w0", "/ip4/127.0.0.1/udp/0/quic-v1", &args)
-            .unwrap();
+    net.restart_worker(0, &["--price".into(), PRICE.into()])
+        .unwrap();
     let next = parse_json(
         &net.infer(
             &[

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use cocoon_ledger::journal::Journal;
-use cocoon_ledger::ton::contract::{anchor_contract, ChannelStatus, CLOSE_VALUE, DEPOSIT_RESERVE};
+use cocoon_ledger::ton::contract::{
+    anchor_contract, op, ChannelStatus, CLOSE_VALUE, DEPOSIT_RESERVE,
+};
 use cocoon_ledger::ton::merkle;
 use cocoon_ledger::ton::{
     Chain, ChannelClient, LocalChain, LocalChainConfig, TonAddress, WalletClient, WalletConfig,
@@ -17,22 +19,6 @@ use cocoon_tests::{parse_json, LoopbackNet};
 
 const TON: u128 = 1_000_000_000;
 const TOP_UP: u128 = 100_000_000;
-/// Ops of the contract's outgoing messages (README "Outgoing messages").
-const PAYOUT: u32 = 0x70617964;
-const REFUND: u32 = 0x72656664;
-
-fn key_of(dir: &std::path::Path) -> ed25519_dalek::SigningKey {
-    let keypair = cocoon_p2p::identity::load_or_create(dir).unwrap();
-    cocoon_node::advertiser::signing_key(&keypair).unwrap()
-}
-
-fn hex32(s: &str) -> [u8; 32] {
-    let v: Vec<u8> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect();
-    v.try_into().unwrap()
-}
 
 #[test]
 fn jobs_paid_through_a_channel_are_settled_on_chain_to_the_nanoton() {
@@ -63,8 +49,8 @@ fn jobs_paid_through_a_channel_are_settled_on_chain_to_the_nanoton() {
 
     // Fund both wallets (the node identity's v4r2 wallet).
     let client_dir = net.dir.path().join("payer");
-    let client_key = key_of(&client_dir);
-    let worker_key = key_of(&net.dir.path().join("w0"));
+    let client_key = cocoon_node::accounts::key(&client_dir).unwrap();
+    let worker_key = cocoon_node::accounts::key(&net.dir.path().join("w0")).unwrap();
     let client_wallet = basechain(wallet(&client_key).unwrap());
     let payout = basechain(wallet(&worker_key).unwrap());
     rt.block_on(chain.fund(&client_wallet, 5 * TON)).unwrap();
@@ -84,7 +70,7 @@ fn jobs_paid_through_a_channel_are_settled_on_chain_to_the_nanoton() {
     ];
     let first = parse_json(&net.infer(&flags, "Hello").unwrap()).unwrap();
     let second = parse_json(&net.infer(&flags, "Hi there").unwrap()).unwrap();
-    let channel = hex32(first["channel"].as_str().unwrap());
+    let channel = cocoon_tests::channel_of(&first);
     assert_eq!(
         second["channel"], first["channel"],
         "one channel for both jobs"
@@ -209,13 +195,13 @@ fn jobs_paid_through_a_channel_are_settled_on_chain_to_the_nanoton() {
     let txs = rt.block_on(chain.transactions(&payout, 20)).unwrap();
     let payout_tx = txs
         .iter()
-        .find(|t| t.in_op == Some(PAYOUT))
+        .find(|t| t.in_op == Some(op::PAYOUT))
         .expect("the payout reached the worker's wallet");
     assert_eq!(payout_tx.in_value, paid as u128, "paid to the nanoTON");
     let refund = rt.block_on(chain.transactions(&client_wallet, 20)).unwrap();
     let refund = refund
         .iter()
-        .find(|t| t.in_op == Some(REFUND))
+        .find(|t| t.in_op == Some(op::REFUND))
         .expect("the client got the rest back");
     // The rest of the deposit and the 0.05 TON reserve of each funding message, plus the
     // finalize message's value (sent by the worker's wallet), minus the contract's gas (well

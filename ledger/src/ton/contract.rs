@@ -37,6 +37,10 @@ pub mod op {
     pub const TIMEOUT_REFUND: u32 = 0x746d6f75;
     /// Post a Merkle root to the anchor contract: "anch".
     pub const ANCHOR: u32 = 0x616e6368;
+    /// Outgoing: the worker's payout at finalize or coop close: "payd".
+    pub const PAYOUT: u32 = 0x70617964;
+    /// Outgoing: the client's refund of the rest: "refd".
+    pub const REFUND: u32 = 0x72656664;
 }
 
 /// Compute-phase exit codes of the contracts (README "Error codes").
@@ -339,6 +343,11 @@ pub struct ChannelState {
 }
 
 impl ChannelState {
+    /// When a running close's challenge window ends (unixtime): finalize from then on.
+    pub fn window_ends(&self) -> u64 {
+        self.close_started_at as u64 + self.challenge_period as u64
+    }
+
     /// Parses the 11 integers of `get_channel()`.
     pub fn from_stack(stack: &[StackEntry]) -> Result<Self, ChainError> {
         let mut r = StackReader::new(stack);
