@@ -34,7 +34,7 @@ use cocoon_p2p::{Network, NetworkError, PeerId};
 use serde::Serialize;
 
 use crate::market::{advert_peer, MarketService};
-use crate::payments::{self, ClientLedger, PaymentConfig};
+use crate::payments::{self, ClientLedger, PaymentConfig, PaymentError};
 
 /// How long a paying client waits, after its final voucher, for the worker to end the
 /// stream (the worker's acknowledgement that it holds the voucher).
@@ -157,6 +157,10 @@ pub enum InferError {
         tried: Vec<(PeerId, String)>,
         /// Text received (and shown) before the last failure.
         received_chars: usize,
+        /// Every attempt failed for want of money: the channel's deposit does not cover the
+        /// job, the wallet cannot fund a channel, or the worker wanted a voucher we could not
+        /// sign.
+        out_of_funds: bool,
     },
     /// Workers advertise the model, but none at or below the price limit.
     #[error("no worker offers {model:?} at or below {max} nanoTON per million tokens")]
@@ -305,6 +309,7 @@ pub async fn infer(
     };
     let candidates = targets.len();
     let mut tried: Vec<(PeerId, String)> = Vec::new();
+    let mut unpaid = true;
     let mut text = String::new();
     let mut tokens_before = 0u32;
     let mut first_text: Option<f64> = None;
@@ -366,18 +371,20 @@ pub async fn infer(
             Err(Failure {
                 error,
                 tokens,
-                busy,
+                cause,
             }) => {
                 tracing::info!(%worker, "worker failed after {tokens} tokens: {error}");
-                if !busy {
+                if cause == Cause::Worker {
                     reputation.failure(&worker.to_bytes(), now);
                 }
+                unpaid &= cause == Cause::Funds;
                 tokens_before += tokens;
                 tried.push((worker, error));
             }
         }
     }
     Err(InferError::AllFailed {
+        out_of_funds: unpaid && !tried.is_empty(),
         tried,
         received_chars: text.len(),
     })
@@ -398,8 +405,18 @@ struct Failure {
     /// Completion tokens received from this worker before it failed (text kept by the
     /// caller).
     tokens: u32,
-    /// The worker was busy or too dear (not its fault: no reputation penalty).
-    busy: bool,
+    cause: Cause,
+}
+
+/// Whose fault a failed attempt was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cause {
+    /// The worker's or the network's (a reputation penalty).
+    Worker,
+    /// The worker was busy or too dear (not its fault: no penalty).
+    Busy,
+    /// We could not pay (no penalty; a gateway answers 402).
+    Funds,
 }
 
 impl Failure {
@@ -407,7 +424,18 @@ impl Failure {
         Self {
             error: error.to_string(),
             tokens: 0,
-            busy: false,
+            cause: Cause::Worker,
+        }
+    }
+
+    fn payment(error: PaymentError) -> Self {
+        Self {
+            cause: if error.out_of_funds() {
+                Cause::Funds
+            } else {
+                Cause::Worker
+            },
+            ..Self::before_start(error)
         }
     }
 }
@@ -427,40 +455,54 @@ impl Paying {
         channel: &mut JobChannel<T>,
         total: u64,
         job: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), (String, Cause)> {
         match self.ledger.pay(&self.channel.channel, total, job) {
             Ok(Some(p)) => channel
                 .send(&Message::Voucher(p))
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(|e| (e.to_string(), Cause::Worker)),
             Ok(None) => Ok(()),
-            Err(e) => Err(format!("cannot pay: {e}")),
+            Err(e) => {
+                let cause = if e.out_of_funds() {
+                    Cause::Funds
+                } else {
+                    Cause::Worker
+                };
+                Err((format!("cannot pay: {e}"), cause))
+            }
         }
     }
 }
 
-/// The payment channel for a job on `target`, when it charges and we can pay.
-async fn paying(target: &Target, config: &ClientConfig) -> Result<Option<Paying>, Failure> {
+/// The payment channel for `request` on `target`, when it charges and we can pay: one with
+/// room for the job at the price ceiling, reserved for this job.
+async fn paying(
+    target: &Target,
+    request: &InferRequest,
+    config: &ClientConfig,
+) -> Result<Option<Paying>, Failure> {
     let (Some(ledger), Some(advert)) = (&config.payments, &target.advert) else {
         return Ok(None);
     };
     let Some(payout) = advert.payout else {
         return Ok(None);
     };
-    let channel = ledger
-        .channel_for(advert.public_key, payout)
+    let ceiling = max_price(advert, config);
+    let need = cocoon_ledger::channel::job_cost(
+        ceiling.prompt_per_mtok,
+        ceiling.completion_per_mtok,
+        estimate_prompt_tokens(&request.input),
+        request.sampling.max_tokens as u64,
+    );
+    let reserved = ledger
+        .acquire(advert.public_key, payout, need)
         .await
-        .map_err(Failure::before_start)?;
-    let guard = ledger.lock_channel(channel.channel).await;
-    // Read again under the lock: another job may have paid meanwhile.
-    let channel = ledger
-        .channel_with(advert.public_key, payout)
-        .map_err(Failure::before_start)?;
+        .map_err(Failure::payment)?;
     Ok(Some(Paying {
         ledger: ledger.clone(),
-        channel,
+        channel: reserved.info,
         meter: None,
-        _guard: guard,
+        _guard: reserved.guard,
     }))
 }
 
@@ -491,7 +533,7 @@ async fn run_on(
     on_text: &mut impl FnMut(&str),
 ) -> Result<InferOutcome, Failure> {
     let worker = target.peer;
-    let mut paying = paying(target, config).await?;
+    let mut paying = paying(target, request, config).await?;
     let stream = network
         .open_job_stream(worker, config.open_timeout)
         .await
@@ -540,9 +582,15 @@ async fn run_on(
             Ok(e) => e,
             Err(e) => {
                 // Busy or too dear is not the worker's fault: no reputation penalty.
-                let busy = matches!(&e, cocoon_p2p::job::JobError::Remote(f)
-                    if matches!(f.code, ErrorCode::Busy | ErrorCode::PriceTooHigh));
-                break Err((e.to_string(), busy));
+                let cause = match &e {
+                    cocoon_p2p::job::JobError::Remote(f) => match f.code {
+                        ErrorCode::Busy | ErrorCode::PriceTooHigh => Cause::Busy,
+                        ErrorCode::PaymentRequired => Cause::Funds,
+                        _ => Cause::Worker,
+                    },
+                    _ => Cause::Worker,
+                };
+                break Err((e.to_string(), cause));
             }
         };
         let due = match (event, paying.as_mut()) {
@@ -554,7 +602,7 @@ async fn run_on(
                     // The worker missed our last voucher (it crashed before it arrived).
                     if let Ok(Some(last)) = p.ledger.last(&p.channel.channel, id) {
                         if let Err(e) = channel.send(&Message::Voucher(last)).await {
-                            break Err((e.to_string(), false));
+                            break Err((e.to_string(), Cause::Worker));
                         }
                     }
                 }
@@ -562,7 +610,7 @@ async fn run_on(
             }
             (ClientEvent::Quote(_), None) => {
                 let msg = "the worker quoted a price for a job we did not offer to pay";
-                break Err((msg.into(), false));
+                break Err((msg.into(), Cause::Worker));
             }
             (ClientEvent::Token { text, tokens: n }, p) => {
                 first.get_or_insert_with(Instant::now);
@@ -582,7 +630,7 @@ async fn run_on(
         };
         if let (Some(total), Some(p)) = (due, &paying) {
             if let Err(e) = p.pay(&mut channel, total, id).await {
-                break Err((e, false));
+                break Err(e);
             }
         }
     };
@@ -592,7 +640,7 @@ async fn run_on(
             // Pay for everything received, also when the job failed: the voucher is
             // journalled and reaches the worker now or with the next job.
             let sent = p.pay(&mut channel, owed, id).await;
-            if let Err(e) = sent {
+            if let Err((e, _)) = sent {
                 tracing::info!(%worker, "final voucher not delivered now: {e}");
             }
             (
@@ -610,11 +658,11 @@ async fn run_on(
     }
     let done = match result {
         Ok(done) => done,
-        Err((error, busy)) => {
+        Err((error, cause)) => {
             return Err(Failure {
                 error,
                 tokens,
-                busy,
+                cause,
             });
         }
     };

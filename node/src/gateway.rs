@@ -310,14 +310,9 @@ async fn completions(State(app): State<Arc<App>>, headers: HeaderMap, body: Byte
 fn job_error(e: &InferError) -> Response {
     let text = e.to_string();
     match e {
-        InferError::AllFailed { tried, .. }
-            if !tried.is_empty()
-                && tried
-                    .iter()
-                    .all(|(_, m)| m.contains("PaymentRequired") || m.contains("deposit")) =>
-        {
-            error(StatusCode::PAYMENT_REQUIRED, text, "payment_required")
-        }
+        InferError::AllFailed {
+            out_of_funds: true, ..
+        } => error(StatusCode::PAYMENT_REQUIRED, text, "payment_required"),
         _ => error(StatusCode::SERVICE_UNAVAILABLE, text, "no_worker_available"),
     }
 }

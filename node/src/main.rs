@@ -72,9 +72,38 @@ struct GatewayArgs {
     #[arg(long, default_value_t = 1 << 20)]
     max_body: usize,
     #[command(flatten)]
+    pay: PayArgs,
+    /// Most channels (so concurrent jobs) with one worker at a time.
+    #[arg(long, default_value_t = 4)]
+    channels_per_worker: usize,
+    #[command(flatten)]
     trust: TrustArgs,
     #[command(flatten)]
     chain: ChainArgs,
+}
+
+/// How a client pays.
+#[derive(Debug, Args)]
+struct PayArgs {
+    /// Pay every this many completion tokens.
+    #[arg(long, default_value_t = 16)]
+    pay_every: u32,
+    /// Deposit of a new payment channel, nanoTON.
+    #[arg(long, default_value_t = 1_000_000_000)]
+    deposit: u64,
+    /// Highest price accepted, nanoTON per million tokens (prompt and completion).
+    #[arg(long)]
+    max_price: Option<u64>,
+}
+
+impl PayArgs {
+    fn config(&self) -> cocoon_node::payments::PaymentConfig {
+        cocoon_node::payments::PaymentConfig {
+            pay_every: self.pay_every,
+            deposit: self.deposit,
+            ..Default::default()
+        }
+    }
 }
 
 /// Which account a money command acts on.
@@ -384,12 +413,8 @@ struct InferArgs {
     /// Also find peers on the LAN with mDNS.
     #[arg(long)]
     mdns: bool,
-    /// Pay every this many completion tokens.
-    #[arg(long, default_value_t = 16)]
-    pay_every: u32,
-    /// Deposit of a new payment channel, nanoTON.
-    #[arg(long, default_value_t = 1_000_000_000)]
-    deposit: u64,
+    #[command(flatten)]
+    pay: PayArgs,
     #[command(flatten)]
     chain: ChainArgs,
     /// Seconds to search the DHT for a worker.
@@ -397,9 +422,6 @@ struct InferArgs {
     discovery_timeout: u64,
     #[command(flatten)]
     trust: TrustArgs,
-    /// Highest price accepted, nanoTON per million tokens (prompt and completion).
-    #[arg(long)]
-    max_price: Option<u64>,
     /// The prompt.
     prompt: String,
 }
@@ -554,11 +576,7 @@ async fn infer(args: InferArgs) -> anyhow::Result<()> {
             &data_dir.join(cocoon_node::payments::JOURNAL_FILE),
             key.clone(),
             cocoon_node::payments::wallet(&key)?,
-            cocoon_node::payments::PaymentConfig {
-                pay_every: args.pay_every,
-                deposit: args.deposit,
-                ..Default::default()
-            },
+            args.pay.config(),
         )
     })?;
     let ledger = match &args.chain.url {
@@ -595,7 +613,7 @@ async fn infer(args: InferArgs) -> anyhow::Result<()> {
     let config = ClientConfig {
         discovery_timeout: Duration::from_secs(args.discovery_timeout),
         verifier: std::sync::Arc::new(args.trust.trust().verifier()?),
-        max_price_per_mtok: args.max_price,
+        max_price_per_mtok: args.pay.max_price,
         payments: Some(std::sync::Arc::new(ledger)),
         ..Default::default()
     };
@@ -1003,7 +1021,14 @@ fn model(cmd: ModelCmd) -> anyhow::Result<()> {
 async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let mut builder = cocoon_node::light::LightClient::builder()
         .mdns(args.mdns)
-        .trust(args.trust.trust());
+        .trust(args.trust.trust())
+        .payments(cocoon_node::payments::PaymentConfig {
+            channels_per_worker: args.channels_per_worker,
+            ..args.pay.config()
+        });
+    if let Some(max) = args.pay.max_price {
+        builder = builder.max_price_per_mtok(max);
+    }
     for addr in config::parse_addrs("bootstrap", &args.bootstrap)? {
         builder = builder.bootstrap(addr);
     }

@@ -51,6 +51,10 @@ pub struct PaymentConfig {
     /// Client: the price ceiling sent with a job, as a multiple of the advertised price
     /// (prices move between adverts). Default: 1.25.
     pub price_slack: f64,
+    /// Client: most channels open with one worker at a time. A channel carries one job at a
+    /// time, so this bounds the client's concurrent jobs on one worker (a gateway's); each
+    /// channel holds its own deposit. Default: 4.
+    pub channels_per_worker: usize,
 }
 
 impl Default for PaymentConfig {
@@ -63,6 +67,7 @@ impl Default for PaymentConfig {
             challenge_period: 3600,
             worker_timeout: 30 * 86_400,
             price_slack: 1.25,
+            channels_per_worker: 4,
         }
     }
 }
@@ -97,6 +102,22 @@ pub enum PaymentError {
     /// The channel is not open on chain.
     #[error("the channel is not open on chain ({0})")]
     NotOpen(String),
+    /// The wallet cannot fund a new channel.
+    #[error("the wallet holds {balance} nanoTON; opening a channel needs {need}")]
+    InsufficientFunds {
+        /// The wallet's balance.
+        balance: u128,
+        /// Deposit, reserve and fees.
+        need: u128,
+    },
+}
+
+impl PaymentError {
+    /// The client lacks the money for the job (its channel's deposit does not cover it, or
+    /// its wallet cannot fund a channel), as opposed to a fault of the worker or the chain.
+    pub fn out_of_funds(&self) -> bool {
+        matches!(self, Self::Pay(_) | Self::InsufficientFunds { .. })
+    }
 }
 
 /// How long a worker trusts a deposit it read on chain before reading it again.
@@ -181,6 +202,21 @@ pub fn meter(quote: &JobQuote, signed: u64, every: u32) -> Meter {
 
 /// How long a client waits for a channel it opened to show as open on chain.
 pub const OPEN_WAIT: Duration = Duration::from_secs(90);
+
+/// What a wallet must hold beyond the deposit and the contract's reserve to open a channel:
+/// the deploy's fees (measured 0.014 TON on mainnet settings, see bench/payments.md) with
+/// room to spare.
+pub const OPEN_FEES: u128 = 50_000_000;
+
+/// A channel reserved for one job: its state when reserved, and the guard that keeps this
+/// process's other jobs off it until dropped.
+#[derive(Debug)]
+pub struct Reserved {
+    /// The channel.
+    pub info: ClientChannelInfo,
+    /// Held for the job.
+    pub guard: tokio::sync::OwnedMutexGuard<()>,
+}
 
 /// How long to wait for a journal another process has open (another `cocoon infer` on the
 /// same data dir) before giving up.
@@ -554,46 +590,85 @@ impl ClientLedger {
         self
     }
 
-    /// The channel with a worker, ready for a job: [`Self::channel_with`], and with a chain
-    /// also opened there (the open is sent after the channel is journalled, so a crash in
-    /// between finds it again; one found closed or closing is retired for a new one).
+    /// A channel with a worker reserved for one job, with a chain also opened there (the
+    /// open is sent after the channel is journalled, so a crash in between finds it again;
+    /// one found closed or closing is retired for a new one). See [`Self::reserve`].
+    pub async fn acquire(
+        &self,
+        worker_key: [u8; 32],
+        payout: [u8; 32],
+        need: u64,
+    ) -> Result<Reserved, PaymentError> {
+        for _ in 0..3 {
+            let reserved = self.reserve(worker_key, payout, need).await?;
+            let Some(chain) = &self.chain else {
+                return Ok(reserved);
+            };
+            if self.ensure_open(chain, &reserved.info).await? {
+                return Ok(reserved);
+            }
+        }
+        Err(PaymentError::NotOpen("no usable channel".into()))
+    }
+
+    /// The channel a job with this worker would use now ([`Self::acquire`], released at
+    /// once).
     pub async fn channel_for(
         &self,
         worker_key: [u8; 32],
         payout: [u8; 32],
     ) -> Result<ClientChannelInfo, PaymentError> {
-        let Some(chain) = &self.chain else {
-            return self.channel_with(worker_key, payout);
-        };
+        Ok(self.acquire(worker_key, payout, 1).await?.info)
+    }
+
+    /// Opens `info`'s channel on chain unless it is open; `false` when it was found closing
+    /// or closed (and is now retired).
+    async fn ensure_open(
+        &self,
+        chain: &ChannelClient,
+        info: &ClientChannelInfo,
+    ) -> Result<bool, PaymentError> {
         let chain_err =
             |e: cocoon_ledger::ton::chain::ChainError| PaymentError::Chain(e.to_string());
-        for _ in 0..3 {
-            let info = self.channel_with(worker_key, payout)?;
-            let address = basechain(info.channel);
-            match chain.channel_state(&address).await.map_err(chain_err)? {
-                Some(s) if s.status == ChannelStatus::Open => return Ok(info),
-                None => {
-                    chain
-                        .open_channel(&channel_params(&info.terms), info.deposit as u128)
-                        .await
-                        .map_err(chain_err)?;
-                    let deadline = std::time::Instant::now() + OPEN_WAIT;
-                    while std::time::Instant::now() < deadline {
-                        if let Some(s) = chain.channel_state(&address).await.map_err(chain_err)? {
-                            if s.status == ChannelStatus::Open {
-                                return Ok(info);
-                            }
-                        }
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    return Err(PaymentError::NotOpen(format!(
-                        "opened but not open within {OPEN_WAIT:?}"
-                    )));
+        let address = basechain(info.channel);
+        match chain.channel_state(&address).await.map_err(chain_err)? {
+            Some(s) if s.status == ChannelStatus::Open => Ok(true),
+            None => {
+                let need = u128::from(info.deposit)
+                    + cocoon_ledger::ton::contract::DEPOSIT_RESERVE
+                    + OPEN_FEES;
+                let balance = chain
+                    .wallet()
+                    .chain()
+                    .account(chain.wallet().address())
+                    .await
+                    .map_err(chain_err)?
+                    .balance;
+                if balance < need {
+                    return Err(PaymentError::InsufficientFunds { balance, need });
                 }
-                Some(s) => self.retire(&info.channel, &format!("{:?}", s.status))?,
+                chain
+                    .open_channel(&channel_params(&info.terms), info.deposit as u128)
+                    .await
+                    .map_err(chain_err)?;
+                let deadline = std::time::Instant::now() + OPEN_WAIT;
+                while std::time::Instant::now() < deadline {
+                    if let Some(s) = chain.channel_state(&address).await.map_err(chain_err)? {
+                        if s.status == ChannelStatus::Open {
+                            return Ok(true);
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(PaymentError::NotOpen(format!(
+                    "opened but not open within {OPEN_WAIT:?}"
+                )))
+            }
+            Some(s) => {
+                self.retire(&info.channel, &format!("{:?}", s.status))?;
+                Ok(false)
             }
         }
-        Err(PaymentError::NotOpen("no usable channel".into()))
     }
 
     /// Marks a channel spent (closing or closed on chain): no more jobs go through it.
@@ -608,19 +683,86 @@ impl ClientLedger {
         Ok(())
     }
 
-    /// Waits until no other job of this process pays through `channel`: one job at a time
-    /// per channel, so each quote's view of the channel is exact.
-    pub async fn lock_channel(&self, channel: [u8; 32]) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = self
-            .in_use
+    /// Reserves a channel with the worker whose voucher key is `worker_key` and payout
+    /// `payout` for one job of up to `need` nanoTON (one job at a time per channel, so each
+    /// quote's view of the channel is exact): a free one with `need` left; else a new one
+    /// (journalled with a fresh random `channel_id` and the configured deposit) while fewer
+    /// than `channels_per_worker` are usable; else it waits for the first to come free. A
+    /// channel with less than `need` left is not used again (what is left comes back at
+    /// settlement). Fails at once when the configured deposit is below `need`.
+    pub async fn reserve(
+        &self,
+        worker_key: [u8; 32],
+        payout: [u8; 32],
+        need: u64,
+    ) -> Result<Reserved, PaymentError> {
+        let need = need.max(1);
+        if need > self.config.deposit {
+            return Err(PaymentError::Pay(
+                cocoon_ledger::channel::PayError::InsufficientDeposit {
+                    deposit: self.config.deposit,
+                    wanted: need,
+                },
+            ));
+        }
+        let enough = |c: &ClientChannelInfo| c.deposit.saturating_sub(c.paid) >= need;
+        loop {
+            let busy: Vec<([u8; 32], Arc<tokio::sync::Mutex<()>>)> = {
+                // Reading and locking under the ledger lock, which `pay` takes too: the
+                // state read is the state the job starts from.
+                let _guard = self.lock.lock().expect("ledger lock");
+                let usable: Vec<ClientChannelInfo> = self
+                    .channels()?
+                    .into_iter()
+                    .filter(|c| {
+                        c.terms.worker_key == worker_key
+                            && c.terms.worker_payout == payout
+                            && c.terms.client_key == self.key.verifying_key().to_bytes()
+                            && enough(c)
+                    })
+                    .collect();
+                for c in &usable {
+                    if let Ok(guard) = self.mutex_of(c.channel).try_lock_owned() {
+                        return Ok(Reserved { info: *c, guard });
+                    }
+                }
+                if usable.len() < self.config.channels_per_worker.max(1) {
+                    let info = self.new_channel(worker_key, payout)?;
+                    let guard = self
+                        .mutex_of(info.channel)
+                        .try_lock_owned()
+                        .expect("nobody holds a channel made just now");
+                    return Ok(Reserved { info, guard });
+                }
+                usable
+                    .iter()
+                    .map(|c| (c.channel, self.mutex_of(c.channel)))
+                    .collect()
+            };
+            let (guard, i, _) = futures::future::select_all(
+                busy.iter().map(|(_, m)| Box::pin(m.clone().lock_owned())),
+            )
+            .await;
+            let _guard = self.lock.lock().expect("ledger lock");
+            if let Some(info) = self
+                .journal
+                .client(&busy[i].0)?
+                .and_then(|r| info(busy[i].0, &r))
+                .filter(enough)
+            {
+                return Ok(Reserved { info, guard });
+            }
+        }
+    }
+
+    fn mutex_of(&self, channel: [u8; 32]) -> Arc<tokio::sync::Mutex<()>> {
+        self.in_use
             .lock()
             .expect("ledger lock")
             .entry(channel)
             .or_default()
-            .clone();
-        lock.lock_owned().await
+            .clone()
     }
-
     /// The settings.
     pub fn config(&self) -> &PaymentConfig {
         &self.config
@@ -641,23 +783,12 @@ impl ClientLedger {
             .collect())
     }
 
-    /// The channel with the worker whose voucher key is `worker_key` and payout `payout`;
-    /// a new one (journalled with a fresh random `channel_id` and the configured deposit)
-    /// when there is none yet.
-    pub fn channel_with(
+    /// A new channel with the worker (caller holds `self.lock`).
+    fn new_channel(
         &self,
         worker_key: [u8; 32],
         payout: [u8; 32],
     ) -> Result<ClientChannelInfo, PaymentError> {
-        let _guard = self.lock.lock().expect("ledger lock");
-        if let Some(found) = self.channels()?.into_iter().find(|c| {
-            c.terms.worker_key == worker_key
-                && c.terms.worker_payout == payout
-                && c.terms.client_key == self.key.verifying_key().to_bytes()
-                && c.paid < c.deposit
-        }) {
-            return Ok(found);
-        }
         let terms = ChannelTerms {
             channel_id: random_u64(),
             client_key: self.key.verifying_key().to_bytes(),
@@ -761,4 +892,66 @@ fn random_u64() -> u64 {
     let mut b = [0u8; 8];
     getrandom::fill(&mut b).expect("the OS random source");
     u64::from_le_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WORKER: [u8; 32] = [9; 32];
+    const PAYOUT: [u8; 32] = [8; 32];
+
+    fn ledger(dir: &Path, pool: usize) -> Arc<ClientLedger> {
+        let config = PaymentConfig {
+            channels_per_worker: pool,
+            deposit: 1_000_000,
+            ..Default::default()
+        };
+        let key = SigningKey::from_bytes(&[7; 32]);
+        Arc::new(ClientLedger::open(&dir.join("journal.redb"), key, [1; 32], config).unwrap())
+    }
+
+    #[tokio::test]
+    async fn concurrent_jobs_get_a_channel_each_up_to_the_pool_then_wait_for_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = ledger(dir.path(), 2);
+        let a = l.acquire(WORKER, PAYOUT, 100).await.unwrap();
+        let b = l.acquire(WORKER, PAYOUT, 100).await.unwrap();
+        assert_ne!(a.info.channel, b.info.channel);
+
+        // The pool is full: a third job waits until one is released, and gets its state.
+        let l2 = l.clone();
+        let third = tokio::spawn(async move { l2.acquire(WORKER, PAYOUT, 100).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!third.is_finished(), "waits while both channels are busy");
+        let (b_channel, a_channel) = (b.info.channel, a.info.channel);
+        l.pay(&b_channel, 500, 1).unwrap();
+        drop(b);
+        let c = third.await.unwrap();
+        assert_eq!(c.info.channel, b_channel);
+        assert_eq!(
+            (c.info.paid, c.info.seq),
+            (500, 1),
+            "the state after the last job"
+        );
+        drop(c);
+        assert_eq!(l.channels().unwrap().len(), 2);
+
+        // A channel without room for the job is passed over, and one is opened beside it.
+        l.pay(&a_channel, 999_990, 2).unwrap();
+        drop(a);
+        let roomy = l.acquire(WORKER, PAYOUT, 100).await.unwrap();
+        assert_eq!(roomy.info.channel, b_channel);
+        let fresh = l.acquire(WORKER, PAYOUT, 100).await.unwrap();
+        assert!(fresh.info.channel != a_channel && fresh.info.channel != b_channel);
+        assert_eq!(fresh.info.paid, 0);
+
+        // Another worker has a pool of its own.
+        let other = l.acquire([3; 32], PAYOUT, 100).await.unwrap();
+        assert_eq!(other.info.terms.worker_key, [3; 32]);
+
+        // A job dearer than any deposit is out of funds at once.
+        let e = l.acquire(WORKER, PAYOUT, 2_000_000).await.unwrap_err();
+        assert!(e.out_of_funds(), "{e}");
+    }
 }

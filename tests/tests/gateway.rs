@@ -18,7 +18,18 @@ fn call(
     body: &[u8],
     auth: Option<&str>,
 ) -> (u16, String, String) {
-    let mut s = TcpStream::connect(&gw.addr).unwrap();
+    call_at(&gw.addr, method, path, body, auth)
+}
+
+/// [`call`] to the gateway at `addr`.
+fn call_at(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    auth: Option<&str>,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
     let auth = auth.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
     write!(
         s,
@@ -165,6 +176,48 @@ fn the_gateway_speaks_openai_and_survives_bad_requests() {
         "still serving"
     );
 
+    // The README's curl examples, as written (but for the port).
+    readme_curl_examples_work(&gw);
+
+    // Concurrent jobs on the one worker (two slots) each get a payment channel of their own.
+    let jobs: Vec<_> = (0..2)
+        .map(|i| {
+            let gw = gw.addr.clone();
+            let mut body = chat.clone();
+            body["seed"] = json!(i);
+            std::thread::spawn(move || {
+                call_at(
+                    &gw,
+                    "POST",
+                    "/v1/chat/completions",
+                    body.to_string().as_bytes(),
+                    None,
+                )
+            })
+        })
+        .collect();
+    let channels: std::collections::BTreeSet<String> = jobs
+        .into_iter()
+        .map(|j| {
+            let (status, _, body) = j.join().unwrap();
+            assert_eq!(status, 200, "{body}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            v["cocoon"]["channel"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(channels.len(), 2, "one channel per concurrent job");
+
+    // A client whose channel deposit cannot cover the job: 402, OpenAI's quota error.
+    let poor = Gateway::start(&net, "gw-poor", &["--deposit", "100"]).unwrap();
+    let (status, _, body) = post(&poor, "/v1/chat/completions", chat.clone());
+    assert_eq!(
+        (status, error_code(&body)),
+        (402, "payment_required".into())
+    );
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["type"], "insufficient_quota");
+    assert!(body.contains("deposit"), "{body}");
+
     // With an API key: refused without it, served with it.
     let locked = Gateway::start(&net, "gw-locked", &["--api-key", "s3cret"]).unwrap();
     let (status, _, body) = call(&locked, "GET", "/v1/models", b"", None);
@@ -173,4 +226,58 @@ fn the_gateway_speaks_openai_and_survives_bad_requests() {
         call(&locked, "GET", "/v1/models", b"", Some("s3cret")).0,
         200
     );
+
+    // The only worker dies: the model is still in the market, but nobody serves it: 503.
+    let mut net = net;
+    net.workers[0].kill();
+    let (status, _, body) = post(&gw, "/v1/chat/completions", chat.clone());
+    assert_eq!(
+        (status, error_code(&body)),
+        (503, "no_worker_available".into()),
+        "{body}"
+    );
+    assert_eq!(
+        call(&gw, "GET", "/v1/models", b"", None).0,
+        200,
+        "still serving"
+    );
+}
+
+/// Runs each `curl` command of the README's gateway section with `sh`, pointed at `gw`.
+fn readme_curl_examples_work(gw: &Gateway) {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let joined = readme.replace("\\\n", " ");
+    let commands: Vec<String> = joined
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("curl ") && l.contains("localhost:8080/v1/"))
+        .map(|l| l.replace("localhost:8080", &gw.addr))
+        .collect();
+    assert_eq!(commands.len(), 3, "the README shows three curl examples");
+    for command in &commands {
+        let out = std::process::Command::new("sh")
+            .args(["-c", command])
+            .output()
+            .expect("sh runs (and curl is installed)");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{command}: {out:?}");
+        if command.contains("\"stream\":true") {
+            assert!(
+                stdout.trim_end().ends_with("data: [DONE]"),
+                "{command}: {stdout}"
+            );
+            assert!(stdout.contains("chat.completion.chunk"), "{stdout}");
+        } else if command.contains("/v1/models") {
+            let v: Value = serde_json::from_str(&stdout).unwrap();
+            assert_eq!(v["data"][0]["id"], MODEL, "{stdout}");
+        } else {
+            let v: Value = serde_json::from_str(&stdout).unwrap();
+            assert_eq!(v["object"], "chat.completion", "{stdout}");
+            assert!(
+                v["choices"][0]["message"]["content"].is_string(),
+                "{stdout}"
+            );
+        }
+    }
 }
