@@ -353,10 +353,37 @@ impl SignedAdvert {
 
     /// Decode, verify and check at `now`: everything but sequence and rate.
     pub fn open(bytes: &[u8], now: u64) -> Result<(Self, Advert), AdvertError> {
+        let verified = Self::verified(bytes)?;
+        verified.advert.check(now)?;
+        Ok((verified.signed, verified.advert))
+    }
+
+    /// Decode and verify the signature, once, for adverts handed to many markets (see
+    /// [`crate::Market::insert_verified`]); bounds and expiry are checked at each admission.
+    pub fn verified(bytes: &[u8]) -> Result<Verified, AdvertError> {
         let signed = Self::decode(bytes)?;
         let advert = signed.verify()?;
-        advert.check(now)?;
-        Ok((signed, advert))
+        Ok(Verified { signed, advert })
+    }
+}
+
+/// An advert whose signature was checked. Only [`SignedAdvert::verified`] makes one, so a
+/// market fed these never holds an advert its worker did not sign.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    signed: SignedAdvert,
+    advert: Advert,
+}
+
+impl Verified {
+    /// As received.
+    pub fn signed(&self) -> &SignedAdvert {
+        &self.signed
+    }
+
+    /// Its content.
+    pub fn advert(&self) -> &Advert {
+        &self.advert
     }
 }
 

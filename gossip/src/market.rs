@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::advert::{Advert, AdvertError, SignedAdvert, Trust};
+use crate::advert::{Advert, AdvertError, SignedAdvert, Trust, Verified};
 use crate::reputation::Reputation;
 
 /// Market settings.
@@ -73,6 +73,8 @@ pub struct Selection {
     pub accept_dev: bool,
     /// Workers to leave out (already tried).
     pub exclude: Vec<Vec<u8>>,
+    /// Most candidates returned, best first; `None`: every eligible worker.
+    pub limit: Option<usize>,
 }
 
 /// Weights of the ranking; lower score is better. Each term is normalised so 1.0 means
@@ -170,6 +172,27 @@ impl Market {
         self.admit(bytes, source, now, false)
     }
 
+    /// [`Market::insert`] for an advert whose signature was checked already (the
+    /// simulator hands one advert to many markets): rate limit, bounds, expiry, sequence and
+    /// table rules as for any other.
+    pub fn insert_verified(
+        &mut self,
+        verified: &Verified,
+        source: &[u8],
+        now: u64,
+    ) -> Result<(), AdvertError> {
+        self.take_token(source, now)?;
+        verified.advert().check(now)?;
+        self.admit_open(
+            verified.signed().clone(),
+            verified.advert().clone(),
+            source,
+            now,
+            true,
+        )
+        .map(drop)
+    }
+
     fn admit(
         &mut self,
         bytes: &[u8],
@@ -178,6 +201,17 @@ impl Market {
         metered: bool,
     ) -> Result<Advert, AdvertError> {
         let (signed, advert) = SignedAdvert::open(bytes, now)?;
+        self.admit_open(signed, advert, source, now, metered)
+    }
+
+    fn admit_open(
+        &mut self,
+        signed: SignedAdvert,
+        advert: Advert,
+        source: &[u8],
+        now: u64,
+        metered: bool,
+    ) -> Result<Advert, AdvertError> {
         let peer = advert.peer_id();
         if let Some(&(have, _)) = self.seqs.get(&peer) {
             if advert.seq <= have {
@@ -306,7 +340,8 @@ impl Market {
         self.entries.is_empty()
     }
 
-    /// Ranks live workers for `job`, best first.
+    /// Ranks live workers for `job`, best first (at most `job.limit`). Costs one pass over
+    /// the table and clones only the adverts returned.
     pub fn select(
         &self,
         job: &Selection,
@@ -314,23 +349,25 @@ impl Market {
         weights: &Weights,
         now: u64,
     ) -> Vec<Candidate> {
-        let eligible: Vec<&Advert> = self
-            .live(now)
-            .map(|e| &e.advert)
-            .filter(|a| a.serves(&job.model))
-            .filter(|a| job.accept_dev || a.trust != Trust::DevInsecure)
-            .filter(|a| {
+        let eligible: Vec<(&[u8], &Advert)> = self
+            .entries
+            .iter()
+            .map(|(peer, e)| (peer.as_slice(), &e.advert))
+            .filter(|(_, a)| a.expires_at > now)
+            .filter(|(_, a)| a.serves(&job.model))
+            .filter(|(_, a)| job.accept_dev || a.trust != Trust::DevInsecure)
+            .filter(|(_, a)| {
                 job.max_price_per_mtok.is_none_or(|max| {
                     a.price.prompt_per_mtok <= max && a.price.completion_per_mtok <= max
                 })
             })
-            .filter(|a| !job.exclude.contains(&a.peer_id()))
+            .filter(|(peer, _)| !job.exclude.iter().any(|x| x == peer))
             .collect();
         // A worker that has not measured its speed yet (0) is assumed as fast as the median
         // measured one, so newcomers get jobs and a measurement.
         let mut measured: Vec<f64> = eligible
             .iter()
-            .map(|a| a.tokens_per_s as f64)
+            .map(|(_, a)| a.tokens_per_s as f64)
             .filter(|s| *s > 0.0)
             .collect();
         measured.sort_by(f64::total_cmp);
@@ -338,12 +375,11 @@ impl Market {
             .get(measured.len() / 2)
             .copied()
             .unwrap_or(DEFAULT_TOKENS_PER_S);
-        let mut raw: Vec<(Candidate, f64, f64)> = eligible
-            .into_iter()
-            .map(|a| {
-                let peer = a.peer_id();
-                let est_cost = a.price.cost(job.prompt_tokens, job.max_tokens);
-                let record = reputation.get(&peer);
+        // (fixed part of the score, unrounded cost, latency) per eligible worker.
+        let raw: Vec<(f64, f64, f64)> = eligible
+            .iter()
+            .map(|(peer, a)| {
+                let record = reputation.get(peer);
                 let ttft = record.and_then(|r| r.ttft_ms).unwrap_or(DEFAULT_TTFT_MS);
                 let ratio = record
                     .and_then(|r| r.speed_ratio)
@@ -357,7 +393,7 @@ impl Market {
                 let speed = (advertised * ratio).max(0.1);
                 let latency = ttft + job.max_tokens as f64 / speed * 1e3;
                 let busy = 1.0 - a.free_slots as f64 / a.max_concurrent as f64;
-                let reliability = reputation.success_estimate(&peer, now);
+                let reliability = reputation.success_estimate(peer, now);
                 let penalty = if a.free_slots == 0 { 1.0 } else { 0.0 };
                 let dev = if a.trust == Trust::DevInsecure {
                     1.0
@@ -368,20 +404,11 @@ impl Market {
                     + weights.load * busy
                     + weights.dev * dev
                     + weights.unreliable * (1.0 - reliability);
-                (
-                    Candidate {
-                        peer_id: peer,
-                        score: fixed_score,
-                        est_cost,
-                        est_latency_ms: latency,
-                        advert: a.clone(),
-                    },
-                    // Unrounded, so small jobs still rank by price (both may round to 1).
-                    (a.price.prompt_per_mtok as f64 * job.prompt_tokens as f64
-                        + a.price.completion_per_mtok as f64 * job.max_tokens as f64)
-                        / 1e6,
-                    latency,
-                )
+                // Unrounded, so small jobs still rank by price (both may round to 1).
+                let cost = (a.price.prompt_per_mtok as f64 * job.prompt_tokens as f64
+                    + a.price.completion_per_mtok as f64 * job.max_tokens as f64)
+                    / 1e6;
+                (fixed_score, cost, latency)
             })
             .collect();
         let min_cost = raw.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
@@ -390,19 +417,45 @@ impl Market {
             .map(|r| r.2)
             .fold(f64::INFINITY, f64::min)
             .max(1.0);
-        for (c, cost, latency) in &mut raw {
-            // Relative cost, with a floor of a thousandth of a nanoTON so free workers do not
-            // divide by zero, and a cap so price cannot drown every other signal.
-            let relative = ((*cost + COST_FLOOR) / (min_cost + COST_FLOOR)).min(MAX_COST_RATIO);
-            c.score += weights.cost * relative + weights.latency * *latency / min_latency;
+        let mut scored: Vec<(f64, usize)> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, (fixed, cost, latency))| {
+                // Relative cost, with a floor of a thousandth of a nanoTON so free workers do
+                // not divide by zero, and a cap so price cannot drown every other signal.
+                let relative = ((cost + COST_FLOOR) / (min_cost + COST_FLOOR)).min(MAX_COST_RATIO);
+                (
+                    fixed + weights.cost * relative + weights.latency * latency / min_latency,
+                    i,
+                )
+            })
+            .collect();
+        let order = |a: &(f64, usize), b: &(f64, usize)| {
+            a.0.total_cmp(&b.0)
+                .then_with(|| eligible[a.1].0.cmp(eligible[b.1].0))
+        };
+        let limit = job.limit.unwrap_or(usize::MAX).min(scored.len());
+        if limit < scored.len() {
+            if limit == 0 {
+                return Vec::new();
+            }
+            scored.select_nth_unstable_by(limit - 1, order);
+            scored.truncate(limit);
         }
-        let mut ranked: Vec<Candidate> = raw.into_iter().map(|r| r.0).collect();
-        ranked.sort_by(|a, b| {
-            a.score
-                .total_cmp(&b.score)
-                .then_with(|| a.peer_id.cmp(&b.peer_id))
-        });
-        ranked
+        scored.sort_by(order);
+        scored
+            .into_iter()
+            .map(|(score, i)| {
+                let (peer, a) = eligible[i];
+                Candidate {
+                    peer_id: peer.to_vec(),
+                    score,
+                    est_cost: a.price.cost(job.prompt_tokens, job.max_tokens),
+                    est_latency_ms: raw[i].2,
+                    advert: a.clone(),
+                }
+            })
+            .collect()
     }
 }
 
@@ -552,6 +605,36 @@ mod tests {
     }
 
     #[test]
+    fn a_verified_advert_feeds_many_markets_under_the_same_rules() {
+        let k = key(9);
+        let wire = bytes(&advert(&k, 3, 1000), 9);
+        let verified = SignedAdvert::verified(&wire).unwrap();
+        let (mut a, mut b) = (Market::default(), Market::default());
+        a.insert_verified(&verified, b"s", 1000).unwrap();
+        b.insert_verified(&verified, b"s", 1000).unwrap();
+        assert_eq!(
+            a.get(&verified.advert().peer_id(), 1000),
+            Some(verified.advert())
+        );
+        assert_eq!(
+            a.insert_verified(&verified, b"s", 1000),
+            Err(AdvertError::Stale { got: 3, have: 3 })
+        );
+        // Expiry is judged at admission, and a forged signature never becomes `Verified`.
+        let mut late = Market::default();
+        assert!(matches!(
+            late.insert_verified(&verified, b"s", 5000),
+            Err(AdvertError::Expiry(_))
+        ));
+        let mut forged = SignedAdvert::decode(&wire).unwrap();
+        forged.signature[0] ^= 1;
+        assert_eq!(
+            SignedAdvert::verified(&forged.encode().unwrap()).unwrap_err(),
+            AdvertError::BadSignature
+        );
+    }
+
+    #[test]
     fn a_flood_from_one_peer_is_throttled_and_evicts_no_honest_advert() {
         let mut m = Market::new(MarketConfig {
             max_adverts: 50,
@@ -618,7 +701,12 @@ mod properties {
                 prop_assert!(c.advert.expires_at > now, "expired advert selected");
             }
             let again = m.select(&job, &rep, &Weights::default(), now);
-            prop_assert_eq!(ranked, again);
+            prop_assert_eq!(&ranked, &again);
+            // A limit returns the head of the full ranking.
+            for limit in 0..=ranked.len() {
+                let top = m.select(&Selection { limit: Some(limit), ..job.clone() }, &rep, &Weights::default(), now);
+                prop_assert_eq!(&top[..], &ranked[..limit]);
+            }
         }
     }
 }

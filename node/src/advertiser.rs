@@ -10,7 +10,9 @@
 
 use std::time::Duration;
 
-use cocoon_gossip::{Advert, Hardware, Load, ModelOffer, Price, PriceCore, PricePolicy, Trust};
+use cocoon_gossip::{
+    Advert, Hardware, Load, ModelOffer, Price, PriceCore, PricePolicy, Schedule, Trust,
+};
 use cocoon_p2p::attest::EvidenceKind;
 use cocoon_p2p::{Network, NetworkError};
 use ed25519_dalek::SigningKey;
@@ -159,9 +161,10 @@ pub async fn run(
         }
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last: Option<(Price, u32, [u8; 32])> = None;
-    let mut last_sent: Option<tokio::time::Instant> = None;
-    let mut seq = 0u64;
+    let mut schedule: Schedule<(Price, u32, [u8; 32])> = Schedule::new(
+        config.interval.as_millis() as u64,
+        MIN_GAP.as_millis() as u64,
+    );
     loop {
         tick.tick().await;
         let now = unix_now();
@@ -187,21 +190,14 @@ pub async fn run(
             slots.saturating_sub(busy),
             worker.attester().current().key.public(),
         );
-        let due = match last_sent {
-            None => true,
-            Some(t) => {
-                let since = t.elapsed();
-                since >= config.interval || (last != Some(state) && since >= MIN_GAP)
-            }
-        };
-        if !due {
-            continue;
-        }
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        seq = now_ms.max(seq + 1);
+        if !schedule.due(&state, now_ms) {
+            continue;
+        }
+        let seq = schedule.next_seq(now_ms);
         let advert = build(
             &worker,
             &network,
@@ -231,7 +227,6 @@ pub async fn run(
             }
             Err(_) => return,
         }
-        last = Some(state);
-        last_sent = Some(tokio::time::Instant::now());
+        schedule.sent(state, now_ms);
     }
 }

@@ -249,6 +249,7 @@ pub async fn infer(
         max_price_per_mtok: config.max_price_per_mtok,
         accept_dev: config.verifier.policy().allow_dev_insecure,
         exclude: Vec::new(),
+        limit: None,
     };
     let ranked = market.select(&selection, reputation, &config.weights);
     let mut targets: Vec<Target> = ranked
