@@ -393,7 +393,7 @@ impl Market {
                 let speed = (advertised * ratio).max(0.1);
                 let latency = ttft + job.max_tokens as f64 / speed * 1e3;
                 let busy = 1.0 - a.free_slots as f64 / a.max_concurrent as f64;
-                let reliability = reputation.success_estimate(peer, now);
+                let reliability = Reputation::estimate(record, now);
                 let penalty = if a.free_slots == 0 { 1.0 } else { 0.0 };
                 let dev = if a.trust == Trust::DevInsecure {
                     1.0

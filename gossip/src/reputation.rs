@@ -49,7 +49,13 @@ pub struct Reputation {
 }
 
 fn hex(peer: &[u8]) -> String {
-    peer.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(peer.len() * 2);
+    for b in peer {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
 }
 
 fn ewma(old: Option<f64>, new: f64) -> Option<f64> {
@@ -62,6 +68,9 @@ fn ewma(old: Option<f64>, new: f64) -> Option<f64> {
 impl Reputation {
     /// The record of `peer`, if any.
     pub fn get(&self, peer: &[u8]) -> Option<&Record> {
+        if self.records.is_empty() {
+            return None;
+        }
         self.records.get(&hex(peer))
     }
 
@@ -111,7 +120,12 @@ impl Reputation {
     /// Estimated probability that a job on `peer` succeeds: (s + 1) / (s + f + 2) with the
     /// counts decayed to `now` (0.5 for an unknown worker).
     pub fn success_estimate(&self, peer: &[u8], now: u64) -> f64 {
-        match self.get(peer) {
+        Self::estimate(self.get(peer), now)
+    }
+
+    /// [`Reputation::success_estimate`] of a record already looked up.
+    pub fn estimate(record: Option<&Record>, now: u64) -> f64 {
+        match record {
             None => 0.5,
             Some(r) => {
                 let mut r = r.clone();

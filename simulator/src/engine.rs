@@ -3,6 +3,11 @@
 //! Events scheduled for the same microsecond run in the order they were scheduled (a
 //! sequence number breaks ties), so a run depends on nothing but the scenario and the seed:
 //! the same seed gives the same output, byte for byte.
+//!
+//! The queue has two levels so a million nodes' far-future events (session ends, next
+//! jobs) do not sit in the heap: events beyond the current one-second bucket wait in a
+//! per-second list and enter the heap when the clock reaches their second. Events after
+//! the end of the run are dropped at once.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -46,23 +51,36 @@ impl<E> Ord for Slot<E> {
     }
 }
 
+/// Width of a far-future bucket.
+const BUCKET: Micros = SEC;
+
 /// The clock, the queue and the RNG.
 pub struct Engine<E> {
     now: Micros,
     seq: u64,
+    /// Events before `loaded * BUCKET`.
     queue: BinaryHeap<Reverse<Slot<E>>>,
+    /// Later events, by second.
+    far: Vec<Vec<Slot<E>>>,
+    /// Buckets moved into the heap so far.
+    loaded: usize,
+    /// Events after this never run.
+    end: Micros,
     /// The one source of randomness.
     pub rng: ChaCha8Rng,
     processed: u64,
 }
 
 impl<E> Engine<E> {
-    /// An engine at time 0 with the RNG seeded by `seed`.
-    pub fn new(seed: u64) -> Self {
+    /// An engine at time 0 with the RNG seeded by `seed`, running until `end`.
+    pub fn new(seed: u64, end: Micros) -> Self {
         Self {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
+            far: Vec::new(),
+            loaded: 1,
+            end,
             rng: ChaCha8Rng::seed_from_u64(seed),
             processed: 0,
         }
@@ -78,18 +96,39 @@ impl<E> Engine<E> {
         self.at(self.now.saturating_add(delay), event);
     }
 
-    /// Schedules `event` at `at` (not before now).
+    /// Schedules `event` at `at` (not before now; dropped if after the end).
     pub fn at(&mut self, at: Micros, event: E) {
+        let at = at.max(self.now);
+        if at > self.end {
+            return;
+        }
         self.seq += 1;
-        self.queue.push(Reverse(Slot {
-            at: at.max(self.now),
+        let slot = Slot {
+            at,
             seq: self.seq,
             event,
-        }));
+        };
+        let bucket = (at / BUCKET) as usize;
+        if bucket < self.loaded {
+            self.queue.push(Reverse(slot));
+        } else {
+            if self.far.len() <= bucket {
+                self.far.resize_with(bucket + 1, Vec::new);
+            }
+            self.far[bucket].push(slot);
+        }
     }
 
     /// The next event due at or before `until`, advancing the clock to it.
     pub fn next(&mut self, until: Micros) -> Option<E> {
+        while self.queue.is_empty() {
+            if self.loaded >= self.far.len() || (self.loaded as Micros) * BUCKET > until {
+                return None;
+            }
+            let bucket = std::mem::take(&mut self.far[self.loaded]);
+            self.loaded += 1;
+            self.queue.extend(bucket.into_iter().map(Reverse));
+        }
         if self.queue.peek()?.0.at > until {
             return None;
         }
@@ -107,6 +146,10 @@ impl<E> Engine<E> {
     /// Events waiting.
     pub fn pending(&self) -> usize {
         self.queue.len()
+            + self.far[self.loaded.min(self.far.len())..]
+                .iter()
+                .map(Vec::len)
+                .sum::<usize>()
     }
 
     /// A draw from `dist`.
@@ -160,23 +203,34 @@ mod tests {
 
     #[test]
     fn events_run_in_time_order_ties_in_schedule_order() {
-        let mut e: Engine<u32> = Engine::new(7);
+        let mut e: Engine<u32> = Engine::new(7, 10 * SEC);
         e.after(5, 1);
         e.after(3, 2);
         e.after(5, 3);
         e.after(9, 4);
+        // Far events (later buckets) interleave correctly with near ones.
+        e.after(3 * SEC, 5);
+        e.after(SEC + 1, 6);
+        e.after(3 * SEC, 7);
+        e.after(11 * SEC, 8);
         let mut got = Vec::new();
         while let Some(ev) = e.next(6) {
             got.push((e.now(), ev));
         }
         assert_eq!(got, vec![(3, 2), (5, 1), (5, 3)]);
         assert_eq!(e.next(100), Some(4));
-        assert_eq!(e.processed(), 4);
+        assert_eq!(e.next(SEC), None);
+        assert_eq!(e.next(2 * SEC), Some(6));
+        e.after(SEC, 9); // now SEC + 1: lands at 2 s + 1, in an unloaded bucket
+        assert_eq!(e.pending(), 3);
+        let rest: Vec<u32> = std::iter::from_fn(|| e.next(20 * SEC)).collect();
+        assert_eq!(rest, vec![9, 5, 7], "the event after the end never runs");
+        assert_eq!(e.processed(), 8);
     }
 
     #[test]
     fn samples_have_the_asked_for_centre() {
-        let mut e: Engine<()> = Engine::new(1);
+        let mut e: Engine<()> = Engine::new(1, SEC);
         let n = 20_000;
         let mean =
             |e: &mut Engine<()>, d: &Dist| (0..n).map(|_| e.sample(d)).sum::<f64>() / n as f64;

@@ -87,17 +87,44 @@ impl Tables {
 
     /// Up to `n` contacts of `node` closest to `target`, closest first.
     pub fn closest(&self, node: Node, target: u64, n: usize) -> Vec<Node> {
-        let mut all: Vec<(u64, Node)> = self.buckets[node as usize]
-            .iter()
-            .flatten()
-            .map(|&p| (self.ids[p as usize] ^ target, p))
-            .collect();
-        if all.len() > n && n > 0 {
-            all.select_nth_unstable(n - 1);
-            all.truncate(n);
+        let mut out = Vec::new();
+        self.closest_into(node, target, n, &mut out);
+        out.into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// [`Tables::closest`] as `(distance, node)` into `out`, reading only the buckets it
+    /// needs. With `c` the common prefix of the owner and `target`: bucket `c`'s contacts
+    /// are closer than any other; then the deeper buckets (all at distance with top bit
+    /// `c`); then buckets `c - 1`, `c - 2`, ..., each farther than the one before.
+    pub fn closest_into(&self, node: Node, target: u64, n: usize, out: &mut Vec<(u64, Node)>) {
+        out.clear();
+        let table = &self.buckets[node as usize];
+        let own = self.ids[node as usize];
+        let c = if own == target {
+            table.len()
+        } else {
+            bucket_index(own, target)
+        };
+        let take = |range: &mut dyn Iterator<Item = &Vec<Node>>, out: &mut Vec<(u64, Node)>| {
+            let start = out.len();
+            for bucket in range {
+                out.extend(bucket.iter().map(|&p| (self.ids[p as usize] ^ target, p)));
+            }
+            out[start..].sort_unstable();
+        };
+        if c < table.len() {
+            take(&mut std::iter::once(&table[c]), out);
+            if out.len() < n {
+                take(&mut table[c + 1..].iter(), out);
+            }
         }
-        all.sort_unstable();
-        all.into_iter().take(n).map(|(_, p)| p).collect()
+        for i in (0..c.min(table.len())).rev() {
+            if out.len() >= n {
+                break;
+            }
+            take(&mut std::iter::once(&table[i]), out);
+        }
+        out.truncate(n);
     }
 
     /// Fills every table in `servers` (DHT server-mode nodes) as a long-running network
@@ -144,6 +171,10 @@ impl Tables {
         }
     }
 }
+
+/// Candidates a lookup keeps, closest first (a lookup only ever asks among the k closest
+/// that have not failed; this leaves room for many failures).
+const MAX_CANDIDATES: usize = 256;
 
 /// Why a lookup runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,12 +253,29 @@ impl Lookup {
         l
     }
 
+    /// Where `node` (with `id`) is among the candidates (sorted by distance: a binary
+    /// search).
+    fn index(&self, node: Node, id: u64) -> Option<usize> {
+        let dist = id ^ self.target;
+        let mut i = self.cands.partition_point(|c| c.dist < dist);
+        while i < self.cands.len() && self.cands[i].dist == dist {
+            if self.cands[i].node == node {
+                return Some(i);
+            }
+            i += 1;
+        }
+        None
+    }
+
     fn add(&mut self, node: Node, id: u64, hop: u8) {
-        if node == self.origin || self.cands.iter().any(|c| c.node == node) {
+        if node == self.origin || self.index(node, id).is_some() {
             return;
         }
         let dist = id ^ self.target;
         let at = self.cands.partition_point(|c| c.dist < dist);
+        if at >= MAX_CANDIDATES {
+            return;
+        }
         self.cands.insert(
             at,
             Cand {
@@ -262,11 +310,17 @@ impl Lookup {
         out
     }
 
-    /// `node` answered with `contacts` (`(node, id)`).
-    pub fn answered(&mut self, node: Node, contacts: impl IntoIterator<Item = (Node, u64)>) {
-        let Some(c) = self.cands.iter_mut().find(|c| c.node == node) else {
+    /// `node` (with `id`) answered with `contacts` (`(node, id)`).
+    pub fn answered(
+        &mut self,
+        node: Node,
+        id: u64,
+        contacts: impl IntoIterator<Item = (Node, u64)>,
+    ) {
+        let Some(i) = self.index(node, id) else {
             return;
         };
+        let c = &mut self.cands[i];
         if c.state != State::Waiting {
             return;
         }
@@ -276,11 +330,18 @@ impl Lookup {
         for (n, id) in contacts {
             self.add(n, id, hop);
         }
+        // Far candidates that were never asked can go: only the closest matter.
+        while self.cands.len() > MAX_CANDIDATES
+            && self.cands.last().is_some_and(|c| c.state != State::Waiting)
+        {
+            self.cands.pop();
+        }
     }
 
-    /// `node` did not answer in time.
-    pub fn failed(&mut self, node: Node) {
-        if let Some(c) = self.cands.iter_mut().find(|c| c.node == node) {
+    /// `node` (with `id`) did not answer in time.
+    pub fn failed(&mut self, node: Node, id: u64) {
+        if let Some(i) = self.index(node, id) {
+            let c = &mut self.cands[i];
             if c.state == State::Waiting {
                 c.state = State::Failed;
                 self.in_flight -= 1;
@@ -289,12 +350,9 @@ impl Lookup {
         }
     }
 
-    /// The hop count of `node` in this lookup.
-    pub fn hop_of(&self, node: Node) -> u8 {
-        self.cands
-            .iter()
-            .find(|c| c.node == node)
-            .map_or(0, |c| c.hop)
+    /// The hop count of `node` (with `id`) in this lookup.
+    pub fn hop_of(&self, node: Node, id: u64) -> u8 {
+        self.index(node, id).map_or(0, |i| self.cands[i].hop)
     }
 
     /// Whether it is over: nothing in flight and the `k` closest live candidates answered.
@@ -351,7 +409,7 @@ mod tests {
         while !l.finished(k) {
             for (node, _) in l.next_requests(k, 3) {
                 let contacts = t.closest(node, target, k).into_iter().map(|n| (n, t.id(n)));
-                l.answered(node, contacts);
+                l.answered(node, t.id(node), contacts);
             }
         }
         l
@@ -385,6 +443,24 @@ mod tests {
                 .collect();
             truth.sort_unstable();
             assert_eq!(l.result(20)[0], truth[0].1, "finds the closest node");
+            // The bucket walk agrees with sorting the whole table.
+            let mut all: Vec<(u64, Node)> = t.buckets[origin as usize]
+                .iter()
+                .flatten()
+                .map(|&p| (t.id(p) ^ target, p))
+                .collect();
+            all.sort_unstable();
+            all.truncate(20);
+            let walk: Vec<Node> = t.closest(origin, target, 20);
+            assert_eq!(walk, all.iter().map(|x| x.1).collect::<Vec<_>>());
+            let own = t.closest(origin, t.id(origin), 20);
+            let mut mine: Vec<(u64, Node)> = t.buckets[origin as usize]
+                .iter()
+                .flatten()
+                .map(|&p| (t.id(p) ^ t.id(origin), p))
+                .collect();
+            mine.sort_unstable();
+            assert_eq!(own, mine.iter().take(20).map(|x| x.1).collect::<Vec<_>>());
             assert!((1..=8).contains(&l.hops()), "{} hops", l.hops());
             assert!(l.requests >= 20);
         }

@@ -33,6 +33,9 @@ use crate::scenario::{Adversary, Scenario};
 /// Unix time of simulated time 0 (adverts carry Unix seconds).
 pub const EPOCH: u64 = 1_700_000_000;
 
+/// Time allowed after the end for jobs in flight to finish (every timeout is far below).
+pub const DRAIN: Micros = 900 * SEC;
+
 /// Bootstrap nodes: the first relays, never churned.
 const BOOTSTRAP: usize = 4;
 
@@ -303,6 +306,7 @@ pub struct World {
     pub traffic: Traffic,
     lambda_max: f64,
     hop_sum: u64,
+    scratch: Vec<(u64, Node)>,
 }
 
 fn fnv(s: &str) -> u64 {
@@ -326,7 +330,7 @@ fn mean_of(rng: &mut impl Rng, d: &crate::scenario::Dist) -> f64 {
 impl World {
     /// Builds the network of `sc` at time 0.
     pub fn new(sc: Scenario) -> Self {
-        let mut eng: Engine<Ev> = Engine::new(sc.seed);
+        let mut eng: Engine<Ev> = Engine::new(sc.seed, sc.duration_secs * SEC + DRAIN);
         let sybils: u32 = sc
             .adversaries
             .iter()
@@ -546,6 +550,7 @@ impl World {
             traffic: Traffic::default(),
             lambda_max,
             hop_sum: 0,
+            scratch: Vec::new(),
             eng,
             sc,
         };
@@ -649,6 +654,22 @@ impl World {
             }
         }
         progress(end, self.eng.processed());
+        self.drain();
+    }
+
+    /// After the end no job starts; the jobs in flight run to their end (completed or
+    /// failed), so every job is accounted for. Bounded by [`DRAIN`].
+    fn drain(&mut self) {
+        let end = self.sc.duration_secs * SEC + DRAIN;
+        while self.in_flight > 0 {
+            let Some(ev) = self.eng.next(end) else {
+                break;
+            };
+            match ev {
+                Ev::Arrival { .. } | Ev::Sample | Ev::Spam { .. } => {}
+                ev => self.handle(ev),
+            }
+        }
     }
 
     /// Events processed.
@@ -824,26 +845,31 @@ impl World {
             self.traffic.dht_requests += 1;
             let (a, b) = (self.region[origin as usize], self.region[to as usize]);
             let bytes = self.sc.dht.request_bytes;
-            // A lost request is noticed only by the timeout.
-            if let Some(d) = self.links.delay(&mut self.eng.rng, a, b, bytes) {
-                self.eng.after(
-                    d,
-                    Ev::Req {
-                        lookup: idx,
-                        gen,
-                        to,
-                    },
-                );
+            // A request that is lost, or sent to a dead node, ends in the timeout (the only
+            // case that needs a timeout event: an answer always comes well within it).
+            match self.links.delay(&mut self.eng.rng, a, b, bytes) {
+                Some(d) if self.online[to as usize] => {
+                    self.eng.after(
+                        d,
+                        Ev::Req {
+                            lookup: idx,
+                            gen,
+                            to,
+                        },
+                    );
+                }
+                _ => {
+                    let timeout = self.sc.dht.rpc_timeout_ms * MS;
+                    self.eng.after(
+                        timeout,
+                        Ev::Timeout {
+                            lookup: idx,
+                            gen,
+                            peer: to,
+                        },
+                    );
+                }
             }
-            let timeout = self.sc.dht.rpc_timeout_ms * MS;
-            self.eng.after(
-                timeout,
-                Ev::Timeout {
-                    lookup: idx,
-                    gen,
-                    peer: to,
-                },
-            );
         }
     }
 
@@ -856,29 +882,38 @@ impl World {
     }
 
     fn on_request(&mut self, idx: u32, gen: u32, to: Node) {
-        if !self.online[to as usize] || !self.server[to as usize] {
-            return;
-        }
         let Some(l) = self.lookup_mut(idx, gen) else {
             return;
         };
         let origin = l.origin;
+        let (a, b) = (self.region[to as usize], self.region[origin as usize]);
+        // The origin gives up `rpc_timeout` after sending (about one latency ago).
+        let timeout = (self.sc.dht.rpc_timeout_ms * MS).saturating_sub(self.links.base(b, a));
+        let fail = Ev::Timeout {
+            lookup: idx,
+            gen,
+            peer: to,
+        };
+        if !self.online[to as usize] || !self.server[to as usize] {
+            self.eng.after(timeout, fail);
+            return;
+        }
         // The queried node learns about the origin (when it is a server).
         if self.server[origin as usize] && self.online[origin as usize] {
             let online = &self.online;
             self.tables.seen(to, origin, |p| online[p as usize]);
         }
-        let (a, b) = (self.region[to as usize], self.region[origin as usize]);
         let bytes = self.sc.dht.response_bytes;
-        if let Some(d) = self.links.delay(&mut self.eng.rng, a, b, bytes) {
-            self.eng.after(
+        match self.links.delay(&mut self.eng.rng, a, b, bytes) {
+            Some(d) => self.eng.after(
                 d,
                 Ev::Resp {
                     lookup: idx,
                     gen,
                     from: to,
                 },
-            );
+            ),
+            None => self.eng.after(timeout, fail),
         }
     }
 
@@ -897,12 +932,8 @@ impl World {
         }
         let online = &self.online;
         self.tables.seen(origin, from, |p| online[p as usize]);
-        let contacts: Vec<(Node, u64)> = self
-            .tables
-            .closest(from, target, k)
-            .into_iter()
-            .map(|n| (n, self.tables.id(n)))
-            .collect();
+        let mut contacts = std::mem::take(&mut self.scratch);
+        self.tables.closest_into(from, target, k, &mut contacts);
         let found = match purpose {
             Purpose::FindProviders(m) => self
                 .providers
@@ -911,20 +942,27 @@ impl World {
             _ => false,
         };
         let now = self.eng.now();
+        let from_id = self.tables.id(from);
         let l = self.lookups[idx as usize].1.as_mut().expect("live");
         if found && l.found.is_none() {
-            l.found = Some((l.hop_of(from), now));
+            l.found = Some((l.hop_of(from, from_id), now));
         }
-        l.answered(from, contacts);
+        l.answered(
+            from,
+            from_id,
+            contacts.iter().map(|&(d, n)| (n, d ^ target)),
+        );
+        self.scratch = contacts;
         self.advance_lookup(idx);
     }
 
     fn on_timeout(&mut self, idx: u32, gen: u32, peer: Node) {
+        let id = self.tables.id(peer);
         let Some(l) = self.lookup_mut(idx, gen) else {
             return;
         };
         let before = l.failures;
-        l.failed(peer);
+        l.failed(peer, id);
         if l.failures == before {
             return;
         }
@@ -1087,12 +1125,21 @@ impl World {
 
     fn forward(&mut self, idx: u32, at: Node, from: Option<Node>) {
         let bytes = self.sc.gossip.advert_bytes;
-        let peers: Vec<Node> = self.mesh.peers(at).to_vec();
-        for p in peers {
+        for i in 0..self.mesh.peers(at).len() {
+            let p = self.mesh.peers(at)[i];
             if Some(p) == from {
                 continue;
             }
             self.traffic.advert_messages += 1;
+            // A copy to a peer that has the advert already is a duplicate whenever it
+            // lands: counted now, no event needed.
+            if let Some(s) = self.mesh.slot(p) {
+                let m = self.msgs[idx as usize].as_ref().expect("live");
+                if m.seen[s / 64] & (1 << (s % 64)) != 0 {
+                    self.metrics.duplicates += 1;
+                    continue;
+                }
+            }
             let (a, b) = (self.region[at as usize], self.region[p as usize]);
             if let Some(d) = self.links.delay(&mut self.eng.rng, a, b, bytes) {
                 self.msgs[idx as usize].as_mut().expect("live").in_flight += 1;
