@@ -345,18 +345,21 @@ fn draw_all(world: &World, latency: &[f32], ttft: &[f32], dir: &Path) -> Result<
         &Chart {
             title: "Completion price of online workers".into(),
             x: "time (min)".into(),
-            y: "nanoTON per million tokens".into(),
+            y: "TON per million tokens".into(),
             series: vec![
                 (
                     "median".into(),
                     series
                         .iter()
-                        .map(|s| (minutes(s), s.price_median as f64))
+                        .map(|s| (minutes(s), s.price_median as f64 / 1e9))
                         .collect(),
                 ),
                 (
                     "mean".into(),
-                    series.iter().map(|s| (minutes(s), s.price_mean)).collect(),
+                    series
+                        .iter()
+                        .map(|s| (minutes(s), s.price_mean / 1e9))
+                        .collect(),
                 ),
             ],
             bars: false,

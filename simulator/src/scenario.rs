@@ -285,8 +285,8 @@ pub struct Gossip {
     pub advert_ttl_secs: u64,
     /// Least time between adverts caused by a change, seconds (the node's: 2). Default: 2.
     pub advert_min_gap_secs: u64,
-    /// The market's admission limits (per delivering peer), as in `MarketConfig`.
-    /// Default: 2 per second, burst 20, 64 held per source, 10,000 held.
+    /// The market's admission limits (per delivering peer). Default: the node's
+    /// `MarketConfig` (100 per second, burst 500, 2,500 held per source, 10,000 held).
     pub market_rate_per_sec: u32,
     /// See `market_rate_per_sec`.
     pub market_burst: u32,
@@ -298,6 +298,7 @@ pub struct Gossip {
 
 impl Default for Gossip {
     fn default() -> Self {
+        let market = cocoon_gossip::MarketConfig::default();
         Self {
             mesh_degree: 6,
             mesh_low: 4,
@@ -309,10 +310,10 @@ impl Default for Gossip {
             advert_interval_secs: 30,
             advert_ttl_secs: 75,
             advert_min_gap_secs: 2,
-            market_rate_per_sec: 2,
-            market_burst: 20,
-            market_max_per_source: 64,
-            market_max_adverts: 10_000,
+            market_rate_per_sec: market.rate_per_sec,
+            market_burst: market.burst,
+            market_max_per_source: market.max_per_source,
+            market_max_adverts: market.max_adverts,
         }
     }
 }
