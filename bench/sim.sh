@@ -25,7 +25,9 @@ PY
 )$'\n'
 done
 {
-  echo "# bench/sim.sh, $(date -u +%Y-%m-%d), $(nproc) cores, $(git rev-parse --short HEAD)"
+  rev=$(git rev-parse --short HEAD)
+  git diff --quiet HEAD -- simulator gossip ledger || rev="$rev + uncommitted changes"
+  echo "# bench/sim.sh, $(date -u +%Y-%m-%d), $(nproc) cores, $rev"
   echo
   echo "One simulated hour of simulator/scenarios/million.toml at each size (one process each)."
   echo

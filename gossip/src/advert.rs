@@ -85,6 +85,16 @@ impl Price {
             .saturating_add(self.completion_per_mtok as u128 * completion_tokens as u128);
         n.div_ceil(1_000_000).min(u64::MAX as u128) as u64
     }
+
+    /// The ceiling a client sends with a job: each price times `slack` (prices move between
+    /// adverts), rounded up, never below the price itself.
+    pub fn with_slack(&self, slack: f64) -> Price {
+        let up = |p: u64| ((p as f64 * slack).ceil() as u64).max(p);
+        Price {
+            prompt_per_mtok: up(self.prompt_per_mtok),
+            completion_per_mtok: up(self.completion_per_mtok),
+        }
+    }
 }
 
 /// How the worker proves what it runs (the handshake carries the evidence itself).
@@ -390,6 +400,22 @@ impl Verified {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn slack_rounds_up_and_never_lowers_a_price() {
+        let p = Price {
+            prompt_per_mtok: 10,
+            completion_per_mtok: 0,
+        };
+        assert_eq!(
+            p.with_slack(1.25),
+            Price {
+                prompt_per_mtok: 13,
+                completion_per_mtok: 0
+            }
+        );
+        assert_eq!(p.with_slack(0.5), p);
+    }
 
     /// A deterministic signing key from a seed byte.
     pub fn key(seed: u8) -> SigningKey {

@@ -431,12 +431,19 @@ impl Failure {
 
     fn payment(error: PaymentError) -> Self {
         Self {
-            cause: if error.out_of_funds() {
-                Cause::Funds
-            } else {
-                Cause::Worker
-            },
+            cause: Cause::of(&error),
             ..Self::before_start(error)
+        }
+    }
+}
+
+impl Cause {
+    /// Whose fault a payment error is.
+    fn of(error: &PaymentError) -> Self {
+        if error.out_of_funds() {
+            Cause::Funds
+        } else {
+            Cause::Worker
         }
     }
 }
@@ -463,14 +470,7 @@ impl Paying {
                 .await
                 .map_err(|e| (e.to_string(), Cause::Worker)),
             Ok(None) => Ok(()),
-            Err(e) => {
-                let cause = if e.out_of_funds() {
-                    Cause::Funds
-                } else {
-                    Cause::Worker
-                };
-                Err((format!("cannot pay: {e}"), cause))
-            }
+            Err(e) => Err((format!("cannot pay: {e}"), Cause::of(&e))),
         }
     }
 }
@@ -517,10 +517,10 @@ fn max_price(advert: &Advert, config: &ClientConfig) -> JobPrice {
             l.config().price_slack
         });
     let cap = config.max_price_per_mtok.unwrap_or(u64::MAX);
-    let up = |p: u64| (((p as f64) * slack).ceil() as u64).max(p).min(cap.max(p));
+    let (p, up) = (advert.price, advert.price.with_slack(slack));
     JobPrice {
-        prompt_per_mtok: up(advert.price.prompt_per_mtok),
-        completion_per_mtok: up(advert.price.completion_per_mtok),
+        prompt_per_mtok: up.prompt_per_mtok.min(cap.max(p.prompt_per_mtok)),
+        completion_per_mtok: up.completion_per_mtok.min(cap.max(p.completion_per_mtok)),
     }
 }
 

@@ -271,11 +271,18 @@ fn sampling(app: &App, c: &Common) -> Result<Sampling, ApiError> {
     })
 }
 
+/// The key check, then the body parsed as `T`.
+fn admit<T: for<'de> Deserialize<'de>>(
+    app: &App,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, ApiError> {
+    authorised(app, headers)?;
+    parse(body)
+}
+
 async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(e) = authorised(&app, &headers) {
-        return e.into_response();
-    }
-    let body: ChatBody = match parse(&body) {
+    let body: ChatBody = match admit(&app, &headers, &body) {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
@@ -290,10 +297,7 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
 }
 
 async fn completions(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(e) = authorised(&app, &headers) {
-        return e.into_response();
-    }
-    let body: CompletionBody = match parse(&body) {
+    let body: CompletionBody = match admit(&app, &headers, &body) {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };

@@ -690,7 +690,7 @@ impl ClientLedger {
     /// than `channels_per_worker` are usable; else it waits for the first to come free. A
     /// channel with less than `need` left is not used again (what is left comes back at
     /// settlement). Fails at once when the configured deposit is below `need`.
-    pub async fn reserve(
+    async fn reserve(
         &self,
         worker_key: [u8; 32],
         payout: [u8; 32],

@@ -141,8 +141,7 @@ impl Tables {
                 // Ids sharing b bits with `id` and differing at bit b: one contiguous range.
                 let keep = if b == 0 { 0 } else { u64::MAX << (64 - b) };
                 let flip = 1u64 << (63 - b);
-                let lo = (id & keep) ^ (id & flip) ^ flip;
-                let lo = lo & (keep | flip);
+                let lo = (id & keep) | (!id & flip);
                 let hi = lo | (flip - 1);
                 let start = sorted.partition_point(|&(x, _)| x < lo);
                 let end = sorted.partition_point(|&(x, _)| x <= hi);

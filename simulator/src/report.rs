@@ -8,7 +8,6 @@ use std::path::Path;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::metrics::{quantile, Histogram, Sample};
@@ -233,7 +232,6 @@ fn font() {
 }
 
 /// A chart: a title, axes, and series of points.
-#[derive(Clone, Serialize)]
 struct Chart {
     title: String,
     x: String,

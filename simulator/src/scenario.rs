@@ -126,7 +126,7 @@ impl Default for NetworkModel {
 }
 
 /// A distribution of a positive quantity.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 #[serde(tag = "dist", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Dist {
     /// Always this value.

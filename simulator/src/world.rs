@@ -173,9 +173,16 @@ struct Job {
     wrong: bool,
 }
 
+/// What an advert message carries.
+enum Payload {
+    /// An advert whose signature was checked (by its author, or by the first receiver).
+    Verified(std::rc::Rc<Verified>),
+    /// Wire bytes nobody has checked yet: the first receiver runs the signature check.
+    Wire(Vec<u8>),
+}
+
 struct Msg {
-    advert: std::rc::Rc<Verified>,
-    origin: Node,
+    payload: Payload,
     created: Micros,
     seen: Vec<u64>,
     reached: u32,
@@ -282,6 +289,8 @@ pub struct World {
     providers: HashMap<Node, Vec<(u16, u32)>>,
     model_keys: Vec<u64>,
     model_names: Vec<String>,
+    /// Demand share of each model the clients ask for.
+    model_shares: Vec<f64>,
     mesh: Mesh,
     markets: Vec<Market>,
     /// Online mesh members per region.
@@ -531,6 +540,7 @@ impl World {
             providers: HashMap::new(),
             model_keys,
             model_names,
+            model_shares: sc.clients.models.iter().map(|m| m.share).collect(),
             mesh,
             markets,
             mesh_online: vec![Vec::new(); regions],
@@ -624,16 +634,16 @@ impl World {
 
     fn session_time(&mut self, node: Node) -> Micros {
         let d = match self.kind[node as usize] {
-            Kind::Client(_) => self.sc.churn.client_session.clone(),
-            _ => self.sc.churn.worker_session.clone(),
+            Kind::Client(_) => self.sc.churn.client_session,
+            _ => self.sc.churn.worker_session,
         };
         (self.eng.sample(&d) * SEC as f64) as Micros
     }
 
     fn offline_time(&mut self, node: Node) -> f64 {
         let d = match self.kind[node as usize] {
-            Kind::Client(_) => self.sc.churn.client_offline.clone(),
-            _ => self.sc.churn.worker_offline.clone(),
+            Kind::Client(_) => self.sc.churn.client_offline,
+            _ => self.sc.churn.worker_offline,
         };
         self.eng.sample(&d) * SEC as f64
     }
@@ -1013,17 +1023,26 @@ impl World {
 
     // ---- gossip ------------------------------------------------------------------------
 
-    fn advert_of(&mut self, w: u32, seq: u64) -> Advert {
+    /// An advert of `key` offering `models` on `gpu` with `slots` (`free` of them free),
+    /// at `price`: what the node's advertiser builds, with a TDX claim.
+    #[allow(clippy::too_many_arguments)]
+    fn advert(
+        &self,
+        key: &SigningKey,
+        models: &[u16],
+        gpu: (&str, u64),
+        (slots, free): (u32, u32),
+        tokens_per_s: f64,
+        price: Price,
+        seq: u64,
+    ) -> Advert {
         let now = self.now_secs();
-        let wk = &self.workers[w as usize];
-        let c = &self.sc.workers.classes[wk.class];
         Advert {
-            public_key: wk.key.verifying_key().to_bytes(),
-            enclave_key: wk.key.verifying_key().to_bytes(),
+            public_key: key.verifying_key().to_bytes(),
+            enclave_key: key.verifying_key().to_bytes(),
             trust: Trust::Tdx,
             measurement: vec![0; 48],
-            models: wk
-                .models
+            models: models
                 .iter()
                 .map(|&m| ModelOffer {
                     id: self.model_names[m as usize].clone(),
@@ -1032,14 +1051,14 @@ impl World {
                 })
                 .collect(),
             hardware: Hardware::Gpu {
-                name: c.name.clone(),
-                vram_mib: c.vram_mib,
+                name: gpu.0.into(),
+                vram_mib: gpu.1,
             },
-            max_concurrent: wk.slots,
-            free_slots: wk.slots.saturating_sub(wk.busy),
+            max_concurrent: slots,
+            free_slots: free,
             queued: 0,
-            tokens_per_s: wk.tokens_per_s as f32,
-            price: wk.price.price(),
+            tokens_per_s: tokens_per_s as f32,
+            price,
             min_deposit: 0,
             payout: Some([1; 32]),
             expected_uptime_secs: 86_400,
@@ -1072,33 +1091,42 @@ impl World {
         if wk.schedule.due(&state, now_ms) {
             let seq = wk.schedule.next_seq(now_ms);
             wk.schedule.sent(state, now_ms);
-            let advert = self.advert_of(w, seq);
-            let key = self.workers[w as usize].key.clone();
+            let wk = &self.workers[w as usize];
+            let class = &self.sc.workers.classes[wk.class];
+            let advert = self.advert(
+                &wk.key,
+                &wk.models,
+                (&class.name, class.vram_mib),
+                (wk.slots, wk.slots.saturating_sub(wk.busy)),
+                wk.tokens_per_s,
+                wk.price.price(),
+                seq,
+            );
             let bytes = advert
-                .sign(&key)
+                .sign(&wk.key)
                 .and_then(|s| s.encode())
                 .expect("our adverts are within bounds");
+            // The author's own advert: its signature is checked once, here.
             let verified = SignedAdvert::verified(&bytes).expect("signed just now");
-            let node = self.workers[w as usize].node;
-            self.publish(node, verified, false);
+            let node = wk.node;
+            self.publish(node, Payload::Verified(std::rc::Rc::new(verified)));
         }
         let tick = self.sc.workers.price_tick_secs * SEC;
         self.eng.after(tick, Ev::Tick { worker: w, epoch });
     }
 
-    fn publish(&mut self, origin: Node, advert: Verified, forged: bool) {
+    fn publish(&mut self, origin: Node, payload: Payload) {
         self.traffic.adverts += 1;
         self.metrics.current.adverts += 1;
         let words = self.mesh.members().len().div_ceil(64);
         let msg = Msg {
-            advert: std::rc::Rc::new(advert),
-            origin,
+            payload,
             created: self.eng.now(),
             seen: vec![0; words],
             reached: 0,
             in_flight: 0,
             online_at_start: self.mesh.online() as u32,
-            forged,
+            forged: false,
         };
         let idx = match self.free_msgs.pop() {
             Some(i) => {
@@ -1112,11 +1140,10 @@ impl World {
         };
         if let Some(s) = self.mesh.slot(origin) {
             self.msgs[idx as usize].as_mut().expect("new").seen[s / 64] |= 1 << (s % 64);
-            // The author admits its own advert (as the node's advertiser does).
-            if !forged {
-                let now = self.now_secs();
-                let m = self.msgs[idx as usize].as_ref().expect("new");
-                let _ = self.markets[s].insert_verified(&m.advert, &origin.to_le_bytes(), now);
+            // A worker admits its own advert (as the node's advertiser does).
+            let now = self.now_secs();
+            if let Payload::Verified(v) = &self.msgs[idx as usize].as_ref().expect("new").payload {
+                let _ = self.markets[s].insert_verified(v, &origin.to_le_bytes(), now);
             }
         }
         self.forward(idx, origin, None);
@@ -1170,30 +1197,44 @@ impl World {
                     false
                 } else {
                     m.seen[s / 64] |= 1 << (s % 64);
-                    if m.forged {
-                        // The receiver checks the signature and rejects (gossipsub then
-                        // penalises the sender): not forwarded.
-                        self.traffic.forged += 1;
-                        false
-                    } else {
-                        m.reached += 1;
-                        self.metrics
-                            .propagation_ms
-                            .add((now - m.created) as f64 / MS as f64);
-                        match self.markets[s].insert_verified(&m.advert, &from.to_le_bytes(), now_s)
-                        {
-                            Ok(()) => {
-                                self.traffic.admitted += 1;
-                                true
-                            }
-                            Err(cocoon_gossip::AdvertError::RateLimited) => {
-                                self.traffic.rate_limited += 1;
-                                self.metrics.current.adverts_dropped += 1;
-                                false
-                            }
-                            Err(_) => {
-                                self.traffic.stale += 1;
-                                false
+                    if let Payload::Wire(bytes) = &m.payload {
+                        // The first receiver checks the signature; later copies of a good
+                        // advert need not repeat it, and a forged one goes no further.
+                        match SignedAdvert::verified(bytes) {
+                            Ok(v) => m.payload = Payload::Verified(std::rc::Rc::new(v)),
+                            Err(_) => m.forged = true,
+                        }
+                    }
+                    match &m.payload {
+                        Payload::Wire(_) => {
+                            // Its signature failed: rejected (gossipsub then penalises the
+                            // sender).
+                            self.traffic.forged += 1;
+                            false
+                        }
+                        Payload::Verified(advert) => {
+                            m.reached += 1;
+                            self.metrics
+                                .propagation_ms
+                                .add((now - m.created) as f64 / MS as f64);
+                            match self.markets[s].insert_verified(
+                                advert,
+                                &from.to_le_bytes(),
+                                now_s,
+                            ) {
+                                Ok(()) => {
+                                    self.traffic.admitted += 1;
+                                    true
+                                }
+                                Err(cocoon_gossip::AdvertError::RateLimited) => {
+                                    self.traffic.rate_limited += 1;
+                                    self.metrics.current.adverts_dropped += 1;
+                                    false
+                                }
+                                Err(_) => {
+                                    self.traffic.stale += 1;
+                                    false
+                                }
                             }
                         }
                     }
@@ -1217,7 +1258,6 @@ impl World {
         let m = self.msgs[idx as usize].take().expect("checked");
         if !m.forged {
             let others = m.online_at_start.saturating_sub(1).max(1);
-            let _ = m.origin;
             self.metrics
                 .coverage
                 .add((m.reached as f64 / others as f64).min(1.0));
@@ -1234,55 +1274,26 @@ impl World {
             let seq = sp.seq;
             let key = sp.keys[(seq % sp.keys.len() as u64) as usize].clone();
             let forged_share = sp.forged;
-            let now = self.now_secs();
-            let advert = Advert {
-                public_key: key.verifying_key().to_bytes(),
-                enclave_key: [0; 32],
-                trust: Trust::Tdx,
-                measurement: vec![0; 48],
-                models: vec![ModelOffer {
-                    id: self.model_name(0),
-                    quantization: "Q4_K_M".into(),
-                    context_length: 8192,
-                }],
-                hardware: Hardware::Gpu {
-                    name: "NVIDIA H100".into(),
-                    vram_mib: 81_920,
-                },
-                max_concurrent: 8,
-                free_slots: 8,
-                queued: 0,
-                tokens_per_s: 500.0,
-                price: Price {
-                    prompt_per_mtok: 1,
-                    completion_per_mtok: 1,
-                },
-                min_deposit: 0,
-                payout: Some([2; 32]),
-                expected_uptime_secs: 86_400,
-                addrs: Vec::new(),
-                seq,
-                issued_at: now,
-                expires_at: now + self.sc.gossip.advert_ttl_secs,
+            // The cheapest, fastest worker there is, on the first model.
+            let cheap = Price {
+                prompt_per_mtok: 1,
+                completion_per_mtok: 1,
             };
+            let advert = self.advert(
+                &key,
+                &[0],
+                ("NVIDIA H100", 81_920),
+                (8, 8),
+                500.0,
+                cheap,
+                seq,
+            );
             let mut signed = advert.sign(&key).expect("within bounds");
-            let forged = self.eng.chance(forged_share);
-            if forged {
+            if self.eng.chance(forged_share) {
                 signed.signature[0] ^= 1;
             }
             let bytes = signed.encode().expect("encodes");
-            // A forged advert is not `Verified`: it travels as the valid body with a flag
-            // (each receiver's signature check fails).
-            let verified = if forged {
-                let mut good = signed.clone();
-                good.signature[0] ^= 1;
-                SignedAdvert::verified(&good.encode().expect("encodes"))
-            } else {
-                SignedAdvert::verified(&bytes)
-            }
-            .expect("signed just now");
-            debug_assert!(!forged || SignedAdvert::verified(&bytes).is_err());
-            self.publish(node, verified, forged);
+            self.publish(node, Payload::Wire(bytes));
         }
         self.eng.after(interval, Ev::Spam { spammer: s });
     }
@@ -1339,12 +1350,12 @@ impl World {
             return;
         }
         self.schedule_arrival(c, epoch);
-        let shares: Vec<f64> = self.sc.clients.models.iter().map(|m| m.share).collect();
-        let model = pick(&mut self.eng.rng, &shares) as u16;
-        let cfg = self.sc.clients.clone();
-        let prompt = self.eng.sample(&cfg.prompt_tokens).round().clamp(1.0, 1e6) as u32;
-        let max_tokens = self.eng.sample(&cfg.max_tokens).round().clamp(1.0, 1e5) as u32;
-        let share = self.eng.sample(&cfg.completion_share).clamp(0.0, 1.0);
+        let model = pick(&mut self.eng.rng, &self.model_shares) as u16;
+        let cfg = &self.sc.clients;
+        let (prompts, outputs, shares) = (cfg.prompt_tokens, cfg.max_tokens, cfg.completion_share);
+        let prompt = self.eng.sample(&prompts).round().clamp(1.0, 1e6) as u32;
+        let max_tokens = self.eng.sample(&outputs).round().clamp(1.0, 1e5) as u32;
+        let share = self.eng.sample(&shares).clamp(0.0, 1.0);
         let target = ((max_tokens as f64 * share).round() as u32).clamp(1, max_tokens);
         let job = Job {
             gen: 0,
@@ -1393,7 +1404,7 @@ impl World {
             max_price_per_mtok: None,
             accept_dev: false,
             exclude: Vec::new(),
-            limit: Some(cfg.max_attempts),
+            limit: Some(self.sc.clients.max_attempts),
         };
         let now_s = self.now_secs();
         let ranked = self.markets[slot].select(
@@ -1402,20 +1413,12 @@ impl World {
             &Weights::default(),
             now_s,
         );
-        let slack = cfg.price_slack;
+        let slack = self.sc.clients.price_slack;
         let candidates: Vec<(u32, Price)> = ranked
             .iter()
             .filter_map(|cand| {
                 let w = *self.worker_by_peer.get(&cand.peer_id)?;
-                let p = cand.advert.price;
-                let up = |x: u64| ((x as f64 * slack).ceil() as u64).max(x);
-                Some((
-                    w,
-                    Price {
-                        prompt_per_mtok: up(p.prompt_per_mtok),
-                        completion_per_mtok: up(p.completion_per_mtok),
-                    },
-                ))
+                Some((w, cand.advert.price.with_slack(slack)))
             })
             .collect();
         if candidates.is_empty() {
@@ -1460,17 +1463,7 @@ impl World {
             }
             self.jobs[j as usize].candidates = found
                 .iter()
-                .map(|&w| {
-                    let p = self.workers[w as usize].price.price();
-                    let up = |x: u64| ((x as f64 * slack).ceil() as u64).max(x);
-                    (
-                        w,
-                        Price {
-                            prompt_per_mtok: up(p.prompt_per_mtok),
-                            completion_per_mtok: up(p.completion_per_mtok),
-                        },
-                    )
-                })
+                .map(|&w| (w, self.workers[w as usize].price.price().with_slack(slack)))
                 .collect();
             self.start_attempt(j);
         }
