@@ -17,7 +17,7 @@ use cocoon_p2p::attest::EvidenceKind;
 use cocoon_p2p::{Network, NetworkError};
 use ed25519_dalek::SigningKey;
 
-use crate::attestation::unix_now;
+use crate::attestation::{unix_now, unix_now_ms};
 use crate::market::MarketService;
 use crate::worker::Worker;
 
@@ -190,10 +190,7 @@ pub async fn run(
             slots.saturating_sub(busy),
             worker.attester().current().key.public(),
         );
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now_ms = unix_now_ms();
         if !schedule.due(&state, now_ms) {
             continue;
         }

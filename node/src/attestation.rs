@@ -95,6 +95,14 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Unix time in milliseconds (the clock adverts' sequence numbers come from).
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Makes the worker's attester; the string says why dev evidence is used, if it is.
 /// Blocking (configfs-tsm I/O).
 pub fn worker_attester(

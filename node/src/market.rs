@@ -18,7 +18,11 @@ use cocoon_p2p::frame::{FrameTransport, FramedStream};
 use cocoon_p2p::{GossipVerdict, Network, NetworkError, PeerId, MARKET_PROTOCOL};
 use futures::StreamExt;
 
-use crate::attestation::unix_now;
+use crate::attestation::{unix_now, unix_now_ms};
+
+/// Tracing target of the per-advert propagation record (`debug`): enable it with
+/// `RUST_LOG=info,cocoon::propagation=debug`.
+pub const PROPAGATION_LOG: &str = "cocoon::propagation";
 
 /// Most adverts one sync hands over or takes.
 pub const MAX_SYNC_ADVERTS: usize = 4096;
@@ -63,7 +67,18 @@ impl MarketService {
                         pruned_at = now;
                     }
                     match market.insert(&message.data, &message.source.to_bytes(), now) {
-                        Ok(_) => GossipVerdict::Accept,
+                        Ok(advert) => {
+                            // An advert's seq is its publication time in ms: this is its
+                            // propagation delay (the calibration bench reads it).
+                            tracing::debug!(
+                                target: PROPAGATION_LOG,
+                                delay_ms = unix_now_ms().saturating_sub(advert.seq),
+                                seq = advert.seq,
+                                direct = advert.peer_id() == message.source.to_bytes(),
+                                "advert admitted"
+                            );
+                            GossipVerdict::Accept
+                        }
                         Err(e) if e.is_misbehaviour() => {
                             tracing::info!(source = %message.source, "advert rejected: {e}");
                             GossipVerdict::Reject

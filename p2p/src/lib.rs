@@ -24,6 +24,6 @@ pub mod testing;
 
 pub use libp2p::{Multiaddr, PeerId, Stream};
 pub use swarm::{
-    model_key, DhtMode, GossipMessage, GossipVerdict, Network, NetworkConfig, NetworkError,
-    NetworkState, ADVERT_TOPIC, MARKET_PROTOCOL,
+    model_key, DhtMode, GossipMessage, GossipVerdict, LookupProbe, Network, NetworkConfig,
+    NetworkError, NetworkState, ADVERT_TOPIC, MARKET_PROTOCOL,
 };

@@ -189,6 +189,28 @@ pub enum NetworkError {
     Publish(String),
 }
 
+/// What one measured DHT lookup did ([`Network::probe_lookup`]): the figures the
+/// simulator's Kademlia model is calibrated against.
+#[derive(Clone, Debug)]
+pub struct LookupProbe {
+    /// The closest peers found, closest first.
+    pub closest: Vec<PeerId>,
+    /// Requests sent (libp2p's query statistics).
+    pub requests: u32,
+    /// Requests answered.
+    pub successes: u32,
+    /// Requests that failed.
+    pub failures: u32,
+    /// Start to result.
+    pub duration: Duration,
+    /// Peers in our routing table when the lookup started.
+    pub known: usize,
+    /// Hops to the closest peer found: 1 when it was in our routing table when the lookup
+    /// started, else 2. libp2p does not report the path, so 2 stands for "at least 2" (in a
+    /// network of a few dozen nodes, where every answer carries k = 20 contacts, it is 2).
+    pub hops: u8,
+}
+
 /// What the node currently sees of the network.
 #[derive(Clone, Debug, Default)]
 pub struct NetworkState {
@@ -216,6 +238,7 @@ enum Command {
     Provide(String, oneshot::Sender<()>),
     FindProviders(String, oneshot::Sender<Result<Vec<PeerId>, NetworkError>>),
     Connect(PeerId, oneshot::Sender<Result<(), NetworkError>>),
+    Lookup(Vec<u8>, oneshot::Sender<Result<LookupProbe, NetworkError>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -275,6 +298,7 @@ impl Network {
             provided: BTreeSet::new(),
             providers: HashMap::new(),
             lookups: HashMap::new(),
+            probes: HashMap::new(),
             connect_waiters: HashMap::new(),
             state: state_tx,
             announced_with_peers: false,
@@ -427,6 +451,12 @@ impl Network {
             .map_err(|_| NetworkError::Stopped)
     }
 
+    /// Runs one Kademlia lookup of the `key`'s closest peers and reports what it cost: a
+    /// measurement probe (`cocoon`'s calibration bench), not needed to run a node.
+    pub async fn probe_lookup(&self, key: Vec<u8>) -> Result<LookupProbe, NetworkError> {
+        self.command(|tx| Command::Lookup(key, tx)).await?
+    }
+
     /// Stops the swarm task and closes all connections.
     pub async fn shutdown(&self) {
         let _ = self.command(Command::Shutdown).await;
@@ -538,6 +568,38 @@ struct ProviderQuery {
     reply: oneshot::Sender<Result<Vec<PeerId>, NetworkError>>,
 }
 
+/// A measured lookup in flight.
+struct Probe {
+    key: Vec<u8>,
+    known: HashSet<PeerId>,
+    reply: oneshot::Sender<Result<LookupProbe, NetworkError>>,
+}
+
+fn probe_report(
+    key: Vec<u8>,
+    known: &HashSet<PeerId>,
+    peers: Vec<kad::PeerInfo>,
+    stats: &kad::QueryStats,
+) -> LookupProbe {
+    let target = kad::KBucketKey::new(key);
+    let mut closest: Vec<PeerId> = peers.into_iter().map(|p| p.peer_id).collect();
+    closest.sort_by_key(|p| kad::KBucketKey::from(*p).distance(&target));
+    let hops = match closest.first() {
+        Some(p) if known.contains(p) => 1,
+        Some(_) => 2,
+        None => 0,
+    };
+    LookupProbe {
+        closest,
+        requests: stats.num_requests(),
+        successes: stats.num_successes(),
+        failures: stats.num_failures(),
+        duration: stats.duration().unwrap_or_default(),
+        known: known.len(),
+        hops,
+    }
+}
+
 struct Driver {
     swarm: Swarm<Behaviour>,
     config: NetworkConfig,
@@ -545,6 +607,8 @@ struct Driver {
     providers: HashMap<QueryId, ProviderQuery>,
     /// Peer-address lookups started for `Connect`, by query.
     lookups: HashMap<QueryId, PeerId>,
+    /// Measured lookups: the key, who was in the routing table at the start, the reply.
+    probes: HashMap<QueryId, Probe>,
     connect_waiters: HashMap<PeerId, Vec<oneshot::Sender<Result<(), NetworkError>>>>,
     state: watch::Sender<NetworkState>,
     /// Whether an announcement went out while we knew at least one peer.
@@ -605,6 +669,21 @@ impl Driver {
                 let _ = self.swarm.dial(DialOpts::peer_id(peer).build());
                 let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
                 self.lookups.insert(id, peer);
+            }
+            Command::Lookup(key, reply) => {
+                let known: HashSet<PeerId> = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .kbuckets()
+                    .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+                    .collect();
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_closest_peers(key.clone());
+                self.probes.insert(id, Probe { key, known, reply });
             }
             Command::Publish(data, reply) => {
                 let topic = gossipsub::IdentTopic::new(ADVERT_TOPIC);
@@ -777,6 +856,20 @@ impl Driver {
                 if !self.announced_with_peers && !self.provided.is_empty() {
                     self.announce_all();
                 }
+            }
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result: QueryResult::GetClosestPeers(result),
+                stats,
+                ..
+            } if self.probes.contains_key(&id) => {
+                let probe = self.probes.remove(&id).expect("checked");
+                let peers = match result {
+                    Ok(ok) => ok.peers,
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                };
+                let reply = Ok(probe_report(probe.key, &probe.known, peers, &stats));
+                let _ = probe.reply.send(reply);
             }
             kad::Event::OutboundQueryProgressed {
                 id, result, step, ..

@@ -95,3 +95,30 @@ async fn connecting_to_an_unknown_peer_fails_cleanly() {
         "a clear error, not a timeout: {err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_lookup_reports_the_closest_peers_and_what_it_cost() {
+    let boot = start(vec![], DhtMode::Server).await;
+    let boot_addr = boot.state().listen_addrs[0].clone();
+    let mut servers = Vec::new();
+    for _ in 0..4 {
+        servers.push(start(vec![boot_addr.clone()], DhtMode::Server).await);
+    }
+    let probe = start(vec![boot_addr], DhtMode::Server).await;
+    probe
+        .wait_for("DHT peers", T, |s| s.routing_peers > 0)
+        .await
+        .unwrap();
+    // The lookup of a server's own id finds that server first.
+    let target = servers[2].peer_id();
+    let report = tokio::time::timeout(T, probe.probe_lookup(target.to_bytes()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.closest.first(), Some(&target), "{report:?}");
+    assert!(report.requests >= 1 && report.successes >= 1, "{report:?}");
+    assert!(report.successes + report.failures <= report.requests);
+    assert!(report.known >= 1);
+    assert!(matches!(report.hops, 1 | 2), "{report:?}");
+    assert!(report.duration > Duration::ZERO);
+}

@@ -184,6 +184,8 @@ pub enum Purpose {
     Provide(u16),
     /// A client looking for workers of a model.
     FindProviders(u16),
+    /// A measurement probe: the closest nodes of a random key.
+    Probe,
 }
 
 /// A candidate in a lookup.

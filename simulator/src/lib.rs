@@ -17,6 +17,7 @@
 //! exactly the sans-IO cores, which is the test of their design.
 #![warn(missing_docs)]
 
+pub mod calibration;
 pub mod engine;
 pub mod kad;
 pub mod mesh;

@@ -115,8 +115,16 @@ pub struct Metrics {
     pub lookup_ms: Histogram,
     /// Requests per lookup.
     pub lookup_requests: Histogram,
+    /// Probe lookups (`dht.probe_lookups_per_sec`): hops, duration (ms) and requests.
+    pub probe_hops: Vec<u64>,
+    /// See `probe_hops`.
+    pub probe_ms: Histogram,
+    /// See `probe_hops`.
+    pub probe_requests: Histogram,
     /// Time for an advert to reach a mesh member, ms (every delivery).
     pub propagation_ms: Histogram,
+    /// Deliveries straight from the publisher (the rest were relayed).
+    pub direct: u64,
     /// Share of the online mesh each advert reached.
     pub coverage: Histogram,
     /// Duplicate deliveries of adverts.
@@ -131,9 +139,14 @@ impl Default for Metrics {
             job_latency_ms: Vec::new(),
             ttft_ms: Vec::new(),
             lookup_hops: vec![0; 32],
-            lookup_ms: Histogram::new(50.0, 1200),
+            // 0.1 ms bins: fine enough for a loopback network's few-ms figures.
+            lookup_ms: Histogram::new(0.1, 600_000),
             lookup_requests: Histogram::new(1.0, 400),
-            propagation_ms: Histogram::new(10.0, 3000),
+            probe_hops: vec![0; 32],
+            probe_ms: Histogram::new(0.1, 600_000),
+            probe_requests: Histogram::new(1.0, 400),
+            propagation_ms: Histogram::new(0.1, 300_000),
+            direct: 0,
             coverage: Histogram::new(0.01, 101),
             duplicates: 0,
         }

@@ -1,6 +1,6 @@
 //! The network model: each node sits in a region; a message between two nodes takes the
 //! regions' latency (log-normal jitter around the matrix value) plus its size over the
-//! sender's uplink, and is lost with a fixed probability.
+//! sender's uplink and the receiver's handling time, and is lost with a fixed probability.
 
 use rand::Rng;
 use rand_distr::{Distribution, LogNormal};
@@ -17,6 +17,8 @@ pub struct Links {
     loss: f64,
     /// Microseconds per byte on an uplink.
     per_byte: f64,
+    /// Receiver's handling time, µs.
+    processing: f64,
 }
 
 impl Links {
@@ -33,6 +35,7 @@ impl Links {
                 .flatten(),
             loss: model.loss,
             per_byte: 8.0 / model.bandwidth_mbps,
+            processing: model.processing_ms * MS as f64,
         }
     }
 
@@ -50,7 +53,7 @@ impl Links {
     pub fn delay_reliable(&self, rng: &mut impl Rng, a: u8, b: u8, bytes: u32) -> Micros {
         let base = self.base[a as usize][b as usize];
         let jitter = self.jitter.map_or(1.0, |j| j.sample(rng));
-        (base * jitter + bytes as f64 * self.per_byte).max(1.0) as Micros
+        (base * jitter + self.processing + bytes as f64 * self.per_byte).max(1.0) as Micros
     }
 
     /// The matrix latency (no jitter, no size), µs: for round-trip estimates.
@@ -65,10 +68,11 @@ mod tests {
     use rand::SeedableRng;
 
     #[test]
-    fn delay_grows_with_distance_and_size_and_loss_drops_messages() {
+    fn delay_grows_with_distance_size_and_handling_and_loss_drops_messages() {
         let model = NetworkModel {
             jitter: 0.0,
             loss: 0.0,
+            processing_ms: 0.0,
             ..Default::default()
         };
         let links = Links::new(&model);
@@ -79,6 +83,11 @@ mod tests {
         assert_eq!(near, 10 * MS);
         assert_eq!(far, 110 * MS);
         assert_eq!(big, 10 * MS + 80 * MS, "1 MB over 100 Mbit/s is 80 ms");
+        let slow = Links::new(&NetworkModel {
+            processing_ms: 2.5,
+            ..model.clone()
+        });
+        assert_eq!(slow.delay(&mut rng, 0, 0, 0).unwrap(), 10 * MS + 2_500);
         let lossy = Links::new(&NetworkModel { loss: 0.5, ..model });
         let lost = (0..10_000)
             .filter(|_| lossy.delay(&mut rng, 0, 1, 10).is_none())

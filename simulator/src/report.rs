@@ -50,6 +50,32 @@ fn hist_summary(h: &Histogram) -> Value {
            "p90": round(h.quantile(0.9)), "p99": round(h.quantile(0.99))})
 }
 
+/// Lookups counted in a hop histogram, and their mean hops.
+fn hops_stats(hops: &[u64]) -> (u64, f64) {
+    let total: u64 = hops.iter().sum();
+    let weighted: f64 = hops
+        .iter()
+        .enumerate()
+        .map(|(h, &c)| h as f64 * c as f64)
+        .sum();
+    (
+        total,
+        if total == 0 {
+            0.0
+        } else {
+            weighted / total as f64
+        },
+    )
+}
+
+/// A histogram without its empty tail.
+fn trimmed(counts: &[u64]) -> Vec<u64> {
+    counts
+        .iter()
+        .rposition(|&c| c > 0)
+        .map_or(vec![], |end| counts[..=end].to_vec())
+}
+
 fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
@@ -59,17 +85,7 @@ pub fn summary(world: &World) -> Value {
     let m = &world.metrics;
     let mut latency = m.job_latency_ms.clone();
     let mut ttft = m.ttft_ms.clone();
-    let hops_total: u64 = m.lookup_hops.iter().sum();
-    let hops_mean = if hops_total == 0 {
-        0.0
-    } else {
-        m.lookup_hops
-            .iter()
-            .enumerate()
-            .map(|(h, &c)| h as f64 * c as f64)
-            .sum::<f64>()
-            / hops_total as f64
-    };
+    let (hops_total, hops_mean) = hops_stats(&m.lookup_hops);
     let earnings = world.earnings();
     let honest: Vec<u64> = earnings
         .iter()
@@ -124,10 +140,15 @@ pub fn summary(world: &World) -> Value {
         "utilisation_at_end": round(last.utilisation),
         "dht": {
             "lookups": hops_total, "hops_mean": round(hops_mean),
-            "hops_histogram": m.lookup_hops.iter().rposition(|&c| c > 0)
-                .map_or(vec![], |end| m.lookup_hops[..=end].to_vec()),
+            "hops_histogram": trimmed(&m.lookup_hops),
             "lookup_ms": hist_summary(&m.lookup_ms),
             "requests_per_lookup": hist_summary(&m.lookup_requests),
+            "probes": {
+                "lookups": hops_stats(&m.probe_hops).0, "hops_mean": round(hops_stats(&m.probe_hops).1),
+                "hops_histogram": trimmed(&m.probe_hops),
+                "lookup_ms": hist_summary(&m.probe_ms),
+                "requests_per_lookup": hist_summary(&m.probe_requests),
+            },
             "requests": world.traffic.dht_requests, "timeouts": world.traffic.dht_timeouts,
         },
         "gossip": {
@@ -136,6 +157,7 @@ pub fn summary(world: &World) -> Value {
             "forged_rejected": world.traffic.forged, "stale": world.traffic.stale,
             "duplicates": m.duplicates,
             "propagation_ms": hist_summary(&m.propagation_ms),
+            "direct_share": round(m.direct as f64 / m.propagation_ms.n.max(1) as f64),
             "coverage_mean": round(m.coverage.mean()),
         },
     })

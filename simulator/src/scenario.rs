@@ -90,6 +90,20 @@ pub struct NetworkModel {
     /// Each node's uplink, Mbit/s: a message of B bytes takes B*8/bandwidth to send.
     /// Default: 100.
     pub bandwidth_mbps: f64,
+    /// Time a node takes to handle a message it receives before it acts on it (transport,
+    /// decoding, signature checks, task scheduling), ms, added to every message's delay.
+    /// Default: 0.5 (about what the calibration bench fits on real nodes on loopback:
+    /// bench/calibration.md).
+    pub processing_ms: f64,
+    /// Cores of one host that every node shares (a test host running the whole network on
+    /// loopback): every DHT or advert message then also waits for a free core, and an
+    /// advert copy occupies it for `advert_cpu_ms` (DHT messages are small and take no
+    /// CPU time of their own). 0 gives every node a CPU of its own (no queueing).
+    /// Default: 0.
+    pub host_cores: u32,
+    /// CPU time an advert copy takes on a shared host core (see `host_cores`): gossipsub's
+    /// and the market's signature checks and the validation round trip, ms. Default: 0.
+    pub advert_cpu_ms: f64,
     /// Share of clients behind NAT: DHT client mode, never in routing tables. Default: 0.4.
     pub nat_share: f64,
 }
@@ -120,6 +134,9 @@ impl Default for NetworkModel {
             jitter: 0.25,
             loss: 0.005,
             bandwidth_mbps: 100.0,
+            processing_ms: 0.5,
+            host_cores: 0,
+            advert_cpu_ms: 0.0,
             nat_share: 0.4,
         }
     }
@@ -244,6 +261,10 @@ pub struct Dht {
     /// Start with routing tables as a long-running network has them (`true`), or empty,
     /// every node joining by lookups (`false`). Default: true.
     pub warm_start: bool,
+    /// Lookups of random keys per second, each from a random online DHT server: what a
+    /// measurement probe does (the calibration bench runs the same on real nodes); reported
+    /// apart from the protocol's own lookups. Default: 0.
+    pub probe_lookups_per_sec: f64,
 }
 
 impl Default for Dht {
@@ -255,6 +276,7 @@ impl Default for Dht {
             request_bytes: 64,
             response_bytes: 1200,
             warm_start: true,
+            probe_lookups_per_sec: 0.0,
         }
     }
 }

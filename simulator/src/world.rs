@@ -36,6 +36,20 @@ pub const EPOCH: u64 = 1_700_000_000;
 /// Time allowed after the end for jobs in flight to finish (every timeout is far below).
 pub const DRAIN: Micros = 900 * SEC;
 
+/// Puts `item` in a free slot of `items` (or a new one); returns its index.
+fn store<T>(items: &mut Vec<Option<T>>, free: &mut Vec<u32>, item: T) -> u32 {
+    match free.pop() {
+        Some(i) => {
+            items[i as usize] = Some(item);
+            i
+        }
+        None => {
+            items.push(Some(item));
+            (items.len() - 1) as u32
+        }
+    }
+}
+
 /// Bootstrap nodes: the first relays, never churned.
 const BOOTSTRAP: usize = 4;
 
@@ -68,6 +82,10 @@ enum Ev {
         to: Node,
     },
     Heartbeat(Node),
+    /// A probe lookup starts.
+    Probe,
+    /// A message parked while it waited for a host core (`network.host_cores`) is handled.
+    Run(u32),
     Tick {
         worker: u32,
         epoch: u32,
@@ -183,8 +201,14 @@ enum Payload {
 
 struct Msg {
     payload: Payload,
+    /// The publisher.
+    origin: Node,
     created: Micros,
     seen: Vec<u64>,
+    /// Mesh members a copy has reached (on a shared host, where copies queue before they
+    /// are handled; empty otherwise): later copies are duplicates, dropped on arrival as
+    /// gossipsub's duplicate cache does, without CPU.
+    arrived: Vec<u64>,
     reached: u32,
     in_flight: u32,
     online_at_start: u32,
@@ -277,6 +301,11 @@ pub struct World {
     pub sc: Scenario,
     eng: Engine<Ev>,
     links: Links,
+    /// When each shared host core comes free (empty: nodes have CPUs of their own).
+    cores: Vec<Micros>,
+    /// Messages waiting for a core, by `Ev::Run` index, and the free indices.
+    parked: Vec<Option<Ev>>,
+    free_parked: Vec<u32>,
     kind: Vec<Kind>,
     region: Vec<u8>,
     online: Vec<bool>,
@@ -528,6 +557,9 @@ impl World {
         always_on[..BOOTSTRAP].fill(true);
         let mut world = Self {
             links,
+            cores: vec![0; sc.network.host_cores as usize],
+            parked: Vec::new(),
+            free_parked: Vec::new(),
             kind,
             region,
             online: vec![false; n],
@@ -630,6 +662,32 @@ impl World {
             self.eng.at(d, Ev::Spam { spammer: s as u32 });
         }
         self.eng.at(self.sc.sample_secs * SEC, Ev::Sample);
+        if let Some(gap) = self.probe_gap() {
+            self.eng.at(gap, Ev::Probe);
+        }
+    }
+
+    /// Time between two probe lookups, if there are any.
+    fn probe_gap(&self) -> Option<Micros> {
+        let rate = self.sc.dht.probe_lookups_per_sec;
+        (rate > 0.0).then(|| ((SEC as f64 / rate) as Micros).max(1))
+    }
+
+    /// A probe lookup of a random key from a random online DHT server.
+    fn on_probe(&mut self) {
+        let n = self.online.len();
+        // Rejection sampling; a network with no online server skips this probe.
+        for _ in 0..64 {
+            let node = self.eng.rng.random_range(0..n);
+            if self.online[node] && self.server[node] {
+                let target = self.eng.rng.random::<u64>();
+                self.start_lookup(node as Node, target, Purpose::Probe);
+                break;
+            }
+        }
+        if let Some(gap) = self.probe_gap() {
+            self.eng.after(gap, Ev::Probe);
+        }
     }
 
     fn session_time(&mut self, node: Node) -> Micros {
@@ -676,7 +734,7 @@ impl World {
                 break;
             };
             match ev {
-                Ev::Arrival { .. } | Ev::Sample | Ev::Spam { .. } => {}
+                Ev::Arrival { .. } | Ev::Sample | Ev::Spam { .. } | Ev::Probe => {}
                 ev => self.handle(ev),
             }
         }
@@ -688,6 +746,56 @@ impl World {
     }
 
     fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Gossip { msg, to, .. } if !self.cores.is_empty() => {
+                if self.first_arrival(msg, to) {
+                    let cpu = (self.sc.network.advert_cpu_ms * MS as f64) as Micros;
+                    self.park(ev, cpu);
+                } else {
+                    let m = self.msgs[msg as usize].as_mut().expect("live");
+                    m.in_flight -= 1;
+                    self.metrics.duplicates += 1;
+                    self.finish_msg_if_done(msg);
+                }
+            }
+            Ev::Req { .. } | Ev::Resp { .. } if !self.cores.is_empty() => self.park(ev, 0),
+            Ev::Run(i) => {
+                let ev = self.parked[i as usize].take().expect("parked");
+                self.free_parked.push(i);
+                self.dispatch(ev);
+            }
+            ev => self.dispatch(ev),
+        }
+    }
+
+    /// Whether this is the first copy of advert `msg` to reach `to` (marks it).
+    fn first_arrival(&mut self, msg: u32, to: Node) -> bool {
+        let Some(s) = self.mesh.slot(to) else {
+            return true;
+        };
+        let Some(m) = self.msgs[msg as usize].as_mut() else {
+            return true;
+        };
+        let bit = 1 << (s % 64);
+        let first = m.arrived[s / 64] & bit == 0;
+        m.arrived[s / 64] |= bit;
+        first
+    }
+
+    /// A message arrived on a shared host: it takes the first free core for `cpu` µs, then
+    /// is handled.
+    fn park(&mut self, ev: Ev, cpu: Micros) {
+        let now = self.eng.now();
+        let core = (0..self.cores.len())
+            .min_by_key(|&c| self.cores[c])
+            .expect("cores");
+        let done = self.cores[core].max(now) + cpu;
+        self.cores[core] = done;
+        let i = store(&mut self.parked, &mut self.free_parked, ev);
+        self.eng.at(done, Ev::Run(i));
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
         match ev {
             Ev::Up(node) => self.bring_up(node, true),
             Ev::Down(node) => self.bring_down(node),
@@ -703,6 +811,8 @@ impl World {
             Ev::Fail { job, gen } => self.on_fail(job, gen),
             Ev::Spam { spammer } => self.on_spam(spammer),
             Ev::Sample => self.on_sample(),
+            Ev::Probe => self.on_probe(),
+            Ev::Run(_) => unreachable!("handled by handle()"),
         }
     }
 
@@ -994,13 +1104,19 @@ impl World {
             None => (l.hops(), now),
         };
         let m = &mut self.metrics;
+        if l.purpose == Purpose::Probe {
+            m.probe_hops[(hops as usize).min(31)] += 1;
+            m.probe_ms.add((at - l.started) as f64 / MS as f64);
+            m.probe_requests.add(l.requests as f64);
+            return;
+        }
         m.lookup_hops[(hops as usize).min(31)] += 1;
         m.lookup_ms.add((at - l.started) as f64 / MS as f64);
         m.lookup_requests.add(l.requests as f64);
         m.current.lookups += 1;
         self.hop_sum += hops as u64;
         match l.purpose {
-            Purpose::Join => {}
+            Purpose::Join | Purpose::Probe => {}
             Purpose::Provide(model) => {
                 let Kind::Worker(w) = self.kind[l.origin as usize] else {
                     return;
@@ -1121,23 +1237,20 @@ impl World {
         let words = self.mesh.members().len().div_ceil(64);
         let msg = Msg {
             payload,
+            origin,
             created: self.eng.now(),
             seen: vec![0; words],
+            arrived: if self.cores.is_empty() {
+                Vec::new()
+            } else {
+                vec![0; words]
+            },
             reached: 0,
             in_flight: 0,
             online_at_start: self.mesh.online() as u32,
             forged: false,
         };
-        let idx = match self.free_msgs.pop() {
-            Some(i) => {
-                self.msgs[i as usize] = Some(msg);
-                i
-            }
-            None => {
-                self.msgs.push(Some(msg));
-                (self.msgs.len() - 1) as u32
-            }
-        };
+        let idx = store(&mut self.msgs, &mut self.free_msgs, msg);
         if let Some(s) = self.mesh.slot(origin) {
             self.msgs[idx as usize].as_mut().expect("new").seen[s / 64] |= 1 << (s % 64);
             // A worker admits its own advert (as the node's advertiser does).
@@ -1217,6 +1330,7 @@ impl World {
                             self.metrics
                                 .propagation_ms
                                 .add((now - m.created) as f64 / MS as f64);
+                            self.metrics.direct += u64::from(from == m.origin);
                             match self.markets[s].insert_verified(
                                 advert,
                                 &from.to_le_bytes(),

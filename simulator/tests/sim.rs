@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use cocoon_simulator::scenario::Adversary;
-use cocoon_simulator::{report, sweep, Scenario, World};
+use cocoon_simulator::{calibration, report, sweep, Scenario, World};
 use serde_json::Value;
 
 fn scenario(file: &str, sets: &[(&str, &str)]) -> Scenario {
@@ -199,4 +199,45 @@ fn a_sweep_writes_one_row_per_grid_point() {
     assert!(lines[0].starts_with("run,dht.alpha,seed,success_rate"));
     assert!(lines[1].starts_with("000,1,1,"));
     assert!(dir.path().join("run-003/summary.json").exists());
+}
+
+#[test]
+fn calibration_matches_the_real_loopback_network() {
+    // Figures measured on 41 real nodes by bench/calibrate.sh; calibration.toml holds the
+    // two costs it fitted. Every other measure must agree within the stated tolerance.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let measured: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("calibration.measured.json")).unwrap(),
+    )
+    .unwrap();
+    let sc = scenario("calibration.toml", &[]);
+    let fitted = &measured["fitted"];
+    assert_eq!(
+        sc.network.processing_ms,
+        fitted["processing_ms"].as_f64().unwrap()
+    );
+    assert_eq!(
+        sc.network.advert_cpu_ms,
+        fitted["advert_cpu_ms"].as_f64().unwrap()
+    );
+    let sim = calibration::simulate(&sc, sc.network.processing_ms, sc.network.advert_cpu_ms);
+    let rows = calibration::compare(&measured["real"], &sim);
+    let table = calibration::table(&rows, 41);
+    for row in &rows {
+        assert!(
+            row.within(),
+            "{} outside its tolerance:\n{table}",
+            row.label
+        );
+        if row.tolerance.is_none() {
+            // The fitted medians come back (to the fit's precision).
+            assert!(
+                (row.sim - row.real).abs() <= 0.1 * row.real.abs().max(1.0),
+                "{}: fitted value drifted:\n{table}",
+                row.label
+            );
+        }
+    }
+    assert!(sim["lookups"].as_f64().unwrap() >= 100.0);
+    assert!(sim["deliveries"].as_f64().unwrap() >= 1000.0);
 }
