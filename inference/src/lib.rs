@@ -32,6 +32,7 @@
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod kernels;
 pub mod model;
 pub mod sampling;
 pub mod stream;

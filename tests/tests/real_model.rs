@@ -62,3 +62,64 @@ fn seeded_sampling_repeats() {
     assert_eq!(a, b);
     assert!(!a.is_empty());
 }
+
+#[test]
+fn quantized_kernels_agree_with_candle_on_the_real_weights() {
+    use candle_core::quantized::gguf_file;
+    use cocoon_inference::kernels::{block_sums, Kernel, QMatrix};
+
+    let path = cocoon_tests::model_path().expect("fetch the model");
+    let mut file = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let device = candle_core::Device::Cpu;
+    let mut checked = std::collections::BTreeSet::new();
+    for name in [
+        "blk.0.attn_q.weight",
+        "blk.0.attn_k.weight",
+        "blk.0.ffn_down.weight",
+        "blk.29.ffn_up.weight",
+        "token_embd.weight",
+    ] {
+        let t = content.tensor(&mut file, name, &device).unwrap();
+        let m = QMatrix::from_qtensor(&t).unwrap();
+        checked.insert(format!("{:?}", t.dtype()));
+        // Reference: candle's own dequantization of the same tensor, rows sampled.
+        let dense = t.dequantize(&device).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(
+            (dense.len(), dense[0].len()),
+            (m.rows(), m.cols()),
+            "{name}"
+        );
+        let x: Vec<f32> = (0..m.cols())
+            .map(|j| ((j * 7919) % 113) as f32 / 56.0 - 1.0)
+            .collect();
+        let sums = block_sums(&x);
+        let rows = 0..m.rows().min(256);
+        for kernel in Kernel::available() {
+            let mut out = vec![0f32; rows.len()];
+            m.matmul_with(kernel, rows.clone(), &[&x], &[&sums], &mut [&mut out]);
+            for (r, got) in rows.clone().zip(&out) {
+                let exact: f64 = dense[r]
+                    .iter()
+                    .zip(&x)
+                    .map(|(w, x)| *w as f64 * *x as f64)
+                    .sum();
+                let scale: f64 = dense[r]
+                    .iter()
+                    .zip(&x)
+                    .map(|(w, x)| (*w as f64 * *x as f64).abs())
+                    .sum();
+                let tol = 1e-5 * scale * (m.cols() as f64).sqrt();
+                assert!(
+                    (*got as f64 - exact).abs() <= tol,
+                    "{name} {kernel:?} row {r}: {got} vs {exact}"
+                );
+            }
+        }
+    }
+    // The file mixes both block types; both were exercised.
+    assert!(
+        checked.contains("Q4_1") && checked.contains("Q8_0"),
+        "{checked:?}"
+    );
+}
