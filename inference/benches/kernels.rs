@@ -4,7 +4,8 @@
 //! to 16 vectors.
 //!
 //! `cargo bench -p cocoon-inference --bench kernels`. Prints a table: µs per step (all 30
-//! layers' projections and the output head), weights per second, and the batch speed-up.
+//! layers' projections and the output head), weights per second, and the batch speed-up;
+//! then the best kernel on one thread against every core.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -109,5 +110,46 @@ fn main() {
                 single * batch as f64 / us,
             );
         }
+    }
+
+    // The best kernel on every core (rows split across rayon's pool) against one core.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!();
+    println!("| kernel | batch | 1 thread µs/step | {threads} threads µs/step | speed-up |");
+    println!("|---|---:|---:|---:|---:|");
+    for batch in [1usize, 4, 16] {
+        let xs: Vec<Vec<f32>> = (0..batch)
+            .map(|b| {
+                (0..1536)
+                    .map(|j| ((j * 5 + b) % 11) as f32 / 11.0 - 0.5)
+                    .collect()
+            })
+            .collect();
+        let time = |chunks: usize| {
+            let start = Instant::now();
+            for (m, &&(_, cols, count)) in mats.iter().zip(&shapes) {
+                let x: Vec<&[f32]> = xs.iter().map(|x| &x[..cols]).collect();
+                let sums: Vec<Vec<f32>> = x.iter().map(|x| block_sums(x)).collect();
+                let s: Vec<&[f32]> = sums.iter().map(Vec::as_slice).collect();
+                let mut outs = vec![vec![0f32; m.rows()]; batch];
+                for _ in 0..count {
+                    let mut o: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+                    m.matmul_par(&x, &s, &mut o, chunks);
+                }
+                black_box(&outs);
+            }
+            start.elapsed().as_secs_f64() * 1e6
+        };
+        // Interleaved, best of three each: the machine is noisy.
+        let (mut one, mut all) = (f64::MAX, f64::MAX);
+        for _ in 0..3 {
+            one = one.min(time(1));
+            all = all.min(time(threads * 2));
+        }
+        println!(
+            "| {:?} | {batch} | {one:.0} | {all:.0} | {:.2} |",
+            Kernel::best(),
+            one / all
+        );
     }
 }

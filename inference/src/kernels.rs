@@ -17,7 +17,8 @@
 //! Kernels ([`Kernel`]): AVX-512F or AVX2+FMA on x86-64 when the CPU has them (checked at
 //! run time, once), else a portable scalar loop; every one this CPU runs is tested against
 //! the dequantized reference on random inputs.
-//! Rows are split across threads by the caller ([`QMatrix::matmul_rows`] computes a range).
+//! [`QMatrix::matmul_par`] splits the rows across rayon's pool; [`QMatrix::matmul_rows`]
+//! computes one range on the calling thread.
 
 use half::f16;
 
@@ -165,6 +166,46 @@ impl QMatrix {
             }
         }
         out
+    }
+
+    /// `out[i] = W · xs[i]` for the whole batch, rows split across rayon's thread pool
+    /// (the pool candle uses too) in `chunks` pieces of whole rows (at least one).
+    pub fn matmul_par(
+        &self,
+        xs: &[&[f32]],
+        sums: &[&[f32]],
+        out: &mut [&mut [f32]],
+        chunks: usize,
+    ) {
+        let chunks = chunks.clamp(1, self.rows.max(1));
+        if chunks == 1 {
+            self.matmul_rows(0..self.rows, xs, sums, out);
+            return;
+        }
+        let per = self.rows.div_ceil(chunks);
+        // Each piece gets its row range and, for every vector, the matching output slice.
+        let mut pieces: Vec<(std::ops::Range<usize>, Vec<&mut [f32]>)> = (0..chunks)
+            .map(|c| {
+                (
+                    c * per..((c + 1) * per).min(self.rows),
+                    Vec::with_capacity(out.len()),
+                )
+            })
+            .filter(|(r, _)| !r.is_empty())
+            .collect();
+        for o in out.iter_mut() {
+            let mut rest: &mut [f32] = o;
+            for (range, slices) in pieces.iter_mut() {
+                let (head, tail) = std::mem::take(&mut rest).split_at_mut(range.len());
+                slices.push(head);
+                rest = tail;
+            }
+        }
+        rayon::scope(|s| {
+            for (range, mut slices) in pieces {
+                s.spawn(move |_| self.matmul_rows(range, xs, sums, &mut slices));
+            }
+        });
     }
 
     /// `out[i][r - rows.start] = row r · xs[i]` for every row in `rows` and every vector of
@@ -596,6 +637,28 @@ mod tests {
         let mut part = vec![0f32; 2];
         m.matmul_rows(1..3, &[&x], &[&s], &mut [&mut part]);
         assert_eq!(part, all[1..3]);
+    }
+
+    #[test]
+    fn the_parallel_product_equals_the_serial_one() {
+        let bytes = raw(37 * 3, false, &[5, 250, 17, 99, 3, 41]);
+        let m = QMatrix::from_q8_0(37, 96, &bytes).unwrap();
+        let xs: Vec<Vec<f32>> = (0..3)
+            .map(|i| (0..96).map(|j| (i * 96 + j) as f32 / 100.0 - 1.0).collect())
+            .collect();
+        let sums: Vec<Vec<f32>> = xs.iter().map(|x| block_sums(x)).collect();
+        let xr: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+        let sr: Vec<&[f32]> = sums.iter().map(Vec::as_slice).collect();
+        let run = |chunks: usize| {
+            let mut outs = vec![vec![0f32; 37]; 3];
+            let mut or: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+            m.matmul_par(&xr, &sr, &mut or, chunks);
+            outs
+        };
+        let serial = run(1);
+        for chunks in [2, 4, 7, 37, 100] {
+            assert_eq!(run(chunks), serial, "{chunks} chunks");
+        }
     }
 
     #[test]
