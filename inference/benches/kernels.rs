@@ -40,6 +40,39 @@ fn q4_1(rows: usize, cols: usize, seed: u32) -> Vec<u8> {
     raw
 }
 
+/// A batch of activation vectors, long enough for every shape.
+fn inputs(batch: usize) -> Vec<Vec<f32>> {
+    (0..batch)
+        .map(|b| {
+            (0..1536)
+                .map(|j| ((j * 7 + b) % 13) as f32 / 13.0 - 0.5)
+                .collect()
+        })
+        .collect()
+}
+
+/// One decode step's products (every shape, `count` times each) through `mul`; µs.
+fn step(
+    mats: &[QMatrix],
+    shapes: &[&(usize, usize, usize)],
+    xs: &[Vec<f32>],
+    mul: impl Fn(&QMatrix, &[&[f32]], &[&[f32]], &mut [&mut [f32]]),
+) -> f64 {
+    let start = Instant::now();
+    for (m, &&(_, cols, count)) in mats.iter().zip(shapes) {
+        let x: Vec<&[f32]> = xs.iter().map(|x| &x[..cols]).collect();
+        let sums: Vec<Vec<f32>> = x.iter().map(|x| block_sums(x)).collect();
+        let s: Vec<&[f32]> = sums.iter().map(Vec::as_slice).collect();
+        let mut outs = vec![vec![0f32; m.rows()]; xs.len()];
+        for _ in 0..count {
+            let mut o: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+            mul(m, &x, &s, &mut o);
+        }
+        black_box(&outs);
+    }
+    start.elapsed().as_secs_f64() * 1e6
+}
+
 fn f32_matvec(w: &[f32], cols: usize, x: &[f32], out: &mut [f32]) {
     for (o, row) in out.iter_mut().zip(w.chunks_exact(cols)) {
         *o = row.iter().zip(x).map(|(a, b)| a * b).sum();
@@ -63,30 +96,16 @@ fn main() {
     for kernel in Kernel::available() {
         let mut single = 0.0;
         for batch in [1usize, 4, 8, 16] {
-            let xs: Vec<Vec<f32>> = (0..batch)
-                .map(|b| {
-                    (0..1536)
-                        .map(|j| ((j * 7 + b) % 13) as f32 / 13.0 - 0.5)
-                        .collect()
-                })
-                .collect();
+            let xs = inputs(batch);
             let reps = 3;
-            let start = Instant::now();
-            for _ in 0..reps {
-                for (m, &&(_, cols, count)) in mats.iter().zip(&shapes) {
-                    let x: Vec<&[f32]> = xs.iter().map(|x| &x[..cols]).collect();
-                    let sums: Vec<Vec<f32>> = x.iter().map(|x| block_sums(x)).collect();
-                    let s: Vec<&[f32]> = sums.iter().map(Vec::as_slice).collect();
-                    let mut outs = vec![vec![0f32; m.rows()]; batch];
-                    for _ in 0..count {
-                        let mut o: Vec<&mut [f32]> =
-                            outs.iter_mut().map(Vec::as_mut_slice).collect();
-                        m.matmul_with(kernel, 0..m.rows(), &x, &s, &mut o);
-                    }
-                    black_box(&outs);
-                }
-            }
-            let us = start.elapsed().as_secs_f64() * 1e6 / reps as f64;
+            let us = (0..reps)
+                .map(|_| {
+                    step(&mats, &shapes, &xs, |m, x, s, o| {
+                        m.matmul_with(kernel, 0..m.rows(), x, s, o)
+                    })
+                })
+                .sum::<f64>()
+                / reps as f64;
             if batch == 1 {
                 single = us;
             }
@@ -118,27 +137,11 @@ fn main() {
     println!("| kernel | batch | 1 thread µs/step | {threads} threads µs/step | speed-up |");
     println!("|---|---:|---:|---:|---:|");
     for batch in [1usize, 4, 16] {
-        let xs: Vec<Vec<f32>> = (0..batch)
-            .map(|b| {
-                (0..1536)
-                    .map(|j| ((j * 5 + b) % 11) as f32 / 11.0 - 0.5)
-                    .collect()
-            })
-            .collect();
+        let xs = inputs(batch);
         let time = |chunks: usize| {
-            let start = Instant::now();
-            for (m, &&(_, cols, count)) in mats.iter().zip(&shapes) {
-                let x: Vec<&[f32]> = xs.iter().map(|x| &x[..cols]).collect();
-                let sums: Vec<Vec<f32>> = x.iter().map(|x| block_sums(x)).collect();
-                let s: Vec<&[f32]> = sums.iter().map(Vec::as_slice).collect();
-                let mut outs = vec![vec![0f32; m.rows()]; batch];
-                for _ in 0..count {
-                    let mut o: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
-                    m.matmul_par(&x, &s, &mut o, chunks);
-                }
-                black_box(&outs);
-            }
-            start.elapsed().as_secs_f64() * 1e6
+            step(&mats, &shapes, &xs, |m, x, s, o| {
+                m.matmul_par(x, s, o, chunks)
+            })
         };
         // Interleaved, best of three each: the machine is noisy.
         let (mut one, mut all) = (f64::MAX, f64::MAX);
