@@ -33,6 +33,7 @@ pub mod device;
 pub mod engine;
 pub mod error;
 pub mod kernels;
+pub mod llama;
 pub mod model;
 pub mod sampling;
 pub mod stream;
