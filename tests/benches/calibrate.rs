@@ -17,7 +17,9 @@
 //! (10), `COCOON_CAL_SECS` (observation window, 150), `COCOON_CAL_LOOKUPS` (200). Writes
 //! `target/bench-calibration.md` (the table) and `target/calibration-measured.json` (the
 //! real figures, which `bench/calibrate.sh` keeps beside the scenario for the simulator's
-//! calibration test).
+//! calibration test). `COCOON_CAL_REUSE=1` skips the real run and fits the simulator to the
+//! figures of the last one; `COCOON_CAL_KEEP=1` keeps the nodes' logs and stops after the
+//! real run.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
