@@ -93,7 +93,7 @@ fn main() {
     let weights: usize = shapes.iter().map(|&&(r, c, n)| r * c * n).sum();
     println!("| kernel | batch | Q4_1 µs/step | weights×vectors/s (G) | per-vector speed-up vs batch 1 | f32 matvec µs/step |");
     println!("|---|---:|---:|---:|---:|---:|");
-    for kernel in Kernel::available() {
+    for &kernel in Kernel::available() {
         let mut single = 0.0;
         for batch in [1usize, 4, 8, 16] {
             let xs = inputs(batch);

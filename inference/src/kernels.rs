@@ -242,7 +242,7 @@ impl QMatrix {
         out: &mut [&mut [f32]],
     ) {
         assert!(
-            kernel == Kernel::Scalar || Kernel::available().contains(&kernel),
+            Kernel::available().contains(&kernel),
             "this CPU cannot run {kernel:?}"
         );
         // Batches beyond the register tile run tile by tile.
@@ -323,30 +323,27 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs (detected once).
+    /// The fastest kernel this CPU runs.
     pub fn best() -> Kernel {
-        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
-        *BEST.get_or_init(|| {
-            Kernel::available()
-                .into_iter()
-                .last()
-                .unwrap_or(Kernel::Scalar)
-        })
+        *Kernel::available().last().expect("scalar is always there")
     }
 
-    /// Every kernel this CPU runs, slowest first.
-    pub fn available() -> Vec<Kernel> {
-        let mut out = vec![Kernel::Scalar];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                out.push(Kernel::Avx2);
+    /// Every kernel this CPU runs, slowest first (detected once).
+    pub fn available() -> &'static [Kernel] {
+        static AVAILABLE: std::sync::OnceLock<Vec<Kernel>> = std::sync::OnceLock::new();
+        AVAILABLE.get_or_init(|| {
+            let mut out = vec![Kernel::Scalar];
+            #[cfg(target_arch = "x86_64")]
+            {
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    out.push(Kernel::Avx2);
+                }
+                if is_x86_feature_detected!("avx512f") {
+                    out.push(Kernel::Avx512);
+                }
             }
-            if is_x86_feature_detected!("avx512f") {
-                out.push(Kernel::Avx512);
-            }
-        }
-        out
+            out
+        })
     }
 }
 
@@ -570,8 +567,8 @@ mod tests {
         let xr: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
         let sr: Vec<&[f32]> = sums.iter().map(Vec::as_slice).collect();
         let results: Vec<(Kernel, Vec<Vec<f32>>)> = Kernel::available()
-            .into_iter()
-            .map(|kernel| {
+            .iter()
+            .map(|&kernel| {
                 let mut outs = vec![vec![0f32; m.rows()]; xs.len()];
                 let mut or: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
                 m.matmul_with(kernel, 0..m.rows(), &xr, &sr, &mut or);

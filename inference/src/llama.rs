@@ -158,6 +158,14 @@ impl Llama {
                 source,
             })
         };
+        // Norm weights are small f32 vectors; read through the same reader afterwards.
+        let vector = |reader: &mut R, name: &str| -> Result<Vec<f32>, LlamaError> {
+            Ok(content
+                .tensor(reader, name, &cpu)?
+                .dequantize(&cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
+        };
         let heads = md_usize(content, "llama.attention.head_count")?;
         let hidden = md_usize(content, "llama.embedding_length")?;
         let head_dim = hidden / heads.max(1);
@@ -195,18 +203,11 @@ impl Llama {
                 down: matrix(&format!("{p}.ffn_down.weight"))?,
             });
         }
-        let mut vector = |name: &str| -> Result<Vec<f32>, LlamaError> {
-            Ok(content
-                .tensor(reader, name, &cpu)?
-                .dequantize(&cpu)?
-                .flatten_all()?
-                .to_vec1::<f32>()?)
-        };
         for (l, layer) in layers.iter_mut().enumerate() {
-            layer.attn_norm = vector(&format!("blk.{l}.attn_norm.weight"))?;
-            layer.ffn_norm = vector(&format!("blk.{l}.ffn_norm.weight"))?;
+            layer.attn_norm = vector(reader, &format!("blk.{l}.attn_norm.weight"))?;
+            layer.ffn_norm = vector(reader, &format!("blk.{l}.ffn_norm.weight"))?;
         }
-        let norm = vector("output_norm.weight")?;
+        let norm = vector(reader, "output_norm.weight")?;
         let cfg = LlamaConfig {
             vocab: output.rows(),
             ..cfg
@@ -278,13 +279,14 @@ impl Llama {
         let hd = c.head_dim;
         let scale = 1.0 / (hd as f32).sqrt();
         for (l, layer) in self.layers.iter().enumerate() {
-            let h: Vec<Vec<f32>> = x
-                .iter()
-                .map(|v| rms_norm(v, &layer.attn_norm, c.eps))
-                .collect();
-            let mut q = matmul(&layer.wq, &h);
-            let mut k = matmul(&layer.wk, &h);
-            let v = matmul(&layer.wv, &h);
+            let h = Inputs::new(
+                x.iter()
+                    .map(|v| rms_norm(v, &layer.attn_norm, c.eps))
+                    .collect(),
+            );
+            let mut q = h.times(&layer.wq);
+            let mut k = h.times(&layer.wk);
+            let v = h.times(&layer.wv);
             for (r, &(seq, pos)) in rows.iter().enumerate() {
                 self.rope(&mut q[r], pos);
                 self.rope(&mut k[r], pos);
@@ -317,20 +319,21 @@ impl Llama {
                     }
                 }
             }
-            let o = matmul(&layer.wo, &attn);
+            let o = Inputs::new(attn).times(&layer.wo);
             add(&mut x, &o);
-            let h: Vec<Vec<f32>> = x
-                .iter()
-                .map(|v| rms_norm(v, &layer.ffn_norm, c.eps))
-                .collect();
-            let g = matmul(&layer.gate, &h);
-            let u = matmul(&layer.up, &h);
+            let h = Inputs::new(
+                x.iter()
+                    .map(|v| rms_norm(v, &layer.ffn_norm, c.eps))
+                    .collect(),
+            );
+            let g = h.times(&layer.gate);
+            let u = h.times(&layer.up);
             let a: Vec<Vec<f32>> = g
                 .iter()
                 .zip(&u)
                 .map(|(g, u)| g.iter().zip(u).map(|(&g, &u)| silu(g) * u).collect())
                 .collect();
-            let d = matmul(&layer.down, &a);
+            let d = Inputs::new(a).times(&layer.down);
             add(&mut x, &d);
         }
         // Each sequence's last row through the head.
@@ -343,7 +346,7 @@ impl Llama {
         for (cache, toks) in caches.iter_mut().zip(tokens) {
             cache.len += toks.len();
         }
-        Ok(matmul(&self.output, &last))
+        Ok(Inputs::new(last).times(&self.output))
     }
 
     /// Rotates the interleaved pairs `(2i, 2i+1)` of every head of `v` by `pos × θ_i`.
@@ -379,15 +382,27 @@ fn rope_tables(c: &LlamaConfig) -> (Vec<f32>, Vec<f32>) {
     (cos, sin)
 }
 
-/// `W · x` for every row, on every core.
-fn matmul(w: &QMatrix, xs: &[Vec<f32>]) -> Vec<Vec<f32>> {
-    let sums: Vec<Vec<f32>> = xs.iter().map(|x| block_sums(x)).collect();
-    let xr: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
-    let sr: Vec<&[f32]> = sums.iter().map(Vec::as_slice).collect();
-    let mut out = vec![vec![0f32; w.rows()]; xs.len()];
-    let mut or: Vec<&mut [f32]> = out.iter_mut().map(Vec::as_mut_slice).collect();
-    w.matmul_par(&xr, &sr, &mut or, 2 * rayon::current_num_threads());
-    out
+/// Rows about to meet one or more weight matrices, with their block sums computed once.
+struct Inputs {
+    xs: Vec<Vec<f32>>,
+    sums: Vec<Vec<f32>>,
+}
+
+impl Inputs {
+    fn new(xs: Vec<Vec<f32>>) -> Self {
+        let sums = xs.iter().map(|x| block_sums(x)).collect();
+        Self { xs, sums }
+    }
+
+    /// `W · x` for every row, on every core.
+    fn times(&self, w: &QMatrix) -> Vec<Vec<f32>> {
+        let xr: Vec<&[f32]> = self.xs.iter().map(Vec::as_slice).collect();
+        let sr: Vec<&[f32]> = self.sums.iter().map(Vec::as_slice).collect();
+        let mut out = vec![vec![0f32; w.rows()]; self.xs.len()];
+        let mut or: Vec<&mut [f32]> = out.iter_mut().map(Vec::as_mut_slice).collect();
+        w.matmul_par(&xr, &sr, &mut or, 2 * rayon::current_num_threads());
+        out
+    }
 }
 
 fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {

@@ -95,7 +95,7 @@ fn quantized_kernels_agree_with_candle_on_the_real_weights() {
             .collect();
         let sums = block_sums(&x);
         let rows = 0..m.rows().min(256);
-        for kernel in Kernel::available() {
+        for &kernel in Kernel::available() {
             let mut out = vec![0f32; rows.len()];
             m.matmul_with(kernel, rows.clone(), &[&x], &[&sums], &mut [&mut out]);
             for (r, got) in rows.clone().zip(&out) {
