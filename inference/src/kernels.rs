@@ -152,20 +152,31 @@ impl QMatrix {
 
     /// Row `r` as f32 (the reference the kernels are tested against).
     pub fn dequantize_row(&self, r: usize) -> Vec<f32> {
+        let mut out = vec![0.0; self.cols];
+        self.dequantize_row_into(r, &mut out);
+        out
+    }
+
+    /// Row `r` as f32, into `out` (`cols` long).
+    pub fn dequantize_row_into(&self, r: usize, out: &mut [f32]) {
+        assert_eq!(out.len(), self.cols, "output length");
         let per_row = self.cols / BLOCK;
-        let mut out = Vec::with_capacity(self.cols);
-        for b in r * per_row..(r + 1) * per_row {
+        for (b, o) in (r * per_row..(r + 1) * per_row).zip(out.chunks_exact_mut(BLOCK)) {
             match &self.store {
                 Store::Q4_1 { d, m, qs } => {
-                    let lo = qs[b].map(|v| (v & 0x0f) as f32 * d[b] + m[b]);
-                    let hi = qs[b].map(|v| (v >> 4) as f32 * d[b] + m[b]);
-                    out.extend_from_slice(&lo);
-                    out.extend_from_slice(&hi);
+                    let (lo, hi) = o.split_at_mut(16);
+                    for ((l, h), &v) in lo.iter_mut().zip(hi).zip(&qs[b]) {
+                        *l = (v & 0x0f) as f32 * d[b] + m[b];
+                        *h = (v >> 4) as f32 * d[b] + m[b];
+                    }
                 }
-                Store::Q8_0 { d, qs } => out.extend(qs[b].iter().map(|&q| q as f32 * d[b])),
+                Store::Q8_0 { d, qs } => {
+                    for (o, &q) in o.iter_mut().zip(&qs[b]) {
+                        *o = q as f32 * d[b];
+                    }
+                }
             }
         }
-        out
     }
 
     /// `out[i] = W · xs[i]` for the whole batch, rows split across rayon's thread pool

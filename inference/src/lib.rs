@@ -37,6 +37,7 @@ pub mod llama;
 pub mod model;
 pub mod sampling;
 pub mod stream;
+pub mod team;
 pub mod template;
 pub mod testing;
 pub mod tokenizer;

@@ -12,7 +12,7 @@
 use std::time::Instant;
 
 use candle_core::quantized::gguf_file;
-use cocoon_inference::llama::Llama;
+use cocoon_inference::llama::{argmax, Llama, Workspace};
 use cocoon_inference::{
     ChatMessage, Engine, EngineConfig, GenerateRequest, GenerationEvent, ModelSource, Prompt,
     SamplingParams,
@@ -32,28 +32,21 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn argmax(l: &[f32]) -> u32 {
-    l.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i as u32)
-}
-
 /// (ttft ms, aggregate decode tok/s) of `streams` greedy streams on our forward.
-fn ours(model: &Llama, prompt: &[u32], streams: usize, tokens: usize) -> (f64, f64) {
+fn ours(model: &Llama, ws: &mut Workspace, prompt: &[u32], streams: usize, tokens: usize) -> (f64, f64) {
     let mut caches: Vec<_> = (0..streams)
         .map(|_| model.cache(prompt.len() + tokens))
         .collect();
     let start = Instant::now();
     let mut refs: Vec<_> = caches.iter_mut().collect();
     let prompts: Vec<&[u32]> = (0..streams).map(|_| prompt).collect();
-    let logits = model.step(&mut refs, &prompts).expect("prefill");
+    model.step(ws, &mut refs, &prompts).expect("prefill");
     let first = Instant::now();
-    let mut next: Vec<[u32; 1]> = logits.iter().map(|l| [argmax(l)]).collect();
+    let mut next: Vec<[u32; 1]> = (0..streams).map(|i| [argmax(ws.logits(i))]).collect();
     for _ in 1..tokens {
         let toks: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
-        let logits = model.step(&mut refs, &toks).expect("decode");
-        next = logits.iter().map(|l| [argmax(l)]).collect();
+        model.step(ws, &mut refs, &toks).expect("decode");
+        next = (0..streams).map(|i| [argmax(ws.logits(i))]).collect();
     }
     let decode = first.elapsed().as_secs_f64();
     (
@@ -103,6 +96,8 @@ fn main() {
     let mut file = std::io::BufReader::new(std::fs::File::open(&path).expect("open"));
     let content = gguf_file::Content::read(&mut file).expect("gguf");
     let model = Llama::from_gguf(&content, &mut file).expect("load ours");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut ws = Workspace::new(threads).expect("threads");
     let prompt = eng
         .prompt_tokens(&Prompt::Chat(vec![ChatMessage::new("user", PROMPT)]))
         .expect("prompt");
@@ -120,9 +115,9 @@ fn main() {
     for _ in 0..runs {
         let results = [
             engine(&eng, tokens),
-            ours(&model, &prompt, 1, tokens),
-            ours(&model, &prompt, 4, tokens),
-            ours(&model, &prompt, 16, tokens),
+            ours(&model, &mut ws, &prompt, 1, tokens),
+            ours(&model, &mut ws, &prompt, 4, tokens),
+            ours(&model, &mut ws, &prompt, 16, tokens),
         ];
         for (row, (ttft, tps)) in rows.iter_mut().zip(results) {
             row.1.push(ttft);

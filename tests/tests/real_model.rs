@@ -164,6 +164,7 @@ fn our_batched_forward_gives_the_same_greedy_text_as_the_engine() {
             .unwrap()
     };
     let mut inputs: Vec<Vec<u32>> = prompts.clone();
+    let mut ws = cocoon_inference::llama::Workspace::new(2).unwrap();
     while !live.is_empty() {
         let mut refs: Vec<_> = Vec::new();
         for (i, c) in caches.iter_mut().enumerate() {
@@ -172,10 +173,10 @@ fn our_batched_forward_gives_the_same_greedy_text_as_the_engine() {
             }
         }
         let toks: Vec<&[u32]> = live.iter().map(|&i| inputs[i].as_slice()).collect();
-        let logits = ours.step(&mut refs, &toks).unwrap();
+        ours.step(&mut ws, &mut refs, &toks).unwrap();
         let mut still = Vec::new();
         for (k, &i) in live.iter().enumerate() {
-            let next = argmax(&logits[k]);
+            let next = argmax(ws.logits(k));
             if engine.tokenizer().is_eos(next) || outputs[i].len() + 1 >= tokens {
                 if !engine.tokenizer().is_eos(next) {
                     outputs[i].push(next);
