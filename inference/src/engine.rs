@@ -1,11 +1,18 @@
-//! The engine: a loaded model shared by concurrent generations, each on its own thread.
+//! The engine: a loaded model shared by concurrent generations.
 //!
 //! [`Engine::generate`] returns at once with a [`Generation`] handle, or [`GenerateError::Busy`]
 //! when [`EngineConfig::max_concurrent`] generations are already running (requests are never
-//! queued here: the caller decides whether to wait, retry or go elsewhere). Each generation
-//! runs on a dedicated `std::thread` that owns its KV cache (a `model::Session`), samples
-//! with its own seeded RNG and streams text through a bounded `tokio::sync::mpsc` channel, so
-//! the async side never blocks and the generation side needs no runtime.
+//! queued here: the caller decides whether to wait, retry or go elsewhere). Two runtimes
+//! ([`Backend`]):
+//! - batched (GGUF llama with `Q4_1`/`Q8_0` matrices on the CPU, the default there): every
+//!   generation joins one continuous batch run by a scheduler thread ([`crate::batch`]) on
+//!   our kernels ([`crate::llama`]);
+//! - candle (everything else): each generation runs on a dedicated `std::thread` that owns
+//!   its KV cache (a `model::Session`).
+//!
+//! Either way a generation samples with its own seeded RNG and streams text through a
+//! bounded `tokio::sync::mpsc` channel, so the async side never blocks and the generation
+//! side needs no runtime.
 //!
 //! A generation ends with exactly one [`GenerationEvent::Done`] or [`GenerationEvent::Error`],
 //! except when its receiver is gone. Dropping the [`Generation`] or calling
@@ -25,14 +32,16 @@ use tokio::sync::mpsc;
 
 use crate::device::DeviceChoice;
 use crate::error::{GenerateError, LoadError};
-use crate::model::{self, Model, ModelInfo, ModelSource, Session};
+use crate::batch::{Admission, BatchConfig, Batcher};
+use crate::model::{self, Model, ModelInfo, ModelSource, Runner, Session};
 use crate::sampling::SamplingParams;
 use crate::stream::{IncrementalDecoder, StopMatcher, StopStep};
 use crate::template::{ChatMessage, ChatTemplate};
 use crate::tokenizer::TextTokenizer;
 
-/// Default [`EngineConfig::max_concurrent`]: 2 generations at once.
-pub const DEFAULT_MAX_CONCURRENT: usize = 2;
+/// Default [`EngineConfig::max_concurrent`]: 16 generations at once (batched, they share
+/// each step; on candle each costs a thread).
+pub const DEFAULT_MAX_CONCURRENT: usize = 16;
 /// Default [`EngineConfig::channel_capacity`]: 64 chunks buffered per generation.
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 64;
 /// Prompts are fed to the model in chunks of this many tokens, bounding the attention
@@ -59,8 +68,24 @@ pub struct EngineConfig {
     /// dequantized at load and run in f32; larger ones run on candle's quantized kernels,
     /// which also quantize activations to 8 bits and can flip close greedy choices. 0 keeps
     /// every model quantized. Default [`crate::model::gguf::DEQUANTIZE_MAX_F32_BYTES`]
-    /// (2 GiB, about 500M parameters).
+    /// (2 GiB, about 500M parameters). Applies to the candle runtime only.
     pub dequantize_max_f32_bytes: u64,
+    /// Which runtime runs the model. Default [`Backend::Auto`].
+    pub backend: Backend,
+    /// The batch scheduler's settings (batched runtime only).
+    pub batch: BatchConfig,
+}
+
+/// Which runtime runs a model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Batched on our kernels when the model allows (a GGUF llama with `Q4_1`/`Q8_0`
+    /// matrices, on the CPU), else candle.
+    #[default]
+    Auto,
+    /// Always candle.
+    Candle,
 }
 
 impl Default for EngineConfig {
@@ -70,6 +95,8 @@ impl Default for EngineConfig {
             max_concurrent: DEFAULT_MAX_CONCURRENT,
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             dequantize_max_f32_bytes: crate::model::gguf::DEQUANTIZE_MAX_F32_BYTES,
+            backend: Backend::Auto,
+            batch: BatchConfig::default(),
         }
     }
 }
@@ -193,13 +220,21 @@ pub struct Engine {
 }
 
 struct Shared {
-    model: Model,
+    runtime: Runtime,
     tokenizer: TextTokenizer,
     template: ChatTemplate,
     info: ModelInfo,
     config: EngineConfig,
     active: AtomicUsize,
     next_id: AtomicU64,
+}
+
+/// What runs the generations.
+enum Runtime {
+    /// A thread per generation, each with a session of this model.
+    Candle(Model),
+    /// One batch scheduler.
+    Batched(Batcher),
 }
 
 impl std::fmt::Debug for Engine {
@@ -222,23 +257,45 @@ impl Engine {
         }
         let device = config.device.resolve()?;
         let started = Instant::now();
-        let loaded = model::load(source, &device, config.dequantize_max_f32_bytes)?;
-        Ok(Self::from_loaded(loaded, config, started))
+        let loaded = model::load(
+            source,
+            &device,
+            config.dequantize_max_f32_bytes,
+            config.backend == Backend::Auto,
+        )?;
+        Self::from_loaded(loaded, config, started)
     }
 
-    fn from_loaded(loaded: model::Loaded, config: EngineConfig, started: Instant) -> Engine {
+    fn from_loaded(
+        loaded: model::Loaded,
+        config: EngineConfig,
+        started: Instant,
+    ) -> Result<Engine, LoadError> {
         tracing::info!(
             name = %loaded.info.name,
             quantization = %loaded.info.quantization,
             device = %loaded.info.device,
             context_length = loaded.info.context_length,
             runtime_weights = %loaded.info.runtime_weights,
+            runtime = %loaded.info.runtime,
             load_ms = started.elapsed().as_millis() as u64,
             "model loaded"
         );
-        Engine {
+        let runtime = match loaded.runner {
+            Runner::Candle(model) => Runtime::Candle(model),
+            Runner::Batched(llama) => Runtime::Batched(
+                Batcher::start(
+                    llama,
+                    loaded.tokenizer.clone(),
+                    loaded.info.context_length,
+                    &config.batch,
+                )
+                .map_err(|e| LoadError::Config(format!("starting the batch scheduler: {e}")))?,
+            ),
+        };
+        Ok(Engine {
             shared: Arc::new(Shared {
-                model: loaded.model,
+                runtime,
                 tokenizer: loaded.tokenizer,
                 template: loaded.template,
                 info: loaded.info,
@@ -246,7 +303,7 @@ impl Engine {
                 active: AtomicUsize::new(0),
                 next_id: AtomicU64::new(0),
             }),
-        }
+        })
     }
 
     /// Facts about the model.
@@ -318,7 +375,33 @@ impl Engine {
         let cancel = Arc::new(AtomicBool::new(false));
         let sampled = Arc::new(AtomicU32::new(0));
         let prompt_tokens = prompt_ids.len() as u32;
+        let model = match &self.shared.runtime {
+            Runtime::Candle(model) => model.clone(),
+            Runtime::Batched(batcher) => {
+                batcher
+                    .admit(Admission {
+                        id,
+                        prompt: prompt_ids,
+                        sampling: request.sampling,
+                        tx,
+                        cancel: cancel.clone(),
+                        sampled: sampled.clone(),
+                        started: Instant::now(),
+                        permit,
+                    })
+                    .map_err(GenerateError::Failed)?;
+                return Ok(Generation {
+                    id,
+                    prompt_tokens,
+                    sampled,
+                    rx,
+                    cancel,
+                    thread: batcher.thread().clone(),
+                });
+            }
+        };
         let job = Job {
+            model,
             id,
             shared: self.shared.clone(),
             prompt_ids,
@@ -366,7 +449,7 @@ impl Engine {
 }
 
 /// One slot of the concurrency limit, released on drop.
-struct Permit(Arc<Shared>);
+pub(crate) struct Permit(Arc<Shared>);
 
 impl Permit {
     fn acquire(shared: &Arc<Shared>) -> Option<Permit> {
@@ -405,6 +488,7 @@ impl From<candle_core::Error> for Halt {
 
 /// Everything one generation thread needs.
 struct Job {
+    model: Model,
     id: u64,
     shared: Arc<Shared>,
     prompt_ids: Vec<u32>,
@@ -484,7 +568,7 @@ impl Job {
         let max_tokens = self.sampling.max_tokens;
         let decode = |ids: &[u32]| tokenizer.decode(ids).map_err(Halt::Failed);
 
-        let mut session: Session = self.shared.model.session();
+        let mut session: Session = self.model.session();
         let mut sampler = self.sampling.processor();
         let mut detok = IncrementalDecoder::new();
         let mut stop = StopMatcher::new(&self.sampling.stop);
@@ -600,19 +684,28 @@ mod tests {
     use super::*;
     use crate::testing::{write_tiny_gguf, TinySpec};
 
-    fn tiny_engine(dir: &std::path::Path) -> Engine {
+    fn tiny_engine(dir: &std::path::Path, backend: Backend) -> Engine {
         let path = dir.join("tiny.gguf");
         write_tiny_gguf(&path, &TinySpec::default()).unwrap();
         let config = EngineConfig {
             device: DeviceChoice::Cpu,
+            backend,
             ..EngineConfig::default()
         };
         Engine::load(&ModelSource::Gguf(path), config).unwrap()
     }
 
-    /// Greedy decoding by hand, straight on a session: the token ids the engine should pick.
+    fn candle(engine: &Engine) -> &Model {
+        match &engine.shared.runtime {
+            Runtime::Candle(m) => m,
+            Runtime::Batched(_) => panic!("batched"),
+        }
+    }
+
+    /// Greedy decoding by hand, straight on a candle session: the token ids the engine
+    /// should pick.
     fn greedy_ids(engine: &Engine, prompt: &[u32], n: usize) -> Vec<u32> {
-        let mut session = engine.shared.model.session();
+        let mut session = candle(engine).session();
         let mut logits = session.forward(prompt, 0).unwrap();
         let mut ids = Vec::new();
         for i in 0..n {
@@ -630,14 +723,24 @@ mod tests {
     #[test]
     fn streamed_chunks_concatenate_to_the_decode_of_all_ids() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = tiny_engine(dir.path());
+        let reference = tiny_engine(dir.path(), Backend::Candle);
         let prompt = Prompt::Text("Hello the world".to_string());
-        let prompt_ids = engine.prompt_tokens(&prompt).unwrap();
+        let prompt_ids = reference.prompt_tokens(&prompt).unwrap();
         let n = 60;
-        let expected = engine
+        let expected = reference
             .tokenizer()
-            .decode(&greedy_ids(&engine, &prompt_ids, n))
+            .decode(&greedy_ids(&reference, &prompt_ids, n))
             .unwrap();
+        for backend in [Backend::Candle, Backend::Auto] {
+            let engine = tiny_engine(dir.path(), backend);
+            let runtime = if backend == Backend::Auto { "batched" } else { "candle" };
+            assert_eq!(engine.info().runtime, runtime);
+            streams_the_expected_text(&engine, &prompt, &expected, n);
+        }
+    }
+
+    fn streams_the_expected_text(engine: &Engine, prompt: &Prompt, expected: &str, n: usize) {
+        let prompt = prompt.clone();
         let mut generation = engine
             .generate(GenerateRequest {
                 prompt,
@@ -684,23 +787,25 @@ mod tests {
         };
         let now = Instant::now();
         let dequantized = Engine::from_loaded(
-            model::gguf::load_with(&path, &device, u64::MAX).unwrap(),
+            model::gguf::load_with(&path, &device, u64::MAX, false).unwrap(),
             config.clone(),
             now,
-        );
+        )
+        .unwrap();
         let quantized = Engine::from_loaded(
-            model::gguf::load_with(&path, &device, 0).unwrap(),
+            model::gguf::load_with(&path, &device, 0, false).unwrap(),
             config,
             now,
-        );
+        )
+        .unwrap();
         assert_eq!(dequantized.info().runtime_weights, "F32");
         assert_eq!(quantized.info().runtime_weights, "Q8_0");
         assert_eq!(quantized.info().quantization, "Q8_0");
         let ids = quantized
             .prompt_tokens(&Prompt::Text("Hello the world".into()))
             .unwrap();
-        let a = quantized.shared.model.session().forward(&ids, 0).unwrap();
-        let b = dequantized.shared.model.session().forward(&ids, 0).unwrap();
+        let a = candle(&quantized).session().forward(&ids, 0).unwrap();
+        let b = candle(&dequantized).session().forward(&ids, 0).unwrap();
         let diff = (&a - &b)
             .unwrap()
             .abs()
@@ -724,12 +829,12 @@ mod tests {
     #[test]
     fn chunked_prefill_matches_one_pass() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = tiny_engine(dir.path());
+        let engine = tiny_engine(dir.path(), Backend::Candle);
         let ids = engine
             .prompt_tokens(&Prompt::Text("the world in the north, and then".into()))
             .unwrap();
-        let full = engine.shared.model.session().forward(&ids, 0).unwrap();
-        let mut s = engine.shared.model.session();
+        let full = candle(&engine).session().forward(&ids, 0).unwrap();
+        let mut s = candle(&engine).session();
         s.forward(&ids[..5], 0).unwrap();
         let chunked = s.forward(&ids[5..], 5).unwrap();
         let diff = (full - chunked)

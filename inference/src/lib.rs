@@ -4,8 +4,11 @@
 //! - [`model`] loads a model once, from a quantized GGUF file ([`ModelSource::Gguf`]: weights,
 //!   tokenizer and chat template all from the file) or a Hugging Face safetensors directory
 //!   ([`ModelSource::Safetensors`]). The loaded weights are immutable and shared.
-//! - [`Engine`] runs generations concurrently up to a limit, each on its own thread with its
-//!   own KV cache and seeded sampler, and refuses more with [`GenerateError::Busy`].
+//! - [`Engine`] runs generations concurrently up to a limit, each with its own KV cache and
+//!   seeded sampler, and refuses more with [`GenerateError::Busy`]. GGUF llamas with
+//!   `Q4_1`/`Q8_0` matrices run on our CPU kernels ([`kernels`], [`llama`]), all generations
+//!   sharing each step ([`batch`], continuous batching, on a [`team`] of threads); other
+//!   models run on candle, a thread per generation.
 //! - A [`Generation`] streams [`GenerationEvent`]s: text chunks made of whole UTF-8
 //!   characters, cut before any stop string, then one `Done` with [`Usage`] (or one `Error`).
 //!   Dropping it cancels the generation.
@@ -29,6 +32,7 @@
 
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod device;
 pub mod engine;
 pub mod error;
@@ -44,7 +48,7 @@ pub mod tokenizer;
 
 pub use device::DeviceChoice;
 pub use engine::{
-    Engine, EngineConfig, FinishReason, GenerateRequest, Generation, GenerationEvent, Prompt, Usage,
+    Backend, Engine, EngineConfig, FinishReason, GenerateRequest, Generation, GenerationEvent, Prompt, Usage,
 };
 pub use error::{GenerateError, LoadError};
 pub use model::{ModelInfo, ModelSource};

@@ -823,8 +823,8 @@ mod tests {
         let (_dir, path) = tiny();
         let ours = load(&path);
         // The reference: candle's quantized_llama on the same weights dequantized to f32.
-        let loaded = model::load(&ModelSource::Gguf(path.clone()), &Device::Cpu, u64::MAX).unwrap();
-        let mut session = loaded.model.session();
+        let loaded = model::load(&ModelSource::Gguf(path.clone()), &Device::Cpu, u64::MAX, false).unwrap();
+        let mut session = loaded.runner.candle().session();
         let prompt = [1u32, 40, 70, 100, 200, 7, 9, 33];
         let mut cache = ours.cache(64);
         let mut ws = Workspace::new(2).unwrap();

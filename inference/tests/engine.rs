@@ -108,7 +108,8 @@ fn gguf_loads_metadata_tokenizer_and_template() {
     assert_eq!(info.architecture, "llama");
     assert_eq!(info.context_length, 256);
     assert_eq!(info.quantization, "Q8_0");
-    assert_eq!(info.runtime_weights, "F32", "small models are dequantized");
+    assert_eq!(info.runtime_weights, "Q8_0", "runs on our kernels, packed");
+    assert_eq!(info.runtime, "batched");
     assert_eq!(info.device, "cpu");
     assert_eq!(info.format, "gguf");
     assert!(info.parameters > 50_000);
@@ -450,4 +451,110 @@ fn invalid_requests_and_configs_are_typed_errors() {
         ),
         Err(LoadError::MissingFile(_))
     ));
+}
+
+/// Reads a generation to the end on its own thread; its text and usage.
+fn spawn_drain(generation: Generation) -> std::thread::JoinHandle<(String, Usage)> {
+    std::thread::spawn(move || {
+        let (chunks, usage) = drain(generation);
+        (chunks.concat(), usage)
+    })
+}
+
+/// Waits until a generation has sampled at least `n` tokens.
+fn wait_tokens(generation: &Generation, n: u32) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while generation.tokens_so_far() < n {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn streams_joining_and_leaving_the_batch_produce_their_solo_outputs() {
+    // Prompt chunks of 3 tokens per step, so prompts are cut and share steps with decodes.
+    let mut config = cpu(8, 64);
+    config.batch.prefill_chunk = 3;
+    let (_dir, engine) = engine_with(Format::Gguf, &TinySpec::default(), config);
+    assert_eq!(engine.info().runtime, "batched");
+    let requests = [
+        request(chat("Hello the world"), SamplingParams::greedy(80)),
+        request(chat("north and then the world in the"), sampled(7, 50)),
+        request(Prompt::Text("the the world".into()), SamplingParams::greedy(12)),
+        request(chat("café"), sampled(3, 70)),
+    ];
+    // Alone, one at a time.
+    let solo: Vec<(String, Usage)> = requests
+        .iter()
+        .map(|r| {
+            let (chunks, usage) = drain(engine.generate(r.clone()).unwrap());
+            (chunks.concat(), usage)
+        })
+        .collect();
+    wait_idle(&engine);
+    // Together: each joins while the earlier ones are mid-generation; the short one leaves
+    // early while the others go on.
+    let mut handles = Vec::new();
+    let mut previous: Option<Generation> = None;
+    for r in &requests {
+        let generation = engine.generate(r.clone()).unwrap();
+        if let Some(p) = previous.take() {
+            handles.push(spawn_drain(p));
+        }
+        wait_tokens(&generation, 3);
+        previous = Some(generation);
+    }
+    handles.push(spawn_drain(previous.unwrap()));
+    for ((text, usage), (solo_text, solo_usage)) in handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .zip(&solo)
+    {
+        assert_eq!(&text, solo_text);
+        assert_eq!(usage.completion_tokens, solo_usage.completion_tokens);
+        assert_eq!(usage.finish_reason, solo_usage.finish_reason);
+    }
+    wait_idle(&engine);
+}
+
+#[test]
+fn a_cancelled_stream_frees_its_slot_at_once() {
+    let (_dir, engine) = engine_with(Format::Gguf, &TinySpec::default(), cpu(1, 64));
+    let long = request(chat("Hello the world"), sampled(1, 10_000));
+    let generation = engine.generate(long.clone()).unwrap();
+    wait_tokens(&generation, 2);
+    assert!(matches!(
+        engine.generate(long.clone()),
+        Err(GenerateError::Busy { limit: 1 })
+    ));
+    generation.cancel();
+    let (_, usage) = drain(generation);
+    assert_eq!(usage.finish_reason, FinishReason::Cancelled);
+    // The slot was released before the final event was sent.
+    assert_eq!(engine.active(), 0);
+    let again = engine
+        .generate(request(chat("hi"), SamplingParams::greedy(4)))
+        .unwrap();
+    let (_, usage) = drain(again);
+    assert_eq!(usage.completion_tokens, 4);
+}
+
+#[test]
+fn a_slow_reader_does_not_hold_up_the_others() {
+    // A channel of one chunk: the first stream's reader never reads until the end.
+    let (_dir, engine) = engine_with(Format::Gguf, &TinySpec::default(), cpu(4, 1));
+    let stalled = engine
+        .generate(request(chat("Hello the world"), SamplingParams::greedy(60)))
+        .unwrap();
+    wait_tokens(&stalled, 2);
+    let held = stalled.tokens_so_far();
+    let other = engine
+        .generate(request(chat("the world"), SamplingParams::greedy(40)))
+        .unwrap();
+    let (_, usage) = drain(other);
+    assert_eq!(usage.completion_tokens, 40);
+    // The stalled one waited for its reader (a chunk in the channel, one in its outbox).
+    assert!(stalled.tokens_so_far() <= held + 10, "{} vs {held}", stalled.tokens_so_far());
+    let (_, usage) = drain(stalled);
+    assert_eq!(usage.completion_tokens, 60);
 }

@@ -19,7 +19,10 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::Device;
 use candle_transformers::models::quantized_llama::{self, ModelWeights};
 
-use super::{Loaded, Model, ModelInfo};
+use std::sync::Arc;
+
+use super::{Loaded, Model, ModelInfo, Runner};
+use crate::llama::{Llama, LlamaError};
 use crate::device::device_name;
 use crate::error::LoadError;
 use crate::template::ChatTemplate;
@@ -36,12 +39,14 @@ pub const DEFAULT_CONTEXT_LENGTH: usize = 2048;
 /// candle's quantized kernels.
 pub const DEQUANTIZE_MAX_F32_BYTES: u64 = 2 << 30;
 
-/// Loads a GGUF file onto `device`, dequantizing it if its f32 size is at most
+/// Loads a GGUF file onto `device`: with `batched` on the CPU, onto our kernels when they
+/// take its matrices; else on candle, dequantized if its f32 size is at most
 /// `dequantize_max_f32_bytes`.
 pub(crate) fn load_with(
     path: &Path,
     device: &Device,
     dequantize_max_f32_bytes: u64,
+    batched: bool,
 ) -> Result<Loaded, LoadError> {
     let io = |source| LoadError::Io {
         path: path.to_path_buf(),
@@ -83,6 +88,41 @@ pub(crate) fn load_with(
         .map(|t| t.shape.elem_count() as u64)
         .sum();
 
+    let mut info = ModelInfo {
+        name,
+        architecture,
+        context_length,
+        trained_context_length,
+        runtime_weights: quantization.clone(),
+        quantization,
+        device: device_name(device),
+        parameters,
+        vocab_size: tokenizer.vocab_size(),
+        format: "gguf".to_string(),
+        runtime: "batched".to_string(),
+    };
+    if batched && device.is_cpu() {
+        match Llama::from_gguf(&content, &mut reader) {
+            Ok(llama) => {
+                return Ok(Loaded {
+                    runner: Runner::Batched(Arc::new(llama)),
+                    tokenizer,
+                    template,
+                    info,
+                })
+            }
+            Err(LlamaError::Kernel { name, source }) => {
+                tracing::info!(tensor = %name, reason = %source, "not for our kernels; running on candle");
+            }
+            Err(LlamaError::Candle(e)) => return Err(e.into()),
+            Err(e) => {
+                return Err(LoadError::Metadata {
+                    key: "llama.*".to_string(),
+                    problem: e.to_string(),
+                })
+            }
+        }
+    }
     let f32_bytes = 4 * parameters;
     let quantized = content
         .tensor_infos
@@ -95,25 +135,12 @@ pub(crate) fn load_with(
     } else {
         ModelWeights::from_gguf(content, &mut reader, device)?
     };
-    let runtime_weights = if dequantize {
-        "F32".to_string()
-    } else {
-        quantization.clone()
-    };
-    let info = ModelInfo {
-        name,
-        architecture,
-        context_length,
-        trained_context_length,
-        quantization,
-        runtime_weights,
-        device: device_name(device),
-        parameters,
-        vocab_size: tokenizer.vocab_size(),
-        format: "gguf".to_string(),
-    };
+    if dequantize {
+        info.runtime_weights = "F32".to_string();
+    }
+    info.runtime = "candle".to_string();
     Ok(Loaded {
-        model: Model::gguf(weights, device),
+        runner: Runner::Candle(Model::gguf(weights, device)),
         tokenizer,
         template,
         info,

@@ -87,26 +87,51 @@ pub struct ModelInfo {
     pub vocab_size: usize,
     /// Which format it was loaded from: `gguf` or `safetensors`.
     pub format: String,
+    /// What runs it: `batched` (our quantized kernels, every generation in one batch, see
+    /// [`crate::batch`]) or `candle` (candle's model, a thread per generation).
+    pub runtime: String,
+}
+
+/// What runs a loaded model.
+pub(crate) enum Runner {
+    /// candle's model; generations get sessions of it.
+    Candle(Model),
+    /// Our llama, driven by the batch scheduler.
+    Batched(std::sync::Arc<crate::llama::Llama>),
+}
+
+impl Runner {
+    /// The candle model (tests compare against it).
+    #[cfg(test)]
+    pub fn candle(&self) -> &Model {
+        match self {
+            Runner::Candle(m) => m,
+            Runner::Batched(_) => panic!("loaded for batching, not candle"),
+        }
+    }
 }
 
 /// Everything a loader produces.
 pub(crate) struct Loaded {
-    pub model: Model,
+    pub runner: Runner,
     pub tokenizer: TextTokenizer,
     pub template: ChatTemplate,
     pub info: ModelInfo,
 }
 
 /// Loads a model of either format onto `device`.
-/// Quantized GGUF weights are dequantized when their f32 size is at most
-/// `dequantize_max_f32_bytes` (see [`gguf::DEQUANTIZE_MAX_F32_BYTES`]).
+/// With `batched`, a GGUF llama whose matrices our kernels take runs on them
+/// ([`Runner::Batched`], CPU only); otherwise quantized GGUF weights are dequantized when
+/// their f32 size is at most `dequantize_max_f32_bytes` (see
+/// [`gguf::DEQUANTIZE_MAX_F32_BYTES`]) and run on candle.
 pub(crate) fn load(
     source: &ModelSource,
     device: &Device,
     dequantize_max_f32_bytes: u64,
+    batched: bool,
 ) -> Result<Loaded, LoadError> {
     match source {
-        ModelSource::Gguf(p) => gguf::load_with(p, device, dequantize_max_f32_bytes),
+        ModelSource::Gguf(p) => gguf::load_with(p, device, dequantize_max_f32_bytes, batched),
         ModelSource::Safetensors(p) => safetensors::load(p, device),
     }
 }

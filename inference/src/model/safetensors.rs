@@ -107,9 +107,10 @@ pub(crate) fn load(dir: &Path, device: &Device) -> Result<Loaded, LoadError> {
         parameters,
         vocab_size: tokenizer.vocab_size(),
         format: "safetensors".to_string(),
+        runtime: "candle".to_string(),
     };
     Ok(Loaded {
-        model: Model::llama(model, cache, device),
+        runner: super::Runner::Candle(Model::llama(model, cache, device)),
         tokenizer,
         template,
         info,

@@ -1,0 +1,422 @@
+//! Continuous batching: one scheduler thread runs every live generation of an engine through
+//! our llama ([`crate::llama`]), one [`Llama::step`] at a time.
+//!
+//! Between steps, generations join (admitted from [`Engine::generate`](crate::Engine)) and
+//! leave (finished, cancelled, or their reader gone), so a new request waits at most one step
+//! and a finished one frees its KV cache at once. A step holds each decoding generation's
+//! next token and at most [`BatchConfig::prefill_chunk`] prompt tokens in all, so a long
+//! prompt is cut into chunks and never stalls the streams already decoding.
+//!
+//! Each generation keeps its own KV cache, seeded sampler, detokeniser and stop matcher, and
+//! a step's rows never mix, so its text is exactly what it would be alone. Output goes
+//! through the generation's bounded channel without blocking: a generation whose reader
+//! is slow holds its next event in a one-event outbox and sits out the steps until the
+//! reader makes room; the others go on.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use candle_transformers::generation::LogitsProcessor;
+use tokio::sync::mpsc;
+
+use crate::engine::{FinishReason, GenerationEvent, Permit, Usage};
+use crate::llama::{argmax, KvCache, Llama, Workspace};
+use crate::sampling::SamplingParams;
+use crate::stream::{IncrementalDecoder, StopMatcher, StopStep};
+use crate::tokenizer::TextTokenizer;
+
+/// Default [`BatchConfig::prefill_chunk`]: 64 prompt tokens per step.
+pub const DEFAULT_PREFILL_CHUNK: usize = 64;
+/// How long the scheduler sleeps when every generation waits on its reader.
+const IDLE_POLL: Duration = Duration::from_millis(1);
+
+/// Settings of the batching scheduler.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct BatchConfig {
+    /// Threads a step runs on (0: every core). Default 0.
+    pub threads: usize,
+    /// Most prompt tokens one step takes, over all prefilling generations (≥ 1). Default
+    /// [`DEFAULT_PREFILL_CHUNK`].
+    pub prefill_chunk: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            threads: 0,
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
+        }
+    }
+}
+
+/// A generation handed to the scheduler.
+pub(crate) struct Admission {
+    pub id: u64,
+    pub prompt: Vec<u32>,
+    pub sampling: SamplingParams,
+    pub tx: mpsc::Sender<GenerationEvent>,
+    pub cancel: Arc<AtomicBool>,
+    pub sampled: Arc<AtomicU32>,
+    pub started: Instant,
+    pub permit: Permit,
+}
+
+/// The engine's handle on its scheduler thread.
+pub(crate) struct Batcher {
+    tx: std::sync::Mutex<std_mpsc::Sender<Admission>>,
+    thread: thread::Thread,
+}
+
+impl Batcher {
+    /// Starts the scheduler thread for `model`.
+    pub fn start(
+        model: Arc<Llama>,
+        tokenizer: TextTokenizer,
+        context_length: usize,
+        config: &BatchConfig,
+    ) -> std::io::Result<Batcher> {
+        let threads = match config.threads {
+            0 => thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let workspace = Workspace::new(threads)?;
+        let (tx, rx) = std_mpsc::channel();
+        let scheduler = Scheduler {
+            model,
+            tokenizer,
+            context_length,
+            prefill_chunk: config.prefill_chunk.max(1),
+            workspace,
+            rx,
+            seqs: Vec::new(),
+        };
+        let handle = thread::Builder::new()
+            .name("cocoon-batch".into())
+            .spawn(move || scheduler.run())?;
+        Ok(Batcher {
+            tx: std::sync::Mutex::new(tx),
+            thread: handle.thread().clone(),
+        })
+    }
+
+    /// Hands a generation over; it joins the batch at the next step.
+    pub fn admit(&self, admission: Admission) -> Result<(), String> {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        tx.send(admission)
+            .map_err(|_| "the batch scheduler has stopped".to_string())?;
+        self.thread.unpark();
+        Ok(())
+    }
+
+    /// The scheduler thread (cancelling a generation wakes it).
+    pub fn thread(&self) -> &thread::Thread {
+        &self.thread
+    }
+}
+
+/// One generation in the scheduler.
+struct Seq {
+    id: u64,
+    prompt: Vec<u32>,
+    /// Prompt tokens already in the cache.
+    fed: usize,
+    /// The token to feed next, once the prompt is in.
+    next: Option<u32>,
+    /// `None` once the generation is over (cache freed, permit released).
+    cache: Option<KvCache>,
+    permit: Option<Permit>,
+    sampler: LogitsProcessor,
+    greedy: bool,
+    max_tokens: u32,
+    detok: IncrementalDecoder,
+    stop: StopMatcher,
+    tx: mpsc::Sender<GenerationEvent>,
+    cancel: Arc<AtomicBool>,
+    sampled: Arc<AtomicU32>,
+    started: Instant,
+    completion_tokens: u32,
+    first_token_ms: Option<f64>,
+    /// Events waiting for room in the channel (at most a text and the final event).
+    outbox: VecDeque<GenerationEvent>,
+    /// The reader is gone: drop the generation.
+    closed: bool,
+}
+
+impl Seq {
+    fn new(a: Admission, model: &Llama, context_length: usize) -> Seq {
+        let capacity = (a.prompt.len() + a.sampling.max_tokens as usize).min(context_length);
+        Seq {
+            id: a.id,
+            cache: Some(model.cache(capacity)),
+            fed: 0,
+            next: None,
+            permit: Some(a.permit),
+            sampler: a.sampling.processor(),
+            greedy: a.sampling.is_greedy(),
+            max_tokens: a.sampling.max_tokens,
+            detok: IncrementalDecoder::new(),
+            stop: StopMatcher::new(&a.sampling.stop),
+            prompt: a.prompt,
+            tx: a.tx,
+            cancel: a.cancel,
+            sampled: a.sampled,
+            started: a.started,
+            completion_tokens: 0,
+            first_token_ms: None,
+            outbox: VecDeque::new(),
+            closed: false,
+        }
+    }
+
+    fn live(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    /// Sends what the outbox holds while the channel has room.
+    fn flush(&mut self) {
+        while let Some(event) = self.outbox.pop_front() {
+            match self.tx.try_send(event) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(event)) => {
+                    self.outbox.push_front(event);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.closed = true;
+                    self.outbox.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn emit(&mut self, text: String) {
+        if !text.is_empty() {
+            self.outbox.push_back(GenerationEvent::Text(text));
+        }
+    }
+
+    /// Ends the generation: frees the cache and the permit first, then queues the final
+    /// event (dropped if the reader is gone).
+    fn finish(&mut self, outcome: Result<FinishReason, String>) {
+        self.cache = None;
+        self.permit = None;
+        let event = match outcome {
+            Ok(reason) => {
+                let usage = Usage {
+                    prompt_tokens: self.prompt.len() as u32,
+                    completion_tokens: self.completion_tokens,
+                    time_to_first_token_ms: self.first_token_ms.unwrap_or(0.0),
+                    total_ms: self.started.elapsed().as_secs_f64() * 1e3,
+                    finish_reason: reason,
+                };
+                tracing::debug!(
+                    id = self.id,
+                    prompt_tokens = usage.prompt_tokens,
+                    completion_tokens = usage.completion_tokens,
+                    finish_reason = ?usage.finish_reason,
+                    ttft_ms = usage.time_to_first_token_ms,
+                    total_ms = usage.total_ms,
+                    "generation finished"
+                );
+                if reason == FinishReason::Cancelled {
+                    // Never wait for room on behalf of a caller who cancelled.
+                    self.outbox.clear();
+                }
+                GenerationEvent::Done(usage)
+            }
+            Err(e) => {
+                tracing::warn!(id = self.id, error = %e, "generation failed");
+                GenerationEvent::Error(e)
+            }
+        };
+        self.outbox.push_back(event);
+        self.flush();
+        if self.cancel.load(Ordering::Acquire) {
+            // A cancelled generation's final event is best-effort.
+            self.outbox.clear();
+        }
+    }
+
+    /// Takes a token sampled from `logits`: streams its text and decides whether to go on.
+    fn take(&mut self, logits: &[f32], tokenizer: &TextTokenizer, context_length: usize) {
+        let token = if self.greedy {
+            argmax(logits)
+        } else {
+            let t = candle_core::Tensor::from_slice(logits, logits.len(), &candle_core::Device::Cpu);
+            match t.and_then(|t| self.sampler.sample(&t)) {
+                Ok(token) => token,
+                Err(e) => return self.finish(Err(e.to_string())),
+            }
+        };
+        self.completion_tokens += 1;
+        self.sampled.store(self.completion_tokens, Ordering::Release);
+        let started = self.started;
+        self.first_token_ms
+            .get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
+        let decode = |ids: &[u32]| tokenizer.decode(ids);
+        if tokenizer.is_eos(token) {
+            return self.end_naturally(FinishReason::Stop, tokenizer);
+        }
+        match self.detok.push(token, decode) {
+            Ok(Some(text)) => match self.stop.push(&text) {
+                StopStep::Continue(out) => self.emit(out),
+                StopStep::Stop(out) => {
+                    self.emit(out);
+                    return self.finish(Ok(FinishReason::Stop));
+                }
+            },
+            Ok(None) => {}
+            Err(e) => return self.finish(Err(e)),
+        }
+        let position = self.prompt.len() + self.completion_tokens as usize;
+        if self.completion_tokens >= self.max_tokens || position >= context_length {
+            return self.end_naturally(FinishReason::Length, tokenizer);
+        }
+        self.next = Some(token);
+    }
+
+    /// A natural end: releases text held back for an incomplete character or a possible
+    /// stop string.
+    fn end_naturally(&mut self, reason: FinishReason, tokenizer: &TextTokenizer) {
+        let rest = match self.detok.finish(|ids: &[u32]| tokenizer.decode(ids)) {
+            Ok(rest) => rest,
+            Err(e) => return self.finish(Err(e)),
+        };
+        match self.stop.push(&rest) {
+            StopStep::Continue(out) => {
+                self.emit(out);
+                let tail = self.stop.finish();
+                self.emit(tail);
+                self.finish(Ok(reason));
+            }
+            StopStep::Stop(out) => {
+                self.emit(out);
+                self.finish(Ok(FinishReason::Stop));
+            }
+        }
+    }
+}
+
+struct Scheduler {
+    model: Arc<Llama>,
+    tokenizer: TextTokenizer,
+    context_length: usize,
+    prefill_chunk: usize,
+    workspace: Workspace,
+    rx: std_mpsc::Receiver<Admission>,
+    seqs: Vec<Seq>,
+}
+
+impl Scheduler {
+    fn run(mut self) {
+        let mut engine_gone = false;
+        loop {
+            // Admit: block only when there is nothing else to do.
+            loop {
+                let next = if self.seqs.is_empty() && !engine_gone {
+                    self.rx.recv().map_err(|_| std_mpsc::TryRecvError::Disconnected)
+                } else {
+                    self.rx.try_recv()
+                };
+                match next {
+                    Ok(a) => {
+                        tracing::debug!(id = a.id, prompt_tokens = a.prompt.len(), "joins the batch");
+                        self.seqs.push(Seq::new(a, &self.model, self.context_length));
+                    }
+                    Err(std_mpsc::TryRecvError::Empty) => break,
+                    Err(std_mpsc::TryRecvError::Disconnected) => {
+                        engine_gone = true;
+                        break;
+                    }
+                }
+            }
+            if engine_gone && self.seqs.is_empty() {
+                return;
+            }
+            for seq in &mut self.seqs {
+                if seq.live() && seq.cancel.load(Ordering::Acquire) {
+                    seq.finish(Ok(FinishReason::Cancelled));
+                }
+                seq.flush();
+                if seq.closed && seq.live() {
+                    tracing::debug!(id = seq.id, "receiver gone; generation dropped");
+                    seq.cache = None;
+                    seq.permit = None;
+                }
+            }
+            // Leave: over and nothing left to deliver.
+            self.seqs.retain(|s| s.live() || (!s.outbox.is_empty() && !s.closed));
+            if !self.step() {
+                thread::park_timeout(IDLE_POLL);
+            }
+        }
+    }
+
+    /// Runs one step over every generation ready for one; false if none was.
+    fn step(&mut self) -> bool {
+        let mut budget = self.prefill_chunk;
+        let mut chosen: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+        for (i, seq) in self.seqs.iter().enumerate() {
+            if !seq.live() || !seq.outbox.is_empty() {
+                continue;
+            }
+            if seq.fed < seq.prompt.len() {
+                if budget == 0 {
+                    continue;
+                }
+                let take = (seq.prompt.len() - seq.fed).min(budget);
+                budget -= take;
+                chosen.push((i, seq.fed..seq.fed + take));
+            } else if seq.next.is_some() {
+                chosen.push((i, 0..1));
+            }
+        }
+        if chosen.is_empty() {
+            return false;
+        }
+        let mut tokens: Vec<&[u32]> = Vec::with_capacity(chosen.len());
+        let mut caches: Vec<&mut KvCache> = Vec::with_capacity(chosen.len());
+        let mut picked = chosen.iter().peekable();
+        for (i, seq) in self.seqs.iter_mut().enumerate() {
+            let Some((_, range)) = picked.next_if(|(j, _)| *j == i) else {
+                continue;
+            };
+            if seq.fed < seq.prompt.len() {
+                tokens.push(&seq.prompt[range.clone()]);
+            } else {
+                tokens.push(std::slice::from_ref(seq.next.as_ref().expect("chosen to decode")));
+            }
+            caches.push(seq.cache.as_mut().expect("live"));
+        }
+        let (model, ws) = (&self.model, &mut self.workspace);
+        let outcome = catch_unwind(AssertUnwindSafe(|| model.step(ws, &mut caches, &tokens)));
+        drop((tokens, caches));
+        let failure = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("the forward pass panicked".to_string()),
+        };
+        for (k, (i, range)) in chosen.into_iter().enumerate() {
+            let seq = &mut self.seqs[i];
+            if let Some(e) = &failure {
+                seq.finish(Err(e.clone()));
+                continue;
+            }
+            if seq.fed < seq.prompt.len() {
+                seq.fed = range.end;
+                if seq.fed < seq.prompt.len() {
+                    continue;
+                }
+            }
+            seq.take(self.workspace.logits(k), &self.tokenizer, self.context_length);
+            seq.flush();
+        }
+        true
+    }
+}
