@@ -3,14 +3,16 @@ N threads, through llama.cpp's C API (llama-cpp-python's bindings).
 
 Concurrent streams run the way llama.cpp's own server runs parallel slots: one llama_batch
 per step holding every stream's token, each stream its own sequence id in the KV cache.
-TTFT: prompt(s) in -> first token's logits. Decode: tokens after the first over the time after
-it, summed over streams. Prints one JSON object:
-{"rows": [{"streams": s, "ttft_ms": [...], "tok_s": [...]}], "tokens": [first stream's ids]}.
+TTFT: prompt(s) in -> first token. Decode: tokens after the first over the time after it;
+aggregate: every stream's tokens over the whole time; both summed over streams. Prints one
+JSON object: {"rows": [{"streams", "ttft_ms", "decode_tok_s", "aggregate_tok_s", "ids"}],
+"peak_rss_mib"} (peak RSS of this Python process, the interpreter included).
 
 Usage: python bench/llama_cpp.py MODEL.gguf PROMPT_IDS_JSON TOKENS RUNS THREADS STREAMS...
 """
 
 import json
+import resource
 import sys
 import time
 
@@ -69,7 +71,12 @@ def run(model, vocab_n, prompt, streams, tokens, threads):
     end = time.perf_counter()
     L.llama_batch_free(batch)
     L.llama_free(ctx)
-    return (first - start) * 1e3, (tokens - 1) * streams / (end - first), generated[0]
+    return {
+        "ttft_ms": (first - start) * 1e3,
+        "decode_tok_s": (tokens - 1) * streams / (end - first),
+        "aggregate_tok_s": tokens * streams / (end - start),
+        "ids": generated[0],
+    }
 
 
 def main():
@@ -83,15 +90,14 @@ def main():
     if not model:
         raise SystemExit("cannot load " + path)
     vocab_n = L.llama_vocab_n_tokens(L.llama_model_get_vocab(model))
-    rows = {s: {"streams": s, "ttft_ms": [], "tok_s": []} for s in streams_list}
-    ids = None
+    rows = []
     for _ in range(runs):
         for s in streams_list:
-            ttft, tps, first_ids = run(model, vocab_n, prompt, s, tokens, threads)
-            rows[s]["ttft_ms"].append(ttft)
-            rows[s]["tok_s"].append(tps)
-            ids = ids or first_ids
-    print(json.dumps({"rows": list(rows.values()), "tokens": ids}))
+            r = run(model, vocab_n, prompt, s, tokens, threads)
+            r["streams"] = s
+            rows.append(r)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"rows": rows, "peak_rss_mib": peak_kib / 1024}))
 
 
 if __name__ == "__main__":

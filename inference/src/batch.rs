@@ -248,14 +248,16 @@ impl Seq {
         let token = if self.greedy {
             argmax(logits)
         } else {
-            let t = candle_core::Tensor::from_slice(logits, logits.len(), &candle_core::Device::Cpu);
+            let t =
+                candle_core::Tensor::from_slice(logits, logits.len(), &candle_core::Device::Cpu);
             match t.and_then(|t| self.sampler.sample(&t)) {
                 Ok(token) => token,
                 Err(e) => return self.finish(Err(e.to_string())),
             }
         };
         self.completion_tokens += 1;
-        self.sampled.store(self.completion_tokens, Ordering::Release);
+        self.sampled
+            .store(self.completion_tokens, Ordering::Release);
         let started = self.started;
         self.first_token_ms
             .get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
@@ -320,14 +322,21 @@ impl Scheduler {
             // Admit: block only when there is nothing else to do.
             loop {
                 let next = if self.seqs.is_empty() && !engine_gone {
-                    self.rx.recv().map_err(|_| std_mpsc::TryRecvError::Disconnected)
+                    self.rx
+                        .recv()
+                        .map_err(|_| std_mpsc::TryRecvError::Disconnected)
                 } else {
                     self.rx.try_recv()
                 };
                 match next {
                     Ok(a) => {
-                        tracing::debug!(id = a.id, prompt_tokens = a.prompt.len(), "joins the batch");
-                        self.seqs.push(Seq::new(a, &self.model, self.context_length));
+                        tracing::debug!(
+                            id = a.id,
+                            prompt_tokens = a.prompt.len(),
+                            "joins the batch"
+                        );
+                        self.seqs
+                            .push(Seq::new(a, &self.model, self.context_length));
                     }
                     Err(std_mpsc::TryRecvError::Empty) => break,
                     Err(std_mpsc::TryRecvError::Disconnected) => {
@@ -351,7 +360,8 @@ impl Scheduler {
                 }
             }
             // Leave: over and nothing left to deliver.
-            self.seqs.retain(|s| s.live() || (!s.outbox.is_empty() && !s.closed));
+            self.seqs
+                .retain(|s| s.live() || (!s.outbox.is_empty() && !s.closed));
             if !self.step() {
                 thread::park_timeout(IDLE_POLL);
             }
@@ -390,7 +400,9 @@ impl Scheduler {
             if seq.fed < seq.prompt.len() {
                 tokens.push(&seq.prompt[range.clone()]);
             } else {
-                tokens.push(std::slice::from_ref(seq.next.as_ref().expect("chosen to decode")));
+                tokens.push(std::slice::from_ref(
+                    seq.next.as_ref().expect("chosen to decode"),
+                ));
             }
             caches.push(seq.cache.as_mut().expect("live"));
         }
@@ -414,7 +426,11 @@ impl Scheduler {
                     continue;
                 }
             }
-            seq.take(self.workspace.logits(k), &self.tokenizer, self.context_length);
+            seq.take(
+                self.workspace.logits(k),
+                &self.tokenizer,
+                self.context_length,
+            );
             seq.flush();
         }
         true

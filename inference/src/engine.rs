@@ -30,9 +30,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::batch::{Admission, BatchConfig, Batcher};
 use crate::device::DeviceChoice;
 use crate::error::{GenerateError, LoadError};
-use crate::batch::{Admission, BatchConfig, Batcher};
 use crate::model::{self, Model, ModelInfo, ModelSource, Runner, Session};
 use crate::sampling::SamplingParams;
 use crate::stream::{IncrementalDecoder, StopMatcher, StopStep};
@@ -230,6 +230,7 @@ struct Shared {
 }
 
 /// What runs the generations.
+#[allow(clippy::large_enum_variant)] // one per engine
 enum Runtime {
     /// A thread per generation, each with a session of this model.
     Candle(Model),
@@ -733,7 +734,11 @@ mod tests {
             .unwrap();
         for backend in [Backend::Candle, Backend::Auto] {
             let engine = tiny_engine(dir.path(), backend);
-            let runtime = if backend == Backend::Auto { "batched" } else { "candle" };
+            let runtime = if backend == Backend::Auto {
+                "batched"
+            } else {
+                "candle"
+            };
             assert_eq!(engine.info().runtime, runtime);
             streams_the_expected_text(&engine, &prompt, &expected, n);
         }

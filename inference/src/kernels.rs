@@ -256,23 +256,15 @@ impl QMatrix {
             Kernel::available().contains(&kernel),
             "this CPU cannot run {kernel:?}"
         );
-        // Batches beyond the register tile run tile by tile.
-        let mut start = 0;
-        while start < xs.len() {
-            let end = (start + TILE).min(xs.len());
-            let (x, s, o) = (&xs[start..end], &sums[start..end], &mut out[start..end]);
-            match kernel {
-                Kernel::Scalar => self.tile_scalar(rows.clone(), x, s, o),
-                // SAFETY: the CPU has the features (asserted above); shapes checked by the
-                // caller.
-                #[cfg(target_arch = "x86_64")]
-                Kernel::Avx2 => unsafe { simd::tile(self, rows.clone(), x, s, o) },
-                #[cfg(target_arch = "x86_64")]
-                Kernel::Avx512 => unsafe { simd::tile512(self, rows.clone(), x, s, o) },
-                #[cfg(not(target_arch = "x86_64"))]
-                _ => unreachable!("not available here"),
-            }
-            start = end;
+        match kernel {
+            Kernel::Scalar => self.tile_scalar(rows, xs, sums, out),
+            // SAFETY: the CPU has the features (asserted above); shapes checked by the caller.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { simd::tile(self, rows, xs, sums, out) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe { simd::tile512(self, rows, xs, out) },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unreachable!("not available here"),
         }
     }
 
@@ -286,41 +278,108 @@ impl QMatrix {
     ) {
         let per_row = self.cols / BLOCK;
         let mut acc = [0f32; TILE];
-        for (k, r) in rows.enumerate() {
-            acc.fill(0.0);
-            for j in 0..per_row {
-                let b = r * per_row + j;
-                let mut w = [0f32; BLOCK];
-                let (scale, offset) = match &self.store {
-                    Store::Q4_1 { d, m, qs } => {
-                        for (i, &v) in qs[b].iter().enumerate() {
-                            w[i] = (v & 0x0f) as f32;
-                            w[i + 16] = (v >> 4) as f32;
+        for (r, k, t, n) in schedule(rows, xs.len()) {
+            {
+                let (xs, sums) = (&xs[t..t + n], &sums[t..t + n]);
+                acc.fill(0.0);
+                for j in 0..per_row {
+                    let b = r * per_row + j;
+                    let mut w = [0f32; BLOCK];
+                    let (scale, offset) = match &self.store {
+                        Store::Q4_1 { d, m, qs } => {
+                            for (i, &v) in qs[b].iter().enumerate() {
+                                w[i] = (v & 0x0f) as f32;
+                                w[i + 16] = (v >> 4) as f32;
+                            }
+                            (d[b], m[b])
                         }
-                        (d[b], m[b])
-                    }
-                    Store::Q8_0 { d, qs } => {
-                        for (o, &q) in w.iter_mut().zip(&qs[b]) {
-                            *o = q as f32;
+                        Store::Q8_0 { d, qs } => {
+                            for (o, &q) in w.iter_mut().zip(&qs[b]) {
+                                *o = q as f32;
+                            }
+                            (d[b], 0.0)
                         }
-                        (d[b], 0.0)
+                    };
+                    for (i, x) in xs.iter().enumerate() {
+                        let x = &x[j * BLOCK..(j + 1) * BLOCK];
+                        let dot: f32 = w.iter().zip(x).map(|(a, b)| a * b).sum();
+                        acc[i] += scale * dot + offset * sums[i][j];
                     }
-                };
-                for (i, x) in xs.iter().enumerate() {
-                    let x = &x[j * BLOCK..(j + 1) * BLOCK];
-                    let dot: f32 = w.iter().zip(x).map(|(a, b)| a * b).sum();
-                    acc[i] += scale * dot + offset * sums[i][j];
                 }
-            }
-            for (i, o) in out.iter_mut().enumerate() {
-                o[k] = acc[i];
+                for (i, o) in out[t..t + n].iter_mut().enumerate() {
+                    o[k] = acc[i];
+                }
             }
         }
     }
 }
 
-/// Vectors multiplied per pass over the weights.
+/// Vectors multiplied per pass over a row's blocks (the register tile). Every row meets all
+/// the vectors of a call, a tile after another while the row is in L1, so the weights are
+/// read from memory once per call whatever the batch.
 pub const TILE: usize = 8;
+
+/// `Σ a_i·b_i` (attention scores), in sixteen lanes: AVX-512 when the CPU has it, else a
+/// portable loop the compiler vectorises. The lanes are summed in a fixed order, so a result
+/// depends only on the inputs.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot of unequal lengths");
+    #[cfg(target_arch = "x86_64")]
+    if Kernel::best() == Kernel::Avx512 {
+        // SAFETY: the CPU has AVX-512F; lengths checked.
+        return unsafe { simd::dot512(a, b) };
+    }
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `out += p·v` (attention's weighted sum of values).
+pub fn axpy(out: &mut [f32], p: f32, v: &[f32]) {
+    assert_eq!(out.len(), v.len(), "axpy of unequal lengths");
+    #[cfg(target_arch = "x86_64")]
+    if Kernel::best() == Kernel::Avx512 {
+        // SAFETY: the CPU has AVX-512F; lengths checked.
+        return unsafe { simd::axpy512(out, p, v) };
+    }
+    for (o, &x) in out.iter_mut().zip(v) {
+        *o += p * x;
+    }
+}
+
+/// Rows per cache block of the loop order (see [`schedule`]).
+const ROW_BLOCK: usize = 32;
+
+/// The order a kernel visits (row, vector tile) pairs: blocks of [`ROW_BLOCK`] rows, and in
+/// each, every tile of [`TILE`] vectors over every row of the block, so both a tile of
+/// vectors and a block of weight rows stay in cache while they meet. Yields
+/// `(row, row index in the output, first vector, vectors in the tile)`.
+fn schedule(
+    rows: std::ops::Range<usize>,
+    vectors: usize,
+) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+    let start = rows.start;
+    (rows.start..rows.end)
+        .step_by(ROW_BLOCK)
+        .flat_map(move |b| {
+            let block = b..(b + ROW_BLOCK).min(rows.end);
+            (0..vectors).step_by(TILE).flat_map(move |t| {
+                let n = (vectors - t).min(TILE);
+                block.clone().map(move |r| (r, r - start, t, n))
+            })
+        })
+}
 
 /// An implementation of the products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -381,12 +440,13 @@ fn check(
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    //! AVX2 + FMA (a block's 32 weights become four vectors of eight f32 once, then meet each
-    //! vector of the tile) and AVX-512F (two vectors of sixteen). One driver loop, written
-    //! once by `tile_kernel!`, around each instruction set's unpack and dot.
+    //! AVX2 + FMA (a block's 32 weights become four vectors of eight f32 once per row and
+    //! tile, then meet each vector of the tile; the `Q4_1` offset through block sums) and
+    //! AVX-512F (a block dequantized once into two vectors of sixteen, then two FMAs per
+    //! vector).
     use std::arch::x86_64::*;
 
-    use super::{QMatrix, Store, BLOCK, TILE};
+    use super::{schedule, QMatrix, Store, BLOCK, TILE};
 
     /// The driver: for each row, each block is unpacked once and met by every vector of the
     /// tile; `d·Σq·x` accumulates in a vector, `m·Σx` in a scalar.
@@ -404,21 +464,23 @@ mod simd {
                 out: &mut [&mut [f32]],
             ) {
                 let per_row = w.cols / BLOCK;
-                let n = xs.len();
-                for (k, r) in rows.enumerate() {
-                    let mut acc = [$zero(); TILE];
-                    let mut offsets = [0f32; TILE];
-                    for j in 0..per_row {
-                        let (q, scale, offset) = $unpack(w, r * per_row + j);
-                        let vs = $set1(scale);
-                        for i in 0..n {
-                            let x = xs.get_unchecked(i).as_ptr().add(j * BLOCK);
-                            acc[i] = $fma($dot(&q, x), vs, acc[i]);
-                            offsets[i] += offset * *sums.get_unchecked(i).get_unchecked(j);
+                for (r, k, t, n) in super::schedule(rows, xs.len()) {
+                    {
+                        let mut acc = [$zero(); TILE];
+                        let mut offsets = [0f32; TILE];
+                        for j in 0..per_row {
+                            let (q, scale, offset) = $unpack(w, r * per_row + j);
+                            let vs = $set1(scale);
+                            for i in 0..n {
+                                let x = xs.get_unchecked(t + i).as_ptr().add(j * BLOCK);
+                                acc[i] = $fma($dot(&q, x), vs, acc[i]);
+                                offsets[i] += offset * *sums.get_unchecked(t + i).get_unchecked(j);
+                            }
                         }
-                    }
-                    for i in 0..n {
-                        *out.get_unchecked_mut(i).get_unchecked_mut(k) = $hsum(acc[i]) + offsets[i];
+                        for i in 0..n {
+                            *out.get_unchecked_mut(t + i).get_unchecked_mut(k) =
+                                $hsum(acc[i]) + offsets[i];
+                        }
                     }
                 }
             }
@@ -435,16 +497,109 @@ mod simd {
         dot8,
         hsum8
     );
-    tile_kernel!(
-        tile512,
-        "avx512f",
-        _mm512_setzero_ps,
-        _mm512_set1_ps,
-        _mm512_fmadd_ps,
-        unpack16,
-        dot16,
-        _mm512_reduce_add_ps
-    );
+    /// AVX-512: each block of a row is dequantized once (`d·q + m`, sixteen lanes at a time)
+    /// and met by every vector with two independent accumulators per vector, so a vector
+    /// costs two loads and two FMAs per block and no block sums.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; shapes as checked by `matmul_rows`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile512(
+        w: &QMatrix,
+        rows: std::ops::Range<usize>,
+        xs: &[&[f32]],
+        out: &mut [&mut [f32]],
+    ) {
+        let per_row = w.cols / BLOCK;
+        for (r, k, t, n) in schedule(rows, xs.len()) {
+            let (xs, out) = (&xs[t..t + n], &mut out[t..t + n]);
+            match n {
+                1 => row512::<1>(w, r, k, per_row, xs, out),
+                2 => row512::<2>(w, r, k, per_row, xs, out),
+                3 => row512::<3>(w, r, k, per_row, xs, out),
+                4 => row512::<4>(w, r, k, per_row, xs, out),
+                5 => row512::<5>(w, r, k, per_row, xs, out),
+                6 => row512::<6>(w, r, k, per_row, xs, out),
+                7 => row512::<7>(w, r, k, per_row, xs, out),
+                _ => row512::<TILE>(w, r, k, per_row, xs, out),
+            }
+        }
+    }
+
+    /// One row against `N` vectors, the accumulators in registers (`N` is a constant so the
+    /// loops unroll).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn row512<const N: usize>(
+        w: &QMatrix,
+        r: usize,
+        k: usize,
+        per_row: usize,
+        xs: &[&[f32]],
+        out: &mut [&mut [f32]],
+    ) {
+        let mut lo = [_mm512_setzero_ps(); N];
+        let mut hi = [_mm512_setzero_ps(); N];
+        let x: [*const f32; N] = std::array::from_fn(|i| xs.get_unchecked(i).as_ptr());
+        for j in 0..per_row {
+            let [w0, w1] = dequant16(w, r * per_row + j);
+            for i in 0..N {
+                let p = x[i].add(j * BLOCK);
+                lo[i] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(p), lo[i]);
+                hi[i] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(p.add(16)), hi[i]);
+            }
+        }
+        for i in 0..N {
+            *out.get_unchecked_mut(i).get_unchecked_mut(k) =
+                _mm512_reduce_add_ps(_mm512_add_ps(lo[i], hi[i]));
+        }
+    }
+
+    /// `Σ a·b` in sixteen lanes, the tail scalar.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot512(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len() / 16 * 16;
+        let mut acc = _mm512_setzero_ps();
+        let mut i = 0;
+        while i < n {
+            acc = _mm512_fmadd_ps(
+                _mm512_loadu_ps(a.as_ptr().add(i)),
+                _mm512_loadu_ps(b.as_ptr().add(i)),
+                acc,
+            );
+            i += 16;
+        }
+        let tail: f32 = a[n..].iter().zip(&b[n..]).map(|(x, y)| x * y).sum();
+        _mm512_reduce_add_ps(acc) + tail
+    }
+
+    /// `out += p·v` in sixteen lanes.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn axpy512(out: &mut [f32], p: f32, v: &[f32]) {
+        let n = out.len() / 16 * 16;
+        let vp = _mm512_set1_ps(p);
+        let mut i = 0;
+        while i < n {
+            let o = out.as_mut_ptr().add(i);
+            _mm512_storeu_ps(
+                o,
+                _mm512_fmadd_ps(vp, _mm512_loadu_ps(v.as_ptr().add(i)), _mm512_loadu_ps(o)),
+            );
+            i += 16;
+        }
+        for (o, &x) in out[n..].iter_mut().zip(&v[n..]) {
+            *o += p * x;
+        }
+    }
+
+    /// Block `b` dequantized: weights 0..16 and 16..32 as f32.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dequant16(w: &QMatrix, b: usize) -> [__m512; 2] {
+        let (q, scale, offset) = unpack16(w, b);
+        let (d, m) = (_mm512_set1_ps(scale), _mm512_set1_ps(offset));
+        [_mm512_fmadd_ps(q[0], d, m), _mm512_fmadd_ps(q[1], d, m)]
+    }
 
     /// Block `b` as four vectors of eight f32, its scale and its offset.
     #[inline]
@@ -531,14 +686,6 @@ mod simd {
         let t = _mm256_fmadd_ps(q[1], _mm256_loadu_ps(x.add(8)), t);
         let t = _mm256_fmadd_ps(q[2], _mm256_loadu_ps(x.add(16)), t);
         _mm256_fmadd_ps(q[3], _mm256_loadu_ps(x.add(24)), t)
-    }
-
-    /// `q · x[0..32]` as sixteen partial sums.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn dot16(q: &[__m512; 2], x: *const f32) -> __m512 {
-        let t = _mm512_mul_ps(q[0], _mm512_loadu_ps(x));
-        _mm512_fmadd_ps(q[1], _mm512_loadu_ps(x.add(16)), t)
     }
 
     #[inline]
@@ -631,6 +778,24 @@ mod tests {
                 .map(|i| (0..cols).map(|j| xseed[(i * 31 + j * 7) % xseed.len()] * (1.0 + i as f32 / 10.0)).collect())
                 .collect();
             check_against_reference(&m, &xs);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn dot_and_axpy_match_the_plain_loops(
+            a in proptest::collection::vec(-4f32..4.0, 0..100),
+            p in -2f32..2.0,
+        ) {
+            let b: Vec<f32> = a.iter().map(|v| v * 0.5 - 1.0).collect();
+            let plain: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64) * (*y as f64)).sum();
+            let scale: f64 = a.iter().zip(&b).map(|(x, y)| (x * y).abs() as f64).sum::<f64>() + 1.0;
+            prop_assert!((dot(&a, &b) as f64 - plain).abs() <= 1e-5 * scale);
+            let mut out = b.clone();
+            axpy(&mut out, p, &a);
+            for ((o, x), y) in out.iter().zip(&a).zip(&b) {
+                prop_assert!((o - (y + p * x)).abs() <= 1e-5 * (1.0 + (p * x).abs() + y.abs()));
+            }
         }
     }
 

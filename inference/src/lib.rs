@@ -48,7 +48,8 @@ pub mod tokenizer;
 
 pub use device::DeviceChoice;
 pub use engine::{
-    Backend, Engine, EngineConfig, FinishReason, GenerateRequest, Generation, GenerationEvent, Prompt, Usage,
+    Backend, Engine, EngineConfig, FinishReason, GenerateRequest, Generation, GenerationEvent,
+    Prompt, Usage,
 };
 pub use error::{GenerateError, LoadError};
 pub use model::{ModelInfo, ModelSource};

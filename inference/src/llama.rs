@@ -16,7 +16,10 @@
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
 
-use crate::kernels::{KernelError, QMatrix, BLOCK, TILE};
+use crate::kernels::{self, KernelError, QMatrix, BLOCK};
+
+/// Rows handed to one kernel call: a weight row is read from memory once per this many.
+const GROUP: usize = 64;
 use crate::team::{Member, Team};
 
 /// Why a model cannot run here, or a step failed.
@@ -214,7 +217,9 @@ impl Llama {
         };
         check_shapes(&cfg, &embed, &output, &layers)?;
         if norm.len() != cfg.hidden {
-            return Err(LlamaError::Metadata("output_norm does not match the shape".into()));
+            return Err(LlamaError::Metadata(
+                "output_norm does not match the shape".into(),
+            ));
         }
         let (cos, sin) = rope_tables(&cfg);
         Ok(Self {
@@ -272,7 +277,11 @@ impl Llama {
                 });
             }
             assert!(!toks.is_empty(), "every sequence needs a token");
-            assert_eq!(cache.kv_dim, c.kv_heads * c.head_dim, "a cache of this model");
+            assert_eq!(
+                cache.kv_dim,
+                c.kv_heads * c.head_dim,
+                "a cache of this model"
+            );
             for (j, &t) in toks.iter().enumerate() {
                 if t as usize >= self.embed.rows() {
                     return Err(LlamaError::Token(t));
@@ -328,7 +337,15 @@ impl Llama {
                     sums_into(p.h.row(r, c.hidden), p.hs.row(r, c.hidden / BLOCK));
                 }
                 m.sync();
-                products(m, &[&layer.wq, &layer.wk, &layer.wv], n, p.h, c.hidden, p.hs, p.qkv);
+                products(
+                    m,
+                    &[&layer.wq, &layer.wk, &layer.wv],
+                    n,
+                    p.h,
+                    c.hidden,
+                    p.hs,
+                    p.qkv,
+                );
                 m.sync();
                 // Rotary embeddings, then keys and values into each sequence's cache.
                 for r in m.share(n) {
@@ -423,11 +440,15 @@ fn check_shapes(
     layers: &[Layer],
 ) -> Result<(), LlamaError> {
     let (q_dim, kv_dim) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
-    let bad = |what: &str| Err(LlamaError::Metadata(format!("{what} does not match the shape")));
-    if c.heads == 0 || c.kv_heads == 0 || c.heads % c.kv_heads != 0 || q_dim != c.hidden {
+    let bad = |what: &str| {
+        Err(LlamaError::Metadata(format!(
+            "{what} does not match the shape"
+        )))
+    };
+    if c.heads == 0 || c.kv_heads == 0 || !c.heads.is_multiple_of(c.kv_heads) || q_dim != c.hidden {
         return bad("head counts");
     }
-    if c.rope_dim > c.head_dim || c.rope_dim % 2 != 0 || c.context == 0 {
+    if c.rope_dim > c.head_dim || !c.rope_dim.is_multiple_of(2) || c.context == 0 {
         return bad("rope.dimension_count");
     }
     if embed.cols() != c.hidden || output.cols() != c.hidden {
@@ -568,29 +589,24 @@ impl Workspace {
 }
 
 /// Lengths of the workspace buffers for `rows` rows and `seqs` sequences.
-fn buffer_sizes(
-    c: &LlamaConfig,
-    rows: usize,
-    seqs: usize,
-    threads: usize,
-) -> [usize; BUFFERS] {
+fn buffer_sizes(c: &LlamaConfig, rows: usize, seqs: usize, threads: usize) -> [usize; BUFFERS] {
     let (q_dim, kv_dim, ffn) = (c.heads * c.head_dim, c.kv_heads * c.head_dim, c.ffn);
     [
-        rows * c.hidden,                  // x
-        rows * c.hidden,                  // h
-        rows * c.hidden / BLOCK,          // hs
-        rows * (q_dim + 2 * kv_dim),      // qkv
-        rows * q_dim,                     // attn
-        rows * q_dim / BLOCK,             // attn_s
-        rows * c.hidden,                  // o
-        rows * 2 * ffn,                   // gu
-        rows * ffn,                       // a
-        rows * ffn / BLOCK,               // a_s
-        rows * c.hidden,                  // d
-        threads * c.context,              // scores
-        seqs * c.hidden,                  // lh
-        seqs * c.hidden / BLOCK,          // lhs
-        seqs * c.vocab,                   // logits
+        rows * c.hidden,             // x
+        rows * c.hidden,             // h
+        rows * c.hidden / BLOCK,     // hs
+        rows * (q_dim + 2 * kv_dim), // qkv
+        rows * q_dim,                // attn
+        rows * q_dim / BLOCK,        // attn_s
+        rows * c.hidden,             // o
+        rows * 2 * ffn,              // gu
+        rows * ffn,                  // a
+        rows * ffn / BLOCK,          // a_s
+        rows * c.hidden,             // d
+        threads * c.context,         // scores
+        seqs * c.hidden,             // lh
+        seqs * c.hidden / BLOCK,     // lhs
+        seqs * c.vocab,              // logits
     ]
 }
 
@@ -674,7 +690,15 @@ impl Plan {
 /// # Safety
 /// Every member calls it with the same arguments between the same two syncs.
 #[allow(clippy::too_many_arguments)]
-unsafe fn products(m: &Member<'_>, mats: &[&QMatrix], n: usize, x: Buf, cols: usize, sums: Buf, out: Buf) {
+unsafe fn products(
+    m: &Member<'_>,
+    mats: &[&QMatrix],
+    n: usize,
+    x: Buf,
+    cols: usize,
+    sums: Buf,
+    out: Buf,
+) {
     let width: usize = mats.iter().map(|w| w.rows()).sum();
     let mine = m.share(width);
     let mut offset = 0;
@@ -684,17 +708,17 @@ unsafe fn products(m: &Member<'_>, mats: &[&QMatrix], n: usize, x: Buf, cols: us
             let local = lo - offset..hi - offset;
             let mut start = 0;
             while start < n {
-                let k = (n - start).min(TILE);
-                let xs: [&[f32]; TILE] =
+                let k = (n - start).min(GROUP);
+                let xs: [&[f32]; GROUP] =
                     std::array::from_fn(|i| if i < k { &*x.row(start + i, cols) } else { &[] });
-                let ss: [&[f32]; TILE] = std::array::from_fn(|i| {
+                let ss: [&[f32]; GROUP] = std::array::from_fn(|i| {
                     if i < k {
                         &*sums.row(start + i, cols / BLOCK)
                     } else {
                         &[]
                     }
                 });
-                let mut os: [&mut [f32]; TILE] = std::array::from_fn(|i| {
+                let mut os: [&mut [f32]; GROUP] = std::array::from_fn(|i| {
                     if i < k {
                         &mut out.row(start + i, width)[lo..hi]
                     } else {
@@ -725,15 +749,13 @@ unsafe fn attend(
     let scores = &mut scores[..len];
     for (t, s) in scores.iter_mut().enumerate() {
         let k = std::slice::from_raw_parts(seq.k.add(base + t * stride), hd);
-        *s = dot(q, k) * scale;
+        *s = kernels::dot(q, k) * scale;
     }
     softmax(scores);
     out.fill(0.0);
     for (t, &p) in scores.iter().enumerate() {
         let v = std::slice::from_raw_parts(seq.v.add(base + t * stride), hd);
-        for (o, &vv) in out.iter_mut().zip(v) {
-            *o += p * vv;
-        }
+        kernels::axpy(out, p, v);
     }
 }
 
@@ -755,10 +777,6 @@ fn add_into(x: &mut [f32], y: &[f32]) {
     for (p, q) in x.iter_mut().zip(y) {
         *p += q;
     }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 fn softmax(v: &mut [f32]) {
@@ -823,7 +841,13 @@ mod tests {
         let (_dir, path) = tiny();
         let ours = load(&path);
         // The reference: candle's quantized_llama on the same weights dequantized to f32.
-        let loaded = model::load(&ModelSource::Gguf(path.clone()), &Device::Cpu, u64::MAX, false).unwrap();
+        let loaded = model::load(
+            &ModelSource::Gguf(path.clone()),
+            &Device::Cpu,
+            u64::MAX,
+            false,
+        )
+        .unwrap();
         let mut session = loaded.runner.candle().session();
         let prompt = [1u32, 40, 70, 100, 200, 7, 9, 33];
         let mut cache = ours.cache(64);
@@ -871,7 +895,9 @@ mod tests {
         // Alone, whole prompts.
         let mut ca = m.cache(32);
         let solo_a = step(m, &mut ws, &mut [&mut ca], &[&a]).unwrap().remove(0);
-        let next_a = step(m, &mut ws, &mut [&mut ca], &[&[11]]).unwrap().remove(0);
+        let next_a = step(m, &mut ws, &mut [&mut ca], &[&[11]])
+            .unwrap()
+            .remove(0);
         let mut cb = m.cache(32);
         let solo_b = step(m, &mut ws, &mut [&mut cb], &[&b]).unwrap().remove(0);
         // Together, a's prompt in two chunks, b joining at the second step.

@@ -198,10 +198,18 @@ impl Team {
         for h in &self.handles {
             h.thread().unpark();
         }
-        let mine = catch_unwind(AssertUnwindSafe(|| f(&Member { index: 0, shared: s })));
+        let mine = catch_unwind(AssertUnwindSafe(|| {
+            f(&Member {
+                index: 0,
+                shared: s,
+            })
+        }));
         if let Err(p) = mine {
             s.poisoned.store(true, Ordering::Release);
-            s.panic.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(p);
+            s.panic
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(p);
         }
         let mut spins = 0;
         while s.finished.load(Ordering::Acquire) < s.threads - 1 {
@@ -249,7 +257,10 @@ fn member_loop(s: &Shared, index: usize) {
         }));
         if let Err(p) = result {
             s.poisoned.store(true, Ordering::Release);
-            s.panic.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(p);
+            s.panic
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(p);
         }
         s.finished.fetch_add(1, Ordering::AcqRel);
     }

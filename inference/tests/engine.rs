@@ -480,7 +480,10 @@ fn streams_joining_and_leaving_the_batch_produce_their_solo_outputs() {
     let requests = [
         request(chat("Hello the world"), SamplingParams::greedy(80)),
         request(chat("north and then the world in the"), sampled(7, 50)),
-        request(Prompt::Text("the the world".into()), SamplingParams::greedy(12)),
+        request(
+            Prompt::Text("the the world".into()),
+            SamplingParams::greedy(12),
+        ),
         request(chat("café"), sampled(3, 70)),
     ];
     // Alone, one at a time.
@@ -505,10 +508,8 @@ fn streams_joining_and_leaving_the_batch_produce_their_solo_outputs() {
         previous = Some(generation);
     }
     handles.push(spawn_drain(previous.unwrap()));
-    for ((text, usage), (solo_text, solo_usage)) in handles
-        .into_iter()
-        .map(|h| h.join().unwrap())
-        .zip(&solo)
+    for ((text, usage), (solo_text, solo_usage)) in
+        handles.into_iter().map(|h| h.join().unwrap()).zip(&solo)
     {
         assert_eq!(&text, solo_text);
         assert_eq!(usage.completion_tokens, solo_usage.completion_tokens);
@@ -554,7 +555,11 @@ fn a_slow_reader_does_not_hold_up_the_others() {
     let (_, usage) = drain(other);
     assert_eq!(usage.completion_tokens, 40);
     // The stalled one waited for its reader (a chunk in the channel, one in its outbox).
-    assert!(stalled.tokens_so_far() <= held + 10, "{} vs {held}", stalled.tokens_so_far());
+    assert!(
+        stalled.tokens_so_far() <= held + 10,
+        "{} vs {held}",
+        stalled.tokens_so_far()
+    );
     let (_, usage) = drain(stalled);
     assert_eq!(usage.completion_tokens, 60);
 }

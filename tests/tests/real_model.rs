@@ -1,7 +1,8 @@
 //! The real model (SmolLM2-135M-Instruct Q4_1 from its registry package) in process.
 
 use cocoon_inference::{
-    ChatMessage, Engine, EngineConfig, GenerateRequest, ModelSource, Prompt, SamplingParams,
+    Backend, ChatMessage, Engine, EngineConfig, GenerateRequest, GenerationEvent, ModelSource,
+    Prompt, SamplingParams,
 };
 
 fn engine() -> Engine {
@@ -125,80 +126,58 @@ fn quantized_kernels_agree_with_candle_on_the_real_weights() {
 }
 
 #[test]
-fn our_batched_forward_gives_the_same_greedy_text_as_the_engine() {
-    use candle_core::quantized::gguf_file;
-    use cocoon_inference::llama::Llama;
-
+fn the_batched_engine_gives_candles_greedy_text_to_concurrent_streams() {
     let path = cocoon_tests::model_path().expect("fetch the model");
-    let engine = engine();
-    let mut file = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
-    let content = gguf_file::Content::read(&mut file).unwrap();
-    let ours = Llama::from_gguf(&content, &mut file).unwrap();
+    let source = ModelSource::from_path(&path).unwrap();
+    // The reference: candle's llama on the weights dequantized to f32, a stream at a time.
+    let candle = Engine::load(
+        &source,
+        EngineConfig {
+            backend: Backend::Candle,
+            ..EngineConfig::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(candle.info().runtime, "candle");
+    let batched = engine();
+    assert_eq!(batched.info().runtime, "batched");
     let questions = [
         "What is the capital of France?",
         "Name three primary colours.",
         "Write a haiku about the sea.",
+        "Explain photosynthesis in one sentence.",
     ];
-    let tokens = 40;
-    let prompts: Vec<Vec<u32>> = questions
+    let greedy = SamplingParams {
+        max_tokens: 40,
+        ..Default::default()
+    };
+    // All at once through the batch (joining one after another, prompts in chunks).
+    let handles: Vec<_> = questions
         .iter()
         .map(|q| {
-            engine
-                .prompt_tokens(&Prompt::Chat(vec![ChatMessage::new("user", *q)]))
-                .unwrap()
+            let g = batched
+                .generate(GenerateRequest {
+                    prompt: Prompt::Chat(vec![ChatMessage::new("user", *q)]),
+                    sampling: greedy.clone(),
+                })
+                .unwrap();
+            std::thread::spawn(move || {
+                let mut g = g;
+                let mut text = String::new();
+                while let Some(e) = g.blocking_next() {
+                    match e {
+                        GenerationEvent::Text(t) => text.push_str(&t),
+                        GenerationEvent::Done(_) => break,
+                        GenerationEvent::Error(e) => panic!("{e}"),
+                    }
+                }
+                text
+            })
         })
         .collect();
-    // All three at once: prompts in one step, then one token each per step; a sequence that
-    // ends leaves the batch.
-    let mut caches: Vec<_> = prompts
-        .iter()
-        .map(|p| ours.cache(p.len() + tokens))
-        .collect();
-    let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
-    let mut live: Vec<usize> = (0..prompts.len()).collect();
-    let argmax = |l: &[f32]| {
-        l.iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i as u32)
-            .unwrap()
-    };
-    let mut inputs: Vec<Vec<u32>> = prompts.clone();
-    let mut ws = cocoon_inference::llama::Workspace::new(2).unwrap();
-    while !live.is_empty() {
-        let mut refs: Vec<_> = Vec::new();
-        for (i, c) in caches.iter_mut().enumerate() {
-            if live.contains(&i) {
-                refs.push(c);
-            }
-        }
-        let toks: Vec<&[u32]> = live.iter().map(|&i| inputs[i].as_slice()).collect();
-        ours.step(&mut ws, &mut refs, &toks).unwrap();
-        let mut still = Vec::new();
-        for (k, &i) in live.iter().enumerate() {
-            let next = argmax(ws.logits(k));
-            if engine.tokenizer().is_eos(next) || outputs[i].len() + 1 >= tokens {
-                if !engine.tokenizer().is_eos(next) {
-                    outputs[i].push(next);
-                }
-                continue;
-            }
-            outputs[i].push(next);
-            inputs[i] = vec![next];
-            still.push(i);
-        }
-        live = still;
-    }
-    for (q, out) in questions.iter().zip(&outputs) {
-        let ours = engine.tokenizer().decode(out).unwrap();
-        let theirs = ask(
-            &engine,
-            q,
-            SamplingParams {
-                max_tokens: tokens as u32,
-                ..Default::default()
-            },
-        );
-        assert_eq!(ours.trim_end(), theirs.trim_end(), "{q}");
+    for (q, h) in questions.iter().zip(handles) {
+        let ours = h.join().unwrap();
+        let theirs = ask(&candle, q, greedy.clone());
+        assert_eq!(ours, theirs, "{q}");
     }
 }

@@ -22,9 +22,9 @@ use candle_transformers::models::quantized_llama::{self, ModelWeights};
 use std::sync::Arc;
 
 use super::{Loaded, Model, ModelInfo, Runner};
-use crate::llama::{Llama, LlamaError};
 use crate::device::device_name;
 use crate::error::LoadError;
+use crate::llama::{Llama, LlamaError};
 use crate::template::ChatTemplate;
 use crate::tokenizer::{md_string, md_u32, TextTokenizer};
 

@@ -93,6 +93,7 @@ pub struct ModelInfo {
 }
 
 /// What runs a loaded model.
+#[allow(clippy::large_enum_variant)] // one per engine
 pub(crate) enum Runner {
     /// candle's model; generations get sessions of it.
     Candle(Model),
