@@ -34,7 +34,8 @@ pub struct FileConfig {
     pub models: Option<Vec<String>>,
     /// Inference device: auto, cpu or cuda. Default: auto.
     pub device: Option<String>,
-    /// Jobs run at once per model; more are answered `busy`. Default: 2.
+    /// Jobs run at once per model; more are answered `busy`. Default: 8 (batched models share
+    /// each forward step, so concurrency raises throughput).
     pub max_concurrent: Option<usize>,
     /// Provider record re-announce interval in seconds. Default: 600.
     pub reprovide_secs: Option<u64>,
@@ -222,7 +223,7 @@ impl NodeConfig {
             .unwrap_or_else(|| "auto".into())
             .parse::<DeviceChoice>()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let max_concurrent = flags.max_concurrent.or(file.max_concurrent).unwrap_or(2);
+        let max_concurrent = flags.max_concurrent.or(file.max_concurrent).unwrap_or(8);
         if max_concurrent == 0 {
             return Err(ConfigError::Invalid(
                 "max_concurrent must be at least 1".into(),
@@ -315,7 +316,7 @@ mod tests {
         assert_eq!(c.models, vec!["smollm2".to_string()]);
         let d = NodeConfig::merge(FileConfig::default(), Overrides::default()).unwrap();
         assert!(d.network.mdns);
-        assert_eq!(d.max_concurrent, 2);
+        assert_eq!(d.max_concurrent, 8);
         assert_eq!(d.network.listen.len(), 2);
     }
 

@@ -308,14 +308,15 @@ struct NodeArgs {
     /// Inference device: auto, cpu or cuda [default: auto].
     #[arg(long, env = "COCOON_DEVICE")]
     device: Option<String>,
-    /// Jobs run at once per model; more are answered `busy` [default: 2].
+    /// Jobs run at once per model; more are answered `busy` [default: 8].
     #[arg(long, env = "COCOON_MAX_CONCURRENT")]
     max_concurrent: Option<usize>,
     /// Do not discover peers on the LAN with mDNS (on by default).
     #[arg(long)]
     no_mdns: bool,
-    /// Run small quantized GGUF models on quantized kernels instead of converting them to f32
-    /// at load (faster; 8-bit activations can change greedy answers).
+    /// For models on candle's runtime (not GGUF Q4_1/Q8_0 llamas, which run on cocoon's own
+    /// batched kernels): keep small quantized models on candle's quantized kernels instead of
+    /// converting them to f32 at load (faster; 8-bit activations can change greedy answers).
     #[arg(long)]
     keep_quantized: bool,
     /// Evidence to present: auto (TDX if this machine can produce quotes, else insecure dev

@@ -365,7 +365,7 @@ fn the_market_lists_workers_and_max_price_picks_the_cheap_one() {
     assert_eq!(row(cheap)["price_completion_per_mtok"], 3000);
     assert_eq!(row(dear)["price_prompt_per_mtok"], 50000);
     assert_eq!(row(cheap)["attestation"], "dev-insecure");
-    assert_eq!(row(cheap)["max_concurrent"], 2);
+    assert_eq!(row(cheap)["max_concurrent"], 8);
 
     // Ranked by the market: the cheap worker serves, and the answer says at what price.
     let out = net
