@@ -215,15 +215,7 @@ impl Seq {
                     total_ms: self.started.elapsed().as_secs_f64() * 1e3,
                     finish_reason: reason,
                 };
-                tracing::debug!(
-                    id = self.id,
-                    prompt_tokens = usage.prompt_tokens,
-                    completion_tokens = usage.completion_tokens,
-                    finish_reason = ?usage.finish_reason,
-                    ttft_ms = usage.time_to_first_token_ms,
-                    total_ms = usage.total_ms,
-                    "generation finished"
-                );
+                usage.log_finished(self.id);
                 if reason == FinishReason::Cancelled {
                     // Never wait for room on behalf of a caller who cancelled.
                     self.outbox.clear();

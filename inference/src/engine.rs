@@ -145,6 +145,21 @@ pub struct Usage {
     pub finish_reason: FinishReason,
 }
 
+impl Usage {
+    /// The debug line every finished generation logs, whichever runtime ran it.
+    pub(crate) fn log_finished(&self, id: u64) {
+        tracing::debug!(
+            id,
+            prompt_tokens = self.prompt_tokens,
+            completion_tokens = self.completion_tokens,
+            finish_reason = ?self.finish_reason,
+            ttft_ms = self.time_to_first_token_ms,
+            total_ms = self.total_ms,
+            "generation finished"
+        );
+    }
+}
+
 /// What a [`Generation`] yields.
 #[derive(Clone, Debug, PartialEq)]
 pub enum GenerationEvent {
@@ -520,14 +535,7 @@ impl Job {
         match outcome {
             Ok(reason) => {
                 let usage = self.usage(&progress, reason);
-                tracing::debug!(
-                    prompt_tokens = usage.prompt_tokens,
-                    completion_tokens = usage.completion_tokens,
-                    finish_reason = ?usage.finish_reason,
-                    ttft_ms = usage.time_to_first_token_ms,
-                    total_ms = usage.total_ms,
-                    "generation finished"
-                );
+                usage.log_finished(self.id);
                 let done = GenerationEvent::Done(usage);
                 if reason == FinishReason::Cancelled {
                     // Never wait for room on behalf of a caller who cancelled.

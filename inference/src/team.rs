@@ -43,6 +43,17 @@ struct Shared {
     stop: AtomicBool,
 }
 
+impl Shared {
+    /// Marks the step failed (members stop waiting at `sync`) and keeps the first panic.
+    fn poison(&self, panic: Box<dyn std::any::Any + Send>) {
+        self.poisoned.store(true, Ordering::Release);
+        self.panic
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(panic);
+    }
+}
+
 // SAFETY: `job` is written only by the thread in `Team::run` while no member reads it (the
 // previous step is over: every member incremented `finished`), and read by members only after
 // an acquire load of `epoch` that follows the write.
@@ -205,11 +216,7 @@ impl Team {
             })
         }));
         if let Err(p) = mine {
-            s.poisoned.store(true, Ordering::Release);
-            s.panic
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_or_insert(p);
+            s.poison(p);
         }
         let mut spins = 0;
         while s.finished.load(Ordering::Acquire) < s.threads - 1 {
@@ -256,11 +263,7 @@ fn member_loop(s: &Shared, index: usize) {
             f(&Member { index, shared: s });
         }));
         if let Err(p) = result {
-            s.poisoned.store(true, Ordering::Release);
-            s.panic
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_or_insert(p);
+            s.poison(p);
         }
         s.finished.fetch_add(1, Ordering::AcqRel);
     }
