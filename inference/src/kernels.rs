@@ -1,24 +1,38 @@
-//! CPU kernels for quantized weights times f32 activations: the matrix products of a decode
-//! step, for one sequence or a batch of them.
+//! CPU kernels for quantized weights times 8-bit activations: the matrix products of a
+//! decode step, for one sequence or a batch of them.
 //!
 //! A decode step multiplies every weight matrix by one activation vector per sequence, so it
-//! reads every weight once and does two flops per weight: memory and the cost of unpacking
-//! 4-bit weights decide its speed. [`QMatrix`] keeps GGUF's `Q4_1` and `Q8_0` blocks of 32
-//! weights packed (0.625 and 1.06 bytes a weight instead of 4) with their f16 scales turned
-//! into f32 once at load, and multiplies them with f32 activations (no 8-bit quantization of
-//! the activations, so results equal a dequantized f32 product up to rounding order):
+//! reads every weight once and does two operations per weight: memory and the cost of
+//! unpacking 4-bit weights decide its speed. [`QMatrix`] keeps GGUF's `Q4_1` and `Q8_0`
+//! blocks of 32 weights exactly as the file stores them (20 and 34 bytes: 0.625 and 1.06
+//! bytes a weight instead of 4, the f16 scales inline so a row is one stream of bytes).
 //!
-//! - `Q4_1`: a block is `d·q + m` with 4-bit `q`, so `Σ (d·q_j + m)·x_j = d·Σ q_j·x_j + m·Σ x_j`;
-//!   the block sums of `x` are computed once per activation vector and shared by every row.
-//! - `Q8_0`: `d·Σ q_j·x_j` with 8-bit `q`.
-//! - A batch of `b` vectors unpacks each weight block once and uses it `b` times, which is
-//!   what makes continuous batching pay on a CPU.
+//! Activations are quantized once per vector, a block of 32 at a time ([`Q8Block`],
+//! [`quantize_into`]: `x ≈ d·q` with 8-bit `q`, `d = max|x| / 127`), exactly as candle's
+//! quantized llama does for these weight types (and llama.cpp, but for where a half
+//! rounds), so a block's dot product is exact integer arithmetic:
 //!
-//! Kernels ([`Kernel`]): AVX-512F or AVX2+FMA on x86-64 when the CPU has them (checked at
-//! run time, once), else a portable scalar loop; every one this CPU runs is tested against
-//! the dequantized reference on random inputs.
+//! - `Q4_1` weights `d_w·q_w + m_w`: `Σ (d_w·q_w + m_w)·d_x·q_x = d_w·d_x·Σ q_w·q_x + m_w·s_x`,
+//!   with `s_x = d_x·Σ q_x` stored with the activation block.
+//! - `Q8_0` weights `d_w·q_w`: `d_w·d_x·Σ q_w·q_x`.
+//! - The error against f32 activations is that of rounding each activation to its block's
+//!   grid: about `d_x/2` per activation (plus `d`'s f16 rounding), so about
+//!   `Σ_blocks d_x/2 · Σ|w|` for a row (the property tests hold every kernel to this bound
+//!   and to the exact product of the quantized values).
+//!
+//! The SIMD kernel unpacks each weight block once per row and meets it with every vector of
+//! the batch (AVX2 `maddubs`: 32 byte products summed in pairs, then in fours), so a batch of
+//! `b` vectors reads each weight once and uses it `b` times, which is what makes continuous
+//! batching pay on a CPU. Each vector keeps its own accumulator, summed in block order, so a
+//! vector's result does not depend on the other vectors of the call.
+//!
+//! Kernels ([`Kernel`]): AVX2 (with FMA and F16C) on x86-64 when the CPU has it (checked at
+//! run time, once; AVX-512 CPUs run it too), else a portable scalar loop that adds the same
+//! terms in the same order, so every kernel gives the same bits (a model's output does not
+//! depend on the CPU's vector units); each one this CPU runs is tested against the portable
+//! one and against the exact product on random inputs.
 //! [`QMatrix::matmul_par`] splits the rows across rayon's pool; [`QMatrix::matmul_rows`]
-//! computes one range on the calling thread.
+//! computes one range on the calling thread. [`dot`] and [`axpy`] serve attention, in f32.
 
 use half::f16;
 
@@ -46,21 +60,103 @@ pub enum KernelError {
     },
 }
 
-/// How the weights of a [`QMatrix`] are stored.
-#[derive(Clone, Debug)]
-enum Store {
-    /// 4-bit weights, two per byte: byte `j` of a block holds weight `j` (low nibble) and
-    /// weight `j + 16` (high nibble), as GGML lays them out.
-    Q4_1 {
-        d: Vec<f32>,
-        m: Vec<f32>,
-        qs: Vec<[u8; 16]>,
-    },
-    /// 8-bit weights.
-    Q8_0 { d: Vec<f32>, qs: Vec<[i8; BLOCK]> },
+/// Bytes of a GGML `Q4_1` block: f16 `d`, f16 `m`, 16 bytes of nibbles.
+const Q4_1_BYTES: usize = 20;
+/// Bytes of a GGML `Q8_0` block: f16 `d`, 32 signed bytes.
+const Q8_0_BYTES: usize = 34;
+
+/// 32 activations quantized to 8 bits: `x_j ≈ d·q_j`, with `s ≈ d·Σ q_j` (the `Q4_1`
+/// offset term). Made by [`quantize_into`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[repr(C)]
+pub struct Q8Block {
+    /// The scale: the block's largest magnitude over 127, rounded to f16 (0 for an all-zero
+    /// block).
+    pub d: f32,
+    /// `d·Σ q`, as GGML's `Q8_1` block stores it (in f16).
+    pub s: f32,
+    /// The quantized values, in `-127..=127`.
+    pub q: [i8; BLOCK],
 }
 
-/// A `rows × cols` weight matrix in quantized blocks, multiplied by f32 vectors.
+/// Quantizes `x` (whole blocks) into `out` (`x.len() / 32` blocks) the way candle's (and
+/// GGML's) `Q8_1`/`Q8_0` activation blocks do, so our products compute what candle's
+/// quantized llama computes: `d = max|x| / 127`, `q_j = round(x_j / d)` (halves away from
+/// zero), `d` and `s = f16(Σq)·d` kept at f16 precision. Each value is within `d/2` of its
+/// grid point (`d` before its f16 rounding). One portable function for every kernel, so the
+/// quantized activations never depend on the CPU.
+///
+/// # Panics
+/// If the lengths do not match.
+pub fn quantize_into(x: &[f32], out: &mut [Q8Block]) {
+    assert_eq!(x.len(), out.len() * BLOCK, "one block per 32 values");
+    for (xs, o) in x.chunks_exact(BLOCK).zip(out.iter_mut()) {
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &v) in o.q.iter_mut().zip(xs) {
+            // `f32::round` without a library call (it vectorises on plain SSE2): truncate,
+            // then step away from zero when the exact remainder is at least a half.
+            let v = v * id;
+            let t = v as i32;
+            let frac = v - t as f32;
+            let r = t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32;
+            // |v| ≤ 127 up to rounding; the clamp only guards NaN and infinities.
+            *q = r.clamp(-127, 127) as i8;
+            sum += *q as i32;
+        }
+        let d16 = f16::from_f32(d);
+        o.d = d16.to_f32();
+        o.s = (f16::from_f32(sum as f32) * d16).to_f32();
+    }
+}
+
+/// [`quantize_into`] into a new vector.
+pub fn quantize(x: &[f32]) -> Vec<Q8Block> {
+    let mut out = vec![Q8Block::default(); x.len() / BLOCK];
+    quantize_into(&x[..out.len() * BLOCK], &mut out);
+    out
+}
+
+/// How the weights of a [`QMatrix`] are stored: GGML's blocks, byte for byte.
+#[derive(Clone, Debug)]
+enum Store {
+    /// 4-bit weights, two per byte: byte `j` of the nibbles holds weight `j` (low nibble)
+    /// and weight `j + 16` (high nibble), as GGML lays them out.
+    Q4_1(Vec<[u8; Q4_1_BYTES]>),
+    /// 8-bit weights.
+    Q8_0(Vec<[u8; Q8_0_BYTES]>),
+}
+
+/// The f16 at the start of `bytes` (little-endian) as f32.
+fn f16_at(bytes: &[u8]) -> f32 {
+    f16::from_le_bytes([bytes[0], bytes[1]]).to_f32()
+}
+
+/// A block's scale, offset (0 for `Q8_0`) and 32 weights as integers.
+fn unpack_block(store: &Store, b: usize) -> (f32, f32, [i32; BLOCK]) {
+    let mut w = [0i32; BLOCK];
+    match store {
+        Store::Q4_1(blocks) => {
+            let blk = &blocks[b];
+            for (i, &v) in blk[4..].iter().enumerate() {
+                w[i] = (v & 0x0f) as i32;
+                w[i + 16] = (v >> 4) as i32;
+            }
+            (f16_at(blk), f16_at(&blk[2..]), w)
+        }
+        Store::Q8_0(blocks) => {
+            let blk = &blocks[b];
+            for (o, &q) in w.iter_mut().zip(&blk[2..]) {
+                *o = q as i8 as i32;
+            }
+            (f16_at(blk), 0.0, w)
+        }
+    }
+}
+
+/// A `rows × cols` weight matrix in quantized blocks, multiplied by quantized vectors.
 #[derive(Clone, Debug)]
 pub struct QMatrix {
     rows: usize,
@@ -68,48 +164,32 @@ pub struct QMatrix {
     store: Store,
 }
 
-/// The f32 block sums of an activation vector (for `Q4_1`'s `m` term).
-pub fn block_sums(x: &[f32]) -> Vec<f32> {
-    x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect()
-}
-
 impl QMatrix {
     /// From GGML `Q4_1` bytes (per block: f16 `d`, f16 `m`, 16 bytes of nibbles).
     pub fn from_q4_1(rows: usize, cols: usize, raw: &[u8]) -> Result<Self, KernelError> {
-        let blocks = check(rows, cols, raw, 20, "Q4_1")?;
-        let (mut d, mut m, mut qs) = (
-            Vec::with_capacity(blocks),
-            Vec::with_capacity(blocks),
-            Vec::with_capacity(blocks),
-        );
-        for b in raw.chunks_exact(20) {
-            d.push(f16::from_le_bytes([b[0], b[1]]).to_f32());
-            m.push(f16::from_le_bytes([b[2], b[3]]).to_f32());
-            qs.push(b[4..20].try_into().expect("16 bytes"));
-        }
+        check(rows, cols, raw, Q4_1_BYTES, "Q4_1")?;
+        let blocks = raw
+            .chunks_exact(Q4_1_BYTES)
+            .map(|b| b.try_into().expect("whole blocks"))
+            .collect();
         Ok(Self {
             rows,
             cols,
-            store: Store::Q4_1 { d, m, qs },
+            store: Store::Q4_1(blocks),
         })
     }
 
     /// From GGML `Q8_0` bytes (per block: f16 `d`, 32 signed bytes).
     pub fn from_q8_0(rows: usize, cols: usize, raw: &[u8]) -> Result<Self, KernelError> {
-        let blocks = check(rows, cols, raw, 34, "Q8_0")?;
-        let (mut d, mut qs) = (Vec::with_capacity(blocks), Vec::with_capacity(blocks));
-        for b in raw.chunks_exact(34) {
-            d.push(f16::from_le_bytes([b[0], b[1]]).to_f32());
-            let mut q = [0i8; BLOCK];
-            for (o, &v) in q.iter_mut().zip(&b[2..34]) {
-                *o = v as i8;
-            }
-            qs.push(q);
-        }
+        check(rows, cols, raw, Q8_0_BYTES, "Q8_0")?;
+        let blocks = raw
+            .chunks_exact(Q8_0_BYTES)
+            .map(|b| b.try_into().expect("whole blocks"))
+            .collect();
         Ok(Self {
             rows,
             cols,
-            store: Store::Q8_0 { d, qs },
+            store: Store::Q8_0(blocks),
         })
     }
 
@@ -145,12 +225,12 @@ impl QMatrix {
     pub fn bytes(&self) -> usize {
         let blocks = self.rows * self.cols / BLOCK;
         match self.store {
-            Store::Q4_1 { .. } => blocks * 24,
-            Store::Q8_0 { .. } => blocks * 36,
+            Store::Q4_1(_) => blocks * Q4_1_BYTES,
+            Store::Q8_0(_) => blocks * Q8_0_BYTES,
         }
     }
 
-    /// Row `r` as f32 (the reference the kernels are tested against).
+    /// Row `r` as f32 (the weights of the references the kernels are tested against).
     pub fn dequantize_row(&self, r: usize) -> Vec<f32> {
         let mut out = vec![0.0; self.cols];
         self.dequantize_row_into(r, &mut out);
@@ -162,35 +242,19 @@ impl QMatrix {
         assert_eq!(out.len(), self.cols, "output length");
         let per_row = self.cols / BLOCK;
         for (b, o) in (r * per_row..(r + 1) * per_row).zip(out.chunks_exact_mut(BLOCK)) {
-            match &self.store {
-                Store::Q4_1 { d, m, qs } => {
-                    let (lo, hi) = o.split_at_mut(16);
-                    for ((l, h), &v) in lo.iter_mut().zip(hi).zip(&qs[b]) {
-                        *l = (v & 0x0f) as f32 * d[b] + m[b];
-                        *h = (v >> 4) as f32 * d[b] + m[b];
-                    }
-                }
-                Store::Q8_0 { d, qs } => {
-                    for (o, &q) in o.iter_mut().zip(&qs[b]) {
-                        *o = q as f32 * d[b];
-                    }
-                }
+            let (d, m, w) = unpack_block(&self.store, b);
+            for (o, q) in o.iter_mut().zip(w) {
+                *o = q as f32 * d + m;
             }
         }
     }
 
     /// `out[i] = W · xs[i]` for the whole batch, rows split across rayon's thread pool
-    /// (the pool candle uses too) in `chunks` pieces of whole rows (at least one).
-    pub fn matmul_par(
-        &self,
-        xs: &[&[f32]],
-        sums: &[&[f32]],
-        out: &mut [&mut [f32]],
-        chunks: usize,
-    ) {
+    /// in `chunks` pieces of whole rows (at least one).
+    pub fn matmul_par(&self, xs: &[&[Q8Block]], out: &mut [&mut [f32]], chunks: usize) {
         let chunks = chunks.clamp(1, self.rows.max(1));
         if chunks == 1 {
-            self.matmul_rows(0..self.rows, xs, sums, out);
+            self.matmul_rows(0..self.rows, xs, out);
             return;
         }
         let per = self.rows.div_ceil(chunks);
@@ -214,104 +278,117 @@ impl QMatrix {
         }
         rayon::scope(|s| {
             for (range, mut slices) in pieces {
-                s.spawn(move |_| self.matmul_rows(range, xs, sums, &mut slices));
+                s.spawn(move |_| self.matmul_rows(range, xs, &mut slices));
             }
         });
     }
 
     /// `out[i][r - rows.start] = row r · xs[i]` for every row in `rows` and every vector of
-    /// the batch. `xs` holds `batch` vectors of `cols`, `sums` their [`block_sums`]
-    /// (`batch × cols / 32`), `out` `batch` slices of `rows.len()`.
+    /// the batch. `xs` holds `batch` quantized vectors of `cols / 32` blocks, `out` `batch`
+    /// slices of `rows.len()`.
     pub fn matmul_rows(
         &self,
         rows: std::ops::Range<usize>,
-        xs: &[&[f32]],
-        sums: &[&[f32]],
+        xs: &[&[Q8Block]],
         out: &mut [&mut [f32]],
     ) {
-        assert!(rows.end <= self.rows, "rows out of range");
-        assert_eq!(xs.len(), out.len(), "one output per input");
-        assert_eq!(xs.len(), sums.len(), "one block-sum vector per input");
-        for ((x, s), o) in xs.iter().zip(sums).zip(out.iter()) {
-            assert_eq!(x.len(), self.cols, "input length");
-            assert_eq!(s.len(), self.cols / BLOCK, "block sums length");
-            assert_eq!(o.len(), rows.len(), "output length");
-        }
-        self.matmul_with(Kernel::best(), rows, xs, sums, out);
+        self.matmul_with(Kernel::best(), rows, xs, out);
+    }
+
+    /// [`Self::matmul_rows`], the products added to `out` (a residual connection):
+    /// `out[i][r - rows.start] += row r · xs[i]`, the same sum as
+    /// `out + matmul_rows(..)`.
+    pub fn matmul_rows_add(
+        &self,
+        rows: std::ops::Range<usize>,
+        xs: &[&[Q8Block]],
+        out: &mut [&mut [f32]],
+    ) {
+        self.run::<true>(Kernel::best(), rows, xs, out);
     }
 
     /// [`Self::matmul_rows`] with a chosen kernel (for tests and benchmarks).
     ///
     /// # Panics
-    /// If this CPU cannot run `kernel` (see [`Kernel::available`]).
+    /// If this CPU cannot run `kernel` (see [`Kernel::available`]), or the shapes are wrong.
     pub fn matmul_with(
         &self,
         kernel: Kernel,
         rows: std::ops::Range<usize>,
-        xs: &[&[f32]],
-        sums: &[&[f32]],
+        xs: &[&[Q8Block]],
         out: &mut [&mut [f32]],
     ) {
+        self.run::<false>(kernel, rows, xs, out);
+    }
+
+    /// The products, stored (`ADD` false) or added to `out`.
+    fn run<const ADD: bool>(
+        &self,
+        kernel: Kernel,
+        rows: std::ops::Range<usize>,
+        xs: &[&[Q8Block]],
+        out: &mut [&mut [f32]],
+    ) {
+        assert!(rows.end <= self.rows, "rows out of range");
+        assert_eq!(xs.len(), out.len(), "one output per input");
+        for (x, o) in xs.iter().zip(out.iter()) {
+            assert_eq!(x.len() * BLOCK, self.cols, "input length");
+            assert_eq!(o.len(), rows.len(), "output length");
+        }
         assert!(
             Kernel::available().contains(&kernel),
             "this CPU cannot run {kernel:?}"
         );
         match kernel {
-            Kernel::Scalar => self.tile_scalar(rows, xs, sums, out),
-            // SAFETY: the CPU has the features (asserted above); shapes checked by the caller.
+            Kernel::Scalar => self.tile_scalar::<ADD>(rows, xs, out),
+            // SAFETY: the CPU has the features (asserted above); shapes checked above.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { simd::tile(self, rows, xs, sums, out) },
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => unsafe { simd::tile512(self, rows, xs, out) },
+            Kernel::Avx2 => unsafe { simd::tile256::<ADD>(self, rows, xs, out) },
             #[cfg(not(target_arch = "x86_64"))]
-            _ => unreachable!("not available here"),
+            Kernel::Avx2 => unreachable!("not available here"),
         }
     }
 
-    /// The portable kernel.
-    fn tile_scalar(
+    /// The portable kernel, also the reference: it adds exactly what the SIMD kernel adds,
+    /// in the same order, so every kernel gives the same bits. Per (row, vector): eight
+    /// lanes, lane `l` of block `j` the exact integer `Σ_{t<4} q_w[4l+t]·q_x[4l+t]`, fused
+    /// multiply-added with `d_w·d_x` into the lane's sum; the `Q4_1` offsets `m_w·s_x`
+    /// fused multiply-added into a scalar; the lanes summed pairwise as [`lanes_sum`] does.
+    fn tile_scalar<const ADD: bool>(
         &self,
         rows: std::ops::Range<usize>,
-        xs: &[&[f32]],
-        sums: &[&[f32]],
+        xs: &[&[Q8Block]],
         out: &mut [&mut [f32]],
     ) {
         let per_row = self.cols / BLOCK;
-        let mut acc = [0f32; TILE];
         for (r, k, t, n) in schedule(rows, xs.len()) {
-            {
-                let (xs, sums) = (&xs[t..t + n], &sums[t..t + n]);
-                acc.fill(0.0);
-                for j in 0..per_row {
-                    let b = r * per_row + j;
-                    let mut w = [0f32; BLOCK];
-                    let (scale, offset) = match &self.store {
-                        Store::Q4_1 { d, m, qs } => {
-                            for (i, &v) in qs[b].iter().enumerate() {
-                                w[i] = (v & 0x0f) as f32;
-                                w[i + 16] = (v >> 4) as f32;
-                            }
-                            (d[b], m[b])
-                        }
-                        Store::Q8_0 { d, qs } => {
-                            for (o, &q) in w.iter_mut().zip(&qs[b]) {
-                                *o = q as f32;
-                            }
-                            (d[b], 0.0)
-                        }
-                    };
-                    for (i, x) in xs.iter().enumerate() {
-                        let x = &x[j * BLOCK..(j + 1) * BLOCK];
-                        let dot: f32 = w.iter().zip(x).map(|(a, b)| a * b).sum();
-                        acc[i] += scale * dot + offset * sums[i][j];
+            let mut acc = [[0f32; 8]; TILE];
+            let mut offset = [0f32; TILE];
+            for j in 0..per_row {
+                let (d, m, w) = unpack_block(&self.store, r * per_row + j);
+                for (i, x) in xs[t..t + n].iter().enumerate() {
+                    let x = &x[j];
+                    let dd = d * x.d;
+                    for (l, lane) in acc[i].iter_mut().enumerate() {
+                        let quad: i32 = (4 * l..4 * l + 4).map(|b| w[b] * x.q[b] as i32).sum();
+                        *lane = (quad as f32).mul_add(dd, *lane);
                     }
+                    offset[i] = m.mul_add(x.s, offset[i]);
                 }
-                for (i, o) in out[t..t + n].iter_mut().enumerate() {
-                    o[k] = acc[i];
-                }
+            }
+            for (i, o) in out[t..t + n].iter_mut().enumerate() {
+                let v = lanes_sum(&acc[i]) + offset[i];
+                o[k] = if ADD { o[k] + v } else { v };
             }
         }
     }
+}
+
+/// The sum of eight lanes in the order the SIMD kernel's horizontal sum takes:
+/// `((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))`.
+fn lanes_sum(a: &[f32; 8]) -> f32 {
+    let s: [f32; 4] = std::array::from_fn(|k| a[k] + a[k + 4]);
+    (s[0] + s[2]) + (s[1] + s[3])
 }
 
 /// Vectors multiplied per pass over a row's blocks (the register tile). Every row meets all
@@ -319,15 +396,17 @@ impl QMatrix {
 /// read from memory once per call whatever the batch.
 pub const TILE: usize = 8;
 
-/// `Σ a_i·b_i` (attention scores), in sixteen lanes: AVX-512 when the CPU has it, else a
-/// portable loop the compiler vectorises. The lanes are summed in a fixed order, so a result
-/// depends only on the inputs.
+/// `Σ a_i·b_i` (attention scores), in sixteen lanes: AVX-512 or AVX2 when the CPU has it,
+/// else a portable loop. The lanes are summed in a fixed order, so a result depends only on
+/// the inputs (and the CPU).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "dot of unequal lengths");
     #[cfg(target_arch = "x86_64")]
-    if Kernel::best() == Kernel::Avx512 {
-        // SAFETY: the CPU has AVX-512F; lengths checked.
-        return unsafe { simd::dot512(a, b) };
+    match Simd::detect() {
+        // SAFETY: the CPU has the features; lengths checked.
+        Simd::Avx512 => return unsafe { simd::dot512(a, b) },
+        Simd::Avx2 => return unsafe { simd::dot256(a, b) },
+        Simd::None => {}
     }
     let mut acc = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
@@ -349,12 +428,40 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub fn axpy(out: &mut [f32], p: f32, v: &[f32]) {
     assert_eq!(out.len(), v.len(), "axpy of unequal lengths");
     #[cfg(target_arch = "x86_64")]
-    if Kernel::best() == Kernel::Avx512 {
-        // SAFETY: the CPU has AVX-512F; lengths checked.
-        return unsafe { simd::axpy512(out, p, v) };
+    match Simd::detect() {
+        // SAFETY: the CPU has the features; lengths checked.
+        Simd::Avx512 => return unsafe { simd::axpy512(out, p, v) },
+        Simd::Avx2 => return unsafe { simd::axpy256(out, p, v) },
+        Simd::None => {}
     }
     for (o, &x) in out.iter_mut().zip(v) {
         *o += p * x;
+    }
+}
+
+/// The widest f32 vectors [`dot`] and [`axpy`] may use here (detected once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Simd {
+    None,
+    Avx2,
+    Avx512,
+}
+
+impl Simd {
+    fn detect() -> Simd {
+        static SIMD: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+        *SIMD.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if is_x86_feature_detected!("avx512f") {
+                    return Simd::Avx512;
+                }
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    return Simd::Avx2;
+                }
+            }
+            Simd::None
+        })
     }
 }
 
@@ -386,10 +493,8 @@ fn schedule(
 pub enum Kernel {
     /// Portable Rust.
     Scalar,
-    /// x86-64 AVX2 + FMA: eight lanes.
+    /// x86-64 AVX2 + FMA + F16C: 32 byte products at a time.
     Avx2,
-    /// x86-64 AVX-512F: sixteen lanes.
-    Avx512,
 }
 
 impl Kernel {
@@ -404,13 +509,11 @@ impl Kernel {
         AVAILABLE.get_or_init(|| {
             let mut out = vec![Kernel::Scalar];
             #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
             {
-                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                    out.push(Kernel::Avx2);
-                }
-                if is_x86_feature_detected!("avx512f") {
-                    out.push(Kernel::Avx512);
-                }
+                out.push(Kernel::Avx2);
             }
             out
         })
@@ -440,118 +543,193 @@ fn check(
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    //! AVX2 + FMA (a block's 32 weights become four vectors of eight f32 once per row and
-    //! tile, then meet each vector of the tile; the `Q4_1` offset through block sums) and
-    //! AVX-512F (a block dequantized once into two vectors of sixteen, then two FMAs per
-    //! vector).
+    //! AVX2 + FMA + F16C: for each row, each weight block is unpacked once into 32 bytes
+    //! and met by every vector of the tile: `maddubs` multiplies unsigned by signed bytes
+    //! and adds pairs (at most 2·128·127, no saturation), `madd` adds those in fours, and
+    //! the eight i32 sums, scaled by `d_w·d_x`, accumulate in eight f32 lanes per vector
+    //! (the tile size and the block type are constants, so the loops unroll and nothing is
+    //! decided per block). `Q8_0`'s signed weights take the sign trick: `|w|` times `x`
+    //! with `w`'s sign.
     use std::arch::x86_64::*;
 
-    use super::{schedule, QMatrix, Store, BLOCK, TILE};
+    use super::{schedule, Q8Block, QMatrix, Store, BLOCK, TILE};
 
-    /// The driver: for each row, each block is unpacked once and met by every vector of the
-    /// tile; `d·Σq·x` accumulates in a vector, `m·Σx` in a scalar.
-    macro_rules! tile_kernel {
-        ($name:ident, $feature:literal, $zero:ident, $set1:ident, $fma:ident, $unpack:ident,
-         $dot:ident, $hsum:ident) => {
-            /// # Safety
-            /// The CPU must have the features; shapes as checked by `matmul_rows`.
-            #[target_feature(enable = $feature)]
-            pub unsafe fn $name(
-                w: &QMatrix,
-                rows: std::ops::Range<usize>,
-                xs: &[&[f32]],
-                sums: &[&[f32]],
-                out: &mut [&mut [f32]],
-            ) {
-                let per_row = w.cols / BLOCK;
-                for (r, k, t, n) in super::schedule(rows, xs.len()) {
-                    {
-                        let mut acc = [$zero(); TILE];
-                        let mut offsets = [0f32; TILE];
-                        for j in 0..per_row {
-                            let (q, scale, offset) = $unpack(w, r * per_row + j);
-                            let vs = $set1(scale);
-                            for i in 0..n {
-                                let x = xs.get_unchecked(t + i).as_ptr().add(j * BLOCK);
-                                acc[i] = $fma($dot(&q, x), vs, acc[i]);
-                                offsets[i] += offset * *sums.get_unchecked(t + i).get_unchecked(j);
-                            }
-                        }
-                        for i in 0..n {
-                            *out.get_unchecked_mut(t + i).get_unchecked_mut(k) =
-                                $hsum(acc[i]) + offsets[i];
-                        }
-                    }
-                }
-            }
-        };
-    }
-
-    tile_kernel!(
-        tile,
-        "avx2,fma",
-        _mm256_setzero_ps,
-        _mm256_set1_ps,
-        _mm256_fmadd_ps,
-        unpack8,
-        dot8,
-        hsum8
-    );
-    /// AVX-512: each block of a row is dequantized once (`d·q + m`, sixteen lanes at a time)
-    /// and met by every vector with two independent accumulators per vector, so a vector
-    /// costs two loads and two FMAs per block and no block sums.
-    ///
     /// # Safety
-    /// The CPU must have AVX-512F; shapes as checked by `matmul_rows`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile512(
+    /// The CPU must have AVX2, FMA and F16C; shapes as checked by `matmul_with`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tile256<const ADD: bool>(
         w: &QMatrix,
         rows: std::ops::Range<usize>,
-        xs: &[&[f32]],
+        xs: &[&[Q8Block]],
+        out: &mut [&mut [f32]],
+    ) {
+        match &w.store {
+            Store::Q4_1(b) => tile256_of::<true, ADD>(b.as_ptr().cast(), w, rows, xs, out),
+            Store::Q8_0(b) => tile256_of::<false, ADD>(b.as_ptr().cast(), w, rows, xs, out),
+        }
+    }
+
+    /// One block type (`Q4`: `Q4_1`, else `Q8_0`), its blocks starting at `base`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile256_of<const Q4: bool, const ADD: bool>(
+        base: *const u8,
+        w: &QMatrix,
+        rows: std::ops::Range<usize>,
+        xs: &[&[Q8Block]],
         out: &mut [&mut [f32]],
     ) {
         let per_row = w.cols / BLOCK;
+        let row_at = |r: usize| base.add(r * per_row * block_bytes::<Q4>());
+        // One or two vectors (decoding): several rows at once, so the accumulator chains of
+        // different rows overlap and each activation block is loaded once for all of them.
+        // A row's arithmetic is the same however many rows run beside it.
+        if xs.len() <= 2 {
+            let mut r = rows.start;
+            while r < rows.end {
+                let k = r - rows.start;
+                let left = rows.end - r;
+                match (xs.len(), left) {
+                    (1, 2..) => rows256::<2, 1, Q4, ADD>(row_at(r), k, per_row, xs, out),
+                    (2, 2..) => rows256::<2, 2, Q4, ADD>(row_at(r), k, per_row, xs, out),
+                    (1, _) => rows256::<1, 1, Q4, ADD>(row_at(r), k, per_row, xs, out),
+                    _ => rows256::<1, 2, Q4, ADD>(row_at(r), k, per_row, xs, out),
+                }
+                r += match (xs.len(), left) {
+                    (1, 2..) => 2,
+                    (2, 2..) => 2,
+                    _ => 1,
+                };
+            }
+            return;
+        }
         for (r, k, t, n) in schedule(rows, xs.len()) {
             let (xs, out) = (&xs[t..t + n], &mut out[t..t + n]);
+            let row = row_at(r);
             match n {
-                1 => row512::<1>(w, r, k, per_row, xs, out),
-                2 => row512::<2>(w, r, k, per_row, xs, out),
-                3 => row512::<3>(w, r, k, per_row, xs, out),
-                4 => row512::<4>(w, r, k, per_row, xs, out),
-                5 => row512::<5>(w, r, k, per_row, xs, out),
-                6 => row512::<6>(w, r, k, per_row, xs, out),
-                7 => row512::<7>(w, r, k, per_row, xs, out),
-                _ => row512::<TILE>(w, r, k, per_row, xs, out),
+                1 => rows256::<1, 1, Q4, ADD>(row, k, per_row, xs, out),
+                2 => rows256::<1, 2, Q4, ADD>(row, k, per_row, xs, out),
+                3 => rows256::<1, 3, Q4, ADD>(row, k, per_row, xs, out),
+                4 => rows256::<1, 4, Q4, ADD>(row, k, per_row, xs, out),
+                5 => rows256::<1, 5, Q4, ADD>(row, k, per_row, xs, out),
+                6 => rows256::<1, 6, Q4, ADD>(row, k, per_row, xs, out),
+                7 => rows256::<1, 7, Q4, ADD>(row, k, per_row, xs, out),
+                _ => rows256::<1, TILE, Q4, ADD>(row, k, per_row, xs, out),
             }
         }
     }
 
-    /// One row against `N` vectors, the accumulators in registers (`N` is a constant so the
-    /// loops unroll).
+    /// How far ahead of the block in use the weights are prefetched, in bytes.
+    const PREFETCH: usize = 1024;
+
+    /// Bytes of one block of the type.
+    const fn block_bytes<const Q4: bool>() -> usize {
+        if Q4 {
+            super::Q4_1_BYTES
+        } else {
+            super::Q8_0_BYTES
+        }
+    }
+
+    /// `R` consecutive rows (the first at `row`, each `per_row` blocks) against `N` vectors,
+    /// into (or, with `ADD`, added to) output index `k..k + R`. Every (row, vector) pair has its own accumulators,
+    /// summed in block order.
     #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn row512<const N: usize>(
-        w: &QMatrix,
-        r: usize,
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn rows256<const R: usize, const N: usize, const Q4: bool, const ADD: bool>(
+        row: *const u8,
         k: usize,
         per_row: usize,
-        xs: &[&[f32]],
+        xs: &[&[Q8Block]],
         out: &mut [&mut [f32]],
     ) {
-        let mut lo = [_mm512_setzero_ps(); N];
-        let mut hi = [_mm512_setzero_ps(); N];
-        let x: [*const f32; N] = std::array::from_fn(|i| xs.get_unchecked(i).as_ptr());
+        let ones = _mm256_set1_epi16(1);
+        let stride = per_row * block_bytes::<Q4>();
+        let mut acc = [[_mm256_setzero_ps(); N]; R];
+        let mut offset = [[0f32; N]; R];
+        let x: [*const Q8Block; N] = std::array::from_fn(|i| xs.get_unchecked(i).as_ptr());
         for j in 0..per_row {
-            let [w0, w1] = dequant16(w, r * per_row + j);
-            for i in 0..N {
-                let p = x[i].add(j * BLOCK);
-                lo[i] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(p), lo[i]);
-                hi[i] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(p.add(16)), hi[i]);
+            let b: [&Q8Block; N] = std::array::from_fn(|i| &*x[i].add(j));
+            let qx: [__m256i; N] =
+                std::array::from_fn(|i| _mm256_loadu_si256(b[i].q.as_ptr() as *const __m256i));
+            let dx: [__m256; N] = std::array::from_fn(|i| _mm256_broadcast_ss(&b[i].d));
+            for (a, (acc, offset)) in acc.iter_mut().zip(offset.iter_mut()).enumerate() {
+                let p = row.add(a * stride + j * block_bytes::<Q4>());
+                _mm_prefetch::<_MM_HINT_T0>(p.add(PREFETCH) as *const i8);
+                let (dw, mw) = scales(p);
+                let dw = _mm256_set1_ps(dw);
+                // Unsigned weights for maddubs: Q4_1's nibbles, or Q8_0's magnitudes.
+                let (uw, sign) = if Q4 {
+                    let raw = _mm_loadu_si128(p.add(4) as *const __m128i);
+                    let both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+                    (
+                        _mm256_and_si256(both, _mm256_set1_epi8(0x0f)),
+                        _mm256_setzero_si256(),
+                    )
+                } else {
+                    let q = _mm256_loadu_si256(p.add(2) as *const __m256i);
+                    (_mm256_sign_epi8(q, q), q)
+                };
+                for i in 0..N {
+                    let qx = if Q4 {
+                        qx[i]
+                    } else {
+                        _mm256_sign_epi8(qx[i], sign)
+                    };
+                    let pairs = _mm256_maddubs_epi16(uw, qx);
+                    let quads = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+                    acc[i] = _mm256_fmadd_ps(quads, _mm256_mul_ps(dw, dx[i]), acc[i]);
+                    if Q4 {
+                        offset[i] = mw.mul_add(b[i].s, offset[i]);
+                    }
+                }
             }
         }
-        for i in 0..N {
-            *out.get_unchecked_mut(i).get_unchecked_mut(k) =
-                _mm512_reduce_add_ps(_mm512_add_ps(lo[i], hi[i]));
+        for a in 0..R {
+            for i in 0..N {
+                let o = out.get_unchecked_mut(i).get_unchecked_mut(k + a);
+                let v = hsum8(acc[a][i]) + offset[a][i];
+                *o = if ADD { *o + v } else { v };
+            }
+        }
+    }
+
+    /// `Σ a·b` in two accumulators of eight lanes (sixteen lanes), the tail scalar.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot256(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len() / 16 * 16;
+        let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut i = 0;
+        while i < n {
+            lo = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), lo);
+            hi = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                _mm256_loadu_ps(pb.add(i + 8)),
+                hi,
+            );
+            i += 16;
+        }
+        let tail: f32 = a[n..].iter().zip(&b[n..]).map(|(x, y)| x * y).sum();
+        hsum8(_mm256_add_ps(lo, hi)) + tail
+    }
+
+    /// `out += p·v` in eight lanes.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy256(out: &mut [f32], p: f32, v: &[f32]) {
+        let n = out.len() / 8 * 8;
+        let vp = _mm256_set1_ps(p);
+        let mut i = 0;
+        while i < n {
+            let o = out.as_mut_ptr().add(i);
+            _mm256_storeu_ps(
+                o,
+                _mm256_fmadd_ps(vp, _mm256_loadu_ps(v.as_ptr().add(i)), _mm256_loadu_ps(o)),
+            );
+            i += 8;
+        }
+        for (o, &x) in out[n..].iter_mut().zip(&v[n..]) {
+            *o += p * x;
         }
     }
 
@@ -592,100 +770,13 @@ mod simd {
         }
     }
 
-    /// Block `b` dequantized: weights 0..16 and 16..32 as f32.
+    /// A block's f16 scale and offset (the first four bytes at `p`; the offset is garbage
+    /// for `Q8_0`, whose weights start there, and unused) as f32, exactly.
     #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn dequant16(w: &QMatrix, b: usize) -> [__m512; 2] {
-        let (q, scale, offset) = unpack16(w, b);
-        let (d, m) = (_mm512_set1_ps(scale), _mm512_set1_ps(offset));
-        [_mm512_fmadd_ps(q[0], d, m), _mm512_fmadd_ps(q[1], d, m)]
-    }
-
-    /// Block `b` as four vectors of eight f32, its scale and its offset.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn unpack8(w: &QMatrix, b: usize) -> ([__m256; 4], f32, f32) {
-        let u8s = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
-        let i8s = |p: *const i8| {
-            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
-        };
-        match &w.store {
-            Store::Q4_1 { d, m, qs } => {
-                let (lo, hi) = nibbles(qs.get_unchecked(b));
-                (
-                    [
-                        u8s(lo),
-                        u8s(_mm_srli_si128(lo, 8)),
-                        u8s(hi),
-                        u8s(_mm_srli_si128(hi, 8)),
-                    ],
-                    *d.get_unchecked(b),
-                    *m.get_unchecked(b),
-                )
-            }
-            Store::Q8_0 { d, qs } => {
-                let p = qs.get_unchecked(b).as_ptr();
-                (
-                    [i8s(p), i8s(p.add(8)), i8s(p.add(16)), i8s(p.add(24))],
-                    *d.get_unchecked(b),
-                    0.0,
-                )
-            }
-        }
-    }
-
-    /// Block `b` as two vectors of sixteen f32, its scale and its offset.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn unpack16(w: &QMatrix, b: usize) -> ([__m512; 2], f32, f32) {
-        match &w.store {
-            Store::Q4_1 { d, m, qs } => {
-                let (lo, hi) = nibbles(qs.get_unchecked(b));
-                (
-                    [
-                        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)),
-                        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)),
-                    ],
-                    *d.get_unchecked(b),
-                    *m.get_unchecked(b),
-                )
-            }
-            Store::Q8_0 { d, qs } => {
-                let p = qs.get_unchecked(b).as_ptr();
-                let lo = _mm_loadu_si128(p as *const __m128i);
-                let hi = _mm_loadu_si128(p.add(16) as *const __m128i);
-                (
-                    [
-                        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)),
-                        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)),
-                    ],
-                    *d.get_unchecked(b),
-                    0.0,
-                )
-            }
-        }
-    }
-
-    /// The low nibbles (weights 0..16) and high nibbles (16..32) of a `Q4_1` block.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn nibbles(qs: &[u8; 16]) -> (__m128i, __m128i) {
-        let mask = _mm_set1_epi8(0x0f);
-        let raw = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
-        (
-            _mm_and_si128(raw, mask),
-            _mm_and_si128(_mm_srli_epi16(raw, 4), mask),
-        )
-    }
-
-    /// `q · x[0..32]` as eight partial sums.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot8(q: &[__m256; 4], x: *const f32) -> __m256 {
-        let t = _mm256_mul_ps(q[0], _mm256_loadu_ps(x));
-        let t = _mm256_fmadd_ps(q[1], _mm256_loadu_ps(x.add(8)), t);
-        let t = _mm256_fmadd_ps(q[2], _mm256_loadu_ps(x.add(16)), t);
-        _mm256_fmadd_ps(q[3], _mm256_loadu_ps(x.add(24)), t)
+    #[target_feature(enable = "f16c")]
+    unsafe fn scales(p: *const u8) -> (f32, f32) {
+        let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)));
+        (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)))
     }
 
     #[inline]
@@ -720,35 +811,90 @@ mod tests {
         out
     }
 
-    fn check_against_reference(m: &QMatrix, xs: &[Vec<f32>]) {
-        let sums: Vec<Vec<f32>> = xs.iter().map(|x| block_sums(x)).collect();
-        let xr: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
-        let sr: Vec<&[f32]> = sums.iter().map(Vec::as_slice).collect();
-        let results: Vec<(Kernel, Vec<Vec<f32>>)> = Kernel::available()
+    /// Every kernel's products of `m` with `xs` (quantized here).
+    /// Each kernel's outputs, one vector per input.
+    type Outputs = Vec<(Kernel, Vec<Vec<f32>>)>;
+
+    fn products(m: &QMatrix, xs: &[Vec<f32>]) -> (Vec<Vec<Q8Block>>, Outputs) {
+        let qs: Vec<Vec<Q8Block>> = xs.iter().map(|x| quantize(x)).collect();
+        let qr: Vec<&[Q8Block]> = qs.iter().map(Vec::as_slice).collect();
+        let results = Kernel::available()
             .iter()
             .map(|&kernel| {
                 let mut outs = vec![vec![0f32; m.rows()]; xs.len()];
                 let mut or: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
-                m.matmul_with(kernel, 0..m.rows(), &xr, &sr, &mut or);
+                m.matmul_with(kernel, 0..m.rows(), &qr, &mut or);
                 (kernel, outs)
             })
             .collect();
+        (qs, results)
+    }
+
+    /// Holds every kernel to (1) the exact product of the dequantized weights and the
+    /// quantized activations, within f32 rounding, and (2) the product with the f32
+    /// activations, within the quantization bound `Σ_blocks d_x/2 · Σ|w|` plus rounding.
+    fn check_against_reference(m: &QMatrix, xs: &[Vec<f32>]) {
+        let (qs, results) = products(m, xs);
+        // The SIMD kernels add what the portable one adds, in its order: the same bits.
+        for (kernel, outs) in &results[1..] {
+            assert_eq!(outs, &results[0].1, "{kernel:?} against {:?}", results[0].0);
+        }
         for r in 0..m.rows() {
             let w = m.dequantize_row(r);
-            for (i, x) in xs.iter().enumerate() {
-                let exact: f64 = w.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum();
-                let scale: f64 = w
-                    .iter()
-                    .zip(x)
-                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
-                    .sum();
+            for (i, (x, q)) in xs.iter().zip(&qs).enumerate() {
+                // The quantized product in f64: per block d_w·d_x·Σ q_w·q_x + m_w·s_x.
+                let per_row = m.cols() / BLOCK;
+                let (mut exact, mut magnitude) = (0f64, 0f64);
+                for (j, b) in q.iter().enumerate() {
+                    let (dw, mw, qw) = unpack_block(&m.store, r * per_row + j);
+                    let dot: i64 = qw
+                        .iter()
+                        .zip(&b.q)
+                        .map(|(&a, &v)| a as i64 * v as i64)
+                        .sum();
+                    let terms = [dw as f64 * b.d as f64 * dot as f64, mw as f64 * b.s as f64];
+                    exact += terms[0] + terms[1];
+                    magnitude += terms[0].abs() + terms[1].abs();
+                    magnitude += qw
+                        .iter()
+                        .zip(&b.q)
+                        .map(|(&a, &v)| (dw as f64 * a as f64 * b.d as f64 * v as f64).abs())
+                        .sum::<f64>();
+                }
                 // f32 rounding of a sum of `cols` products: a few ulps of the magnitudes.
-                let tol = 1e-5 * scale.max(1e-6) * (m.cols() as f64).sqrt();
+                let rounding = 1e-5 * magnitude.max(1e-6) * (m.cols() as f64).sqrt();
+                let unquantized: f64 = w.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum();
+                // Per value: half a step of the f32 grid, plus the f16 rounding of `d`
+                // (at most 2^-11 relative) times the value's step count; the f16 rounding of
+                // `s` in the offset term.
+                let bound: f64 = w
+                    .chunks_exact(BLOCK)
+                    .zip(q)
+                    .map(|(wb, b)| {
+                        let d = b.d as f64;
+                        wb.iter()
+                            .zip(&b.q)
+                            .map(|(w, &v)| {
+                                w.abs() as f64 * d * (0.5 * (1.0 + 1e-3) + v.abs() as f64 / 2048.0)
+                            })
+                            .sum::<f64>()
+                    })
+                    .sum::<f64>()
+                    + (0..per_row)
+                        .map(|j| {
+                            let (_, mw, _) = unpack_block(&m.store, r * per_row + j);
+                            (mw as f64 * q[j].s as f64).abs() / 1024.0
+                        })
+                        .sum::<f64>();
                 for (kernel, outs) in &results {
-                    let got = outs[i][r];
+                    let got = outs[i][r] as f64;
                     assert!(
-                        (got as f64 - exact).abs() <= tol,
-                        "{kernel:?} row {r} vec {i}: {got} vs {exact} (tol {tol})"
+                        (got - exact).abs() <= rounding,
+                        "{kernel:?} row {r} vec {i}: {got} vs {exact} (tol {rounding})"
+                    );
+                    assert!(
+                        (got - unquantized).abs() <= bound + rounding,
+                        "{kernel:?} row {r} vec {i}: {got} vs f32 {unquantized} (bound {bound})"
                     );
                 }
             }
@@ -759,10 +905,10 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(48))]
 
         #[test]
-        fn kernels_match_the_dequantized_reference(
+        fn kernels_match_the_exact_reference(
             rows in 1usize..9,
             blocks_per_row in 1usize..6,
-            batch in 1usize..12,
+            batch in 1usize..20,
             q4 in any::<bool>(),
             seed in prop::collection::vec(any::<u8>(), 64..128),
             xseed in prop::collection::vec(-4.0f32..4.0, 32..200),
@@ -778,6 +924,67 @@ mod tests {
                 .map(|i| (0..cols).map(|j| xseed[(i * 31 + j * 7) % xseed.len()] * (1.0 + i as f32 / 10.0)).collect())
                 .collect();
             check_against_reference(&m, &xs);
+        }
+
+        #[test]
+        fn a_vectors_result_does_not_depend_on_its_batch(
+            blocks_per_row in 1usize..5,
+            batch in 2usize..20,
+            q4 in any::<bool>(),
+            seed in prop::collection::vec(any::<u8>(), 64..128),
+            xseed in prop::collection::vec(-4.0f32..4.0, 32..200),
+        ) {
+            let cols = blocks_per_row * BLOCK;
+            let bytes = raw(3 * blocks_per_row, q4, &seed);
+            let m = if q4 {
+                QMatrix::from_q4_1(3, cols, &bytes).unwrap()
+            } else {
+                QMatrix::from_q8_0(3, cols, &bytes).unwrap()
+            };
+            let xs: Vec<Vec<f32>> = (0..batch)
+                .map(|i| (0..cols).map(|j| xseed[(i * 13 + j * 5) % xseed.len()] - i as f32 / 7.0).collect())
+                .collect();
+            let (_, together) = products(&m, &xs);
+            for (i, x) in xs.iter().enumerate() {
+                let (_, alone) = products(&m, std::slice::from_ref(x));
+                for ((kernel, t), (_, a)) in together.iter().zip(&alone) {
+                    prop_assert_eq!(&t[i], &a[0], "{:?} vector {}", kernel, i);
+                }
+            }
+        }
+
+        #[test]
+        fn quantization_rounds_to_the_blocks_grid(
+            x in prop::collection::vec(-100.0f32..100.0, 32..160),
+            zero_block in any::<bool>(),
+        ) {
+            let mut x = x[..x.len() / BLOCK * BLOCK].to_vec();
+            if zero_block {
+                x[..BLOCK].fill(0.0);
+            }
+            let q = quantize(&x);
+            prop_assert_eq!(q.len(), x.len() / BLOCK);
+            for (b, xs) in q.iter().zip(x.chunks_exact(BLOCK)) {
+                let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                prop_assert_eq!(b.d, f16::from_f32(d).to_f32());
+                let mut sum = 0i32;
+                for (&v, &qv) in xs.iter().zip(&b.q) {
+                    prop_assert!((-127..=127).contains(&qv));
+                    // Nearest on the grid of d, halves away from zero (as f32::round).
+                    prop_assert_eq!(qv as f32, (v * id).round(), "{} / {}", v, d);
+                    sum += qv as i32;
+                }
+                let s = b.d as f64 * sum as f64;
+                prop_assert!((b.s as f64 - s).abs() <= s.abs() * 2e-3 + 1e-6);
+                if amax == 0.0 {
+                    prop_assert!(b.q.iter().all(|&v| v == 0));
+                } else {
+                    // The largest magnitude lands on ±127.
+                    prop_assert!(b.q.iter().any(|&v| v.abs() == 127));
+                }
+            }
         }
     }
 
@@ -800,15 +1007,68 @@ mod tests {
     }
 
     #[test]
+    fn non_finite_activations_do_not_panic() {
+        let mut x = vec![1.0f32; 64];
+        x[3] = f32::NAN;
+        x[40] = f32::INFINITY;
+        let q = quantize(&x);
+        assert!(q
+            .iter()
+            .all(|b| b.q.iter().all(|v| (-127..=127).contains(v))));
+        let m = QMatrix::from_q8_0(1, 64, &raw(2, false, &[1, 2, 3])).unwrap();
+        let mut out = vec![0f32; 1];
+        m.matmul_rows(0..1, &[&q], &mut [&mut out]);
+    }
+
+    #[test]
+    fn adding_equals_storing_then_adding() {
+        for (q4, batch) in [(true, 1), (false, 2), (true, 3), (false, 11)] {
+            let m = if q4 {
+                QMatrix::from_q4_1(5, 64, &raw(10, true, &[9, 4, 77, 120])).unwrap()
+            } else {
+                QMatrix::from_q8_0(5, 64, &raw(10, false, &[9, 4, 77, 120])).unwrap()
+            };
+            let xs: Vec<Vec<Q8Block>> = (0..batch)
+                .map(|i| {
+                    quantize(
+                        &(0..64)
+                            .map(|j| (j as f32 - i as f32) / 9.0)
+                            .collect::<Vec<_>>(),
+                    )
+                })
+                .collect();
+            let xr: Vec<&[Q8Block]> = xs.iter().map(Vec::as_slice).collect();
+            let start: Vec<Vec<f32>> = (0..batch)
+                .map(|i| (0..5).map(|r| (r * 3 + i) as f32 / 7.0).collect())
+                .collect();
+            let mut stored = vec![vec![0f32; 5]; batch];
+            let mut sr: Vec<&mut [f32]> = stored.iter_mut().map(Vec::as_mut_slice).collect();
+            m.matmul_rows(0..5, &xr, &mut sr);
+            let mut added = start.clone();
+            let mut ar: Vec<&mut [f32]> = added.iter_mut().map(Vec::as_mut_slice).collect();
+            m.matmul_rows_add(0..5, &xr, &mut ar);
+            for i in 0..batch {
+                for r in 0..5 {
+                    assert_eq!(
+                        added[i][r],
+                        start[i][r] + stored[i][r],
+                        "q4 {q4} vector {i} row {r}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn a_row_range_computes_only_those_rows() {
         let bytes = raw(4 * 2, true, &[7, 1, 200, 33, 90]);
         let m = QMatrix::from_q4_1(4, 64, &bytes).unwrap();
         let x: Vec<f32> = (0..64).map(|i| i as f32 / 64.0).collect();
-        let s = block_sums(&x);
+        let q = quantize(&x);
         let mut all = vec![0f32; 4];
-        m.matmul_rows(0..4, &[&x], &[&s], &mut [&mut all]);
+        m.matmul_rows(0..4, &[&q], &mut [&mut all]);
         let mut part = vec![0f32; 2];
-        m.matmul_rows(1..3, &[&x], &[&s], &mut [&mut part]);
+        m.matmul_rows(1..3, &[&q], &mut [&mut part]);
         assert_eq!(part, all[1..3]);
     }
 
@@ -816,16 +1076,20 @@ mod tests {
     fn the_parallel_product_equals_the_serial_one() {
         let bytes = raw(37 * 3, false, &[5, 250, 17, 99, 3, 41]);
         let m = QMatrix::from_q8_0(37, 96, &bytes).unwrap();
-        let xs: Vec<Vec<f32>> = (0..3)
-            .map(|i| (0..96).map(|j| (i * 96 + j) as f32 / 100.0 - 1.0).collect())
+        let qs: Vec<Vec<Q8Block>> = (0..3)
+            .map(|i| {
+                quantize(
+                    &(0..96)
+                        .map(|j| (i * 96 + j) as f32 / 100.0 - 1.0)
+                        .collect::<Vec<_>>(),
+                )
+            })
             .collect();
-        let sums: Vec<Vec<f32>> = xs.iter().map(|x| block_sums(x)).collect();
-        let xr: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
-        let sr: Vec<&[f32]> = sums.iter().map(Vec::as_slice).collect();
+        let qr: Vec<&[Q8Block]> = qs.iter().map(Vec::as_slice).collect();
         let run = |chunks: usize| {
             let mut outs = vec![vec![0f32; 37]; 3];
             let mut or: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
-            m.matmul_par(&xr, &sr, &mut or, chunks);
+            m.matmul_par(&qr, &mut or, chunks);
             outs
         };
         let serial = run(1);

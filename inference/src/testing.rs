@@ -54,6 +54,9 @@ pub struct TinySpec {
     pub eos_first: bool,
     /// Quantize the GGUF's matrices to Q8_0 (else F32). Default true.
     pub quantize: bool,
+    /// With `quantize`, store the block matrices as Q4_1 and only the embeddings as Q8_0, as
+    /// SmolLM2's Q4_1 file does. Default false.
+    pub q4_1: bool,
     /// The chat template written to the files (`None`: none, so ChatML is used). Default
     /// SmolLM2's.
     pub chat_template: Option<String>,
@@ -71,6 +74,7 @@ impl Default for TinySpec {
             seed: 7,
             eos_first: false,
             quantize: true,
+            q4_1: false,
             chat_template: Some(SMOLLM2_TEMPLATE.to_string()),
         }
     }
@@ -277,12 +281,13 @@ pub fn write_tiny_gguf(path: &Path, spec: &TinySpec) -> Result<(), BoxError> {
     let mut qtensors = Vec::new();
     for (name, shape, data) in hf_weights(spec, tokens.len()) {
         let t = tensor(shape, data)?;
-        let dtype = if spec.quantize && shape.1 > 1 {
-            GgmlDType::Q8_0
-        } else {
-            GgmlDType::F32
+        let name = gguf_name(&name);
+        let dtype = match (spec.quantize && shape.1 > 1, spec.q4_1) {
+            (false, _) => GgmlDType::F32,
+            (true, true) if name != "token_embd.weight" => GgmlDType::Q4_1,
+            (true, _) => GgmlDType::Q8_0,
         };
-        qtensors.push((gguf_name(&name), QTensor::quantize(&t, dtype)?));
+        qtensors.push((name, QTensor::quantize(&t, dtype)?));
     }
     let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
     let ts: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -335,6 +340,39 @@ pub fn write_tiny_safetensors(dir: &Path, spec: &TinySpec) -> Result<(), BoxErro
     }
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
     Ok(())
+}
+
+/// Candle's llama on a GGUF file, for tests that compare our runtime with it: with
+/// `dequantize` the weights are dequantized to f32 at load (the exact reference for quantized
+/// weights), else candle runs its own quantized kernels.
+pub struct CandleReference {
+    model: crate::model::Model,
+    session: crate::model::Session,
+}
+
+impl CandleReference {
+    /// Loads `path` on the CPU.
+    pub fn load(path: &Path, dequantize: bool) -> Result<Self, BoxError> {
+        let limit = if dequantize { u64::MAX } else { 0 };
+        let loaded = crate::model::gguf::load_with(path, &Device::Cpu, limit, false)?;
+        match loaded.runner {
+            crate::model::Runner::Candle(model) => Ok(CandleReference {
+                session: model.session(),
+                model,
+            }),
+            crate::model::Runner::Batched(_) => Err("loaded for batching".into()),
+        }
+    }
+
+    /// Forgets every position (a new sequence).
+    pub fn reset(&mut self) {
+        self.session = self.model.session();
+    }
+
+    /// Appends `ids` at positions `pos..` and returns the logits of the last one.
+    pub fn forward(&mut self, ids: &[u32], pos: usize) -> Result<Vec<f32>, BoxError> {
+        Ok(self.session.forward(ids, pos)?.to_vec1::<f32>()?)
+    }
 }
 
 #[cfg(test)]

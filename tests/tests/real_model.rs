@@ -1,9 +1,16 @@
 //! The real model (SmolLM2-135M-Instruct Q4_1 from its registry package) in process.
 
 use cocoon_inference::{
-    Backend, ChatMessage, Engine, EngineConfig, GenerateRequest, GenerationEvent, ModelSource,
-    Prompt, SamplingParams,
+    ChatMessage, Engine, EngineConfig, GenerateRequest, GenerationEvent, ModelSource, Prompt,
+    SamplingParams,
 };
+
+const QUESTIONS: [&str; 4] = [
+    "What is the capital of France?",
+    "Name three primary colours.",
+    "Write a haiku about the sea.",
+    "Explain photosynthesis in one sentence.",
+];
 
 fn engine() -> Engine {
     let path = cocoon_tests::model_path().expect("fetch the model");
@@ -64,10 +71,15 @@ fn seeded_sampling_repeats() {
     assert!(!a.is_empty());
 }
 
+/// Our kernels against each other (the same bits), candle's quantized matrix product (the
+/// same 8-bit activation blocks, summed in another order) and candle's dequantized weights
+/// with f32 activations (within the activation rounding), on real weights of both block
+/// types.
 #[test]
 fn quantized_kernels_agree_with_candle_on_the_real_weights() {
-    use candle_core::quantized::gguf_file;
-    use cocoon_inference::kernels::{block_sums, Kernel, QMatrix};
+    use candle_core::quantized::{gguf_file, QMatMul};
+    use candle_core::{Module, Tensor};
+    use cocoon_inference::kernels::{quantize, Kernel, QMatrix};
 
     let path = cocoon_tests::model_path().expect("fetch the model");
     let mut file = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
@@ -84,7 +96,6 @@ fn quantized_kernels_agree_with_candle_on_the_real_weights() {
         let t = content.tensor(&mut file, name, &device).unwrap();
         let m = QMatrix::from_qtensor(&t).unwrap();
         checked.insert(format!("{:?}", t.dtype()));
-        // Reference: candle's own dequantization of the same tensor, rows sampled.
         let dense = t.dequantize(&device).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(
             (dense.len(), dense[0].len()),
@@ -94,26 +105,55 @@ fn quantized_kernels_agree_with_candle_on_the_real_weights() {
         let x: Vec<f32> = (0..m.cols())
             .map(|j| ((j * 7919) % 113) as f32 / 56.0 - 1.0)
             .collect();
-        let sums = block_sums(&x);
-        let rows = 0..m.rows().min(256);
+        let theirs = QMatMul::from_qtensor(t)
+            .unwrap()
+            .forward(&Tensor::from_slice(&x, (1, m.cols()), &device).unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let q = quantize(&x);
+        let rows = 0..m.rows().min(512);
+        let mut first: Option<Vec<f32>> = None;
         for &kernel in Kernel::available() {
             let mut out = vec![0f32; rows.len()];
-            m.matmul_with(kernel, rows.clone(), &[&x], &[&sums], &mut [&mut out]);
+            m.matmul_with(kernel, rows.clone(), &[&q], &mut [&mut out]);
+            // Every kernel gives the portable kernel's bits.
+            assert_eq!(
+                first.get_or_insert_with(|| out.clone()),
+                &out,
+                "{name} {kernel:?}"
+            );
             for (r, got) in rows.clone().zip(&out) {
-                let exact: f64 = dense[r]
-                    .iter()
-                    .zip(&x)
-                    .map(|(w, x)| *w as f64 * *x as f64)
-                    .sum();
-                let scale: f64 = dense[r]
+                let magnitude: f64 = dense[r]
                     .iter()
                     .zip(&x)
                     .map(|(w, x)| (*w as f64 * *x as f64).abs())
                     .sum();
-                let tol = 1e-5 * scale * (m.cols() as f64).sqrt();
+                let f32_product: f64 = dense[r]
+                    .iter()
+                    .zip(&x)
+                    .map(|(w, x)| *w as f64 * *x as f64)
+                    .sum();
+                let got = *got as f64;
+                // Candle's product: the same quantized terms, another summation order.
+                let rounding = 1e-5 * magnitude * (m.cols() as f64).sqrt();
                 assert!(
-                    (*got as f64 - exact).abs() <= tol,
-                    "{name} {kernel:?} row {r}: {got} vs {exact}"
+                    (got - theirs[r] as f64).abs() <= rounding,
+                    "{name} {kernel:?} row {r}: {got} vs candle's {}",
+                    theirs[r]
+                );
+                // The f32 product: each activation moved by at most half a step of its
+                // block (step max|x| / 127, max|x| is 1 here) plus the f16 rounding of the
+                // step (2^-11 of it, times up to 127 steps), times the weights.
+                let step = 1.0 / 127.0;
+                let bound: f64 = dense[r].iter().map(|w| w.abs() as f64).sum::<f64>()
+                    * step
+                    * (0.5 * 1.001 + 127.0 / 2048.0);
+                assert!(
+                    (got - f32_product).abs() <= bound + rounding,
+                    "{name} {kernel:?} row {r}: {got} vs f32 {f32_product} (bound {bound})"
                 );
             }
         }
@@ -125,34 +165,22 @@ fn quantized_kernels_agree_with_candle_on_the_real_weights() {
     );
 }
 
+/// Concurrent streams share every step of the batch (joining one after another, prompts in
+/// chunks), and each gets exactly the greedy text it gets alone.
 #[test]
-fn the_batched_engine_gives_candles_greedy_text_to_concurrent_streams() {
-    let path = cocoon_tests::model_path().expect("fetch the model");
-    let source = ModelSource::from_path(&path).unwrap();
-    // The reference: candle's llama on the weights dequantized to f32, a stream at a time.
-    let candle = Engine::load(
-        &source,
-        EngineConfig {
-            backend: Backend::Candle,
-            ..EngineConfig::default()
-        },
-    )
-    .unwrap();
-    assert_eq!(candle.info().runtime, "candle");
+fn concurrent_streams_get_their_solo_greedy_text() {
     let batched = engine();
     assert_eq!(batched.info().runtime, "batched");
-    let questions = [
-        "What is the capital of France?",
-        "Name three primary colours.",
-        "Write a haiku about the sea.",
-        "Explain photosynthesis in one sentence.",
-    ];
     let greedy = SamplingParams {
         max_tokens: 40,
         ..Default::default()
     };
-    // All at once through the batch (joining one after another, prompts in chunks).
-    let handles: Vec<_> = questions
+    let solo: Vec<String> = QUESTIONS
+        .iter()
+        .map(|q| ask(&batched, q, greedy.clone()))
+        .collect();
+    assert!(solo[0].contains("Paris"), "{}", solo[0]);
+    let handles: Vec<_> = QUESTIONS
         .iter()
         .map(|q| {
             let g = batched
@@ -175,9 +203,67 @@ fn the_batched_engine_gives_candles_greedy_text_to_concurrent_streams() {
             })
         })
         .collect();
-    for (q, h) in questions.iter().zip(handles) {
-        let ours = h.join().unwrap();
-        let theirs = ask(&candle, q, greedy.clone());
-        assert_eq!(ours, theirs, "{q}");
+    for ((q, h), alone) in QUESTIONS.iter().zip(handles).zip(&solo) {
+        assert_eq!(&h.join().unwrap(), alone, "{q}");
     }
+}
+
+/// Our runtime quantizes each product's input to 8 bits (as llama.cpp and candle's quantized
+/// path do), so its logits are not the f32 reference's. Teacher forcing keeps the comparison
+/// fair: both read the f32 reference's own greedy answers, and at every position our
+/// next-token choice must be the reference's, or one the reference scores within 2% of its
+/// best (a near-tie that 8-bit rounding may tip; measured: 119 of 125 positions agree, the
+/// other six within 0.9%).
+#[test]
+fn eight_bit_activations_keep_the_f32_references_choices() {
+    use candle_core::quantized::gguf_file;
+    use cocoon_inference::llama::{argmax, Llama, Workspace};
+    use cocoon_inference::testing::CandleReference;
+
+    let path = cocoon_tests::model_path().expect("fetch the model");
+    let engine = engine();
+    let eos = engine.tokenizer().eos_ids().to_vec();
+    let mut file = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let ours = Llama::from_gguf(&content, &mut file).unwrap();
+    let mut ws = Workspace::new(2).unwrap();
+    let mut reference = CandleReference::load(&path, true).unwrap();
+    let (mut agree, mut total, mut worst) = (0usize, 0usize, 0f32);
+    for question in QUESTIONS {
+        let prompt = engine
+            .prompt_tokens(&Prompt::Chat(vec![ChatMessage::new("user", question)]))
+            .unwrap();
+        reference.reset();
+        let mut theirs = reference.forward(&prompt, 0).unwrap();
+        let mut cache = ours.cache(prompt.len() + 64);
+        ours.step(&mut ws, &mut [&mut cache], &[&prompt]).unwrap();
+        for i in 0..48 {
+            let want = argmax(&theirs);
+            let mine = ws.logits(0);
+            let choice = argmax(mine);
+            let max = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            total += 1;
+            agree += usize::from(choice == want);
+            // Where we choose otherwise, the reference itself nearly tied the two tokens.
+            let margin = (theirs[want as usize] - theirs[choice as usize]) / max;
+            assert!(
+                margin <= 0.02,
+                "{question} position {i}: reference margin {margin}"
+            );
+            let diff = mine
+                .iter()
+                .zip(&theirs)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            worst = worst.max(diff / max);
+            if eos.contains(&want) {
+                break;
+            }
+            theirs = reference.forward(&[want], prompt.len() + i).unwrap();
+            ours.step(&mut ws, &mut [&mut cache], &[&[want]]).unwrap();
+        }
+    }
+    let share = agree as f64 / total as f64;
+    eprintln!("next-token agreement with the f32 reference: {agree}/{total} ({share:.3}); largest logit difference {worst:.4} of the largest logit");
+    assert!(share >= 0.9, "{agree}/{total}");
+    assert!(worst < 0.1, "{worst}");
 }
