@@ -351,9 +351,10 @@ impl QMatrix {
 
     /// The portable kernel, also the reference: it adds exactly what the SIMD kernel adds,
     /// in the same order, so every kernel gives the same bits. Per (row, vector): eight
-    /// lanes, lane `l` of block `j` the exact integer `Σ_{t<4} q_w[4l+t]·q_x[4l+t]`, fused
-    /// multiply-added with `d_w·d_x` into the lane's sum; the `Q4_1` offsets `m_w·s_x`
-    /// fused multiply-added into a scalar; the lanes summed pairwise as [`lanes_sum`] does.
+    /// lanes; for each block `j`, lane `l` gets the exact integer
+    /// `Σ_{t<4} q_w[4l+t]·q_x[4l+t]` times `d_w·d_x` (fused multiply-add), for `Q4_1` into
+    /// `[s_x, 0, …, 0]·m_w` then added to the lane; the lanes summed pairwise as
+    /// [`lanes_sum`] does.
     fn tile_scalar<const ADD: bool>(
         &self,
         rows: std::ops::Range<usize>,
@@ -361,9 +362,9 @@ impl QMatrix {
         out: &mut [&mut [f32]],
     ) {
         let per_row = self.cols / BLOCK;
+        let q4 = matches!(self.store, Store::Q4_1(_));
         for (r, k, t, n) in schedule(rows, xs.len()) {
             let mut acc = [[0f32; 8]; TILE];
-            let mut offset = [0f32; TILE];
             for j in 0..per_row {
                 let (d, m, w) = unpack_block(&self.store, r * per_row + j);
                 for (i, x) in xs[t..t + n].iter().enumerate() {
@@ -371,13 +372,17 @@ impl QMatrix {
                     let dd = d * x.d;
                     for (l, lane) in acc[i].iter_mut().enumerate() {
                         let quad: i32 = (4 * l..4 * l + 4).map(|b| w[b] * x.q[b] as i32).sum();
-                        *lane = (quad as f32).mul_add(dd, *lane);
+                        *lane = if q4 {
+                            let s = if l == 0 { x.s } else { 0.0 };
+                            *lane + (quad as f32).mul_add(dd, s * m)
+                        } else {
+                            (quad as f32).mul_add(dd, *lane)
+                        };
                     }
-                    offset[i] = m.mul_add(x.s, offset[i]);
                 }
             }
             for (i, o) in out[t..t + n].iter_mut().enumerate() {
-                let v = lanes_sum(&acc[i]) + offset[i];
+                let v = lanes_sum(&acc[i]);
                 o[k] = if ADD { o[k] + v } else { v };
             }
         }
@@ -646,18 +651,13 @@ mod simd {
         let ones = _mm256_set1_epi16(1);
         let stride = per_row * block_bytes::<Q4>();
         let mut acc = [[_mm256_setzero_ps(); N]; R];
-        let mut offset = [[0f32; N]; R];
         let x: [*const Q8Block; N] = std::array::from_fn(|i| xs.get_unchecked(i).as_ptr());
         for j in 0..per_row {
-            let b: [&Q8Block; N] = std::array::from_fn(|i| &*x[i].add(j));
-            let qx: [__m256i; N] =
-                std::array::from_fn(|i| _mm256_loadu_si256(b[i].q.as_ptr() as *const __m256i));
-            let dx: [__m256; N] = std::array::from_fn(|i| _mm256_broadcast_ss(&b[i].d));
-            for (a, (acc, offset)) in acc.iter_mut().zip(offset.iter_mut()).enumerate() {
+            for (a, acc) in acc.iter_mut().enumerate() {
                 let p = row.add(a * stride + j * block_bytes::<Q4>());
                 _mm_prefetch::<_MM_HINT_T0>(p.add(PREFETCH) as *const i8);
                 let (dw, mw) = scales(p);
-                let dw = _mm256_set1_ps(dw);
+                let (dw, mw) = (_mm256_set1_ps(dw), _mm256_set1_ps(mw));
                 // Unsigned weights for maddubs: Q4_1's nibbles, or Q8_0's magnitudes.
                 let (uw, sign) = if Q4 {
                     let raw = _mm_loadu_si128(p.add(4) as *const __m128i);
@@ -671,24 +671,29 @@ mod simd {
                     (_mm256_sign_epi8(q, q), q)
                 };
                 for i in 0..N {
-                    let qx = if Q4 {
-                        qx[i]
-                    } else {
-                        _mm256_sign_epi8(qx[i], sign)
-                    };
+                    let b = &*x[i].add(j);
+                    let qx = _mm256_loadu_si256(b.q.as_ptr() as *const __m256i);
+                    let qx = if Q4 { qx } else { _mm256_sign_epi8(qx, sign) };
                     let pairs = _mm256_maddubs_epi16(uw, qx);
                     let quads = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-                    acc[i] = _mm256_fmadd_ps(quads, _mm256_mul_ps(dw, dx[i]), acc[i]);
-                    if Q4 {
-                        offset[i] = mw.mul_add(b[i].s, offset[i]);
-                    }
+                    let dd = _mm256_mul_ps(dw, _mm256_broadcast_ss(&b.d));
+                    acc[i] = if Q4 {
+                        // The offset `m_w·s_x` rides in lane 0 (`[s_x, 0, …]·m_w`), added
+                        // with the block's products: no scalar accumulators to hold in
+                        // registers, and one addition on the accumulator's chain.
+                        let s = _mm256_zextps128_ps256(_mm_load_ss(&b.s));
+                        let block = _mm256_fmadd_ps(quads, dd, _mm256_mul_ps(s, mw));
+                        _mm256_add_ps(acc[i], block)
+                    } else {
+                        _mm256_fmadd_ps(quads, dd, acc[i])
+                    };
                 }
             }
         }
-        for a in 0..R {
+        for (a, acc) in acc.iter().enumerate() {
             for i in 0..N {
                 let o = out.get_unchecked_mut(i).get_unchecked_mut(k + a);
-                let v = hsum8(acc[a][i]) + offset[a][i];
+                let v = hsum8(acc[i]);
                 *o = if ADD { *o + v } else { v };
             }
         }
