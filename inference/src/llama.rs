@@ -102,7 +102,9 @@ pub struct Llama {
     embed: QMatrix,
     layers: Vec<Layer>,
     norm: Vec<f32>,
-    output: QMatrix,
+    /// The output head, `None` when it is tied to the embeddings (read from `embed`, not
+    /// copied).
+    output: Option<QMatrix>,
     /// cos and sin of `pos × θ_i`, `context × rope_dim / 2` each.
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -192,9 +194,9 @@ impl Llama {
         };
         let embed = matrix("token_embd.weight")?;
         let output = if content.tensor_infos.contains_key("output.weight") {
-            matrix("output.weight")?
+            Some(matrix("output.weight")?)
         } else {
-            embed.clone()
+            None
         };
         let mut layers = Vec::with_capacity(cfg.layers);
         for l in 0..cfg.layers {
@@ -217,10 +219,10 @@ impl Llama {
         }
         let norm = vector(reader, "output_norm.weight")?;
         let cfg = LlamaConfig {
-            vocab: output.rows(),
+            vocab: output.as_ref().unwrap_or(&embed).rows(),
             ..cfg
         };
-        check_shapes(&cfg, &embed, &output, &layers)?;
+        check_shapes(&cfg, &embed, output.as_ref().unwrap_or(&embed), &layers)?;
         if norm.len() != cfg.hidden {
             return Err(LlamaError::Metadata(
                 "output_norm does not match the shape".into(),
@@ -416,7 +418,8 @@ impl Llama {
                 p.lhq,
             );
             m.sync();
-            products(m, &[&self.output], seqs, p.lhq, p.logits, false);
+            let head = self.output.as_ref().unwrap_or(&self.embed);
+            products(m, &[head], seqs, p.lhq, p.logits, false);
         }
     }
 
