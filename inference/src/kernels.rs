@@ -718,9 +718,9 @@ mod simd {
             }
         }
         for (a, acc) in acc.iter().enumerate() {
-            for i in 0..N {
+            for (i, &sum) in acc.iter().enumerate() {
                 let o = out.get_unchecked_mut(i).get_unchecked_mut(k + a);
-                let v = hsum8(acc[i]);
+                let v = hsum8(sum);
                 *o = if ADD { *o + v } else { v };
             }
         }
