@@ -32,7 +32,8 @@
 //! depend on the CPU's vector units); each one this CPU runs is tested against the portable
 //! one and against the exact product on random inputs.
 //! [`QMatrix::matmul_par`] splits the rows across rayon's pool; [`QMatrix::matmul_rows`]
-//! computes one range on the calling thread. [`dot`] and [`axpy`] serve attention, in f32.
+//! computes one range on the calling thread. [`attention_scores`] and [`attention_values`]
+//! serve attention, in f32.
 
 use half::f16;
 
@@ -428,55 +429,71 @@ fn lanes_sum(a: &[f32; 8]) -> f32 {
 /// read from memory once per call whatever the batch.
 pub const TILE: usize = 8;
 
-/// `Σ a_i·b_i` (attention scores), in sixteen lanes: AVX-512 or AVX2 when the CPU has it,
-/// else a portable loop. The lanes are summed in a fixed order, so a result depends only on
-/// the inputs (and the CPU).
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "dot of unequal lengths");
-    #[cfg(target_arch = "x86_64")]
-    match Simd::detect() {
-        // SAFETY: the CPU has the features; lengths checked.
-        Simd::Avx512 => return unsafe { simd::dot512(a, b) },
-        Simd::Avx2 => return unsafe { simd::dot256(a, b) },
-        Simd::None => {}
+/// Attention scores of one head: `scores[t] = scale · q·k_t` for `t < scores.len()`, where
+/// key `t` is `keys[t·stride..][..q.len()]` (a KV cache's rows for one head). AVX2 where
+/// the CPU has it (sixteen lanes, the positions in one loop), else portable loops; the result
+/// depends only on the inputs and the CPU.
+///
+/// # Panics
+/// If `keys` is too short.
+pub fn attention_scores(q: &[f32], keys: &[f32], stride: usize, scale: f32, scores: &mut [f32]) {
+    let hd = q.len();
+    if let Some(last) = scores.len().checked_sub(1) {
+        assert!(last * stride + hd <= keys.len(), "keys out of range");
     }
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
+    #[cfg(target_arch = "x86_64")]
+    if Simd::detect() == Simd::Avx2 {
+        // SAFETY: the CPU has AVX2 and FMA; every key is in `keys` (asserted).
+        return unsafe { simd::scores256(q, keys.as_ptr(), stride, scale, scores) };
+    }
+    for (t, s) in scores.iter_mut().enumerate() {
+        let k = &keys[t * stride..t * stride + hd];
+        let mut acc = [0f32; 16];
+        let (cq, ck) = (q.chunks_exact(16), k.chunks_exact(16));
+        let tail: f32 = cq
+            .remainder()
+            .iter()
+            .zip(ck.remainder())
+            .map(|(x, y)| x * y)
+            .sum();
+        for (x, y) in cq.zip(ck) {
+            for i in 0..16 {
+                acc[i] += x[i] * y[i];
+            }
+        }
+        *s = (acc.iter().sum::<f32>() + tail) * scale;
+    }
+}
+
+/// Attention's weighted sum of one head: `out = Σ_t p[t]·v_t`, value `t` at
+/// `values[t·stride..][..out.len()]`. AVX2 where the CPU has it (the sum held in registers
+/// across all positions), else portable loops.
+///
+/// # Panics
+/// If `values` is too short.
+pub fn attention_values(p: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
+    let hd = out.len();
+    if let Some(last) = p.len().checked_sub(1) {
+        assert!(last * stride + hd <= values.len(), "values out of range");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if Simd::detect() == Simd::Avx2 {
+        // SAFETY: the CPU has AVX2 and FMA; every value is in `values` (asserted).
+        return unsafe { simd::values256(p, values.as_ptr(), stride, out) };
+    }
+    out.fill(0.0);
+    for (t, &w) in p.iter().enumerate() {
+        for (o, &v) in out.iter_mut().zip(&values[t * stride..t * stride + hd]) {
+            *o += w * v;
         }
     }
-    acc.iter().sum::<f32>() + tail
 }
 
-/// `out += p·v` (attention's weighted sum of values).
-pub fn axpy(out: &mut [f32], p: f32, v: &[f32]) {
-    assert_eq!(out.len(), v.len(), "axpy of unequal lengths");
-    #[cfg(target_arch = "x86_64")]
-    match Simd::detect() {
-        // SAFETY: the CPU has the features; lengths checked.
-        Simd::Avx512 => return unsafe { simd::axpy512(out, p, v) },
-        Simd::Avx2 => return unsafe { simd::axpy256(out, p, v) },
-        Simd::None => {}
-    }
-    for (o, &x) in out.iter_mut().zip(v) {
-        *o += p * x;
-    }
-}
-
-/// The widest f32 vectors [`dot`] and [`axpy`] may use here (detected once).
+/// Whether attention may use AVX2 here (detected once).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Simd {
     None,
     Avx2,
-    Avx512,
 }
 
 impl Simd {
@@ -484,13 +501,8 @@ impl Simd {
         static SIMD: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
         *SIMD.get_or_init(|| {
             #[cfg(target_arch = "x86_64")]
-            {
-                if is_x86_feature_detected!("avx512f") {
-                    return Simd::Avx512;
-                }
-                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                    return Simd::Avx2;
-                }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Simd::Avx2;
             }
             Simd::None
         })
@@ -726,79 +738,82 @@ mod simd {
         }
     }
 
-    /// `Σ a·b` in two accumulators of eight lanes (sixteen lanes), the tail scalar.
+    /// [`super::attention_scores`]: per position two accumulators of eight lanes over the
+    /// head's 16-float chunks, the tail scalar.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot256(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len() / 16 * 16;
-        let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut i = 0;
-        while i < n {
-            lo = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), lo);
-            hi = _mm256_fmadd_ps(
-                _mm256_loadu_ps(pa.add(i + 8)),
-                _mm256_loadu_ps(pb.add(i + 8)),
-                hi,
-            );
-            i += 16;
+    pub unsafe fn scores256(
+        q: &[f32],
+        keys: *const f32,
+        stride: usize,
+        scale: f32,
+        scores: &mut [f32],
+    ) {
+        let hd = q.len();
+        let n = hd / 16 * 16;
+        let qp = q.as_ptr();
+        for (t, s) in scores.iter_mut().enumerate() {
+            let k = keys.add(t * stride);
+            let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut i = 0;
+            while i < n {
+                lo = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), _mm256_loadu_ps(k.add(i)), lo);
+                hi = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(qp.add(i + 8)),
+                    _mm256_loadu_ps(k.add(i + 8)),
+                    hi,
+                );
+                i += 16;
+            }
+            let mut tail = 0f32;
+            for j in n..hd {
+                tail += *qp.add(j) * *k.add(j);
+            }
+            *s = (hsum8(_mm256_add_ps(lo, hi)) + tail) * scale;
         }
-        let tail: f32 = a[n..].iter().zip(&b[n..]).map(|(x, y)| x * y).sum();
-        hsum8(_mm256_add_ps(lo, hi)) + tail
     }
 
-    /// `out += p·v` in eight lanes.
+    /// [`super::attention_values`]: the output in chunks of up to eight vectors of eight
+    /// lanes, each held in registers over every position; the tail scalar.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn axpy256(out: &mut [f32], p: f32, v: &[f32]) {
-        let n = out.len() / 8 * 8;
-        let vp = _mm256_set1_ps(p);
-        let mut i = 0;
-        while i < n {
-            let o = out.as_mut_ptr().add(i);
-            _mm256_storeu_ps(
-                o,
-                _mm256_fmadd_ps(vp, _mm256_loadu_ps(v.as_ptr().add(i)), _mm256_loadu_ps(o)),
-            );
-            i += 8;
+    pub unsafe fn values256(p: &[f32], values: *const f32, stride: usize, out: &mut [f32]) {
+        let hd = out.len();
+        let mut c = 0;
+        while c + 64 <= hd {
+            values_chunk::<8>(p, values.add(c), stride, out.as_mut_ptr().add(c));
+            c += 64;
         }
-        for (o, &x) in out[n..].iter_mut().zip(&v[n..]) {
-            *o += p * x;
+        while c + 8 <= hd {
+            values_chunk::<1>(p, values.add(c), stride, out.as_mut_ptr().add(c));
+            c += 8;
+        }
+        for (j, o) in out.iter_mut().enumerate().skip(c) {
+            let mut sum = 0f32;
+            for (t, &w) in p.iter().enumerate() {
+                sum += w * *values.add(t * stride + j);
+            }
+            *o = sum;
         }
     }
 
-    /// `Σ a·b` in sixteen lanes, the tail scalar.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot512(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len() / 16 * 16;
-        let mut acc = _mm512_setzero_ps();
-        let mut i = 0;
-        while i < n {
-            acc = _mm512_fmadd_ps(
-                _mm512_loadu_ps(a.as_ptr().add(i)),
-                _mm512_loadu_ps(b.as_ptr().add(i)),
-                acc,
-            );
-            i += 16;
+    /// `V` vectors of eight outputs at `out`, summed over every position.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn values_chunk<const V: usize>(
+        p: &[f32],
+        values: *const f32,
+        stride: usize,
+        out: *mut f32,
+    ) {
+        let mut acc = [_mm256_setzero_ps(); V];
+        for (t, &w) in p.iter().enumerate() {
+            let w = _mm256_set1_ps(w);
+            let v = values.add(t * stride);
+            for (u, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(w, _mm256_loadu_ps(v.add(8 * u)), *acc);
+            }
         }
-        let tail: f32 = a[n..].iter().zip(&b[n..]).map(|(x, y)| x * y).sum();
-        _mm512_reduce_add_ps(acc) + tail
-    }
-
-    /// `out += p·v` in sixteen lanes.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn axpy512(out: &mut [f32], p: f32, v: &[f32]) {
-        let n = out.len() / 16 * 16;
-        let vp = _mm512_set1_ps(p);
-        let mut i = 0;
-        while i < n {
-            let o = out.as_mut_ptr().add(i);
-            _mm512_storeu_ps(
-                o,
-                _mm512_fmadd_ps(vp, _mm512_loadu_ps(v.as_ptr().add(i)), _mm512_loadu_ps(o)),
-            );
-            i += 16;
-        }
-        for (o, &x) in out[n..].iter_mut().zip(&v[n..]) {
-            *o += p * x;
+        for (u, acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(8 * u), *acc);
         }
     }
 
@@ -1022,18 +1037,31 @@ mod tests {
 
     proptest! {
         #[test]
-        fn dot_and_axpy_match_the_plain_loops(
-            a in proptest::collection::vec(-4f32..4.0, 0..100),
-            p in -2f32..2.0,
+        fn attention_matches_the_plain_loops(
+            hd in 1usize..150,
+            len in 0usize..40,
+            gap in 0usize..20,
+            seed in prop::collection::vec(-4f32..4.0, 64..128),
         ) {
-            let b: Vec<f32> = a.iter().map(|v| v * 0.5 - 1.0).collect();
-            let plain: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64) * (*y as f64)).sum();
-            let scale: f64 = a.iter().zip(&b).map(|(x, y)| (x * y).abs() as f64).sum::<f64>() + 1.0;
-            prop_assert!((dot(&a, &b) as f64 - plain).abs() <= 1e-5 * scale);
-            let mut out = b.clone();
-            axpy(&mut out, p, &a);
-            for ((o, x), y) in out.iter().zip(&a).zip(&b) {
-                prop_assert!((o - (y + p * x)).abs() <= 1e-5 * (1.0 + (p * x).abs() + y.abs()));
+            let stride = hd + gap;
+            let at = |i: usize| seed[(i * 7 + i / 13) % seed.len()];
+            let cache: Vec<f32> = (0..len * stride + hd).map(|i| at(i) * 0.5).collect();
+            let q: Vec<f32> = (0..hd).map(|i| at(i + 3) - 0.25).collect();
+            let mut scores = vec![0f32; len];
+            attention_scores(&q, &cache, stride, 0.125, &mut scores);
+            for (t, s) in scores.iter().enumerate() {
+                let k = &cache[t * stride..t * stride + hd];
+                let exact: f64 = q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * 0.125;
+                let scale: f64 = q.iter().zip(k).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum::<f64>() + 1.0;
+                prop_assert!((*s as f64 - exact).abs() <= 1e-5 * scale, "{} vs {}", s, exact);
+            }
+            let p: Vec<f32> = (0..len).map(|t| at(t + 11).abs() / 4.0).collect();
+            let mut out = vec![f32::NAN; hd];
+            attention_values(&p, &cache, stride, &mut out);
+            for (j, o) in out.iter().enumerate() {
+                let exact: f64 = (0..len).map(|t| p[t] as f64 * cache[t * stride + j] as f64).sum();
+                let scale: f64 = (0..len).map(|t| (p[t] as f64 * cache[t * stride + j] as f64).abs()).sum::<f64>() + 1.0;
+                prop_assert!((*o as f64 - exact).abs() <= 1e-5 * scale, "{} vs {}", o, exact);
             }
         }
     }

@@ -775,16 +775,12 @@ unsafe fn attend(
 ) {
     let hd = q.len();
     let scores = &mut scores[..len];
-    for (t, s) in scores.iter_mut().enumerate() {
-        let k = std::slice::from_raw_parts(seq.k.add(base + t * stride), hd);
-        *s = kernels::dot(q, k) * scale;
-    }
+    let span = (len - 1) * stride + hd;
+    let keys = std::slice::from_raw_parts(seq.k.add(base), span);
+    kernels::attention_scores(q, keys, stride, scale, scores);
     softmax(scores);
-    out.fill(0.0);
-    for (t, &p) in scores.iter().enumerate() {
-        let v = std::slice::from_raw_parts(seq.v.add(base + t * stride), hd);
-        kernels::axpy(out, p, v);
-    }
+    let values = std::slice::from_raw_parts(seq.v.add(base), span);
+    kernels::attention_values(scores, values, stride, out);
 }
 
 /// This member's share of: RMS-normalise row `src(i)` of `x` (width `w`) with `weight`, and
