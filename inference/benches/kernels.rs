@@ -10,7 +10,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use cocoon_inference::kernels::{quantize, Kernel, Q8Block, QMatrix, BLOCK};
+use cocoon_inference::kernels::{quantize, Kernel, QBlock, QMatrix, BLOCK};
 
 /// (rows, cols, count per step): SmolLM2-135M (30 layers, width 576, MLP 1536, 3 KV heads
 /// of 64, vocabulary 49,152). Its file stores the block matrices as Q4_1 and the output head
@@ -73,13 +73,13 @@ fn step(
     mats: &[QMatrix],
     shapes: &[&(usize, usize, usize)],
     xs: &[Vec<f32>],
-    mul: impl Fn(&QMatrix, &[&[Q8Block]], &mut [&mut [f32]]),
+    mul: impl Fn(&QMatrix, &[&[QBlock]], &mut [&mut [f32]]),
 ) -> f64 {
     let start = Instant::now();
     for (m, &&(_, cols, count)) in mats.iter().zip(shapes) {
         // Quantizing the activations is part of the cost: once per vector and shape.
-        let qs: Vec<Vec<Q8Block>> = xs.iter().map(|x| quantize(&x[..cols])).collect();
-        let q: Vec<&[Q8Block]> = qs.iter().map(Vec::as_slice).collect();
+        let qs: Vec<Vec<QBlock>> = xs.iter().map(|x| quantize(&x[..cols])).collect();
+        let q: Vec<&[QBlock]> = qs.iter().map(Vec::as_slice).collect();
         let mut outs = vec![vec![0f32; m.rows()]; xs.len()];
         for _ in 0..count {
             let mut o: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();

@@ -696,11 +696,9 @@ mod tests {
     fn tiny_engine(dir: &std::path::Path, backend: Backend) -> Engine {
         let path = dir.join("tiny.gguf");
         write_tiny_gguf(&path, &TinySpec::default()).unwrap();
-        // Candle on its quantized kernels: the arithmetic of our batched runtime.
         let config = EngineConfig {
             device: DeviceChoice::Cpu,
             backend,
-            dequantize_max_f32_bytes: 0,
             ..EngineConfig::default()
         };
         Engine::load(&ModelSource::Gguf(path), config).unwrap()

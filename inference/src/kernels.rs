@@ -1,5 +1,5 @@
-//! CPU kernels for quantized weights times 8-bit activations: the matrix products of a
-//! decode step, for one sequence or a batch of them.
+//! CPU kernels for quantized weights times 16-bit integer activations: the matrix products
+//! of a decode step, for one sequence or a batch of them.
 //!
 //! A decode step multiplies every weight matrix by one activation vector per sequence, so it
 //! reads every weight once and does two operations per weight: memory and the cost of
@@ -7,24 +7,27 @@
 //! blocks of 32 weights exactly as the file stores them (20 and 34 bytes: 0.625 and 1.06
 //! bytes a weight instead of 4, the f16 scales inline so a row is one stream of bytes).
 //!
-//! Activations are quantized once per vector, a block of 32 at a time ([`Q8Block`],
-//! [`quantize_into`]: `x ≈ d·q` with 8-bit `q`, `d = max|x| / 127`), exactly as candle's
-//! quantized llama does for these weight types (and llama.cpp, but for where a half
-//! rounds), so a block's dot product is exact integer arithmetic:
+//! Activations are quantized once per vector, a block of 32 at a time ([`QBlock`],
+//! [`quantize_into`]: `x ≈ d·q` with 16-bit `q`, `d = max|x| / 32767`), so a block's dot
+//! product is exact integer arithmetic:
 //!
 //! - `Q4_1` weights `d_w·q_w + m_w`: `Σ (d_w·q_w + m_w)·d_x·q_x = d_w·d_x·Σ q_w·q_x + m_w·s_x`,
 //!   with `s_x = d_x·Σ q_x` stored with the activation block.
 //! - `Q8_0` weights `d_w·q_w`: `d_w·d_x·Σ q_w·q_x`.
 //! - The error against f32 activations is that of rounding each activation to its block's
-//!   grid: about `d_x/2` per activation (plus `d`'s f16 rounding), so about
-//!   `Σ_blocks d_x/2 · Σ|w|` for a row (the property tests hold every kernel to this bound
-//!   and to the exact product of the quantized values).
+//!   grid: at most `d_x/2 = max|x|/65534` per activation, so at most `Σ_blocks d_x/2 · Σ|w|`
+//!   for a row (the property tests hold every kernel to this bound and to the exact product
+//!   of the quantized values). That is 256 times finer than the 8-bit blocks of llama.cpp
+//!   and candle's quantized path, whose rounding tips near-tied greedy choices (SmolLM2's
+//!   "The capital of France is Paris." becomes "L'Étoile, …" with 8-bit activations); with
+//!   16 bits greedy text follows the f32 reference.
 //!
-//! The SIMD kernel unpacks each weight block once per row and meets it with every vector of
-//! the batch (AVX2 `maddubs`: 32 byte products summed in pairs, then in fours), so a batch of
-//! `b` vectors reads each weight once and uses it `b` times, which is what makes continuous
-//! batching pay on a CPU. Each vector keeps its own accumulator, summed in block order, so a
-//! vector's result does not depend on the other vectors of the call.
+//! The SIMD kernel unpacks each weight block once per row into 16-bit lanes and meets it
+//! with every vector of the batch (AVX2 `madd`: sixteen products summed in pairs, two of
+//! those added, so each of eight i32 lanes holds four products, exactly representable as
+//! f32), so a batch of `b` vectors reads each weight once and uses it `b` times, which is
+//! what makes continuous batching pay on a CPU. Each vector keeps its own accumulator, summed
+//! in block order, so a vector's result does not depend on the other vectors of the call.
 //!
 //! Kernels ([`Kernel`]): AVX2 (with FMA and F16C) on x86-64 when the CPU has it (checked at
 //! run time, once; AVX-512 CPUs run it too), else a portable scalar loop that adds the same
@@ -66,30 +69,30 @@ const Q4_1_BYTES: usize = 20;
 /// Bytes of a GGML `Q8_0` block: f16 `d`, 32 signed bytes.
 const Q8_0_BYTES: usize = 34;
 
-/// 32 activations quantized to 8 bits: `x_j ≈ d·q_j`, with `s ≈ d·Σ q_j` (the `Q4_1`
+/// 32 activations quantized to 16 bits: `x_j ≈ d·q_j`, with `s = d·Σ q_j` (the `Q4_1`
 /// offset term). Made by [`quantize_into`].
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 #[repr(C)]
-pub struct Q8Block {
-    /// The scale: the block's largest magnitude over 127, rounded to f16 (0 for an all-zero
-    /// block).
+pub struct QBlock {
+    /// The scale: the block's largest magnitude over 32767 (0 for an all-zero block).
     pub d: f32,
-    /// `d·Σ q`, as GGML's `Q8_1` block stores it (in f16).
+    /// `d · Σ q` (the sum is exact in f32: at most 32·32767 in magnitude).
     pub s: f32,
-    /// The quantized values, in `-127..=127`.
-    pub q: [i8; BLOCK],
+    /// The quantized values, in `-32767..=32767`.
+    pub q: [i16; BLOCK],
 }
 
-/// Quantizes `x` (whole blocks) into `out` (`x.len() / 32` blocks) the way candle's (and
-/// GGML's) `Q8_1`/`Q8_0` activation blocks do, so our products compute what candle's
-/// quantized llama computes: `d = max|x| / 127`, `q_j = round(x_j / d)` (halves away from
-/// zero), `d` and `s = f16(Σq)·d` kept at f16 precision. Each value is within `d/2` of its
-/// grid point (`d` before its f16 rounding). One portable function for every kernel, so the
-/// quantized activations never depend on the CPU.
+/// The largest quantized magnitude.
+const QMAX: f32 = 32767.0;
+
+/// Quantizes `x` (whole blocks) into `out` (`x.len() / 32` blocks): `d = max|x| / 32767`,
+/// `q_j = round(x_j / d)` (halves away from zero, computed as `x_j · (1/d)`), `s = d·Σq`, so
+/// each value is within `d/2` of its grid point. One portable function for every kernel, so
+/// the quantized activations never depend on the CPU.
 ///
 /// # Panics
 /// If the lengths do not match.
-pub fn quantize_into(x: &[f32], out: &mut [Q8Block]) {
+pub fn quantize_into(x: &[f32], out: &mut [QBlock]) {
     assert_eq!(x.len(), out.len() * BLOCK, "one block per 32 values");
     #[cfg(target_arch = "x86_64")]
     if Simd::detect() != Simd::None {
@@ -103,13 +106,13 @@ pub fn quantize_into(x: &[f32], out: &mut [Q8Block]) {
 /// operation is fused or reordered, so the results are the same bits).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn quantize_avx2(x: &[f32], out: &mut [Q8Block]) {
+unsafe fn quantize_avx2(x: &[f32], out: &mut [QBlock]) {
     quantize_blocks(x, out);
 }
 
 /// The body of [`quantize_into`].
 #[inline(always)]
-fn quantize_blocks(x: &[f32], out: &mut [Q8Block]) {
+fn quantize_blocks(x: &[f32], out: &mut [QBlock]) {
     for (xs, o) in x.chunks_exact(BLOCK).zip(out.iter_mut()) {
         // The largest magnitude in eight independent lanes (a maximum does not depend on
         // the order; NaNs are passed over), so it vectorises.
@@ -120,29 +123,28 @@ fn quantize_blocks(x: &[f32], out: &mut [Q8Block]) {
             }
         }
         let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
-        let d = amax / 127.0;
+        let d = amax / QMAX;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let mut sum = 0i32;
         for (q, &v) in o.q.iter_mut().zip(xs) {
-            // `f32::round` without a library call (it vectorises on plain SSE2): truncate,
+            // `f32::round` without a library call (it vectorises): truncate,
             // then step away from zero when the exact remainder is at least a half.
             let v = v * id;
             let t = v as i32;
             let frac = v - t as f32;
             let r = t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32;
-            // |v| ≤ 127 up to rounding; the clamp only guards NaN and infinities.
-            *q = r.clamp(-127, 127) as i8;
+            // |v| ≤ 32767 up to rounding; the clamp only guards NaN and infinities.
+            *q = r.clamp(-32767, 32767) as i16;
             sum += *q as i32;
         }
-        let d16 = f16::from_f32(d);
-        o.d = d16.to_f32();
-        o.s = (f16::from_f32(sum as f32) * d16).to_f32();
+        o.d = d;
+        o.s = d * sum as f32;
     }
 }
 
 /// [`quantize_into`] into a new vector.
-pub fn quantize(x: &[f32]) -> Vec<Q8Block> {
-    let mut out = vec![Q8Block::default(); x.len() / BLOCK];
+pub fn quantize(x: &[f32]) -> Vec<QBlock> {
+    let mut out = vec![QBlock::default(); x.len() / BLOCK];
     quantize_into(&x[..out.len() * BLOCK], &mut out);
     out
 }
@@ -279,7 +281,7 @@ impl QMatrix {
 
     /// `out[i] = W · xs[i]` for the whole batch, rows split across rayon's thread pool
     /// in `chunks` pieces of whole rows (at least one).
-    pub fn matmul_par(&self, xs: &[&[Q8Block]], out: &mut [&mut [f32]], chunks: usize) {
+    pub fn matmul_par(&self, xs: &[&[QBlock]], out: &mut [&mut [f32]], chunks: usize) {
         let chunks = chunks.clamp(1, self.rows.max(1));
         if chunks == 1 {
             self.matmul_rows(0..self.rows, xs, out);
@@ -317,7 +319,7 @@ impl QMatrix {
     pub fn matmul_rows(
         &self,
         rows: std::ops::Range<usize>,
-        xs: &[&[Q8Block]],
+        xs: &[&[QBlock]],
         out: &mut [&mut [f32]],
     ) {
         self.matmul_with(Kernel::best(), rows, xs, out);
@@ -329,7 +331,7 @@ impl QMatrix {
     pub fn matmul_rows_add(
         &self,
         rows: std::ops::Range<usize>,
-        xs: &[&[Q8Block]],
+        xs: &[&[QBlock]],
         out: &mut [&mut [f32]],
     ) {
         self.run::<true>(Kernel::best(), rows, xs, out);
@@ -343,7 +345,7 @@ impl QMatrix {
         &self,
         kernel: Kernel,
         rows: std::ops::Range<usize>,
-        xs: &[&[Q8Block]],
+        xs: &[&[QBlock]],
         out: &mut [&mut [f32]],
     ) {
         self.run::<false>(kernel, rows, xs, out);
@@ -354,7 +356,7 @@ impl QMatrix {
         &self,
         kernel: Kernel,
         rows: std::ops::Range<usize>,
-        xs: &[&[Q8Block]],
+        xs: &[&[QBlock]],
         out: &mut [&mut [f32]],
     ) {
         assert!(rows.end <= self.rows, "rows out of range");
@@ -379,14 +381,14 @@ impl QMatrix {
 
     /// The portable kernel, also the reference: it adds exactly what the SIMD kernel adds,
     /// in the same order, so every kernel gives the same bits. Per (row, vector): eight
-    /// lanes; for each block `j`, lane `l` gets the exact integer
-    /// `Σ_{t<4} q_w[4l+t]·q_x[4l+t]` times `d_w·d_x` (fused multiply-add), for `Q4_1` into
+    /// lanes; for each block `j`, lane `l` gets the exact integer sum of `q_w[e]·q_x[e]` over
+    /// `e` in `{2l, 2l+1, 16+2l, 17+2l}` times `d_w·d_x` (fused multiply-add), for `Q4_1` into
     /// `[s_x, 0, …, 0]·m_w` then added to the lane; the lanes summed pairwise as
     /// [`lanes_sum`] does.
     fn tile_scalar<const ADD: bool>(
         &self,
         rows: std::ops::Range<usize>,
-        xs: &[&[Q8Block]],
+        xs: &[&[QBlock]],
         out: &mut [&mut [f32]],
     ) {
         let per_row = self.cols / BLOCK;
@@ -399,7 +401,10 @@ impl QMatrix {
                     let x = &x[j];
                     let dd = d * x.d;
                     for (l, lane) in acc[i].iter_mut().enumerate() {
-                        let quad: i32 = (4 * l..4 * l + 4).map(|b| w[b] * x.q[b] as i32).sum();
+                        let quad: i32 = [2 * l, 2 * l + 1, 16 + 2 * l, 17 + 2 * l]
+                            .iter()
+                            .map(|&b| w[b] * x.q[b] as i32)
+                            .sum();
                         *lane = if q4 {
                             let s = if l == 0 { x.s } else { 0.0 };
                             *lane + (quad as f32).mul_add(dd, s * m)
@@ -587,16 +592,15 @@ fn check(
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    //! AVX2 + FMA + F16C: for each row, each weight block is unpacked once into 32 bytes
-    //! and met by every vector of the tile: `maddubs` multiplies unsigned by signed bytes
-    //! and adds pairs (at most 2·128·127, no saturation), `madd` adds those in fours, and
-    //! the eight i32 sums, scaled by `d_w·d_x`, accumulate in eight f32 lanes per vector
-    //! (the tile size and the block type are constants, so the loops unroll and nothing is
-    //! decided per block). `Q8_0`'s signed weights take the sign trick: `|w|` times `x`
-    //! with `w`'s sign.
+    //! AVX2 + FMA + F16C: for each row, each weight block is unpacked once into two vectors
+    //! of sixteen i16 and met by every vector of the tile: `madd` multiplies i16 by i16 and
+    //! adds pairs, the halves of the block are added, and the eight i32 sums of four products
+    //! (at most 4·128·32767 < 2^24, exact in f32), scaled by `d_w·d_x`, accumulate in eight
+    //! f32 lanes per vector (the tile size and the block type are constants, so the loops
+    //! unroll and nothing is decided per block).
     use std::arch::x86_64::*;
 
-    use super::{schedule, Q8Block, QMatrix, Store, BLOCK, TILE};
+    use super::{schedule, QBlock, QMatrix, Store, BLOCK, TILE};
 
     /// # Safety
     /// The CPU must have AVX2, FMA and F16C; shapes as checked by `matmul_with`.
@@ -604,7 +608,7 @@ mod simd {
     pub unsafe fn tile256<const ADD: bool>(
         w: &QMatrix,
         rows: std::ops::Range<usize>,
-        xs: &[&[Q8Block]],
+        xs: &[&[QBlock]],
         out: &mut [&mut [f32]],
     ) {
         match &w.store {
@@ -620,7 +624,7 @@ mod simd {
         base: *const u8,
         w: &QMatrix,
         rows: std::ops::Range<usize>,
-        xs: &[&[Q8Block]],
+        xs: &[&[QBlock]],
         out: &mut [&mut [f32]],
     ) {
         let per_row = w.cols / BLOCK;
@@ -684,37 +688,38 @@ mod simd {
         row: *const u8,
         k: usize,
         per_row: usize,
-        xs: &[&[Q8Block]],
+        xs: &[&[QBlock]],
         out: &mut [&mut [f32]],
     ) {
-        let ones = _mm256_set1_epi16(1);
         let stride = per_row * block_bytes::<Q4>();
         let mut acc = [[_mm256_setzero_ps(); N]; R];
-        let x: [*const Q8Block; N] = std::array::from_fn(|i| xs.get_unchecked(i).as_ptr());
+        let x: [*const QBlock; N] = std::array::from_fn(|i| xs.get_unchecked(i).as_ptr());
         for j in 0..per_row {
             for (a, acc) in acc.iter_mut().enumerate() {
                 let p = row.add(a * stride + j * block_bytes::<Q4>());
                 _mm_prefetch::<_MM_HINT_T0>(p.add(PREFETCH) as *const i8);
                 let (dw, mw) = scales(p);
                 let (dw, mw) = (_mm256_set1_ps(dw), _mm256_set1_ps(mw));
-                // Unsigned weights for maddubs: Q4_1's nibbles, or Q8_0's magnitudes.
-                let (uw, sign) = if Q4 {
+                // The weights as i16: elements 0..16 and 16..32.
+                let (w0, w1) = if Q4 {
                     let raw = _mm_loadu_si128(p.add(4) as *const __m128i);
-                    let both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+                    let mask = _mm_set1_epi8(0x0f);
                     (
-                        _mm256_and_si256(both, _mm256_set1_epi8(0x0f)),
-                        _mm256_setzero_si256(),
+                        _mm256_cvtepu8_epi16(_mm_and_si128(raw, mask)),
+                        _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), mask)),
                     )
                 } else {
-                    let q = _mm256_loadu_si256(p.add(2) as *const __m256i);
-                    (_mm256_sign_epi8(q, q), q)
+                    (
+                        _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(2) as *const __m128i)),
+                        _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(18) as *const __m128i)),
+                    )
                 };
                 for i in 0..N {
                     let b = &*x[i].add(j);
-                    let qx = _mm256_loadu_si256(b.q.as_ptr() as *const __m256i);
-                    let qx = if Q4 { qx } else { _mm256_sign_epi8(qx, sign) };
-                    let pairs = _mm256_maddubs_epi16(uw, qx);
-                    let quads = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+                    let q = b.q.as_ptr() as *const __m256i;
+                    let lo = _mm256_madd_epi16(w0, _mm256_loadu_si256(q));
+                    let hi = _mm256_madd_epi16(w1, _mm256_loadu_si256(q.add(1)));
+                    let quads = _mm256_cvtepi32_ps(_mm256_add_epi32(lo, hi));
                     let dd = _mm256_mul_ps(dw, _mm256_broadcast_ss(&b.d));
                     acc[i] = if Q4 {
                         // The offset `m_w·s_x` rides in lane 0 (`[s_x, 0, …]·m_w`), added
@@ -862,9 +867,9 @@ mod tests {
     /// Each kernel's outputs, one vector per input.
     type Outputs = Vec<(Kernel, Vec<Vec<f32>>)>;
 
-    fn products(m: &QMatrix, xs: &[Vec<f32>]) -> (Vec<Vec<Q8Block>>, Outputs) {
-        let qs: Vec<Vec<Q8Block>> = xs.iter().map(|x| quantize(x)).collect();
-        let qr: Vec<&[Q8Block]> = qs.iter().map(Vec::as_slice).collect();
+    fn products(m: &QMatrix, xs: &[Vec<f32>]) -> (Vec<Vec<QBlock>>, Outputs) {
+        let qs: Vec<Vec<QBlock>> = xs.iter().map(|x| quantize(x)).collect();
+        let qr: Vec<&[QBlock]> = qs.iter().map(Vec::as_slice).collect();
         let results = Kernel::available()
             .iter()
             .map(|&kernel| {
@@ -911,28 +916,17 @@ mod tests {
                 // f32 rounding of a sum of `cols` products: a few ulps of the magnitudes.
                 let rounding = 1e-5 * magnitude.max(1e-6) * (m.cols() as f64).sqrt();
                 let unquantized: f64 = w.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum();
-                // Per value: half a step of the f32 grid, plus the f16 rounding of `d`
-                // (at most 2^-11 relative) times the value's step count; the f16 rounding of
-                // `s` in the offset term.
+                // Per value: half a step of the grid (computed through `1/d`: a hair more).
                 let bound: f64 = w
                     .chunks_exact(BLOCK)
                     .zip(q)
                     .map(|(wb, b)| {
-                        let d = b.d as f64;
-                        wb.iter()
-                            .zip(&b.q)
-                            .map(|(w, &v)| {
-                                w.abs() as f64 * d * (0.5 * (1.0 + 1e-3) + v.abs() as f64 / 2048.0)
-                            })
-                            .sum::<f64>()
+                        b.d as f64
+                            * 0.5
+                            * (1.0 + 1e-3)
+                            * wb.iter().map(|w| w.abs() as f64).sum::<f64>()
                     })
-                    .sum::<f64>()
-                    + (0..per_row)
-                        .map(|j| {
-                            let (_, mw, _) = unpack_block(&m.store, r * per_row + j);
-                            (mw as f64 * q[j].s as f64).abs() / 1024.0
-                        })
-                        .sum::<f64>();
+                    .sum::<f64>();
                 for (kernel, outs) in &results {
                     let got = outs[i][r] as f64;
                     assert!(
@@ -1013,23 +1007,23 @@ mod tests {
             prop_assert_eq!(q.len(), x.len() / BLOCK);
             for (b, xs) in q.iter().zip(x.chunks_exact(BLOCK)) {
                 let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let d = amax / 127.0;
+                let d = amax / 32767.0;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                prop_assert_eq!(b.d, f16::from_f32(d).to_f32());
+                prop_assert_eq!(b.d, d);
                 let mut sum = 0i32;
                 for (&v, &qv) in xs.iter().zip(&b.q) {
-                    prop_assert!((-127..=127).contains(&qv));
+                    prop_assert!((-32767..=32767).contains(&qv));
                     // Nearest on the grid of d, halves away from zero (as f32::round).
                     prop_assert_eq!(qv as f32, (v * id).round(), "{} / {}", v, d);
+                    prop_assert!((v - d * qv as f32).abs() <= d * 0.5 * 1.001 + f32::EPSILON * v.abs());
                     sum += qv as i32;
                 }
-                let s = b.d as f64 * sum as f64;
-                prop_assert!((b.s as f64 - s).abs() <= s.abs() * 2e-3 + 1e-6);
+                prop_assert_eq!(b.s, d * sum as f32);
                 if amax == 0.0 {
                     prop_assert!(b.q.iter().all(|&v| v == 0));
                 } else {
-                    // The largest magnitude lands on ±127.
-                    prop_assert!(b.q.iter().any(|&v| v.abs() == 127));
+                    // The largest magnitude lands on ±32767.
+                    prop_assert!(b.q.iter().any(|&v| v.abs() == 32767));
                 }
             }
         }
@@ -1074,7 +1068,7 @@ mod tests {
         let q = quantize(&x);
         assert!(q
             .iter()
-            .all(|b| b.q.iter().all(|v| (-127..=127).contains(v))));
+            .all(|b| b.q.iter().all(|v| (-32767..=32767).contains(v))));
         let m = QMatrix::from_q8_0(1, 64, &raw(2, false, &[1, 2, 3])).unwrap();
         let mut out = vec![0f32; 1];
         m.matmul_rows(0..1, &[&q], &mut [&mut out]);
@@ -1088,7 +1082,7 @@ mod tests {
             } else {
                 QMatrix::from_q8_0(5, 64, &raw(10, false, &[9, 4, 77, 120])).unwrap()
             };
-            let xs: Vec<Vec<Q8Block>> = (0..batch)
+            let xs: Vec<Vec<QBlock>> = (0..batch)
                 .map(|i| {
                     quantize(
                         &(0..64)
@@ -1097,7 +1091,7 @@ mod tests {
                     )
                 })
                 .collect();
-            let xr: Vec<&[Q8Block]> = xs.iter().map(Vec::as_slice).collect();
+            let xr: Vec<&[QBlock]> = xs.iter().map(Vec::as_slice).collect();
             let start: Vec<Vec<f32>> = (0..batch)
                 .map(|i| (0..5).map(|r| (r * 3 + i) as f32 / 7.0).collect())
                 .collect();
@@ -1136,7 +1130,7 @@ mod tests {
     fn the_parallel_product_equals_the_serial_one() {
         let bytes = raw(37 * 3, false, &[5, 250, 17, 99, 3, 41]);
         let m = QMatrix::from_q8_0(37, 96, &bytes).unwrap();
-        let qs: Vec<Vec<Q8Block>> = (0..3)
+        let qs: Vec<Vec<QBlock>> = (0..3)
             .map(|i| {
                 quantize(
                     &(0..96)
@@ -1145,7 +1139,7 @@ mod tests {
                 )
             })
             .collect();
-        let qr: Vec<&[Q8Block]> = qs.iter().map(Vec::as_slice).collect();
+        let qr: Vec<&[QBlock]> = qs.iter().map(Vec::as_slice).collect();
         let run = |chunks: usize| {
             let mut outs = vec![vec![0f32; 37]; 3];
             let mut or: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
