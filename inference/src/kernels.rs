@@ -95,7 +95,7 @@ const QMAX: f32 = 32767.0;
 pub fn quantize_into(x: &[f32], out: &mut [QBlock]) {
     assert_eq!(x.len(), out.len() * BLOCK, "one block per 32 values");
     #[cfg(target_arch = "x86_64")]
-    if Simd::detect() != Simd::None {
+    if Kernel::best() == Kernel::Avx2 {
         // SAFETY: the CPU has AVX2 (detected).
         return unsafe { quantize_avx2(x, out) };
     }
@@ -143,9 +143,12 @@ fn quantize_blocks(x: &[f32], out: &mut [QBlock]) {
 }
 
 /// [`quantize_into`] into a new vector.
+///
+/// # Panics
+/// If `x` is not made of whole blocks.
 pub fn quantize(x: &[f32]) -> Vec<QBlock> {
     let mut out = vec![QBlock::default(); x.len() / BLOCK];
-    quantize_into(&x[..out.len() * BLOCK], &mut out);
+    quantize_into(x, &mut out);
     out
 }
 
@@ -447,7 +450,7 @@ pub fn attention_scores(q: &[f32], keys: &[f32], stride: usize, scale: f32, scor
         assert!(last * stride + hd <= keys.len(), "keys out of range");
     }
     #[cfg(target_arch = "x86_64")]
-    if Simd::detect() == Simd::Avx2 {
+    if Kernel::best() == Kernel::Avx2 {
         // SAFETY: the CPU has AVX2 and FMA; every key is in `keys` (asserted).
         return unsafe { simd::scores256(q, keys.as_ptr(), stride, scale, scores) };
     }
@@ -482,7 +485,7 @@ pub fn attention_values(p: &[f32], values: &[f32], stride: usize, out: &mut [f32
         assert!(last * stride + hd <= values.len(), "values out of range");
     }
     #[cfg(target_arch = "x86_64")]
-    if Simd::detect() == Simd::Avx2 {
+    if Kernel::best() == Kernel::Avx2 {
         // SAFETY: the CPU has AVX2 and FMA; every value is in `values` (asserted).
         return unsafe { simd::values256(p, values.as_ptr(), stride, out) };
     }
@@ -491,26 +494,6 @@ pub fn attention_values(p: &[f32], values: &[f32], stride: usize, out: &mut [f32
         for (o, &v) in out.iter_mut().zip(&values[t * stride..t * stride + hd]) {
             *o += w * v;
         }
-    }
-}
-
-/// Whether attention may use AVX2 here (detected once).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Simd {
-    None,
-    Avx2,
-}
-
-impl Simd {
-    fn detect() -> Simd {
-        static SIMD: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
-        *SIMD.get_or_init(|| {
-            #[cfg(target_arch = "x86_64")]
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Simd::Avx2;
-            }
-            Simd::None
-        })
     }
 }
 
@@ -542,7 +525,8 @@ fn schedule(
 pub enum Kernel {
     /// Portable Rust.
     Scalar,
-    /// x86-64 AVX2 + FMA + F16C: 32 byte products at a time.
+    /// x86-64 AVX2 + FMA + F16C: sixteen 16-bit products per instruction. It also runs
+    /// attention and the activation quantization.
     Avx2,
 }
 
@@ -635,19 +619,14 @@ mod simd {
         if xs.len() <= 2 {
             let mut r = rows.start;
             while r < rows.end {
-                let k = r - rows.start;
-                let left = rows.end - r;
-                match (xs.len(), left) {
-                    (1, 2..) => rows256::<2, 1, Q4, ADD>(row_at(r), k, per_row, xs, out),
-                    (2, 2..) => rows256::<2, 2, Q4, ADD>(row_at(r), k, per_row, xs, out),
-                    (1, _) => rows256::<1, 1, Q4, ADD>(row_at(r), k, per_row, xs, out),
-                    _ => rows256::<1, 2, Q4, ADD>(row_at(r), k, per_row, xs, out),
+                let (k, pair) = (r - rows.start, rows.end - r >= 2);
+                match (xs.len(), pair) {
+                    (1, true) => rows256::<2, 1, Q4, ADD>(row_at(r), k, per_row, xs, out),
+                    (1, false) => rows256::<1, 1, Q4, ADD>(row_at(r), k, per_row, xs, out),
+                    (_, true) => rows256::<2, 2, Q4, ADD>(row_at(r), k, per_row, xs, out),
+                    (_, false) => rows256::<1, 2, Q4, ADD>(row_at(r), k, per_row, xs, out),
                 }
-                r += match (xs.len(), left) {
-                    (1, 2..) => 2,
-                    (2, 2..) => 2,
-                    _ => 1,
-                };
+                r += if pair { 2 } else { 1 };
             }
             return;
         }
@@ -680,8 +659,8 @@ mod simd {
     }
 
     /// `R` consecutive rows (the first at `row`, each `per_row` blocks) against `N` vectors,
-    /// into (or, with `ADD`, added to) output index `k..k + R`. Every (row, vector) pair has its own accumulators,
-    /// summed in block order.
+    /// into (or, with `ADD`, added to) output index `k..k + R`. Every (row, vector) pair has
+    /// its own accumulators, summed in block order.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn rows256<const R: usize, const N: usize, const Q4: bool, const ADD: bool>(
@@ -863,10 +842,20 @@ mod tests {
         out
     }
 
-    /// Every kernel's products of `m` with `xs` (quantized here).
+    /// A `rows × cols` matrix of random blocks of either type.
+    fn matrix(rows: usize, cols: usize, q4: bool, seed: &[u8]) -> QMatrix {
+        let bytes = raw(rows * cols / BLOCK, q4, seed);
+        if q4 {
+            QMatrix::from_q4_1(rows, cols, &bytes).unwrap()
+        } else {
+            QMatrix::from_q8_0(rows, cols, &bytes).unwrap()
+        }
+    }
+
     /// Each kernel's outputs, one vector per input.
     type Outputs = Vec<(Kernel, Vec<Vec<f32>>)>;
 
+    /// Every kernel's products of `m` with `xs` (quantized here).
     fn products(m: &QMatrix, xs: &[Vec<f32>]) -> (Vec<Vec<QBlock>>, Outputs) {
         let qs: Vec<Vec<QBlock>> = xs.iter().map(|x| quantize(x)).collect();
         let qr: Vec<&[QBlock]> = qs.iter().map(Vec::as_slice).collect();
@@ -904,14 +893,14 @@ mod tests {
                         .zip(&b.q)
                         .map(|(&a, &v)| a as i64 * v as i64)
                         .sum();
-                    let terms = [dw as f64 * b.d as f64 * dot as f64, mw as f64 * b.s as f64];
-                    exact += terms[0] + terms[1];
-                    magnitude += terms[0].abs() + terms[1].abs();
-                    magnitude += qw
+                    exact += dw as f64 * b.d as f64 * dot as f64 + mw as f64 * b.s as f64;
+                    let abs_dot: i64 = qw
                         .iter()
                         .zip(&b.q)
-                        .map(|(&a, &v)| (dw as f64 * a as f64 * b.d as f64 * v as f64).abs())
-                        .sum::<f64>();
+                        .map(|(&a, &v)| (a * v as i32).abs() as i64)
+                        .sum();
+                    magnitude += (dw as f64 * b.d as f64 * abs_dot as f64).abs()
+                        + (mw as f64 * b.s as f64).abs();
                 }
                 // f32 rounding of a sum of `cols` products: a few ulps of the magnitudes.
                 let rounding = 1e-5 * magnitude.max(1e-6) * (m.cols() as f64).sqrt();
@@ -955,12 +944,7 @@ mod tests {
             xseed in prop::collection::vec(-4.0f32..4.0, 32..200),
         ) {
             let cols = blocks_per_row * BLOCK;
-            let bytes = raw(rows * blocks_per_row, q4, &seed);
-            let m = if q4 {
-                QMatrix::from_q4_1(rows, cols, &bytes).unwrap()
-            } else {
-                QMatrix::from_q8_0(rows, cols, &bytes).unwrap()
-            };
+            let m = matrix(rows, cols, q4, &seed);
             let xs: Vec<Vec<f32>> = (0..batch)
                 .map(|i| (0..cols).map(|j| xseed[(i * 31 + j * 7) % xseed.len()] * (1.0 + i as f32 / 10.0)).collect())
                 .collect();
@@ -976,12 +960,7 @@ mod tests {
             xseed in prop::collection::vec(-4.0f32..4.0, 32..200),
         ) {
             let cols = blocks_per_row * BLOCK;
-            let bytes = raw(3 * blocks_per_row, q4, &seed);
-            let m = if q4 {
-                QMatrix::from_q4_1(3, cols, &bytes).unwrap()
-            } else {
-                QMatrix::from_q8_0(3, cols, &bytes).unwrap()
-            };
+            let m = matrix(3, cols, q4, &seed);
             let xs: Vec<Vec<f32>> = (0..batch)
                 .map(|i| (0..cols).map(|j| xseed[(i * 13 + j * 5) % xseed.len()] - i as f32 / 7.0).collect())
                 .collect();
@@ -1077,11 +1056,7 @@ mod tests {
     #[test]
     fn adding_equals_storing_then_adding() {
         for (q4, batch) in [(true, 1), (false, 2), (true, 3), (false, 11)] {
-            let m = if q4 {
-                QMatrix::from_q4_1(5, 64, &raw(10, true, &[9, 4, 77, 120])).unwrap()
-            } else {
-                QMatrix::from_q8_0(5, 64, &raw(10, false, &[9, 4, 77, 120])).unwrap()
-            };
+            let m = matrix(5, 64, q4, &[9, 4, 77, 120]);
             let xs: Vec<Vec<QBlock>> = (0..batch)
                 .map(|i| {
                     quantize(
