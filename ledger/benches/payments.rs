@@ -61,6 +61,7 @@ fn main() {
                         paid: client.paid(),
                         seq: client.seq(),
                         last: Some(last),
+                        job_open: false,
                     },
                 )
                 .unwrap()

@@ -148,26 +148,54 @@ impl ClientChannel {
 }
 
 /// The worker's side of one channel.
+///
+/// A voucher counts towards the credit only once the worker has journalled it
+/// ([`Self::journalled`]): the worker never streams more than it holds durably plus its credit
+/// limit, and never more than the deposit can pay.
 #[derive(Clone, Debug)]
 pub struct WorkerChannel {
     channel: [u8; 32],
     deposit: u64,
     client: VerifyingKey,
     best: Option<SignedVoucher>,
+    /// The paid total as last journalled (what the credit is measured from).
+    durable: u64,
     delivered: u64,
     credit_limit: u64,
 }
 
-/// The worker must stop: delivering `cost` more would leave more than the credit unpaid.
+/// The worker must stop before delivering `cost` more.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unpaid {unpaid} nanoTON plus {cost} would exceed the credit limit of {limit}")]
-pub struct CreditExceeded {
-    /// Unpaid now.
-    pub unpaid: u64,
-    /// The delivery asked for.
-    pub cost: u64,
-    /// The limit.
-    pub limit: u64,
+pub enum CreditExceeded {
+    /// More than the credit would be unpaid: wait for a voucher.
+    #[error("unpaid {unpaid} nanoTON plus {cost} would exceed the credit limit of {limit}")]
+    Credit {
+        /// Unpaid now (against the journalled vouchers).
+        unpaid: u64,
+        /// The delivery asked for.
+        cost: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The deposit cannot pay for it: no voucher can ever cover it.
+    #[error(
+        "delivering {cost} more nanoTON after {delivered} would pass the deposit of {deposit}"
+    )]
+    Deposit {
+        /// Delivered so far.
+        delivered: u64,
+        /// The delivery asked for.
+        cost: u64,
+        /// The channel's deposit.
+        deposit: u64,
+    },
+}
+
+impl CreditExceeded {
+    /// Whether a voucher could lift the stop (the credit, not the deposit, ran out).
+    pub fn payable(&self) -> bool {
+        matches!(self, Self::Credit { .. })
+    }
 }
 
 /// What a worker journals per channel.
@@ -188,16 +216,34 @@ impl WorkerChannel {
             deposit,
             client,
             best: None,
+            durable: 0,
             delivered: 0,
             credit_limit,
         }
     }
 
-    /// Rebuilds the core from the journal.
+    /// Rebuilds the core from the journal (whose vouchers are durable by definition).
     pub fn restore(mut self, state: WorkerState) -> Self {
         self.best = state.best;
         self.delivered = state.delivered;
+        self.durable = self.paid();
         self
+    }
+
+    /// The state returned by [`Self::state`] is now journalled: its voucher counts for the
+    /// credit.
+    pub fn journalled(&mut self) {
+        self.durable = self.paid();
+    }
+
+    /// The credit limit.
+    pub fn credit_limit(&self) -> u64 {
+        self.credit_limit
+    }
+
+    /// The channel's account id.
+    pub fn channel(&self) -> [u8; 32] {
+        self.channel
     }
 
     /// What to journal.
@@ -251,22 +297,34 @@ impl WorkerChannel {
     }
 
     /// Asks to deliver work worth `cost`; refused when the unpaid amount afterwards would
-    /// pass the credit limit (stop streaming and wait for a voucher). A voucher paid ahead
-    /// (a prompt paid at the quote) counts.
+    /// pass the credit limit (stop streaming and wait for a voucher) or the total would pass
+    /// the deposit. A journalled voucher paid ahead (a prompt paid at the quote) counts.
     pub fn deliver(&mut self, cost: u64) -> Result<(), CreditExceeded> {
-        let after = self
-            .delivered
-            .saturating_add(cost)
-            .saturating_sub(self.paid());
-        if after > self.credit_limit {
-            return Err(CreditExceeded {
-                unpaid: self.unpaid(),
+        let total = self.delivered.saturating_add(cost);
+        if total > self.deposit {
+            return Err(CreditExceeded::Deposit {
+                delivered: self.delivered,
+                cost,
+                deposit: self.deposit,
+            });
+        }
+        if total.saturating_sub(self.durable) > self.credit_limit {
+            return Err(CreditExceeded::Credit {
+                unpaid: self.delivered.saturating_sub(self.durable),
                 cost,
                 limit: self.credit_limit,
             });
         }
-        self.delivered = self.delivered.saturating_add(cost);
+        self.delivered = total;
         Ok(())
+    }
+
+    /// The most that can be delivered now without a new voucher.
+    pub fn room(&self) -> u64 {
+        self.durable
+            .saturating_add(self.credit_limit)
+            .min(self.deposit)
+            .saturating_sub(self.delivered)
     }
 
     /// The deposit vouchers are checked against.
@@ -279,10 +337,14 @@ impl WorkerChannel {
         self.deposit = self.deposit.max(deposit);
     }
 
-    /// Counts work already done whatever the credit (the final count of a job whose text
-    /// is all sent: tokens that produced no text, like the end-of-sequence token).
-    pub fn owe(&mut self, cost: u64) {
-        self.delivered = self.delivered.saturating_add(cost);
+    /// Counts work already done (the final count of a job whose text is all sent: tokens
+    /// that produced no text, like the end-of-sequence token) as far as the credit and the
+    /// deposit allow, so that `delivered <= journalled paid + credit limit` always holds (a
+    /// client checks exactly that after a crash). Returns what was counted.
+    pub fn owe(&mut self, cost: u64) -> u64 {
+        let counted = cost.min(self.room());
+        self.delivered += counted;
+        counted
     }
 
     /// The voucher to settle with.
@@ -432,15 +494,38 @@ mod tests {
         w.deliver(40).unwrap();
         assert!(w.deliver(20).is_err(), "60 unpaid > 50");
         w.accept(&c.pay_up_to(40).unwrap().unwrap()).unwrap();
+        assert!(
+            w.deliver(20).is_err(),
+            "a voucher not yet journalled does not count"
+        );
+        w.journalled();
         w.deliver(20).unwrap();
         assert_eq!(w.unpaid(), 20);
         // Paid ahead: a delivery above the credit limit fits once it is prepaid.
         assert!(w.deliver(100).is_err());
         w.accept(&c.pay_up_to(150).unwrap().unwrap()).unwrap();
+        w.journalled();
         w.deliver(100).unwrap();
         assert_eq!(w.unpaid(), 10);
+        // The final count of a job never passes the credit: what is over is not counted.
+        assert_eq!(w.room(), 40);
+        assert_eq!(w.owe(70), 40);
+        assert_eq!(w.unpaid(), 50);
+        // Nor the deposit, which no voucher can pass.
+        let mut small = WorkerChannel::new(
+            CH,
+            100,
+            SigningKey::from_bytes(&[1; 32]).verifying_key(),
+            1_000,
+        );
+        assert!(matches!(
+            small.deliver(101),
+            Err(CreditExceeded::Deposit { .. })
+        ));
+        assert!(!small.deliver(101).unwrap_err().payable());
+        small.deliver(100).unwrap();
         let state = w.state();
-        assert_eq!(state.delivered, 160);
+        assert_eq!(state.delivered, 200);
         // After a crash the journal restores both sides exactly.
         let restored = WorkerChannel::new(
             CH,
@@ -450,6 +535,7 @@ mod tests {
         )
         .restore(state.clone());
         assert_eq!(restored.state(), state);
+        assert_eq!(restored.room(), 0, "restored vouchers are durable");
         let again = ClientChannel::restore(
             CH,
             10_000,
@@ -546,6 +632,7 @@ mod tests {
                         if let Some(v) = in_flight.pop_front() {
                             if worker.accept(&v).is_ok() {
                                 worker_journal = worker.state();
+                                worker.journalled();
                             }
                         }
                     }

@@ -75,6 +75,12 @@ pub struct ClientRecord {
     pub seq: u64,
     /// The last voucher, to resend if the worker missed it.
     pub last: Option<SignedVoucher>,
+    /// A job on the channel has not ended cleanly: set before its request is sent, cleared
+    /// with the final voucher after its `Done`. While it is clear, the worker cannot have
+    /// delivered more than the client signed; while set (the client crashed or the job
+    /// broke) by at most one credit window.
+    #[serde(default)]
+    pub job_open: bool,
 }
 
 /// What a worker keeps per channel.
@@ -343,6 +349,7 @@ mod tests {
                 paid: client.paid(),
                 seq: client.seq(),
                 last: Some(v),
+                job_open: false,
             };
             j.record_client(&CH, &rec).unwrap();
             let lower = ClientRecord { paid: 100, ..rec };
@@ -428,6 +435,7 @@ mod tests {
                     paid: client.paid(),
                     seq: client.seq(),
                     last: Some(v),
+                    job_open: false,
                 },
             )
             .unwrap();

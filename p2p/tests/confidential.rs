@@ -11,7 +11,7 @@ use cocoon_p2p::attest::verifier::{collateral_file_name, Verifier, VerifierConfi
 use cocoon_p2p::attest::EvidenceKind;
 use cocoon_p2p::frame::FramedStream;
 use cocoon_p2p::job::confidential::{self, OpenError};
-use cocoon_p2p::job::{ClientEvent, JobChannel, JobConfig, JobInput, JobRequest, Sampling};
+use cocoon_p2p::job::{JobChannel, JobConfig, JobInput, JobRequest, Message, Sampling, TokenChunk};
 use cocoon_p2p::secure::{self, EnclaveKey, HandshakeError};
 use cocoon_p2p::testing::{contains, pipe, Pipe, Tap};
 use cocoon_p2p::{DhtMode, Network, NetworkConfig, PeerId};
@@ -329,7 +329,15 @@ async fn over_real_swarms_the_job_stream_carries_neither_prompt_nor_answer() {
         let mut channel = JobChannel::new(secure, job);
         let request = channel.recv_request().await.unwrap();
         assert_eq!(request.input, JobInput::Prompt(PROMPT.into()));
-        channel.send_token(ANSWER.into(), 1).await.unwrap();
+        channel
+            .send(&Message::Token(TokenChunk {
+                id: request.id,
+                index: 0,
+                text: ANSWER.into(),
+                tokens: 1,
+            }))
+            .await
+            .unwrap();
         channel
             .send(&cocoon_p2p::job::Message::Done(cocoon_p2p::job::JobDone {
                 id: request.id,
@@ -359,19 +367,19 @@ async fn over_real_swarms_the_job_stream_carries_neither_prompt_nor_answer() {
     assert_eq!(verdict.appraisal.kind, EvidenceKind::DevInsecure);
     let mut channel = JobChannel::new(secure, job);
     channel
-        .send_request(JobRequest {
+        .send(&Message::Request(JobRequest {
             id: 9,
             model: "m".into(),
             input: JobInput::Prompt(PROMPT.into()),
             sampling: Sampling::default(),
             continuation: None,
             payment: None,
-        })
+        }))
         .await
         .unwrap();
     let mut text = String::new();
-    while let ClientEvent::Token { text: t, .. } = channel.next_event().await.unwrap() {
-        text.push_str(&t);
+    while let Some(Message::Token(t)) = channel.recv(t).await.unwrap() {
+        text.push_str(&t.text);
     }
     assert_eq!(text, ANSWER);
     let seen = served.await.unwrap();

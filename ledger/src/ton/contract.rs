@@ -185,6 +185,27 @@ impl ChannelParams {
     }
 }
 
+impl crate::journal::ChannelTerms {
+    /// The contract parameters of these terms (both wallets on the basechain).
+    pub fn params(&self) -> ChannelParams {
+        ChannelParams {
+            channel_id: self.channel_id,
+            client_key: self.client_key,
+            worker_key: self.worker_key,
+            client_address: TonAddress::new(0, self.client_address.into()),
+            worker_payout: TonAddress::new(0, self.worker_payout.into()),
+            challenge_period: self.challenge_period,
+            worker_timeout: self.worker_timeout,
+        }
+    }
+
+    /// The channel contract's account id for these terms: what vouchers name, and what a
+    /// worker recomputes to know a channel pays it.
+    pub fn address(&self) -> Result<[u8; 32], TonCellError> {
+        Ok(self.params().contract()?.account_id())
+    }
+}
+
 /// The anchor contract with this (informational) owner; `None` is `addr_none`.
 pub fn anchor_contract(owner: Option<&TonAddress>) -> Result<Contract, TonCellError> {
     let mut data = CellBuilder::new();

@@ -1,10 +1,9 @@
-//! One job's exchange over a [`FrameTransport`], with timeouts and checks of message order.
+//! Moves one job's messages over a [`FrameTransport`], with timeouts; nothing more.
 //!
-//! Client: [`JobChannel::send_request`], then [`JobChannel::next_event`] until `Done` or an
-//! error. Worker: [`JobChannel::recv_request`], then [`JobChannel::send`] of `Token`s and a
-//! final `Done` or `Error`. A peer that stalls past the idle timeout, closes early, sends a
-//! garbage or oversize frame, or breaks the order (wrong job id, skipped chunk) ends the job
-//! with a [`JobError`] that says which.
+//! The exchange's rules (order, ids, billing, payments, every error code) live in the
+//! sans-IO sessions of `cocoon-job` ([`crate::job::session`]); a [`JobChannel`] only encodes,
+//! sends, receives and decodes. The worker's [`JobChannel::recv_request`] answers a
+//! garbage, oversize or other-version first frame with an `Error` before giving up.
 
 use std::time::Duration;
 
@@ -35,7 +34,7 @@ impl Default for JobConfig {
     }
 }
 
-/// Why a job failed.
+/// Why moving a job's messages failed.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     /// Framing failed: oversize or truncated frame, or the stream broke.
@@ -52,53 +51,30 @@ pub enum JobError {
         /// The timeout that expired.
         after: Duration,
     },
-    /// The peer closed the stream before the job ended.
+    /// The peer closed the stream before the job started.
     #[error("the peer closed the job stream before the job finished")]
     Closed,
-    /// The peer answered with an error.
-    #[error("worker refused the job ({:?}): {}", .0.code, .0.message)]
-    Remote(JobFailure),
     /// The peer broke the protocol's rules.
     #[error("protocol violation: {0}")]
     Protocol(String),
 }
 
-/// What a client receives while a job runs.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ClientEvent {
-    /// A paid job's quote (once, before any text).
-    Quote(JobQuote),
-    /// More text, accounting for `tokens` completion tokens.
-    Token {
-        /// The text.
-        text: String,
-        /// Completion tokens billed with it.
-        tokens: u32,
-    },
-    /// The job finished.
-    Done(JobDone),
-}
-
-/// A job's exchange over a frame transport.
+/// A job's messages over a frame transport.
 #[derive(Debug)]
 pub struct JobChannel<T> {
     transport: T,
     config: JobConfig,
-    job: Option<JobId>,
-    next_index: u32,
-    quoted: bool,
 }
 
 impl<T: FrameTransport> JobChannel<T> {
     /// Wraps a transport.
     pub fn new(transport: T, config: JobConfig) -> Self {
-        Self {
-            transport,
-            config,
-            job: None,
-            next_index: 0,
-            quoted: false,
-        }
+        Self { transport, config }
+    }
+
+    /// The limits and timeouts.
+    pub fn config(&self) -> &JobConfig {
+        &self.config
     }
 
     /// Sends one message.
@@ -114,7 +90,14 @@ impl<T: FrameTransport> JobChannel<T> {
         Ok(())
     }
 
-    async fn recv(
+    /// The next message, waiting at most `within`; `Ok(None)` when the peer closed its
+    /// side. Cancel-safe (see [`FrameTransport::recv_frame`]): it can race other work in a
+    /// `select!`.
+    pub async fn recv(&mut self, within: Duration) -> Result<Option<Message>, JobError> {
+        self.recv_for("job message", within).await
+    }
+
+    async fn recv_for(
         &mut self,
         waiting_for: &'static str,
         after: Duration,
@@ -128,84 +111,13 @@ impl<T: FrameTransport> JobChannel<T> {
         }
     }
 
-    /// Client: sends the request that opens the job.
-    pub async fn send_request(&mut self, request: JobRequest) -> Result<(), JobError> {
-        self.job = Some(request.id);
-        self.next_index = 0;
-        self.quoted = false;
-        self.send(&Message::Request(request)).await
-    }
-
-    /// Client: the next event of the job started by [`Self::send_request`].
-    pub async fn next_event(&mut self) -> Result<ClientEvent, JobError> {
-        let id = self
-            .job
-            .ok_or_else(|| JobError::Protocol("next_event before send_request".into()))?;
-        let idle = self.config.idle_timeout;
-        let message = self
-            .recv("job message", idle)
-            .await?
-            .ok_or(JobError::Closed)?;
-        if message.job_id() != id && !matches!(&message, Message::Error(f) if f.id == 0) {
-            return Err(JobError::Protocol(format!(
-                "message for job {} on the stream of job {id}",
-                message.job_id()
-            )));
-        }
-        match message {
-            Message::Quote(quote) if self.next_index == 0 && !self.quoted => {
-                self.quoted = true;
-                Ok(ClientEvent::Quote(quote))
-            }
-            Message::Quote(_) => Err(JobError::Protocol(
-                "a quote after the first token or a second quote".into(),
-            )),
-            Message::Token(chunk) => {
-                if chunk.index != self.next_index {
-                    return Err(JobError::Protocol(format!(
-                        "token chunk {} where {} was expected",
-                        chunk.index, self.next_index
-                    )));
-                }
-                self.next_index += 1;
-                Ok(ClientEvent::Token {
-                    text: chunk.text,
-                    tokens: chunk.tokens,
-                })
-            }
-            Message::Done(done) => Ok(ClientEvent::Done(done)),
-            Message::Error(failure) => Err(JobError::Remote(failure)),
-            Message::Request(_) | Message::Voucher(_) => {
-                Err(JobError::Protocol("worker sent a client's message".into()))
-            }
-        }
-    }
-
-    /// Worker: the next voucher of the current job, waiting at most `within`. `Ok(None)` when
-    /// the client closed its side. Cancel-safe (see [`FrameTransport::recv_frame`]), so it can
-    /// race the token stream in a `select!`.
-    pub async fn recv_voucher(&mut self, within: Duration) -> Result<Option<Payment>, JobError> {
-        let id = self.job.unwrap_or_default();
-        match self.recv("voucher", within).await? {
-            None => Ok(None),
-            Some(Message::Voucher(p)) if p.id == id => Ok(Some(p)),
-            Some(Message::Error(failure)) => Err(JobError::Remote(failure)),
-            Some(other) => Err(JobError::Protocol(format!(
-                "expected a voucher for job {id}, got {other:?}"
-            ))),
-        }
-    }
-
     /// Worker: receives the request that opens the job. A request in another protocol
     /// version or a garbage frame is answered with an `Error` before the error is returned.
     pub async fn recv_request(&mut self) -> Result<JobRequest, JobError> {
         let timeout = self.config.request_timeout;
-        let result = self.recv("job request", timeout).await;
+        let result = self.recv_for("job request", timeout).await;
         let (code, err) = match result {
-            Ok(Some(Message::Request(request))) => {
-                self.job = Some(request.id);
-                return Ok(request);
-            }
+            Ok(Some(Message::Request(request))) => return Ok(request),
             Ok(Some(other)) => (
                 ErrorCode::BadRequest,
                 JobError::Protocol(format!("expected a request, got {other:?}")),
@@ -229,20 +141,6 @@ impl<T: FrameTransport> JobChannel<T> {
             }))
             .await;
         Err(err)
-    }
-
-    /// Worker: sends the next chunk of text of the current job, billed as `tokens`.
-    pub async fn send_token(&mut self, text: String, tokens: u32) -> Result<(), JobError> {
-        let id = self.job.unwrap_or_default();
-        let index = self.next_index;
-        self.next_index += 1;
-        self.send(&Message::Token(TokenChunk {
-            id,
-            index,
-            text,
-            tokens,
-        }))
-        .await
     }
 
     /// The transport underneath.
@@ -282,105 +180,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_whole_job() {
+    async fn messages_cross_and_a_close_is_seen() {
         let (mut client, mut worker) = pair(JobConfig::default());
-        client.send_request(request(9)).await.unwrap();
-        let req = worker.recv_request().await.unwrap();
-        assert_eq!(req, request(9));
-        worker.send_token("Hel".into(), 1).await.unwrap();
-        worker.send_token("lo".into(), 1).await.unwrap();
-        let done = JobDone {
+        client.send(&Message::Request(request(9))).await.unwrap();
+        assert_eq!(worker.recv_request().await.unwrap(), request(9));
+        let chunk = Message::Token(TokenChunk {
             id: 9,
-            usage: Usage {
-                prompt_tokens: 3,
-                completion_tokens: 2,
-            },
-            timings: Timings::default(),
-            finish_reason: FinishReason::Stop,
-        };
-        worker.send(&Message::Done(done.clone())).await.unwrap();
-        assert_eq!(
-            client.next_event().await.unwrap(),
-            ClientEvent::Token {
-                text: "Hel".into(),
-                tokens: 1
-            }
-        );
-        assert_eq!(
-            client.next_event().await.unwrap(),
-            ClientEvent::Token {
-                text: "lo".into(),
-                tokens: 1
-            }
-        );
-        assert_eq!(client.next_event().await.unwrap(), ClientEvent::Done(done));
-    }
-
-    #[tokio::test]
-    async fn worker_gone_mid_stream_is_closed_not_a_hang() {
-        let (mut client, mut worker) = pair(JobConfig::default());
-        client.send_request(request(1)).await.unwrap();
-        worker.recv_request().await.unwrap();
-        worker.send_token("a".into(), 1).await.unwrap();
+            index: 0,
+            text: "Hel".into(),
+            tokens: 1,
+        });
+        worker.send(&chunk).await.unwrap();
         drop(worker);
-        assert_eq!(
-            client.next_event().await.unwrap(),
-            ClientEvent::Token {
-                text: "a".into(),
-                tokens: 1
-            }
-        );
-        assert!(matches!(client.next_event().await, Err(JobError::Closed)));
+        let second = Duration::from_secs(1);
+        assert_eq!(client.recv(second).await.unwrap(), Some(chunk));
+        assert_eq!(client.recv(second).await.unwrap(), None);
     }
 
     #[tokio::test]
-    async fn silent_worker_times_out() {
-        let config = JobConfig {
-            idle_timeout: Duration::from_millis(50),
-            ..Default::default()
-        };
-        let (mut client, _worker) = pair(config);
-        client.send_request(request(1)).await.unwrap();
+    async fn a_silent_peer_times_out() {
+        let (mut client, _worker) = pair(JobConfig::default());
         assert!(matches!(
-            client.next_event().await,
+            client.recv(Duration::from_millis(50)).await,
             Err(JobError::Timeout { .. })
-        ));
-    }
-
-    #[tokio::test]
-    async fn skipped_chunk_and_foreign_job_are_violations() {
-        let (mut client, mut worker) = pair(JobConfig::default());
-        client.send_request(request(1)).await.unwrap();
-        worker.recv_request().await.unwrap();
-        worker
-            .send(&Message::Token(TokenChunk {
-                id: 1,
-                index: 1,
-                text: "x".into(),
-                tokens: 1,
-            }))
-            .await
-            .unwrap();
-        assert!(matches!(
-            client.next_event().await,
-            Err(JobError::Protocol(_))
-        ));
-
-        let (mut client, mut worker) = pair(JobConfig::default());
-        client.send_request(request(1)).await.unwrap();
-        worker.recv_request().await.unwrap();
-        worker
-            .send(&Message::Token(TokenChunk {
-                id: 2,
-                index: 0,
-                text: "x".into(),
-                tokens: 1,
-            }))
-            .await
-            .unwrap();
-        assert!(matches!(
-            client.next_event().await,
-            Err(JobError::Protocol(_))
         ));
     }
 
@@ -423,21 +245,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn remote_error_reaches_the_client() {
+    async fn a_request_that_is_not_a_request_is_refused() {
         let (mut client, mut worker) = pair(JobConfig::default());
-        client.send_request(request(5)).await.unwrap();
-        worker.recv_request().await.unwrap();
-        worker
-            .send(&Message::Error(JobFailure {
-                id: 5,
-                code: ErrorCode::Busy,
-                message: "full".into(),
+        client
+            .send(&Message::Voucher(Payment {
+                id: 1,
+                cumulative: 1,
+                seq: 1,
+                signature: vec![0; 64],
             }))
             .await
             .unwrap();
-        match client.next_event().await {
-            Err(JobError::Remote(f)) => assert_eq!(f.code, ErrorCode::Busy),
-            other => panic!("{other:?}"),
-        }
+        assert!(matches!(
+            worker.recv_request().await,
+            Err(JobError::Protocol(_))
+        ));
+        assert!(matches!(
+            client.recv(Duration::from_secs(1)).await.unwrap(),
+            Some(Message::Error(JobFailure {
+                code: ErrorCode::BadRequest,
+                ..
+            }))
+        ));
     }
 }

@@ -4,13 +4,13 @@
 //! allocations at the frame size, rejects trailing bytes, and reports a peer speaking another
 //! version distinctly so the worker can answer `UnsupportedVersion`.
 
-use super::message::Message;
+use crate::message::Message;
 
 /// The version this build speaks; bumped on any incompatible change of [`Message`].
 pub const PROTOCOL_VERSION: u16 = 3;
 
-/// Upper bound on any allocation the decoder makes: one frame.
-const DECODE_LIMIT: usize = crate::frame::DEFAULT_MAX_FRAME;
+/// Upper bound on any allocation the decoder makes: one frame (the transport's 1 MiB limit).
+pub const DECODE_LIMIT: usize = 1 << 20;
 
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<DECODE_LIMIT>()
@@ -58,8 +58,8 @@ pub fn decode(bytes: &[u8]) -> Result<Message, CodecError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::message::*;
     use super::*;
+    use crate::message::*;
     use proptest::prelude::*;
 
     fn arb_message() -> impl Strategy<Value = Message> {
