@@ -167,24 +167,47 @@ impl Journal {
         total: impl Fn(&[u8]) -> Result<u64, JournalError>,
         new_total: u64,
     ) -> Result<(), JournalError> {
-        let bytes = serde_json::to_vec(record)?;
         let tx = self.db.begin_write().map_err(dberr)?;
-        {
-            let mut t = tx.open_table(table).map_err(dberr)?;
-            if let Some(old) = t.get(channel.as_slice()).map_err(dberr)? {
-                let have = total(old.value())?;
-                if new_total < have {
-                    return Err(JournalError::Regression {
-                        channel: hex(channel),
-                        have,
-                        got: new_total,
-                    });
-                }
-            }
-            t.insert(channel.as_slice(), bytes.as_slice())
-                .map_err(dberr)?;
-        }
+        put_in(&tx, table, channel, record, total, new_total)?;
         tx.commit().map_err(dberr)
+    }
+
+    /// Applies `writes` in one transaction: one commit, one fsync, however many jobs wrote.
+    /// Each write is checked as its single form is (a refused one is left out, the others
+    /// are kept); the outer error is a failed commit, which keeps none.
+    pub fn write_batch(
+        &self,
+        writes: &[Write],
+    ) -> Result<Vec<Result<(), JournalError>>, JournalError> {
+        let tx = self.db.begin_write().map_err(dberr)?;
+        let results = writes
+            .iter()
+            .map(|w| match w {
+                Write::Client(channel, r) => put_in(
+                    &tx,
+                    CLIENT,
+                    channel,
+                    r,
+                    |b| Ok(serde_json::from_slice::<ClientRecord>(b)?.paid),
+                    r.paid,
+                ),
+                Write::Worker(channel, r) => put_in(
+                    &tx,
+                    WORKER,
+                    channel,
+                    r,
+                    |b| {
+                        Ok(worker_paid(
+                            &serde_json::from_slice::<WorkerRecord>(b)?.state,
+                        ))
+                    },
+                    worker_paid(&r.state),
+                ),
+                Write::Receipt(receipt) => receipt_in(&tx, receipt).map(|_| ()),
+            })
+            .collect();
+        tx.commit().map_err(dberr)?;
+        Ok(results)
     }
 
     fn get<T: for<'de> Deserialize<'de>>(
@@ -219,13 +242,16 @@ impl Journal {
     /// Durably records the worker's best voucher and delivery on `channel` (before streaming
     /// past what the previous voucher paid for).
     pub fn record_worker(&self, channel: &[u8; 32], r: &WorkerRecord) -> Result<(), JournalError> {
-        let paid = |s: &WorkerState| s.best.map_or(0, |b| b.voucher.cumulative);
         self.put(
             WORKER,
             channel,
             r,
-            |b| Ok(paid(&serde_json::from_slice::<WorkerRecord>(b)?.state)),
-            paid(&r.state),
+            |b| {
+                Ok(worker_paid(
+                    &serde_json::from_slice::<WorkerRecord>(b)?.state,
+                ))
+            },
+            worker_paid(&r.state),
         )
     }
 
@@ -246,14 +272,8 @@ impl Journal {
 
     /// Appends a job receipt; returns its sequence number.
     pub fn add_receipt(&self, receipt: &Receipt) -> Result<u64, JournalError> {
-        let bytes = serde_json::to_vec(receipt)?;
         let tx = self.db.begin_write().map_err(dberr)?;
-        let seq = {
-            let mut t = tx.open_table(RECEIPTS).map_err(dberr)?;
-            let next = t.last().map_err(dberr)?.map_or(1, |(k, _)| k.value() + 1);
-            t.insert(next, bytes.as_slice()).map_err(dberr)?;
-            next
-        };
+        let seq = receipt_in(&tx, receipt)?;
         tx.commit().map_err(dberr)?;
         Ok(seq)
     }
@@ -322,6 +342,127 @@ impl Journal {
     }
 }
 
+/// One write of a batch ([`Journal::write_batch`], [`JournalWriter`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// [`Journal::record_client`].
+    Client([u8; 32], ClientRecord),
+    /// [`Journal::record_worker`].
+    Worker([u8; 32], WorkerRecord),
+    /// [`Journal::add_receipt`].
+    Receipt(Receipt),
+}
+
+fn worker_paid(s: &WorkerState) -> u64 {
+    s.best.map_or(0, |b| b.voucher.cumulative)
+}
+
+fn put_in<T: Serialize>(
+    tx: &redb::WriteTransaction,
+    table: TableDefinition<&[u8], &[u8]>,
+    channel: &[u8; 32],
+    record: &T,
+    total: impl Fn(&[u8]) -> Result<u64, JournalError>,
+    new_total: u64,
+) -> Result<(), JournalError> {
+    let bytes = serde_json::to_vec(record)?;
+    let mut t = tx.open_table(table).map_err(dberr)?;
+    if let Some(old) = t.get(channel.as_slice()).map_err(dberr)? {
+        let have = total(old.value())?;
+        if new_total < have {
+            return Err(JournalError::Regression {
+                channel: hex(channel),
+                have,
+                got: new_total,
+            });
+        }
+    }
+    t.insert(channel.as_slice(), bytes.as_slice())
+        .map_err(dberr)?;
+    Ok(())
+}
+
+fn receipt_in(tx: &redb::WriteTransaction, receipt: &Receipt) -> Result<u64, JournalError> {
+    let bytes = serde_json::to_vec(receipt)?;
+    let mut t = tx.open_table(RECEIPTS).map_err(dberr)?;
+    let next = t.last().map_err(dberr)?.map_or(1, |(k, _)| k.value() + 1);
+    t.insert(next, bytes.as_slice()).map_err(dberr)?;
+    Ok(next)
+}
+
+/// Writes waiting for the journal thread at most; a full queue makes writers wait.
+pub const WRITE_QUEUE: usize = 1024;
+/// Most writes committed together.
+pub const MAX_BATCH: usize = 256;
+
+type Pending = (
+    Write,
+    tokio::sync::oneshot::Sender<Result<(), JournalError>>,
+);
+
+/// The journal's owner thread: async callers hand it writes and wait for their commit;
+/// it commits whatever has queued up meanwhile in one transaction (group commit), so
+/// concurrent jobs share each fsync instead of queueing behind one lock, and no fsync ever
+/// runs on an async runtime's thread. Dropping every handle stops the thread.
+#[derive(Clone, Debug)]
+pub struct JournalWriter {
+    journal: std::sync::Arc<Journal>,
+    queue: tokio::sync::mpsc::Sender<Pending>,
+}
+
+impl JournalWriter {
+    /// Starts the owner thread of `journal`.
+    pub fn start(journal: std::sync::Arc<Journal>) -> Result<Self, JournalError> {
+        let (queue, mut rx) = tokio::sync::mpsc::channel::<Pending>(WRITE_QUEUE);
+        let owner = journal.clone();
+        std::thread::Builder::new()
+            .name("cocoon-journal".into())
+            .spawn(move || {
+                while let Some(first) = rx.blocking_recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(p) => batch.push(p),
+                            Err(_) => break,
+                        }
+                    }
+                    let (writes, replies): (Vec<Write>, Vec<_>) = batch.into_iter().unzip();
+                    match owner.write_batch(&writes) {
+                        Ok(results) => {
+                            for (reply, result) in replies.into_iter().zip(results) {
+                                let _ = reply.send(result);
+                            }
+                        }
+                        Err(e) => {
+                            let why = e.to_string();
+                            for reply in replies {
+                                let _ = reply.send(Err(JournalError::Db(why.clone())));
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(dberr)?;
+        Ok(Self { journal, queue })
+    }
+
+    /// Writes `w` durably; returns once it is committed (or refused).
+    pub async fn write(&self, w: Write) -> Result<(), JournalError> {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        self.queue
+            .send((w, reply))
+            .await
+            .map_err(|_| JournalError::Db("the journal thread stopped".into()))?;
+        done.await
+            .map_err(|_| JournalError::Db("the journal thread stopped".into()))?
+    }
+
+    /// The journal, to read.
+    pub fn journal(&self) -> &std::sync::Arc<Journal> {
+        &self.journal
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,6 +474,82 @@ mod tests {
 
     fn key() -> SigningKey {
         SigningKey::from_bytes(&[3; 32])
+    }
+
+    fn worker_record(paid: u64, delivered: u64) -> WorkerRecord {
+        let v = crate::voucher::Voucher {
+            channel: CH,
+            cumulative: paid,
+            seq: paid,
+        }
+        .sign(&key());
+        WorkerRecord {
+            terms: None,
+            deposit: 1_000_000,
+            client_key: key().verifying_key().to_bytes(),
+            state: WorkerState {
+                best: Some(v),
+                delivered,
+            },
+            last_activity: 0,
+        }
+    }
+
+    /// Concurrent writers share commits; a refused write in a batch leaves the others.
+    #[test]
+    fn the_journal_thread_commits_concurrent_writes_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = std::sync::Arc::new(Journal::open(&dir.path().join("j.redb")).unwrap());
+        journal
+            .record_worker(&CH, &worker_record(500, 500))
+            .unwrap();
+        let results = journal
+            .write_batch(&[
+                super::Write::Worker(CH, worker_record(400, 400)),
+                super::Write::Worker([5; 32], worker_record(10, 10)),
+            ])
+            .unwrap();
+        assert!(matches!(results[0], Err(JournalError::Regression { .. })));
+        assert!(results[1].is_ok());
+        assert_eq!(
+            journal.worker(&[5; 32]).unwrap(),
+            Some(worker_record(10, 10))
+        );
+        assert_eq!(journal.worker(&CH).unwrap(), Some(worker_record(500, 500)));
+
+        let writer = JournalWriter::start(journal.clone()).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let tasks: Vec<_> = (0..16u8)
+                .map(|i| {
+                    let w = writer.clone();
+                    tokio::spawn(async move {
+                        for n in 1..=20u64 {
+                            let mut r = worker_record(n, n);
+                            r.last_activity = u64::from(i);
+                            w.write(super::Write::Worker([100 + i; 32], r))
+                                .await
+                                .unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let refused = writer
+                .write(super::Write::Worker([100; 32], worker_record(1, 1)))
+                .await;
+            assert!(matches!(refused, Err(JournalError::Regression { .. })));
+        });
+        for i in 0..16u8 {
+            let r = journal.worker(&[100 + i; 32]).unwrap().unwrap();
+            assert_eq!(r.state.delivered, 20);
+        }
     }
 
     #[test]

@@ -12,13 +12,20 @@
 //! `continuation`), so the caller sees one answer with nothing repeated or lost. The client's
 //! reputation record learns from every attempt. Failures list every worker tried.
 //!
-//! A worker with a price is paid through a payment channel with it ([`ClientLedger`]): the
-//! request names the channel, the worker quotes the prompt and the price, and the client
-//! signs a voucher for the prompt at once, then every few tokens, and the exact total after
-//! `Done`, journalling each before it is sent.
+//! Each attempt is a [`ClientSession`], the sans-IO core that owns the job's rules: it checks
+//! every quote, chunk and count the worker sends (a quote above the ceiling, a credit beyond
+//! the client's bound or a delivery beyond what the client's journal allows fails over with a
+//! reputation penalty) and decides every voucher: the prompt at the quote, then every few
+//! tokens, and the exact total after `Done`. This module moves its messages, journals its
+//! channel state before its vouchers go out ([`ClientLedger`], the journal's owner thread),
+//! and hands text to the caller through a bounded channel: a slow reader holds text in a
+//! bounded buffer (payments go on meanwhile), nothing is dropped, and a reader that goes
+//! away cancels the job: the worker is paid for what arrived and told at once, and the
+//! channel is free again.
 
+use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cocoon_gossip::{Advert, Reputation, Selection, Weights};
@@ -26,19 +33,25 @@ use cocoon_gossip::{Advert, Reputation, Selection, Weights};
 use cocoon_p2p::attest::verifier::{Verifier, VerifierConfig};
 use cocoon_p2p::attest::EvidenceKind;
 use cocoon_p2p::frame::FramedStream;
+use cocoon_p2p::job::session::{self, ClientEvent, ClientSession, Fault};
 use cocoon_p2p::job::{
-    confidential, ClientEvent, ErrorCode, JobChannel, JobConfig, JobInput, JobPrice, JobRequest,
-    Message, Sampling,
+    confidential, JobChannel, JobConfig, JobInput, JobPrice, JobRequest, Sampling,
 };
 use cocoon_p2p::{Network, NetworkError, PeerId};
 use serde::Serialize;
+use tokio::sync::mpsc;
 
+use crate::clock::{instant_of, session_now};
 use crate::market::{advert_peer, MarketService};
-use crate::payments::{self, ClientLedger, PaymentConfig, PaymentError};
+use crate::payments::{ClientLedger, PaymentConfig, PaymentError};
 
 /// How long a paying client waits, after its final voucher, for the worker to end the
 /// stream (the worker's acknowledgement that it holds the voucher).
 pub const FINAL_ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// Text received but not yet taken by a slow reader, bytes, at most; beyond it the client
+/// stops reading the worker's stream until the reader catches up.
+pub const MAX_PENDING_TEXT: usize = 8 << 20;
 
 /// Client settings.
 #[derive(Clone, Debug)]
@@ -150,6 +163,10 @@ pub enum InferError {
     /// The network failed.
     #[error(transparent)]
     Network(#[from] NetworkError),
+    /// The caller went away (the text receiver was dropped): the job was stopped and the
+    /// worker paid for what arrived.
+    #[error("the job was cancelled")]
+    Cancelled,
     /// Every candidate failed; each entry names a worker and what went wrong.
     #[error("every worker failed ({received_chars} characters received): {}", .tried.iter().map(|(p, e)| format!("{p}: {e}")).collect::<Vec<_>>().join("; "))]
     AllFailed {
@@ -233,14 +250,16 @@ struct Target {
 
 /// Runs `request` on the best worker the market knows (DHT providers when it knows none),
 /// failing over to the next candidate (resuming from the text received so far) until one
-/// finishes; `on_text` sees each chunk as it arrives, as one answer.
+/// finishes. The answer's text goes to `texts` as it arrives, as one answer; dropping the
+/// receiver cancels the job ([`InferError::Cancelled`]). `reputation` learns from every
+/// attempt, each outcome under its lock (concurrent jobs may share it).
 pub async fn infer(
     network: &Network,
     market: &MarketService,
-    reputation: &mut Reputation,
+    reputation: &Mutex<Reputation>,
     request: InferRequest,
     config: &ClientConfig,
-    mut on_text: impl FnMut(&str),
+    texts: &mpsc::Sender<String>,
 ) -> Result<InferOutcome, InferError> {
     let selection = Selection {
         model: request.model.clone(),
@@ -251,7 +270,11 @@ pub async fn infer(
         exclude: Vec::new(),
         limit: None,
     };
-    let ranked = market.select(&selection, reputation, &config.weights);
+    let select = || {
+        let reputation = reputation.lock().expect("reputation lock");
+        market.select(&selection, &reputation, &config.weights)
+    };
+    let ranked = select();
     let mut targets: Vec<Target> = ranked
         .iter()
         .filter_map(|c| {
@@ -277,7 +300,7 @@ pub async fn infer(
                 tracing::debug!(%peer, "market sync failed: {e}");
             }
         }
-        let ranked = market.select(&selection, reputation, &config.weights);
+        let ranked = select();
         if !ranked.is_empty() {
             providers = ranked
                 .iter()
@@ -324,6 +347,7 @@ pub async fn infer(
         }
         let mut job = request.clone();
         job.sampling.max_tokens = remaining;
+        let before = text.len();
         let result = run_on(
             network,
             target,
@@ -331,13 +355,13 @@ pub async fn infer(
             continuation,
             config,
             attempt as u64,
-            &mut |chunk: &str| {
-                first_text.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
-                text.push_str(chunk);
-                on_text(chunk)
-            },
+            &mut text,
+            texts,
         )
         .await;
+        if text.len() > before {
+            first_text.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
+        }
         let now = crate::attestation::unix_now();
         match result {
             Ok(mut done) => {
@@ -345,7 +369,7 @@ pub async fn infer(
                     .advert
                     .as_ref()
                     .map_or(0.0, |a| a.tokens_per_s as f64);
-                reputation.success(
+                reputation.lock().expect("reputation lock").success(
                     &worker.to_bytes(),
                     now,
                     done.ttft_ms,
@@ -353,7 +377,7 @@ pub async fn infer(
                     advertised,
                 );
                 done.text = text;
-                done.completion_tokens += tokens_before;
+                done.completion_tokens = done.completion_tokens.saturating_add(tokens_before);
                 done.ttft_ms = first_text.unwrap_or(done.ttft_ms);
                 done.total_ms = started.elapsed().as_secs_f64() * 1e3;
                 done.providers_found = candidates;
@@ -375,11 +399,16 @@ pub async fn infer(
                 cause,
             }) => {
                 tracing::info!(%worker, "worker failed after {tokens} tokens: {error}");
-                if cause == Cause::Worker {
-                    reputation.failure(&worker.to_bytes(), now);
+                match cause {
+                    Fault::Cancelled => return Err(InferError::Cancelled),
+                    Fault::Worker => reputation
+                        .lock()
+                        .expect("reputation lock")
+                        .failure(&worker.to_bytes(), now),
+                    Fault::Busy | Fault::Funds => {}
                 }
-                unpaid &= cause == Cause::Funds;
-                tokens_before += tokens;
+                unpaid &= cause == Fault::Funds;
+                tokens_before = tokens_before.saturating_add(tokens);
                 tried.push((worker, error));
             }
         }
@@ -389,6 +418,31 @@ pub async fn infer(
         tried,
         received_chars: text.len(),
     })
+}
+
+/// [`infer`] with a callback for the text (the command line's printer): `on_text` sees
+/// each piece in order as it arrives.
+pub async fn infer_with(
+    network: &Network,
+    market: &MarketService,
+    reputation: &Mutex<Reputation>,
+    request: InferRequest,
+    config: &ClientConfig,
+    mut on_text: impl FnMut(&str),
+) -> Result<InferOutcome, InferError> {
+    let (tx, mut rx) = mpsc::channel::<String>(64);
+    let job = async move {
+        let result = infer(network, market, reputation, request, config, &tx).await;
+        drop(tx);
+        result
+    };
+    let show = async {
+        while let Some(text) = rx.recv().await {
+            on_text(&text);
+        }
+    };
+    let (result, ()) = tokio::join!(job, show);
+    result
 }
 
 /// A rough prompt size for ranking (about four characters per token).
@@ -406,18 +460,7 @@ struct Failure {
     /// Completion tokens received from this worker before it failed (text kept by the
     /// caller).
     tokens: u32,
-    cause: Cause,
-}
-
-/// Whose fault a failed attempt was.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Cause {
-    /// The worker's or the network's (a reputation penalty).
-    Worker,
-    /// The worker was busy or too dear (not its fault: no penalty).
-    Busy,
-    /// We could not pay (no penalty; a gateway answers 402).
-    Funds,
+    cause: Fault,
 }
 
 impl Failure {
@@ -425,54 +468,28 @@ impl Failure {
         Self {
             error: error.to_string(),
             tokens: 0,
-            cause: Cause::Worker,
+            cause: Fault::Worker,
         }
     }
 
     fn payment(error: PaymentError) -> Self {
         Self {
-            cause: Cause::of(&error),
+            cause: if error.out_of_funds() {
+                Fault::Funds
+            } else {
+                Fault::Worker
+            },
             ..Self::before_start(error)
         }
     }
 }
 
-impl Cause {
-    /// Whose fault a payment error is.
-    fn of(error: &PaymentError) -> Self {
-        if error.out_of_funds() {
-            Cause::Funds
-        } else {
-            Cause::Worker
-        }
-    }
-}
-
-/// A job's payment: the channel and its bill.
+/// A job's payment: the channel reserved for it and the price ceiling it offers.
 struct Paying {
     ledger: Arc<ClientLedger>,
-    channel: payments::ClientChannelInfo,
-    meter: Option<cocoon_ledger::channel::Meter>,
+    info: crate::payments::ClientChannelInfo,
+    ceiling: JobPrice,
     _guard: tokio::sync::OwnedMutexGuard<()>,
-}
-
-impl Paying {
-    /// Signs and journals a voucher up to `total`, then sends it.
-    async fn pay<T: cocoon_p2p::frame::FrameTransport>(
-        &self,
-        channel: &mut JobChannel<T>,
-        total: u64,
-        job: u64,
-    ) -> Result<(), (String, Cause)> {
-        match self.ledger.pay(&self.channel.channel, total, job) {
-            Ok(Some(p)) => channel
-                .send(&Message::Voucher(p))
-                .await
-                .map_err(|e| (e.to_string(), Cause::Worker)),
-            Ok(None) => Ok(()),
-            Err(e) => Err((format!("cannot pay: {e}"), Cause::of(&e))),
-        }
-    }
 }
 
 /// The payment channel for `request` on `target`, when it charges and we can pay: one with
@@ -501,8 +518,8 @@ async fn paying(
         .map_err(Failure::payment)?;
     Ok(Some(Paying {
         ledger: ledger.clone(),
-        channel: reserved.info,
-        meter: None,
+        info: reserved.info,
+        ceiling,
         _guard: reserved.guard,
     }))
 }
@@ -524,6 +541,133 @@ fn max_price(advert: &Advert, config: &ClientConfig) -> JobPrice {
     }
 }
 
+/// The session settings of `config`.
+fn session_config(config: &ClientConfig) -> session::ClientConfig {
+    let payments = config
+        .payments
+        .as_ref()
+        .map_or_else(PaymentConfig::default, |l| l.config().clone());
+    session::ClientConfig {
+        pay_every: payments.pay_every,
+        max_credit: payments.max_credit,
+        idle_timeout: config.job.idle_timeout,
+        ack_timeout: FINAL_ACK_WAIT,
+    }
+}
+
+/// What [`drive`] saw of a job.
+#[derive(Clone, Copy, Debug)]
+pub struct Driven {
+    /// When the first text arrived.
+    pub first_text: Option<Instant>,
+    /// Completion tokens the received chunks billed.
+    pub tokens: u32,
+    /// The reader went away and the job was cancelled.
+    pub cancelled: bool,
+}
+
+/// Runs a client session over `channel` until it finishes: its messages out and in, its
+/// timers, its journal writes (`paying`: the ledger and channel it pays through; a voucher
+/// goes out only once written) and its text, appended to `answer` and handed to `texts`
+/// in order (buffered up to [`MAX_PENDING_TEXT`] bytes for a slow reader; a reader that
+/// goes away cancels the job). Closes our side once the session has nothing more to send.
+/// `Err` when a journal write failed (the job stopped there, nothing unjournalled sent).
+pub async fn drive<T: cocoon_p2p::frame::FrameTransport>(
+    channel: &mut JobChannel<T>,
+    session: &mut ClientSession,
+    paying: Option<(&ClientLedger, &crate::payments::ClientChannelInfo)>,
+    answer: &mut String,
+    texts: &mpsc::Sender<String>,
+) -> Result<Driven, String> {
+    let mut first: Option<Instant> = None;
+    let mut tokens = 0u32;
+    let mut pending: VecDeque<String> = VecDeque::new();
+    let mut pending_bytes = 0usize;
+    let mut stream_ok = true;
+    let mut closed_ours = false;
+    let mut cancelled = false;
+    loop {
+        while let Some(event) = session.poll_event() {
+            match event {
+                ClientEvent::Journal(state) => {
+                    let Some((ledger, info)) = paying else {
+                        continue;
+                    };
+                    if let Err(e) = ledger.record(info, &state).await {
+                        // Nothing unjournalled goes out: the voucher waiting on this write
+                        // stays unsent, and the job stops here.
+                        let _ = channel.close().await;
+                        return Err(format!("cannot journal a voucher: {e}"));
+                    }
+                    session.journalled();
+                }
+                ClientEvent::Text { text, tokens: n } => {
+                    first.get_or_insert_with(Instant::now);
+                    tokens = tokens.saturating_add(n);
+                    answer.push_str(&text);
+                    pending_bytes += text.len();
+                    pending.push_back(text);
+                }
+                ClientEvent::Quote(_) | ClientEvent::Done(_) => {}
+                ClientEvent::Failed(e) => tracing::debug!(job = session.id(), "job failed: {e}"),
+            }
+        }
+        while let Some(m) = session.poll_transmit() {
+            if stream_ok && channel.send(&m).await.is_err() {
+                stream_ok = false;
+                session.handle_closed(session_now(), "the stream broke while sending");
+            }
+        }
+        if session.has_ended() && !closed_ours && !session.journal_pending() {
+            // Our last voucher is out: closing our side tells the worker nothing more comes.
+            closed_ours = true;
+            let _ = channel.close().await;
+        }
+        if session.is_finished() && (pending.is_empty() || cancelled) {
+            return Ok(Driven {
+                first_text: first,
+                tokens,
+                cancelled,
+            });
+        }
+        let deadline = session.poll_timeout().map(instant_of);
+        let reading = stream_ok && !session.is_finished() && pending_bytes < MAX_PENDING_TEXT;
+        tokio::select! {
+            biased;
+            _ = texts.closed(), if !cancelled => {
+                cancelled = true;
+                pending.clear();
+                session.cancel(session_now());
+            }
+            permit = texts.reserve(), if !pending.is_empty() && !cancelled => match permit {
+                Ok(permit) => {
+                    let text = pending.pop_front().expect("guarded");
+                    pending_bytes -= text.len();
+                    permit.send(text);
+                }
+                Err(_) => {
+                    cancelled = true;
+                    pending.clear();
+                    session.cancel(session_now());
+                }
+            },
+            message = channel.recv(Duration::MAX), if reading => match message {
+                Ok(Some(m)) => session.handle(session_now(), m),
+                Ok(None) => session.handle_closed(session_now(), "the worker closed the stream"),
+                Err(e) => {
+                    stream_ok = false;
+                    session.handle_closed(session_now(), &e.to_string());
+                }
+            },
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                session.handle_timeout(session_now());
+            }
+            else => session.handle_closed(session_now(), "nothing left to wait for"),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run_on(
     network: &Network,
     target: &Target,
@@ -531,10 +675,11 @@ async fn run_on(
     continuation: Option<String>,
     config: &ClientConfig,
     attempt: u64,
-    on_text: &mut impl FnMut(&str),
+    answer: &mut String,
+    texts: &mpsc::Sender<String>,
 ) -> Result<InferOutcome, Failure> {
     let worker = target.peer;
-    let mut paying = paying(target, request, config).await?;
+    let paying = paying(target, request, config).await?;
     let stream = network
         .open_job_stream(worker, config.open_timeout)
         .await
@@ -561,110 +706,61 @@ async fn run_on(
         .unwrap_or(0)
         .wrapping_add(attempt);
     let started = Instant::now();
-    let payment = match (&paying, &target.advert) {
-        (Some(p), Some(a)) => Some(Box::new(p.ledger.terms(&p.channel, max_price(a, config)))),
-        _ => None,
+    let job_request = JobRequest {
+        id,
+        model: request.model.clone(),
+        input: request.input.clone(),
+        sampling: request.sampling.clone(),
+        continuation,
+        payment: paying
+            .as_ref()
+            .map(|p| Box::new(p.ledger.terms(&p.info, p.ceiling))),
     };
-    channel
-        .send_request(JobRequest {
-            id,
-            model: request.model.clone(),
-            input: request.input.clone(),
-            sampling: request.sampling.clone(),
-            continuation,
-            payment,
-        })
-        .await
-        .map_err(Failure::before_start)?;
-    let mut tokens = 0u32;
-    let mut first: Option<Instant> = None;
-    let result = loop {
-        let event = match channel.next_event().await {
-            Ok(e) => e,
-            Err(e) => {
-                // Busy or too dear is not the worker's fault: no reputation penalty.
-                let cause = match &e {
-                    cocoon_p2p::job::JobError::Remote(f) => match f.code {
-                        ErrorCode::Busy | ErrorCode::PriceTooHigh => Cause::Busy,
-                        ErrorCode::PaymentRequired => Cause::Funds,
-                        _ => Cause::Worker,
-                    },
-                    _ => Cause::Worker,
-                };
-                break Err((e.to_string(), cause));
-            }
-        };
-        let due = match (event, paying.as_mut()) {
-            (ClientEvent::Quote(q), Some(p)) => {
-                let every = p.ledger.config().pay_every;
-                let meter = p.meter.insert(payments::meter(&q, p.channel.paid, every));
-                let due = meter.prompt(q.prompt_tokens as u64);
-                if due <= p.channel.paid && q.channel_paid < p.channel.paid {
-                    // The worker missed our last voucher (it crashed before it arrived).
-                    if let Ok(Some(last)) = p.ledger.last(&p.channel.channel, id) {
-                        if let Err(e) = channel.send(&Message::Voucher(last)).await {
-                            break Err((e.to_string(), Cause::Worker));
-                        }
-                    }
-                }
-                Some(due)
-            }
-            (ClientEvent::Quote(_), None) => {
-                let msg = "the worker quoted a price for a job we did not offer to pay";
-                break Err((msg.into(), Cause::Worker));
-            }
-            (ClientEvent::Token { text, tokens: n }, p) => {
-                first.get_or_insert_with(Instant::now);
-                tokens += n;
-                on_text(&text);
-                p.and_then(|p| p.meter.as_mut()?.tokens(n as u64))
-            }
-            (ClientEvent::Done(done), p) => {
-                if let Some(m) = p.and_then(|p| p.meter.as_mut()) {
-                    m.finish(
-                        done.usage.prompt_tokens as u64,
-                        done.usage.completion_tokens as u64,
-                    );
-                }
-                break Ok(done);
-            }
-        };
-        if let (Some(total), Some(p)) = (due, &paying) {
-            if let Err(e) = p.pay(&mut channel, total, id).await {
-                break Err(e);
-            }
-        }
-    };
-    let (paid, channel_hex) = match &paying {
-        Some(p) => {
-            let owed = p.meter.as_ref().map_or(0, |m| m.owed());
-            // Pay for everything received, also when the job failed: the voucher is
-            // journalled and reaches the worker now or with the next job.
-            let sent = p.pay(&mut channel, owed, id).await;
-            if let Err((e, _)) = sent {
-                tracing::info!(%worker, "final voucher not delivered now: {e}");
-            }
-            (
-                p.meter.as_ref().map_or(0, |m| m.job_cost()),
-                Some(hex::encode(p.channel.channel)),
-            )
-        }
-        None => (0, None),
-    };
-    let _ = channel.close().await;
-    if paying.is_some() {
-        // Wait for the worker to end the stream: it does so once it holds the final voucher,
-        // which could otherwise be lost in our send buffer when the process exits.
-        let _ = tokio::time::timeout(FINAL_ACK_WAIT, channel.next_event()).await;
-    }
-    let done = match result {
-        Ok(done) => done,
-        Err((error, cause)) => {
+    let mut session = ClientSession::new(
+        session_config(config),
+        session_now(),
+        job_request,
+        paying.as_ref().map(|p| p.ledger.payment(&p.info)),
+    );
+    let driven = drive(
+        &mut channel,
+        &mut session,
+        paying.as_ref().map(|p| (&*p.ledger, &p.info)),
+        answer,
+        texts,
+    )
+    .await;
+    let (first, tokens, cancelled) = match driven {
+        Ok(d) => (d.first_text, d.tokens, d.cancelled),
+        Err(error) => {
             return Err(Failure {
                 error,
+                tokens: 0,
+                cause: Fault::Busy,
+            })
+        }
+    };
+    let paid = session.job_cost();
+    let quote = session.quote().copied();
+    let done = match session.result() {
+        Some(Ok(done)) => done.clone(),
+        Some(Err(e)) => {
+            return Err(Failure {
+                error: e.to_string(),
                 tokens,
-                cause,
-            });
+                cause: if cancelled {
+                    Fault::Cancelled
+                } else {
+                    e.fault()
+                },
+            })
+        }
+        None => {
+            return Err(Failure {
+                error: "the job ended without a result".into(),
+                tokens,
+                cause: Fault::Worker,
+            })
         }
     };
     let end = Instant::now();
@@ -694,15 +790,11 @@ async fn run_on(
         measurement: hex::encode(appraisal.mrtd),
         tcb_status: appraisal.tcb_status.clone(),
         source: String::new(),
-        price_prompt_per_mtok: paying
-            .as_ref()
-            .and_then(|p| Some(p.meter.as_ref()?.prompt_price)),
-        price_completion_per_mtok: paying
-            .as_ref()
-            .and_then(|p| Some(p.meter.as_ref()?.completion_price)),
+        price_prompt_per_mtok: quote.map(|q| q.price.prompt_per_mtok),
+        price_completion_per_mtok: quote.map(|q| q.price.completion_per_mtok),
         cost_nanoton: paying.as_ref().map(|_| paid),
         paid_nanoton: paid,
-        channel: channel_hex,
+        channel: paying.as_ref().map(|p| hex::encode(p.info.channel)),
         failed_attempts: Vec::new(),
     })
 }

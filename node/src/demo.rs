@@ -268,8 +268,8 @@ async fn run_in(
             Duration::from_secs(10),
         )
         .await?;
-        let mut reputation = cocoon_gossip::Reputation::default();
-        client::infer(&network, &market, &mut reputation, request, &config, |t| {
+        let reputation = std::sync::Mutex::new(cocoon_gossip::Reputation::default());
+        client::infer_with(&network, &market, &reputation, request, &config, |t| {
             on_text(t)
         })
         .await

@@ -15,7 +15,8 @@
 //! - [`demo`]: the whole network on loopback;
 //! - [`launch`]: starting `cocoon node` processes (demo, tests, benchmarks);
 //! - [`models`]: known models and `cocoon model fetch`;
-//! - [`config`]: TOML + environment + flags.
+//! - [`config`]: TOML + environment + flags;
+//! - [`clock`]: the monotonic clock the job sessions run on.
 //!
 //! Feature `worker` (default) adds the inference engine (candle), the daemon, the demo and
 //! the binary; without it this crate is the light client ([`light`]) and pulls in no candle.
@@ -26,6 +27,7 @@ pub mod accounts;
 pub mod advertiser;
 pub mod attestation;
 pub mod client;
+pub mod clock;
 #[cfg(feature = "worker")]
 pub mod config;
 #[cfg(feature = "worker")]

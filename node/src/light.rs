@@ -177,6 +177,10 @@ impl LightClientBuilder {
     }
 }
 
+/// Text pieces queued between a job and its reader; the job buffers more itself (up to
+/// [`client::MAX_PENDING_TEXT`] bytes) before it stops reading the worker.
+pub const TEXT_QUEUE: usize = 64;
+
 /// What [`LightClient::infer`] streams.
 #[derive(Clone, Debug)]
 pub enum Event {
@@ -207,29 +211,41 @@ impl LightClient {
     }
 
     /// Runs `request` on the network; the stream yields the answer's text as it arrives and
-    /// ends with [`Event::Done`] or one error. Dropping the stream abandons the job.
+    /// ends with [`Event::Done`] or one error. Nothing is dropped: a slow reader makes the
+    /// job buffer (bounded) and then wait. Dropping the stream cancels the job at once: the
+    /// worker stops generating, is paid for what arrived, and the payment channel is free
+    /// for the next job.
     pub fn infer(
         &self,
         request: InferRequest,
     ) -> impl Stream<Item = Result<Event, InferError>> + Send + 'static {
-        // Every chunk holds at least one token: max_tokens + 2 slots never fill.
-        let capacity = request.sampling.max_tokens as usize + 2;
-        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+        let (text_tx, text_rx) = tokio::sync::mpsc::channel::<String>(TEXT_QUEUE);
+        let (result_tx, result_rx) = tokio::sync::oneshot::channel();
         let network = self.network.clone();
         let market = self.market.clone();
         let config = self.config.clone();
         let reputation = self.reputation.clone();
         tokio::spawn(async move {
-            let mut rep = reputation.lock().expect("reputation lock").clone();
-            let text_tx = tx.clone();
-            let result = client::infer(&network, &market, &mut rep, request, &config, |t| {
-                let _ = text_tx.try_send(Ok(Event::Text(t.to_string())));
-            })
-            .await;
-            *reputation.lock().expect("reputation lock") = rep;
-            let _ = tx.send(result.map(|o| Event::Done(Box::new(o)))).await;
+            let result =
+                client::infer(&network, &market, &reputation, request, &config, &text_tx).await;
+            drop(text_tx);
+            let _ = result_tx.send(result);
         });
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
+        futures::stream::unfold(
+            (Some(text_rx), Some(result_rx)),
+            |(mut texts, result)| async move {
+                if let Some(rx) = texts.as_mut() {
+                    if let Some(text) = rx.recv().await {
+                        return Some((Ok(Event::Text(text)), (texts, result)));
+                    }
+                }
+                let outcome = match result?.await {
+                    Ok(r) => r.map(|o| Event::Done(Box::new(o))),
+                    Err(_) => Err(InferError::Cancelled),
+                };
+                Some((outcome, (None, None)))
+            },
+        )
     }
 
     /// Stops the network and saves the reputation record.

@@ -619,26 +619,20 @@ async fn infer(args: InferArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let reputation_file = data_dir.join("reputation.json");
-    let mut reputation = client::load_reputation(&reputation_file);
+    let reputation = std::sync::Mutex::new(client::load_reputation(&reputation_file));
     let json = args.json;
     let result = async {
-        client::infer(
-            &network,
-            &market,
-            &mut reputation,
-            request,
-            &config,
-            |text| {
-                if !json {
-                    print!("{text}");
-                    let _ = std::io::stdout().flush();
-                }
-            },
-        )
+        client::infer_with(&network, &market, &reputation, request, &config, |text| {
+            if !json {
+                print!("{text}");
+                let _ = std::io::stdout().flush();
+            }
+        })
         .await
     }
     .await;
     network.shutdown().await;
+    let reputation = reputation.into_inner().expect("reputation lock");
     if let Err(e) = client::save_reputation(&reputation_file, &reputation) {
         tracing::warn!("cannot save {}: {e}", reputation_file.display());
     }

@@ -1,14 +1,14 @@
-//! Paying for jobs: the glue between the job protocol's payment messages (`Quote`,
-//! `Voucher`), the ledger's sans-IO channel cores and the node's durable journal.
+//! Paying for jobs: the channels and journals behind the job sessions' payment rules.
 //!
 //! A job is paid through a payment channel between the client and the worker (a TON
 //! contract, `ledger/contract/`). The client names the channel in its request
-//! ([`PaymentTerms`]); the worker checks the channel's address binds its own key and payout
-//! wallet, quotes the prompt size and price, and bills every token chunk it sends against
-//! its credit limit. The client pays as tokens arrive with cumulative vouchers. Both sides
-//! journal before acting: the client each voucher before sending it ([`ClientLedger::pay`]),
-//! the worker each voucher it accepts before streaming further ([`WorkerLedger::accept`]),
-//! so after a `kill -9` nothing is lost and nothing is paid twice. A client that lost track
+//! ([`PaymentTerms`]); the rules (the channel bound to the requesting peer, quote, billing,
+//! credit, vouchers) are the sessions' in `cocoon-job`. This module keeps what they act on:
+//! the worker's channel cores, one slot per channel ([`WorkerLedger::lease`]), the client's
+//! channel pool ([`ClientLedger::acquire`]), the deposits read on chain, and the durable
+//! journal both sides write through its owner thread before acting: the client each voucher
+//! before sending it, the worker each voucher before streaming on its credit, so after a
+//! `kill -9` nothing is lost and nothing is paid twice. A client that lost track
 //! (it crashed mid-job) learns in the next quote what the worker delivered and pays it; a
 //! worker that crashed before a voucher reached it gets the client's journalled voucher
 //! again in the next job.
@@ -23,12 +23,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cocoon_gossip::Price;
-use cocoon_ledger::channel::{ClientChannel, CreditExceeded, Meter, WorkerChannel};
-use cocoon_ledger::journal::{ChannelTerms, ClientRecord, Journal, JournalError, WorkerRecord};
+use cocoon_ledger::channel::{WorkerChannel, WorkerState};
+use cocoon_ledger::journal::{
+    ChannelTerms, ClientRecord, Journal, JournalError, JournalWriter, WorkerRecord, Write,
+};
 use cocoon_ledger::ton::client::ChannelClient;
-use cocoon_ledger::ton::contract::{ChannelParams, ChannelStatus};
-use cocoon_ledger::voucher::{SignedVoucher, Voucher};
-use cocoon_p2p::job::{JobPrice, JobQuote, Payment, PaymentTerms};
+use cocoon_ledger::ton::contract::ChannelStatus;
+use cocoon_ledger::voucher::SignedVoucher;
+use cocoon_p2p::job::session::{ClientChannelState, ClientPayment};
+use cocoon_p2p::job::{JobPrice, PaymentTerms};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 
 /// Payment settings of a node (both roles).
@@ -42,6 +45,10 @@ pub struct PaymentConfig {
     pub voucher_timeout: Duration,
     /// Client: pay every this many completion tokens. Default: 16.
     pub pay_every: u32,
+    /// Client: the largest credit limit a worker may quote, nanoTON: what the client risks
+    /// to a worker lying about its deliveries after the client crashed. Default: 10,000,000
+    /// (0.01 TON, ten times the worker default).
+    pub max_credit: u64,
     /// Client: the deposit of a new channel, nanoTON. Default: 1 TON.
     pub deposit: u64,
     /// Client: a new channel's challenge window, seconds. Default: 3,600.
@@ -63,6 +70,7 @@ impl Default for PaymentConfig {
             credit_limit: 1_000_000,
             voucher_timeout: Duration::from_secs(10),
             pay_every: 16,
+            max_credit: 10_000_000,
             deposit: 1_000_000_000,
             challenge_period: 3600,
             worker_timeout: 30 * 86_400,
@@ -102,6 +110,9 @@ pub enum PaymentError {
     /// The channel is not open on chain.
     #[error("the channel is not open on chain ({0})")]
     NotOpen(String),
+    /// The previous job on the channel did not stop in time.
+    #[error("the previous job on this channel did not stop within {0:?}")]
+    ChannelBusy(Duration),
     /// The wallet cannot fund a new channel.
     #[error("the wallet holds {balance} nanoTON; opening a channel needs {need}")]
     InsufficientFunds {
@@ -147,57 +158,12 @@ pub fn basechain(account: [u8; 32]) -> tonlib_core::TonAddress {
     tonlib_core::TonAddress::new(0, account.into())
 }
 
-/// The contract parameters of journalled channel terms.
-pub fn channel_params(t: &ChannelTerms) -> ChannelParams {
-    ChannelParams {
-        channel_id: t.channel_id,
-        client_key: t.client_key,
-        worker_key: t.worker_key,
-        client_address: basechain(t.client_address),
-        worker_payout: basechain(t.worker_payout),
-        challenge_period: t.challenge_period,
-        worker_timeout: t.worker_timeout,
-    }
-}
-
-/// The channel contract's account id for `terms` (see `ledger/contract/README.md`).
-pub fn channel_address(terms: &ChannelTerms) -> Result<[u8; 32], PaymentError> {
-    channel_params(terms)
-        .contract()
-        .map(|c| c.account_id())
-        .map_err(|e| PaymentError::Terms(e.to_string()))
-}
-
 /// The wire price from the market's.
 pub fn job_price(p: Price) -> JobPrice {
     JobPrice {
         prompt_per_mtok: p.prompt_per_mtok,
         completion_per_mtok: p.completion_per_mtok,
     }
-}
-
-/// What a job of `prompt` and `completion` tokens costs at `price`, nanoTON (the one
-/// formula both sides bill with).
-pub fn job_cost(price: JobPrice, prompt: u64, completion: u64) -> u64 {
-    cocoon_ledger::channel::job_cost(
-        price.prompt_per_mtok,
-        price.completion_per_mtok,
-        prompt,
-        completion,
-    )
-}
-
-/// The client's meter for a job quoted as `quote`, after `signed` nanoTON signed on the
-/// channel: the job adds to the larger of that and what the worker delivered before (a job
-/// the client lost track of in a crash is paid with this one).
-pub fn meter(quote: &JobQuote, signed: u64, every: u32) -> Meter {
-    Meter::new(
-        quote.price.prompt_per_mtok,
-        quote.price.completion_per_mtok,
-        every,
-        signed.max(quote.channel_delivered),
-    )
-    .with_credit(quote.credit_limit)
 }
 
 /// How long a client waits for a channel it opened to show as open on chain.
@@ -235,48 +201,42 @@ fn open_journal(path: &Path) -> Result<Arc<Journal>, PaymentError> {
     }
 }
 
-/// A worker's view of one channel, as quoted to the client.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ChannelView {
-    /// The best voucher's amount.
-    pub paid: u64,
-    /// Its seq.
-    pub seq: u64,
-    /// Value delivered on the channel.
-    pub delivered: u64,
-}
-
 /// The worker's side: every channel it is paid through, journalled.
+///
+/// Each channel's core lives in its own slot, held by the job running on it (one at a time:
+/// a client runs one job per channel); jobs on other channels never wait for it. Journal
+/// writes go to the journal's owner thread ([`JournalWriter`]), which commits concurrent
+/// jobs' writes together, off the async runtime.
 pub struct WorkerLedger {
-    journal: Arc<Journal>,
+    writer: JournalWriter,
     worker_key: [u8; 32],
     payout: [u8; 32],
     credit_limit: u64,
-    channels: Mutex<HashMap<[u8; 32], (ChannelTerms, WorkerChannel)>>,
     slots: Mutex<HashMap<[u8; 32], Arc<Slot>>>,
     chain: Option<Arc<ChannelClient>>,
     deposits: Mutex<HashMap<[u8; 32], (u64, std::time::Instant)>>,
 }
 
-/// Who is running a job on a channel. A client runs one job at a time per channel, so a new
-/// job on a channel means the client of the running one is gone (a crashed client whose
-/// connection is not yet known to be dead): the new job supersedes it, and waits until it
-/// stopped, so that its quote states the channel's final delivery.
+/// A channel's core and who runs a job on it. A new job on a channel means the client of
+/// the running one is gone (a crashed client whose connection is not yet known to be
+/// dead): the new job supersedes it and waits for its core, so that its quote states the
+/// channel's final delivery.
 #[derive(Default)]
 struct Slot {
     current: std::sync::atomic::AtomicU64,
     wake: tokio::sync::Notify,
-    running: Arc<tokio::sync::Mutex<()>>,
+    core: Arc<tokio::sync::Mutex<Option<(ChannelTerms, WorkerChannel)>>>,
 }
 
-/// A job's hold on its channel (see [`WorkerLedger::claim`]).
-pub struct JobClaim {
+/// A job's hold on its channel's core (see [`WorkerLedger::lease`]).
+pub struct ChannelLease {
     slot: Arc<Slot>,
     job: u64,
-    _running: Option<tokio::sync::OwnedMutexGuard<()>>,
+    channel: [u8; 32],
+    held: tokio::sync::OwnedMutexGuard<Option<(ChannelTerms, WorkerChannel)>>,
 }
 
-impl JobClaim {
+impl ChannelLease {
     /// Whether a newer job on the channel took over.
     pub fn superseded(&self) -> bool {
         self.slot.current.load(std::sync::atomic::Ordering::Acquire) != self.job
@@ -292,6 +252,28 @@ impl JobClaim {
             woken.await;
         }
     }
+
+    /// The channel's account id.
+    pub fn channel(&self) -> [u8; 32] {
+        self.channel
+    }
+
+    /// The channel's terms.
+    pub fn terms(&self) -> ChannelTerms {
+        self.held.as_ref().expect("a leased core").0
+    }
+
+    /// Takes the core for the job's session; [`Self::put_back`] returns it.
+    pub fn take(&mut self) -> WorkerChannel {
+        self.held.as_ref().expect("a leased core").1.clone()
+    }
+
+    /// Returns the core after the job.
+    pub fn put_back(&mut self, core: WorkerChannel) {
+        if let Some((_, c)) = self.held.as_mut() {
+            *c = core;
+        }
+    }
 }
 
 impl WorkerLedger {
@@ -304,11 +286,10 @@ impl WorkerLedger {
         credit_limit: u64,
     ) -> Result<Self, PaymentError> {
         Ok(Self {
-            journal: open_journal(path)?,
+            writer: JournalWriter::start(open_journal(path)?)?,
             worker_key,
             payout,
             credit_limit,
-            channels: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
             chain: None,
             deposits: Mutex::new(HashMap::new()),
@@ -334,22 +315,17 @@ impl WorkerLedger {
     /// The deposit to check a job's vouchers against: the contract's when the worker has a
     /// chain (the channel must be open there; read at most every [`DEPOSIT_TTL`]), else the
     /// client's claim.
-    pub async fn deposit(&self, terms: &PaymentTerms) -> Result<u64, PaymentError> {
+    pub async fn deposit(&self, channel: [u8; 32], claimed: u64) -> Result<u64, PaymentError> {
         let Some(chain) = &self.chain else {
-            return Ok(terms.deposit);
+            return Ok(claimed);
         };
-        if let Some((deposit, at)) = self
-            .deposits
-            .lock()
-            .expect("ledger lock")
-            .get(&terms.channel)
-        {
+        if let Some((deposit, at)) = self.deposits.lock().expect("ledger lock").get(&channel) {
             if at.elapsed() < DEPOSIT_TTL {
                 return Ok(*deposit);
             }
         }
         let state = chain
-            .channel_state(&basechain(terms.channel))
+            .channel_state(&basechain(channel))
             .await
             .map_err(|e| PaymentError::Chain(e.to_string()))?
             .ok_or_else(|| PaymentError::NotOpen("not deployed".into()))?;
@@ -360,13 +336,21 @@ impl WorkerLedger {
         self.deposits
             .lock()
             .expect("ledger lock")
-            .insert(terms.channel, (deposit, std::time::Instant::now()));
+            .insert(channel, (deposit, std::time::Instant::now()));
         Ok(deposit)
     }
 
-    /// Takes `channel` for `job`: a job still running on it is told to stop, and this waits
-    /// (at most `wait`) until it has.
-    pub async fn claim(&self, channel: [u8; 32], job: u64, wait: Duration) -> JobClaim {
+    /// Takes `channel`'s core for `job`: a job still running on it is told to stop, and this
+    /// waits (at most `wait`) until it has. The core comes from memory or the journal, with
+    /// `deposit` (never lowered).
+    pub async fn lease(
+        &self,
+        channel: [u8; 32],
+        terms: ChannelTerms,
+        deposit: u64,
+        job: u64,
+        wait: Duration,
+    ) -> Result<ChannelLease, PaymentError> {
         let slot = self
             .slots
             .lock()
@@ -377,22 +361,53 @@ impl WorkerLedger {
         slot.current
             .store(job, std::sync::atomic::Ordering::Release);
         slot.wake.notify_waiters();
-        let running = tokio::time::timeout(wait, slot.running.clone().lock_owned())
+        let mut held = tokio::time::timeout(wait, slot.core.clone().lock_owned())
             .await
-            .ok();
-        if running.is_none() {
-            tracing::warn!("the previous job on a channel did not stop within {wait:?}");
+            .map_err(|_| PaymentError::ChannelBusy(wait))?;
+        if held.is_none() {
+            let journal = self.writer.journal().clone();
+            let record = tokio::task::spawn_blocking(move || journal.worker(&channel))
+                .await
+                .map_err(|e| PaymentError::Chain(e.to_string()))??;
+            let client = VerifyingKey::from_bytes(&terms.client_key)
+                .map_err(|_| PaymentError::Terms("the client key is not an ed25519 key".into()))?;
+            let mut core = WorkerChannel::new(channel, deposit, client, self.credit_limit);
+            if let Some(r) = record {
+                core = core.restore(r.state);
+                core.set_deposit(r.deposit);
+            }
+            *held = Some((terms, core));
         }
-        JobClaim {
+        if let Some((_, core)) = held.as_mut() {
+            core.set_deposit(deposit);
+        }
+        Ok(ChannelLease {
             slot,
             job,
-            _running: running,
+            channel,
+            held,
+        })
+    }
+
+    /// Writes durably through the journal's owner thread.
+    pub async fn write(&self, w: Write) -> Result<(), PaymentError> {
+        Ok(self.writer.write(w).await?)
+    }
+
+    /// The journal record of a channel in `state`.
+    pub fn record(&self, terms: &ChannelTerms, deposit: u64, state: WorkerState) -> WorkerRecord {
+        WorkerRecord {
+            terms: Some(*terms),
+            deposit,
+            client_key: terms.client_key,
+            state,
+            last_activity: crate::attestation::unix_now(),
         }
     }
 
     /// The journal.
     pub fn journal(&self) -> &Arc<Journal> {
-        &self.journal
+        self.writer.journal()
     }
 
     /// The payout wallet.
@@ -400,141 +415,25 @@ impl WorkerLedger {
         self.payout
     }
 
-    /// Admits a job's channel: checks that its address derives from its parameters with our
-    /// key and payout wallet, then loads its state from the journal (or starts it with the
-    /// deposit `deposit`: the client's claim off-chain, the contract's with a chain).
-    pub fn admit(&self, terms: &PaymentTerms, deposit: u64) -> Result<ChannelView, PaymentError> {
-        let channel_terms = ChannelTerms {
-            channel_id: terms.channel_id,
-            client_key: terms.client_key,
-            worker_key: self.worker_key,
-            client_address: terms.client_address,
-            worker_payout: self.payout,
-            challenge_period: terms.challenge_period,
-            worker_timeout: terms.worker_timeout,
-        };
-        if channel_address(&channel_terms)? != terms.channel {
-            return Err(PaymentError::WrongChannel);
-        }
-        let client = VerifyingKey::from_bytes(&terms.client_key)
-            .map_err(|_| PaymentError::Terms("the client key is not a valid ed25519 key".into()))?;
-        let mut channels = self.channels.lock().expect("ledger lock");
-        let (_, core) = match channels.entry(terms.channel) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let core = WorkerChannel::new(terms.channel, deposit, client, self.credit_limit);
-                let core = match self.journal.worker(&terms.channel)? {
-                    Some(r) => {
-                        let mut core = core.restore(r.state);
-                        core.set_deposit(r.deposit);
-                        core
-                    }
-                    None => core,
-                };
-                e.insert((channel_terms, core))
-            }
-        };
-        core.set_deposit(deposit);
-        Ok(view(core))
+    /// The channel key (the node's identity key).
+    pub fn worker_key(&self) -> [u8; 32] {
+        self.worker_key
     }
 
     /// The unpaid value it streams ahead of vouchers.
     pub fn credit_limit(&self) -> u64 {
         self.credit_limit
     }
-
-    /// Counts `cost` more delivered on `channel`; refused past the credit limit unless
-    /// `anyway` (work already done: the final count at the end of a job).
-    pub fn deliver(
-        &self,
-        channel: &[u8; 32],
-        cost: u64,
-        anyway: bool,
-    ) -> Result<(), CreditExceeded> {
-        let mut channels = self.channels.lock().expect("ledger lock");
-        match channels.get_mut(channel) {
-            Some((_, core)) if anyway => {
-                core.owe(cost);
-                Ok(())
-            }
-            Some((_, core)) => core.deliver(cost),
-            None => Err(CreditExceeded {
-                unpaid: 0,
-                cost,
-                limit: 0,
-            }),
-        }
-    }
-
-    /// Checks a voucher and, when it is the best so far, journals it before returning the
-    /// new paid total (only then may more tokens be streamed).
-    pub fn accept(&self, channel: &[u8; 32], p: &Payment) -> Result<u64, PaymentError> {
-        let signature: [u8; 64] = p
-            .signature
-            .as_slice()
-            .try_into()
-            .map_err(|_| PaymentError::MalformedSignature)?;
-        let voucher = SignedVoucher {
-            voucher: Voucher {
-                channel: *channel,
-                cumulative: p.cumulative,
-                seq: p.seq,
-            },
-            signature,
-        };
-        let mut channels = self.channels.lock().expect("ledger lock");
-        let (terms, core) = channels
-            .get_mut(channel)
-            .ok_or_else(|| PaymentError::UnknownChannel(hex::encode(channel)))?;
-        let mut next = core.clone();
-        let paid = next.accept(&voucher)?;
-        self.journal.record_worker(channel, &record(terms, &next))?;
-        *core = next;
-        Ok(paid)
-    }
-
-    /// Journals what was delivered on `channel` (at the end of a job).
-    pub fn record(&self, channel: &[u8; 32]) -> Result<(), PaymentError> {
-        let channels = self.channels.lock().expect("ledger lock");
-        if let Some((terms, core)) = channels.get(channel) {
-            self.journal.record_worker(channel, &record(terms, core))?;
-        }
-        Ok(())
-    }
-
-    /// The channel's state now.
-    pub fn view(&self, channel: &[u8; 32]) -> Option<ChannelView> {
-        let channels = self.channels.lock().expect("ledger lock");
-        channels.get(channel).map(|(_, core)| view(core))
-    }
-}
-
-fn view(core: &WorkerChannel) -> ChannelView {
-    let state = core.state();
-    ChannelView {
-        paid: core.paid(),
-        seq: state.best.map_or(0, |b| b.voucher.seq),
-        delivered: state.delivered,
-    }
-}
-
-fn record(terms: &ChannelTerms, core: &WorkerChannel) -> WorkerRecord {
-    WorkerRecord {
-        terms: Some(*terms),
-        deposit: core.deposit(),
-        client_key: terms.client_key,
-        state: core.state(),
-        last_activity: crate::attestation::unix_now(),
-    }
 }
 
 /// The client's side: its channels, by worker, journalled.
 pub struct ClientLedger {
-    journal: Arc<Journal>,
+    writer: JournalWriter,
     key: SigningKey,
     address: [u8; 32],
     config: PaymentConfig,
-    lock: Mutex<()>,
+    /// Serialises picking a channel (reads) and opening one (a journal write).
+    lock: tokio::sync::Mutex<()>,
     in_use: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
     chain: Option<Arc<ChannelClient>>,
 }
@@ -562,6 +461,10 @@ pub struct ClientChannelInfo {
     pub paid: u64,
     /// The last seq.
     pub seq: u64,
+    /// The last voucher signed.
+    pub last: Option<SignedVoucher>,
+    /// A job on it has not ended cleanly.
+    pub job_open: bool,
 }
 
 impl ClientLedger {
@@ -574,11 +477,11 @@ impl ClientLedger {
         config: PaymentConfig,
     ) -> Result<Self, PaymentError> {
         Ok(Self {
-            journal: open_journal(path)?,
+            writer: JournalWriter::start(open_journal(path)?)?,
             key,
             address,
             config,
-            lock: Mutex::new(()),
+            lock: tokio::sync::Mutex::new(()),
             in_use: Mutex::new(HashMap::new()),
             chain: None,
         })
@@ -648,7 +551,7 @@ impl ClientLedger {
                     return Err(PaymentError::InsufficientFunds { balance, need });
                 }
                 chain
-                    .open_channel(&channel_params(&info.terms), info.deposit as u128)
+                    .open_channel(&info.terms.params(), info.deposit as u128)
                     .await
                     .map_err(chain_err)?;
                 let deadline = std::time::Instant::now() + OPEN_WAIT;
@@ -665,20 +568,21 @@ impl ClientLedger {
                 )))
             }
             Some(s) => {
-                self.retire(&info.channel, &format!("{:?}", s.status))?;
+                self.retire(&info.channel, &format!("{:?}", s.status))
+                    .await?;
                 Ok(false)
             }
         }
     }
 
     /// Marks a channel spent (closing or closed on chain): no more jobs go through it.
-    fn retire(&self, channel: &[u8; 32], why: &str) -> Result<(), PaymentError> {
+    async fn retire(&self, channel: &[u8; 32], why: &str) -> Result<(), PaymentError> {
         tracing::info!(channel = %hex::encode(channel), "channel retired: {why}");
-        let _guard = self.lock.lock().expect("ledger lock");
-        if let Some(mut r) = self.journal.client(channel)? {
+        let _guard = self.lock.lock().await;
+        if let Some(mut r) = self.writer.journal().client(channel)? {
             // A channel whose promises equal its deposit is never picked again.
             r.deposit = r.paid;
-            self.journal.record_client(channel, &r)?;
+            self.writer.write(Write::Client(*channel, r)).await?;
         }
         Ok(())
     }
@@ -708,9 +612,9 @@ impl ClientLedger {
         let enough = |c: &ClientChannelInfo| c.deposit.saturating_sub(c.paid) >= need;
         loop {
             let busy: Vec<([u8; 32], Arc<tokio::sync::Mutex<()>>)> = {
-                // Reading and locking under the ledger lock, which `pay` takes too: the
-                // state read is the state the job starts from.
-                let _guard = self.lock.lock().expect("ledger lock");
+                // Reading and locking under the ledger lock: the state read is the state
+                // the job starts from (only the job holding a channel writes it).
+                let _guard = self.lock.lock().await;
                 let usable: Vec<ClientChannelInfo> = self
                     .channels()?
                     .into_iter()
@@ -727,7 +631,7 @@ impl ClientLedger {
                     }
                 }
                 if usable.len() < self.config.channels_per_worker.max(1) {
-                    let info = self.new_channel(worker_key, payout)?;
+                    let info = self.new_channel(worker_key, payout).await?;
                     let guard = self
                         .mutex_of(info.channel)
                         .try_lock_owned()
@@ -743,9 +647,10 @@ impl ClientLedger {
                 busy.iter().map(|(_, m)| Box::pin(m.clone().lock_owned())),
             )
             .await;
-            let _guard = self.lock.lock().expect("ledger lock");
+            let _guard = self.lock.lock().await;
             if let Some(info) = self
-                .journal
+                .writer
+                .journal()
                 .client(&busy[i].0)?
                 .and_then(|r| info(busy[i].0, &r))
                 .filter(enough)
@@ -770,13 +675,14 @@ impl ClientLedger {
 
     /// The journal.
     pub fn journal(&self) -> &Arc<Journal> {
-        &self.journal
+        self.writer.journal()
     }
 
     /// Every channel in the journal.
     pub fn channels(&self) -> Result<Vec<ClientChannelInfo>, PaymentError> {
         Ok(self
-            .journal
+            .writer
+            .journal()
             .client_channels()?
             .into_iter()
             .filter_map(|(channel, r)| info(channel, &r))
@@ -784,7 +690,7 @@ impl ClientLedger {
     }
 
     /// A new channel with the worker (caller holds `self.lock`).
-    fn new_channel(
+    async fn new_channel(
         &self,
         worker_key: [u8; 32],
         payout: [u8; 32],
@@ -798,15 +704,20 @@ impl ClientLedger {
             challenge_period: self.config.challenge_period,
             worker_timeout: self.config.worker_timeout,
         };
-        let channel = channel_address(&terms)?;
+        let channel = terms
+            .address()
+            .map_err(|e| PaymentError::Terms(e.to_string()))?;
         let record = ClientRecord {
             terms: Some(terms),
             deposit: self.config.deposit,
             paid: 0,
             seq: 0,
             last: None,
+            job_open: false,
         };
-        self.journal.record_client(&channel, &record)?;
+        self.writer
+            .write(Write::Client(channel, record.clone()))
+            .await?;
         Ok(info(channel, &record).expect("terms set"))
     }
 
@@ -824,57 +735,36 @@ impl ClientLedger {
         }
     }
 
-    /// Signs a voucher raising `channel`'s total to `cumulative` and journals it; `None`
-    /// when that much is already signed. Send it only after this returns.
-    pub fn pay(
-        &self,
-        channel: &[u8; 32],
-        cumulative: u64,
-        job: u64,
-    ) -> Result<Option<Payment>, PaymentError> {
-        let _guard = self.lock.lock().expect("ledger lock");
-        let record = self
-            .journal
-            .client(channel)?
-            .ok_or_else(|| PaymentError::UnknownChannel(hex::encode(channel)))?;
-        let mut core = ClientChannel::restore(
-            *channel,
-            record.deposit,
-            self.key.clone(),
-            record.paid,
-            record.seq,
-        );
-        let Some(v) = core.pay_up_to(cumulative)? else {
-            return Ok(None);
-        };
-        self.journal.record_client(
-            channel,
-            &ClientRecord {
-                paid: core.paid(),
-                seq: core.seq(),
-                last: Some(v),
-                ..record
+    /// What a job's session needs of a reserved channel.
+    pub fn payment(&self, c: &ClientChannelInfo) -> ClientPayment {
+        ClientPayment {
+            channel: c.channel,
+            key: self.key.clone(),
+            state: ClientChannelState {
+                deposit: c.deposit,
+                paid: c.paid,
+                seq: c.seq,
+                last: c.last,
+                job_open: c.job_open,
             },
-        )?;
-        Ok(Some(wire(&v, job)))
+        }
     }
 
-    /// The last voucher signed on `channel`, to send again when the worker missed it.
-    pub fn last(&self, channel: &[u8; 32], job: u64) -> Result<Option<Payment>, PaymentError> {
-        Ok(self
-            .journal
-            .client(channel)?
-            .and_then(|r| r.last)
-            .map(|v| wire(&v, job)))
-    }
-}
-
-fn wire(v: &SignedVoucher, job: u64) -> Payment {
-    Payment {
-        id: job,
-        cumulative: v.voucher.cumulative,
-        seq: v.voucher.seq,
-        signature: v.signature.to_vec(),
+    /// Durably records what a job's session signed on `c` (before its voucher is sent).
+    pub async fn record(
+        &self,
+        c: &ClientChannelInfo,
+        state: &ClientChannelState,
+    ) -> Result<(), PaymentError> {
+        let record = ClientRecord {
+            terms: Some(c.terms),
+            deposit: state.deposit,
+            paid: state.paid,
+            seq: state.seq,
+            last: state.last,
+            job_open: state.job_open,
+        };
+        Ok(self.writer.write(Write::Client(c.channel, record)).await?)
     }
 }
 
@@ -885,6 +775,8 @@ fn info(channel: [u8; 32], r: &ClientRecord) -> Option<ClientChannelInfo> {
         deposit: r.deposit,
         paid: r.paid,
         seq: r.seq,
+        last: r.last,
+        job_open: r.job_open,
     })
 }
 
@@ -911,6 +803,26 @@ mod tests {
         Arc::new(ClientLedger::open(&dir.join("journal.redb"), key, [1; 32], config).unwrap())
     }
 
+    /// What a job's session does when it pays: sign up to `total`, journal.
+    async fn sign(l: &ClientLedger, info: &ClientChannelInfo, total: u64) {
+        let mut core = cocoon_ledger::channel::ClientChannel::restore(
+            info.channel,
+            info.deposit,
+            l.key.clone(),
+            info.paid,
+            info.seq,
+        );
+        let v = core.pay_up_to(total).unwrap().unwrap();
+        let state = ClientChannelState {
+            deposit: info.deposit,
+            paid: core.paid(),
+            seq: core.seq(),
+            last: Some(v),
+            job_open: false,
+        };
+        l.record(info, &state).await.unwrap();
+    }
+
     #[tokio::test]
     async fn concurrent_jobs_get_a_channel_each_up_to_the_pool_then_wait_for_one() {
         let dir = tempfile::tempdir().unwrap();
@@ -925,7 +837,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!third.is_finished(), "waits while both channels are busy");
         let (b_channel, a_channel) = (b.info.channel, a.info.channel);
-        l.pay(&b_channel, 500, 1).unwrap();
+        sign(&l, &b.info, 500).await;
         drop(b);
         let c = third.await.unwrap();
         assert_eq!(c.info.channel, b_channel);
@@ -938,7 +850,7 @@ mod tests {
         assert_eq!(l.channels().unwrap().len(), 2);
 
         // A channel without room for the job is passed over, and one is opened beside it.
-        l.pay(&a_channel, 999_990, 2).unwrap();
+        sign(&l, &a.info, 999_990).await;
         drop(a);
         let roomy = l.acquire(WORKER, PAYOUT, 100).await.unwrap();
         assert_eq!(roomy.info.channel, b_channel);

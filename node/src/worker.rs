@@ -1,39 +1,104 @@
 //! Worker glue: joins inbound `/cocoon/job/1` streams to the inference engine.
 //!
-//! Each stream gets its own task: answer the attested Noise handshake with the current
-//! enclave key and evidence (nothing else is read before it), read and check the request
-//! (now decrypted), ask the engine for a
-//! generation (answering `Busy` at once when the engine is at its limit, never queueing),
-//! stream the text as `Token` chunks and finish with `Done` or `Error`. If the client goes
-//! away, the failed send drops the generation, which stops it at once.
-//!
-//! A worker with a price bills every job through a payment channel ([`crate::payments`]):
-//! it admits the channel named in the request, quotes the prompt size and price, counts each
-//! chunk against its credit limit before sending it, takes vouchers as they come (racing
-//! them against the token stream; receiving is cancel-safe) and, when the credit runs out,
-//! waits for one; no voucher in time ends the job with `PaymentRequired`.
+//! Each stream gets its own task, within bounds ([`StreamLimits`]: per peer and in total;
+//! over them a small pool answers `Busy`, beyond it the stream is dropped unread): answer
+//! the attested Noise handshake with the current enclave key and evidence (nothing else is
+//! read before it), read the request (now decrypted), and run the job's
+//! [`WorkerSession`], the sans-IO core that owns admission, billing, credit and every error
+//! code. This module only moves things in and out of it: the request's model and engine,
+//! the channel's core ([`WorkerLedger::lease`]), engine text, client messages, timers,
+//! journal writes (through the journal's owner thread) and the stream's end. Rendering and
+//! tokenising the prompt run on the blocking pool, never on a runtime thread. When the
+//! client goes away or the session ends the job early, the generation is dropped, which
+//! stops it before its next token.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cocoon_inference as inference;
+use cocoon_ledger::journal::Write;
 use cocoon_p2p::attest::attester::Attester;
 use cocoon_p2p::frame::FrameTransport;
 use cocoon_p2p::frame::FramedStream;
+use cocoon_p2p::job::session::{
+    self, Admission, AdmitContext, WorkerConfig, WorkerEvent, WorkerSession,
+};
 use cocoon_p2p::job::{
-    self, confidential, ErrorCode, JobChannel, JobConfig, JobError, JobFailure, JobPrice, JobQuote,
+    self, confidential, ErrorCode, JobChannel, JobConfig, JobError, JobFailure, JobPrice,
     JobRequest, Message,
 };
 use cocoon_p2p::{Network, NetworkError, PeerId};
 use futures::{AsyncRead, AsyncWrite, StreamExt};
 
-use crate::payments::WorkerLedger;
+use crate::clock::{instant_of, session_now};
+use crate::payments::{ChannelLease, WorkerLedger};
 
-/// Most stop strings a request may carry.
-pub const MAX_STOP_STRINGS: usize = 16;
-/// Longest stop string, in bytes.
-pub const MAX_STOP_LEN: usize = 256;
+pub use session::{MAX_STOP_LEN, MAX_STOP_STRINGS};
+
+/// Bounds on inbound job streams: each costs a task and buffers, so neither one peer nor
+/// everyone together can open them without limit.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamLimits {
+    /// Job streams served at once, in total. Default: 128.
+    pub max_streams: usize,
+    /// Job streams served at once per peer (a gateway runs a few jobs per worker). Default:
+    /// 16.
+    pub max_per_peer: usize,
+    /// Streams over the limits answered `Busy` at once (the handshake must come first); more
+    /// are dropped unread. Default: 32.
+    pub max_refusals: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            max_streams: 128,
+            max_per_peer: 16,
+            max_refusals: 32,
+        }
+    }
+}
+
+/// Counts streams per peer and in total.
+#[derive(Default)]
+struct Gate {
+    per_peer: Mutex<HashMap<PeerId, usize>>,
+}
+
+/// One admitted stream; dropping it frees its place.
+struct Ticket {
+    gate: Arc<Gate>,
+    peer: PeerId,
+}
+
+impl Gate {
+    fn enter(self: &Arc<Self>, peer: PeerId, limits: &StreamLimits) -> Option<Ticket> {
+        let mut map = self.per_peer.lock().expect("gate lock");
+        let total: usize = map.values().sum();
+        let mine = map.get(&peer).copied().unwrap_or(0);
+        if total >= limits.max_streams || mine >= limits.max_per_peer {
+            return None;
+        }
+        *map.entry(peer).or_default() += 1;
+        Some(Ticket {
+            gate: self.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut map = self.gate.per_peer.lock().expect("gate lock");
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
+}
 
 /// The models a worker serves, by announced id.
 #[derive(Clone)]
@@ -45,20 +110,10 @@ pub struct Worker {
     stats: Arc<Stats>,
     price: Arc<Mutex<JobPrice>>,
     payments: Option<Arc<WorkerLedger>>,
-    voucher_timeout: Duration,
-}
-
-/// A paid job's bookkeeping on the worker.
-struct Billing {
-    ledger: Arc<WorkerLedger>,
-    channel: [u8; 32],
-    price: JobPrice,
-    /// Value delivered by this job so far.
-    delivered: u64,
-    /// Completion tokens billed so far.
-    tokens: u32,
-    /// The job's hold on the channel.
-    claim: crate::payments::JobClaim,
+    session: WorkerConfig,
+    limits: StreamLimits,
+    gate: Arc<Gate>,
+    refusals: Arc<tokio::sync::Semaphore>,
 }
 
 /// What the worker measured, for its advert and price policy.
@@ -105,6 +160,7 @@ impl Worker {
         attester: Arc<Attester>,
         peer_id: PeerId,
     ) -> Self {
+        let limits = StreamLimits::default();
         Self {
             engines: Arc::new(engines),
             job_config,
@@ -113,15 +169,29 @@ impl Worker {
             stats: Arc::new(Stats::default()),
             price: Arc::new(Mutex::new(JobPrice::default())),
             payments: None,
-            voucher_timeout: Duration::from_secs(10),
+            session: WorkerConfig::default(),
+            refusals: Arc::new(tokio::sync::Semaphore::new(limits.max_refusals)),
+            limits,
+            gate: Arc::new(Gate::default()),
         }
     }
 
     /// Bills jobs through `ledger`, waiting at most `voucher_timeout` for a voucher when the
-    /// credit runs out. Without it the worker serves only while its price is zero.
+    /// credit runs out (and for the final one). Without it the worker serves only while its
+    /// price is zero.
     pub fn with_payments(mut self, ledger: Arc<WorkerLedger>, voucher_timeout: Duration) -> Self {
         self.payments = Some(ledger);
-        self.voucher_timeout = voucher_timeout;
+        self.session = WorkerConfig {
+            voucher_timeout,
+            final_timeout: voucher_timeout,
+        };
+        self
+    }
+
+    /// Bounds inbound streams by `limits`.
+    pub fn with_limits(mut self, limits: StreamLimits) -> Self {
+        self.refusals = Arc::new(tokio::sync::Semaphore::new(limits.max_refusals));
+        self.limits = limits;
         self
     }
 
@@ -164,10 +234,62 @@ impl Worker {
     pub async fn serve(self, network: Network) -> Result<(), NetworkError> {
         let mut incoming = network.accept_jobs()?;
         while let Some((peer, stream)) = incoming.next().await {
-            let worker = self.clone();
-            tokio::spawn(async move { worker.serve_stream(peer, stream).await });
+            self.dispatch(peer, stream);
         }
         Ok(())
+    }
+
+    /// Serves `stream` from `peer` in a task of its own, within the stream limits.
+    pub fn dispatch<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        peer: PeerId,
+        stream: S,
+    ) {
+        if let Some(ticket) = self.gate.enter(peer, &self.limits) {
+            let worker = self.clone();
+            tokio::spawn(async move {
+                worker.serve_stream(peer, stream).await;
+                drop(ticket);
+            });
+        } else if let Ok(permit) = self.refusals.clone().try_acquire_owned() {
+            let worker = self.clone();
+            tokio::spawn(async move {
+                worker.refuse_stream(peer, stream).await;
+                drop(permit);
+            });
+        } else {
+            tracing::debug!(%peer, "job stream dropped: over every limit");
+        }
+    }
+
+    /// Answers a stream over the limits with `Busy` (after the handshake, which any answer
+    /// needs).
+    async fn refuse_stream<S: AsyncRead + AsyncWrite + Unpin + Send>(
+        &self,
+        peer: PeerId,
+        stream: S,
+    ) {
+        let config = JobConfig {
+            request_timeout: self.job_config.request_timeout.min(Duration::from_secs(2)),
+            ..self.job_config.clone()
+        };
+        let transport = FramedStream::new(stream, config.max_frame);
+        let Ok(secure) =
+            confidential::accept(transport, &self.attester, &peer, &self.peer_id, &config).await
+        else {
+            return;
+        };
+        let mut channel = JobChannel::new(secure, config);
+        if let Ok(request) = channel.recv_request().await {
+            let busy = Message::Error(JobFailure {
+                id: request.id,
+                code: ErrorCode::Busy,
+                message: "this worker has too many job streams open".into(),
+            });
+            let _ = channel.send(&busy).await;
+            let _ = channel.close().await;
+        }
+        tracing::info!(%peer, "job stream refused: over the stream limits");
     }
 
     /// Serves one job stream opened by `peer`: handshake, request, generation.
@@ -202,343 +324,278 @@ impl Worker {
         };
         let id = request.id;
         tracing::info!(%peer, job = id, model = %request.model, "job started");
-        match self.run(&mut channel, request).await {
-            Ok(()) => tracing::info!(%peer, job = id, "job finished"),
+        match self.run(&mut channel, request, &peer).await {
+            Ok(None) => tracing::info!(%peer, job = id, "job finished"),
+            Ok(Some(why)) => tracing::info!(%peer, job = id, "job ended: {why}"),
             Err(e) => tracing::info!(%peer, job = id, "job ended: {e}"),
         }
         let _ = channel.close().await;
     }
 
-    /// Runs one job whose request has been read, answering on `channel`.
-    pub async fn run<T: cocoon_p2p::frame::FrameTransport>(
+    /// Runs one job whose request `peer` sent, answering on `channel`. Returns why the job
+    /// ended early, if it did.
+    pub async fn run<T: FrameTransport>(
         &self,
         channel: &mut JobChannel<T>,
         request: JobRequest,
-    ) -> Result<(), job::JobError> {
+        peer: &PeerId,
+    ) -> Result<Option<String>, JobError> {
         let id = request.id;
         let fail = |code, message: String| Message::Error(JobFailure { id, code, message });
-        let Some(engine) = self.engines.get(&request.model) else {
+        let Some(engine) = self.engines.get(&request.model).cloned() else {
             let served: Vec<&str> = self.model_ids().collect();
             let msg = format!(
                 "model {:?} is not served here (serving {served:?})",
                 request.model
             );
-            return channel.send(&fail(ErrorCode::UnknownModel, msg)).await;
+            channel
+                .send(&fail(ErrorCode::UnknownModel, msg.clone()))
+                .await?;
+            return Ok(Some(msg));
         };
-        if let Err(msg) = validate(&request) {
-            return channel.send(&fail(ErrorCode::BadRequest, msg)).await;
-        }
-        let mut billing = match self.admit(&request).await {
-            Ok(b) => b,
-            Err((code, msg)) => return channel.send(&fail(code, msg)).await,
+        let price = self.price();
+        let ctx = AdmitContext {
+            price,
+            worker_key: self.payments.as_ref().map_or([0; 32], |l| l.worker_key()),
+            payout: self.payments.as_ref().map_or([0; 32], |l| l.payout()),
+            peer_key: cocoon_p2p::identity::peer_ed25519(peer),
+            payments: self.payments.is_some(),
         };
-        let continuation = request.continuation.clone();
-        let mut engine_request = to_engine(request);
-        if let Some(prefix) = continuation {
-            // Failover: carry on from the answer so far, as the start of the reply.
-            match engine.render_prompt(&engine_request.prompt) {
-                Ok(text) => engine_request.prompt = inference::Prompt::Text(text + &prefix),
-                Err(e) => {
-                    return channel
-                        .send(&fail(ErrorCode::BadRequest, e.to_string()))
+        let mut lease = match session::admit(&request, &ctx) {
+            Err(r) => {
+                channel.send(&fail(r.code, r.message.clone())).await?;
+                return Ok(Some(r.message));
+            }
+            Ok(Admission::Free) => None,
+            Ok(Admission::Paid {
+                channel: account,
+                terms,
+                claimed_deposit,
+            }) => {
+                let ledger = self.payments.as_ref().expect("admitted only with a ledger");
+                let leased = async {
+                    let deposit = ledger.deposit(account, claimed_deposit).await?;
+                    ledger
+                        .lease(account, terms, deposit, id, self.session.voucher_timeout)
                         .await
                 }
+                .await;
+                match leased {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        let code = match e {
+                            crate::payments::PaymentError::ChannelBusy(_) => ErrorCode::Busy,
+                            _ => ErrorCode::PaymentRequired,
+                        };
+                        channel.send(&fail(code, e.to_string())).await?;
+                        return Ok(Some(e.to_string()));
+                    }
+                }
             }
-        }
-        let mut generation = match engine.generate(engine_request) {
-            Ok(g) => g,
+        };
+        let core = lease.as_mut().map(ChannelLease::take);
+        let charged = if core.is_some() {
+            price
+        } else {
+            JobPrice::default()
+        };
+        let mut session = WorkerSession::new(self.session.clone(), &request, charged, core);
+        let generation = self.start(engine, request).await;
+        let mut generation = match generation {
+            Ok(g) => {
+                session.started(g.prompt_tokens());
+                Some(g)
+            }
             Err(inference::GenerateError::Busy { limit }) => {
                 self.stats
                     .refused_busy
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let msg = format!("worker is running {limit} jobs, its limit");
-                return channel.send(&fail(ErrorCode::Busy, msg)).await;
+                session.refuse(ErrorCode::Busy, msg);
+                None
             }
             Err(e) => {
-                return channel
-                    .send(&fail(ErrorCode::BadRequest, e.to_string()))
-                    .await
+                session.refuse(ErrorCode::BadRequest, e.to_string());
+                None
             }
         };
-        let prompt_tokens = generation.prompt_tokens();
-        if let Some(b) = &billing {
-            let view = b.ledger.view(&b.channel).unwrap_or_default();
-            let quote = JobQuote {
-                id,
-                prompt_tokens,
-                price: b.price,
-                channel_paid: view.paid,
-                channel_seq: view.seq,
-                channel_delivered: view.delivered,
-                credit_limit: b.ledger.credit_limit(),
-            };
-            channel.send(&Message::Quote(quote)).await?;
-        }
         let result = self
-            .stream(channel, &mut generation, billing.as_mut(), id)
+            .drive(channel, &mut session, &mut generation, lease.as_ref())
             .await;
-        if let Some(b) = &billing {
-            let receipt = cocoon_ledger::settle::Receipt {
-                channel: b.channel,
-                job: id,
-                prompt_tokens,
-                completion_tokens: b.tokens,
-                cost: b.delivered,
-                finished_at: crate::attestation::unix_now(),
-            };
-            let journalled = b
-                .ledger
-                .record(&b.channel)
-                .and_then(|()| Ok(b.ledger.journal().add_receipt(&receipt)?));
-            if let Err(e) = journalled {
-                tracing::error!(job = id, "cannot journal the delivery: {e}");
-            }
+        let why = session.error_message().map(str::to_string);
+        if let (Some(lease), Some(core)) = (lease.as_mut(), session.into_channel()) {
+            lease.put_back(core);
         }
-        match result {
-            Ok(()) => Ok(()),
-            Err(Stop::Job(e)) => Err(e),
-            Err(Stop::Payment(msg)) => {
-                channel
-                    .send(&fail(ErrorCode::PaymentRequired, msg.clone()))
-                    .await?;
-                Err(JobError::Protocol(msg))
-            }
-        }
+        result.map(|()| why)
     }
 
-    /// Decides how a job is paid: `None` for a free job, the channel's bookkeeping for a paid
-    /// one, or the refusal to send.
-    async fn admit(&self, request: &JobRequest) -> Result<Option<Billing>, (ErrorCode, String)> {
-        let price = self.price();
-        if price == JobPrice::default() {
-            return Ok(None);
-        }
-        let Some(terms) = &request.payment else {
-            return Err((
-                ErrorCode::PaymentRequired,
-                format!(
-                    "this worker charges {} / {} nanoTON per million prompt / completion \
-                     tokens: send the job with a payment channel",
-                    price.prompt_per_mtok, price.completion_per_mtok
-                ),
-            ));
-        };
-        if price.prompt_per_mtok > terms.max_price.prompt_per_mtok
-            || price.completion_per_mtok > terms.max_price.completion_per_mtok
-        {
-            return Err((
-                ErrorCode::PriceTooHigh,
-                format!(
-                    "the price is {} / {} nanoTON per million tokens, above the {} / {} offered",
-                    price.prompt_per_mtok,
-                    price.completion_per_mtok,
-                    terms.max_price.prompt_per_mtok,
-                    terms.max_price.completion_per_mtok
-                ),
-            ));
-        }
-        let Some(ledger) = &self.payments else {
-            return Err((
-                ErrorCode::PaymentRequired,
-                "this worker has no payment journal".into(),
-            ));
-        };
-        let refuse = |e: crate::payments::PaymentError| (ErrorCode::PaymentRequired, e.to_string());
-        let deposit = ledger.deposit(terms).await.map_err(refuse)?;
-        ledger.admit(terms, deposit).map_err(refuse)?;
-        let claim = ledger
-            .claim(terms.channel, request.id, self.voucher_timeout)
-            .await;
-        Ok(Some(Billing {
-            ledger: ledger.clone(),
-            channel: terms.channel,
-            price,
-            delivered: 0,
-            tokens: 0,
-            claim,
-        }))
+    /// Renders and tokenises the prompt (on the blocking pool) and starts the generation.
+    async fn start(
+        &self,
+        engine: inference::Engine,
+        request: JobRequest,
+    ) -> Result<inference::Generation, inference::GenerateError> {
+        tokio::task::spawn_blocking(move || {
+            let continuation = request.continuation.clone();
+            let mut engine_request = to_engine(request);
+            if let Some(prefix) = continuation {
+                // Failover: carry on from the answer so far, as the start of the reply.
+                let text = engine.render_prompt(&engine_request.prompt)?;
+                engine_request.prompt = inference::Prompt::Text(text + &prefix);
+            }
+            engine.generate(engine_request)
+        })
+        .await
+        .unwrap_or_else(|e| Err(inference::GenerateError::InvalidRequest(e.to_string())))
     }
 
-    /// Streams the generation's events to the client, billing each chunk and taking
-    /// vouchers as they come.
-    async fn stream<T: FrameTransport>(
+    /// Moves the session's inputs and outputs until it finishes.
+    async fn drive<T: FrameTransport>(
         &self,
         channel: &mut JobChannel<T>,
-        generation: &mut inference::Generation,
-        mut billing: Option<&mut Billing>,
-        id: job::JobId,
-    ) -> Result<(), Stop> {
-        let fail = |code, message: String| Message::Error(JobFailure { id, code, message });
-        let mut client_open = billing.is_some();
+        session: &mut WorkerSession,
+        generation: &mut Option<inference::Generation>,
+        lease: Option<&ChannelLease>,
+    ) -> Result<(), JobError> {
+        let mut client_open = true;
+        let mut stream_ok = true;
+        let mut receipted = false;
         loop {
-            let event = match billing.as_deref_mut() {
-                Some(b) => {
-                    tokio::select! {
-                        biased;
-                        _ = b.claim.wait_superseded() => {
-                            return Err(Stop::Job(JobError::Protocol(
-                                "superseded by a newer job on the same channel".into(),
-                            )));
+            while let Some(event) = session.poll_event() {
+                match event {
+                    WorkerEvent::Journal(state) => {
+                        let (ledger, lease) = match (&self.payments, lease) {
+                            (Some(l), Some(c)) => (l, c),
+                            _ => continue,
+                        };
+                        let terms = lease.terms();
+                        let deposit = session.channel().map_or(0, |c| c.deposit());
+                        let record = ledger.record(&terms, deposit, state);
+                        let write = ledger.write(Write::Worker(lease.channel(), record));
+                        // The job's receipt goes with its last journal write (one commit).
+                        let receipt = (session.has_ended() && !receipted)
+                            .then(|| receipt(lease, session))
+                            .flatten();
+                        receipted |= session.has_ended();
+                        let (written, _) = tokio::join!(write, async {
+                            if let Some(r) = receipt {
+                                if let Err(e) = ledger.write(Write::Receipt(r)).await {
+                                    tracing::error!("cannot journal the receipt: {e}");
+                                }
+                            }
+                        });
+                        if let Err(e) = written {
+                            // Nothing unjournalled is acted on: the job stops here.
+                            tracing::error!(job = session.id(), "cannot journal: {e}");
+                            *generation = None;
+                            return Err(JobError::Protocol(format!("journal: {e}")));
                         }
-                        voucher = channel.recv_voucher(Duration::MAX), if client_open => {
-                            client_open = self.take_voucher(b, voucher)?;
-                            continue;
+                        session.journalled(session_now());
+                    }
+                    WorkerEvent::Stop => *generation = None,
+                }
+            }
+            while let Some(m) = session.poll_transmit() {
+                if let Message::Done(done) = &m {
+                    let (n, t) = (done.usage.completion_tokens, done.timings);
+                    let decode_ms = t.total_ms - t.ttft_ms;
+                    if n > 1 && decode_ms > 0.0 {
+                        self.stats.record_speed((n - 1) as f64 / decode_ms * 1e3);
+                    }
+                }
+                if stream_ok && channel.send(&m).await.is_err() {
+                    stream_ok = false;
+                    client_open = false;
+                    session.handle_closed();
+                }
+            }
+            if session.is_finished() {
+                if let (Some(ledger), Some(lease), false) = (&self.payments, lease, receipted) {
+                    if let Some(r) = receipt(lease, session) {
+                        if let Err(e) = ledger.write(Write::Receipt(r)).await {
+                            tracing::error!(job = session.id(), "cannot journal the receipt: {e}");
                         }
-                        event = generation.next() => event,
                     }
                 }
-                None => generation.next().await,
-            };
-            match event {
-                Some(inference::GenerationEvent::Text(text)) => {
-                    let sampled = generation.tokens_so_far();
-                    let tokens = match billing.as_deref_mut() {
-                        Some(b) => {
-                            let prompt = generation.prompt_tokens();
-                            self.charge(channel, b, prompt, sampled, false).await?
+                return Ok(());
+            }
+            let deadline = session.poll_timeout().map(instant_of);
+            let reading = session.wants_text() && generation.is_some();
+            tokio::select! {
+                biased;
+                _ = async { lease.expect("guarded").wait_superseded().await }, if lease.is_some() => {
+                    session.superseded();
+                }
+                message = channel.recv(Duration::MAX), if client_open => match message {
+                    Ok(Some(m)) => session.handle(session_now(), m),
+                    Ok(None) | Err(_) => {
+                        client_open = false;
+                        session.handle_closed();
+                    }
+                },
+                event = async { generation.as_mut().expect("guarded").next().await }, if reading => {
+                    let now = session_now();
+                    match event {
+                        Some(inference::GenerationEvent::Text(text)) => {
+                            let sampled = generation.as_ref().map_or(0, |g| g.tokens_so_far());
+                            session.text(now, text, sampled);
                         }
-                        None => sampled,
-                    };
-                    channel.send_token(text, tokens).await?;
-                }
-                Some(inference::GenerationEvent::Done(usage)) => {
-                    if let Some(b) = billing.as_deref_mut() {
-                        let (p, c) = (usage.prompt_tokens, usage.completion_tokens);
-                        self.charge(channel, b, p, c, true).await?;
+                        Some(inference::GenerationEvent::Done(usage)) => {
+                            session.finished(
+                                now,
+                                usage.completion_tokens,
+                                job::Timings {
+                                    ttft_ms: usage.time_to_first_token_ms,
+                                    total_ms: usage.total_ms,
+                                },
+                                match usage.finish_reason {
+                                    inference::FinishReason::Length => job::FinishReason::Length,
+                                    _ => job::FinishReason::Stop,
+                                },
+                            );
+                            *generation = None;
+                        }
+                        Some(inference::GenerationEvent::Error(e)) => {
+                            session.failed(e);
+                            *generation = None;
+                        }
+                        None => {
+                            session.failed("generation ended without a result".into());
+                            *generation = None;
+                        }
                     }
-                    let decode_ms = usage.total_ms - usage.time_to_first_token_ms;
-                    if usage.completion_tokens > 1 && decode_ms > 0.0 {
-                        self.stats
-                            .record_speed((usage.completion_tokens - 1) as f64 / decode_ms * 1e3);
-                    }
-                    let done = job::JobDone {
-                        id,
-                        usage: job::Usage {
-                            prompt_tokens: usage.prompt_tokens,
-                            completion_tokens: usage.completion_tokens,
-                        },
-                        timings: job::Timings {
-                            ttft_ms: usage.time_to_first_token_ms,
-                            total_ms: usage.total_ms,
-                        },
-                        finish_reason: match usage.finish_reason {
-                            inference::FinishReason::Length => job::FinishReason::Length,
-                            _ => job::FinishReason::Stop,
-                        },
-                    };
-                    channel.send(&Message::Done(done)).await?;
-                    if let Some(b) = billing {
-                        self.final_payment(channel, b, client_open).await;
-                    }
-                    return Ok(());
                 }
-                Some(inference::GenerationEvent::Error(e)) => {
-                    return Ok(channel.send(&fail(ErrorCode::Internal, e)).await?);
+                _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                    session.handle_timeout(session_now());
                 }
-                None => {
-                    let msg = "generation ended without a result".to_string();
-                    return Ok(channel.send(&fail(ErrorCode::Internal, msg)).await?);
-                }
+                // Nothing to wait for can only mean a session that is not finished yet
+                // waits on nothing: end it rather than hang.
+                else => session.handle_closed(),
             }
-        }
-    }
-
-    /// Bills the job up to `completion` tokens (and its prompt) before the text that goes
-    /// with them is sent, waiting for vouchers while the credit is used up (unless `done`:
-    /// the final count, for work already delivered). Returns the tokens newly billed.
-    async fn charge<T: FrameTransport>(
-        &self,
-        channel: &mut JobChannel<T>,
-        b: &mut Billing,
-        prompt: u32,
-        completion: u32,
-        done: bool,
-    ) -> Result<u32, Stop> {
-        let total = crate::payments::job_cost(b.price, prompt as u64, completion as u64);
-        let cost = total.saturating_sub(b.delivered);
-        while let Err(exceeded) = b.ledger.deliver(&b.channel, cost, done) {
-            let voucher = channel.recv_voucher(self.voucher_timeout).await;
-            let waited = matches!(voucher, Err(JobError::Timeout { .. }));
-            if waited || !self.take_voucher(b, voucher)? {
-                return Err(Stop::Payment(format!(
-                    "payment required: {exceeded}; no voucher came within {:?}",
-                    self.voucher_timeout
-                )));
-            }
-        }
-        b.delivered += cost;
-        let new = completion.saturating_sub(b.tokens);
-        b.tokens = b.tokens.max(completion);
-        Ok(new)
-    }
-
-    /// Handles what `recv_voucher` returned; `Ok(false)` when the client closed its side.
-    fn take_voucher(
-        &self,
-        b: &mut Billing,
-        voucher: Result<Option<job::Payment>, JobError>,
-    ) -> Result<bool, Stop> {
-        match voucher.map_err(Stop::Job)? {
-            None => Ok(false),
-            Some(p) => {
-                b.ledger
-                    .accept(&b.channel, &p)
-                    .map_err(|e| Stop::Payment(e.to_string()))?;
-                Ok(true)
-            }
-        }
-    }
-
-    /// After `Done`: waits (bounded) for the voucher that pays the whole job.
-    async fn final_payment<T: FrameTransport>(
-        &self,
-        channel: &mut JobChannel<T>,
-        b: &mut Billing,
-        mut client_open: bool,
-    ) {
-        let deadline = tokio::time::Instant::now() + self.voucher_timeout;
-        while client_open {
-            let view = b.ledger.view(&b.channel).unwrap_or_default();
-            if view.paid >= view.delivered {
-                return;
-            }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let voucher = channel.recv_voucher(left).await;
-            client_open = matches!(self.take_voucher(b, voucher), Ok(true));
         }
     }
 }
 
-/// Why a job stopped early.
-enum Stop {
-    /// The stream failed.
-    Job(JobError),
-    /// The client did not pay.
-    Payment(String),
+/// The job's receipt (what it billed), for the anchored batches.
+fn receipt(
+    lease: &ChannelLease,
+    session: &WorkerSession,
+) -> Option<cocoon_ledger::settle::Receipt> {
+    let billed = session.billed();
+    (billed.cost > 0 || billed.completion_tokens > 0).then(|| cocoon_ledger::settle::Receipt {
+        channel: lease.channel(),
+        job: session.id(),
+        prompt_tokens: billed.prompt_tokens,
+        completion_tokens: billed.completion_tokens,
+        cost: billed.cost,
+        finished_at: crate::attestation::unix_now(),
+    })
 }
 
-impl From<JobError> for Stop {
-    fn from(e: JobError) -> Self {
-        Stop::Job(e)
-    }
-}
-
-/// Checks the limits the wire protocol adds; sampling bounds are the engine's to check
-/// (`SamplingParams::validate`, reported as `BadRequest` too).
+/// Checks the limits the wire protocol adds (the session core's rules; sampling bounds are
+/// the engine's to check).
 pub fn validate(request: &JobRequest) -> Result<(), String> {
-    let stop = &request.sampling.stop;
-    if stop.len() > MAX_STOP_STRINGS || stop.iter().any(|x| x.is_empty() || x.len() > MAX_STOP_LEN)
-    {
-        return Err(format!(
-            "at most {MAX_STOP_STRINGS} non-empty stop strings of at most {MAX_STOP_LEN} bytes"
-        ));
-    }
-    if let job::JobInput::Chat(messages) = &request.input {
-        if messages.is_empty() {
-            return Err("a chat needs at least one message".into());
-        }
-    }
-    Ok(())
+    session::validate_request(request).map_err(|e| e.to_string())
 }
 
 /// Converts a wire request to an engine request.
@@ -572,9 +629,12 @@ pub fn to_engine(request: JobRequest) -> inference::GenerateRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::payments::{ClientChannelInfo, ClientLedger, PaymentConfig};
     use cocoon_p2p::frame::FramedStream;
-    use cocoon_p2p::job::{ChatMessage, ClientEvent, JobError, JobInput, Sampling};
+    use cocoon_p2p::job::session::{ClientSession, SessionError};
+    use cocoon_p2p::job::{ChatMessage, JobDone, JobInput, Sampling};
     use cocoon_p2p::testing::{pipe, Pipe};
+    use std::time::Instant;
 
     fn tiny_worker(max_concurrent: usize) -> (Worker, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
@@ -603,13 +663,56 @@ mod tests {
         )
     }
 
+    fn worker_keypair() -> libp2p::identity::Keypair {
+        libp2p::identity::Keypair::ed25519_from_bytes([21; 32]).unwrap()
+    }
+
     fn worker_peer() -> PeerId {
-        static PEER: std::sync::OnceLock<PeerId> = std::sync::OnceLock::new();
-        *PEER.get_or_init(|| {
-            libp2p::identity::Keypair::generate_ed25519()
-                .public()
-                .to_peer_id()
-        })
+        worker_keypair().public().to_peer_id()
+    }
+
+    fn client_keypair(seed: u8) -> libp2p::identity::Keypair {
+        libp2p::identity::Keypair::ed25519_from_bytes([seed; 32]).unwrap()
+    }
+
+    const PRICE: JobPrice = JobPrice {
+        prompt_per_mtok: 1_000_000_000,
+        completion_per_mtok: 3_000_000_000,
+    };
+
+    /// The worker with a journal, charging `PRICE`.
+    fn paid_worker(max_concurrent: usize, dir: &std::path::Path) -> (Worker, tempfile::TempDir) {
+        let (worker, model) = tiny_worker(max_concurrent);
+        let key = crate::payments::signing_key(&worker_keypair()).unwrap();
+        let ledger = WorkerLedger::open(
+            &dir.join("worker.redb"),
+            key.verifying_key().to_bytes(),
+            crate::payments::wallet(&key).unwrap(),
+            1_000_000,
+        )
+        .unwrap();
+        let worker = worker.with_payments(Arc::new(ledger), Duration::from_secs(5));
+        worker.set_price(PRICE);
+        (worker, model)
+    }
+
+    /// A client's ledger for the identity `seed`.
+    fn client_ledger(seed: u8, dir: &std::path::Path) -> Arc<ClientLedger> {
+        let key = crate::payments::signing_key(&client_keypair(seed)).unwrap();
+        let address = crate::payments::wallet(&key).unwrap();
+        let config = PaymentConfig {
+            deposit: 100_000_000,
+            ..Default::default()
+        };
+        Arc::new(
+            ClientLedger::open(
+                &dir.join(format!("client{seed}.redb")),
+                key,
+                address,
+                config,
+            )
+            .unwrap(),
+        )
     }
 
     fn request(model: &str, max_tokens: u32) -> JobRequest {
@@ -640,28 +743,75 @@ mod tests {
         )
     }
 
-    /// Runs `req` through the worker glue; returns the client's events up to the end.
-    async fn exchange(worker: &Worker, req: JobRequest) -> (String, Result<ClientEvent, JobError>) {
+    /// The outcome of one job as the client saw it.
+    struct Seen {
+        text: String,
+        result: Result<JobDone, SessionError>,
+        session: ClientSession,
+    }
+
+    /// Runs `req` from `peer` through the worker glue, driven on the client side by the
+    /// real client session and shell (`client::drive`), paying through `paying` when given.
+    async fn exchange_as(
+        worker: &Worker,
+        mut req: JobRequest,
+        peer: PeerId,
+        paying: Option<(&ClientLedger, &ClientChannelInfo)>,
+    ) -> Seen {
         let (mut client, mut server) = channels();
-        client.send_request(req).await.unwrap();
-        let req = server.recv_request().await.unwrap();
-        worker.run(&mut server, req).await.unwrap();
-        let mut text = String::new();
-        loop {
-            match client.next_event().await {
-                Ok(ClientEvent::Token { text: t, .. }) => text.push_str(&t),
-                other => return (text, other),
-            }
+        if let Some((ledger, info)) = paying {
+            req.payment = Some(Box::new(ledger.terms(info, PRICE)));
         }
+        let worker = worker.clone();
+        let served = tokio::spawn(async move {
+            let req = server.recv_request().await.unwrap();
+            let _ = worker.run(&mut server, req, &peer).await;
+            let _ = server.close().await;
+        });
+        let mut session = ClientSession::new(
+            Default::default(),
+            crate::clock::session_now(),
+            req.clone(),
+            paying.map(|(l, i)| l.payment(i)),
+        );
+        // The request goes out first (journalled first when paid).
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4);
+        let reader = tokio::spawn(async move {
+            let mut text = String::new();
+            while let Some(t) = rx.recv().await {
+                text.push_str(&t);
+            }
+            text
+        });
+        let mut answer = String::new();
+        crate::client::drive(&mut client, &mut session, paying, &mut answer, &tx)
+            .await
+            .unwrap();
+        drop(tx);
+        served.await.unwrap();
+        let text = reader.await.unwrap();
+        assert_eq!(text, answer, "the reader got every piece");
+        let result = match session.result() {
+            Some(Ok(d)) => Ok(d.clone()),
+            Some(Err(e)) => Err(e.clone()),
+            None => panic!("the session ended without a result"),
+        };
+        Seen {
+            text,
+            result,
+            session,
+        }
+    }
+
+    async fn exchange(worker: &Worker, req: JobRequest) -> Seen {
+        exchange_as(worker, req, client_keypair(1).public().to_peer_id(), None).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn streams_the_engine_text_and_usage() {
         let (worker, _dir) = tiny_worker(2);
-        let (text, end) = exchange(&worker, request("tiny", 5)).await;
-        let Ok(ClientEvent::Done(done)) = end else {
-            panic!("{end:?}")
-        };
+        let seen = exchange(&worker, request("tiny", 5)).await;
+        let done = seen.result.unwrap();
         assert_eq!(done.id, 3);
         assert!(done.usage.completion_tokens >= 1 && done.usage.completion_tokens <= 5);
         assert!(done.usage.prompt_tokens > 0);
@@ -670,7 +820,169 @@ mod tests {
         let (expected, _) =
             tokio::task::block_in_place(|| engine.generate_text(to_engine(request("tiny", 5))))
                 .unwrap();
-        assert_eq!(text, expected);
+        assert_eq!(seen.text, expected);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_paid_job_pays_exactly_and_both_journals_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let (worker, _model) = paid_worker(2, dir.path());
+        let ledger = client_ledger(1, dir.path());
+        let worker_key = crate::payments::signing_key(&worker_keypair()).unwrap();
+        let wk = worker_key.verifying_key().to_bytes();
+        let payout = crate::payments::wallet(&worker_key).unwrap();
+        let peer = client_keypair(1).public().to_peer_id();
+        let mut total = 0;
+        for _ in 0..2 {
+            let reserved = ledger.acquire(wk, payout, 1).await.unwrap();
+            let seen = exchange_as(
+                &worker,
+                request("tiny", 12),
+                peer,
+                Some((&ledger, &reserved.info)),
+            )
+            .await;
+            let done = seen.result.unwrap();
+            let cost = cocoon_ledger::channel::job_cost(
+                PRICE.prompt_per_mtok,
+                PRICE.completion_per_mtok,
+                done.usage.prompt_tokens.into(),
+                done.usage.completion_tokens.into(),
+            );
+            assert_eq!(seen.session.job_cost(), cost);
+            total += cost;
+            let channel = reserved.info.channel;
+            let client = ledger.journal().client(&channel).unwrap().unwrap();
+            assert_eq!(client.paid, total);
+            assert!(!client.job_open, "a clean end");
+            let w = worker
+                .payments()
+                .unwrap()
+                .journal()
+                .worker(&channel)
+                .unwrap()
+                .unwrap();
+            assert_eq!(w.state.delivered, total);
+            assert_eq!(w.state.best.unwrap().voucher.cumulative, total);
+        }
+        let receipts = worker
+            .payments()
+            .unwrap()
+            .journal()
+            .pending_receipts()
+            .unwrap();
+        assert_eq!(receipts.len(), 2);
+    }
+
+    /// Hole 1: anyone who read a channel's public terms could run jobs on it, billed to its
+    /// owner. The worker now refuses a channel whose client key is not the requester's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_channel_cannot_be_used_by_another_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (worker, _model) = paid_worker(2, dir.path());
+        let owner = client_ledger(1, dir.path());
+        let worker_key = crate::payments::signing_key(&worker_keypair()).unwrap();
+        let (wk, payout) = (
+            worker_key.verifying_key().to_bytes(),
+            crate::payments::wallet(&worker_key).unwrap(),
+        );
+        let reserved = owner.acquire(wk, payout, 1).await.unwrap();
+        let req = request("tiny", 12);
+        // The thief sends the owner's terms from its own identity (signing with its own
+        // key, or not at all): the worker must not start.
+        let thief = client_keypair(2).public().to_peer_id();
+        let thief_ledger = client_ledger(2, dir.path());
+        let seen = exchange_as(&worker, req, thief, Some((&thief_ledger, &reserved.info))).await;
+        match seen.result {
+            Err(SessionError::Remote(f)) => assert_eq!(f.code, ErrorCode::PaymentRequired),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(seen.text.is_empty());
+        let journal = worker.payments().unwrap().journal();
+        assert!(journal.worker(&reserved.info.channel).unwrap().is_none());
+        assert!(journal.pending_receipts().unwrap().is_empty());
+    }
+
+    /// Hole 4, the worker's half: a client that goes away mid-stream stops the generation
+    /// at once (the engine slot is free again) and the channel's delivery is journalled.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_leaves_stops_the_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (worker, _model) = paid_worker(1, dir.path());
+        let ledger = client_ledger(1, dir.path());
+        let worker_key = crate::payments::signing_key(&worker_keypair()).unwrap();
+        let reserved = ledger
+            .acquire(
+                worker_key.verifying_key().to_bytes(),
+                crate::payments::wallet(&worker_key).unwrap(),
+                1,
+            )
+            .await
+            .unwrap();
+        let (mut client, mut server) = channels();
+        let mut req = request("tiny", 100_000);
+        req.payment = Some(Box::new(ledger.terms(&reserved.info, PRICE)));
+        let peer = client_keypair(1).public().to_peer_id();
+        let w = worker.clone();
+        let served = tokio::spawn(async move {
+            let req = server.recv_request().await.unwrap();
+            w.run(&mut server, req, &peer).await
+        });
+        let mut session = ClientSession::new(
+            Default::default(),
+            crate::clock::session_now(),
+            req,
+            Some(ledger.payment(&reserved.info)),
+        );
+        // Read until text flows, then the reader goes away.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let drive = {
+            let ledger = ledger.clone();
+            let info = reserved.info;
+            tokio::spawn(async move {
+                let mut answer = String::new();
+                let r = crate::client::drive(
+                    &mut client,
+                    &mut session,
+                    Some((&ledger, &info)),
+                    &mut answer,
+                    &tx,
+                )
+                .await;
+                (r, session)
+            })
+        };
+        assert!(rx.recv().await.is_some());
+        drop(rx);
+        let gone = Instant::now();
+        let engine = worker.engines["tiny"].clone();
+        let freed = loop {
+            if engine.generate(to_engine(request("tiny", 1))).is_ok() {
+                break gone.elapsed();
+            }
+            assert!(
+                gone.elapsed() < Duration::from_secs(5),
+                "the generation kept its slot"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        let (driven, session) = drive.await.unwrap();
+        assert!(driven.unwrap().cancelled);
+        assert_eq!(session.fault(), Some(session::Fault::Cancelled));
+        served.await.unwrap().unwrap();
+        // Both sides agree on what the cancelled job cost.
+        let channel = reserved.info.channel;
+        let client = ledger.journal().client(&channel).unwrap().unwrap();
+        let w = worker
+            .payments()
+            .unwrap()
+            .journal()
+            .worker(&channel)
+            .unwrap()
+            .unwrap();
+        assert_eq!(w.state.best.unwrap().voucher.cumulative, client.paid);
+        assert_eq!(w.state.delivered, client.paid);
+        eprintln!("the generation stopped {freed:?} after the reader left");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -707,11 +1019,16 @@ mod tests {
         let prompt = "please keep my diagnosis confidential";
         let mut req = request("tiny", 24);
         req.input = JobInput::Prompt(prompt.into());
-        client.send_request(req).await.unwrap();
+        let mut session =
+            ClientSession::new(Default::default(), crate::clock::session_now(), req, None);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
         let mut text = String::new();
-        while let Ok(ClientEvent::Token { text: t, .. }) = client.next_event().await {
-            text.push_str(&t);
-        }
+        let reader = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        crate::client::drive(&mut client, &mut session, None, &mut text, &tx)
+            .await
+            .unwrap();
+        drop(tx);
+        reader.await.unwrap();
         served.await.unwrap();
         assert!(text.len() >= 8, "the tiny model answered {text:?}");
         let seen = seen.lock().unwrap().clone();
@@ -723,9 +1040,9 @@ mod tests {
         );
     }
 
-    fn assert_refused(end: &Result<ClientEvent, JobError>, want: ErrorCode) {
-        match end {
-            Err(JobError::Remote(JobFailure { code, .. })) if *code == want => {}
+    fn assert_refused(seen: &Seen, want: ErrorCode) {
+        match &seen.result {
+            Err(SessionError::Remote(JobFailure { code, .. })) if *code == want => {}
             other => panic!("expected a {want:?} refusal, got {other:?}"),
         }
     }
@@ -733,23 +1050,75 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn refusals_are_typed() {
         let (worker, _dir) = tiny_worker(1);
-        let (_, end) = exchange(&worker, request("other-model", 5)).await;
-        assert_refused(&end, ErrorCode::UnknownModel);
+        let seen = exchange(&worker, request("other-model", 5)).await;
+        assert_refused(&seen, ErrorCode::UnknownModel);
 
         let mut bad = request("tiny", 5);
         bad.sampling.top_p = Some(1.5);
-        let (_, end) = exchange(&worker, bad).await;
-        assert_refused(&end, ErrorCode::BadRequest);
+        assert_refused(&exchange(&worker, bad).await, ErrorCode::BadRequest);
 
         let mut bad = request("tiny", 5);
         bad.sampling.stop = vec![String::new()];
-        let (_, end) = exchange(&worker, bad).await;
-        assert_refused(&end, ErrorCode::BadRequest);
+        assert_refused(&exchange(&worker, bad).await, ErrorCode::BadRequest);
+
+        // A priced worker refuses a free job.
+        worker.set_price(PRICE);
+        assert_refused(
+            &exchange(&worker, request("tiny", 5)).await,
+            ErrorCode::PaymentRequired,
+        );
+        worker.set_price(JobPrice::default());
 
         // Hold the only slot, then a second job is answered Busy at once.
         let engine = &worker.engines["tiny"];
         let _held = engine.generate(to_engine(request("tiny", 10_000))).unwrap();
-        let (_, end) = exchange(&worker, request("tiny", 5)).await;
-        assert_refused(&end, ErrorCode::Busy);
+        assert_refused(
+            &exchange(&worker, request("tiny", 5)).await,
+            ErrorCode::Busy,
+        );
+    }
+
+    /// Hole 7: inbound streams are bounded per peer and in total; over the bounds a small
+    /// pool answers Busy and the rest are dropped unread.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inbound_streams_are_bounded_per_peer_and_in_total() {
+        let limits = StreamLimits {
+            max_streams: 3,
+            max_per_peer: 2,
+            max_refusals: 1,
+        };
+        let (worker, _dir) = tiny_worker(1);
+        let worker = worker.with_limits(limits);
+        let (a, b) = (PeerId::random(), PeerId::random());
+        // Streams whose handshake never comes hold their places.
+        let mut held = Vec::new();
+        for peer in [a, a, b] {
+            let (c, w) = pipe();
+            worker.dispatch(peer, w);
+            held.push(c);
+        }
+        assert!(worker.gate.enter(a, &limits).is_none(), "per peer");
+        assert!(
+            worker.gate.enter(PeerId::random(), &limits).is_none(),
+            "in total"
+        );
+        // Over the limits: one is taken by the refusal pool, the next is dropped unread.
+        let (c1, w1) = pipe();
+        worker.dispatch(a, w1);
+        let (mut c2, w2) = pipe();
+        worker.dispatch(a, w2);
+        use futures::AsyncReadExt;
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), c2.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "dropped: {read:?}");
+        assert_eq!(worker.refusals.available_permits(), 0);
+        drop(c1);
+        // Closing a held stream frees its place.
+        drop(held.pop());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while worker.gate.enter(PeerId::random(), &limits).is_none() {
+            assert!(Instant::now() < deadline, "the place was not freed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

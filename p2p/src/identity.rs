@@ -101,3 +101,29 @@ mod tests {
         assert!(matches!(err, IdentityError::Corrupt { .. }), "{err}");
     }
 }
+
+/// The ed25519 public key a peer id carries (ed25519 peer ids inline their key); `None` for
+/// another key type. With it a worker knows which key the peer that opened a stream holds,
+/// as the transport authenticated it.
+pub fn peer_ed25519(peer: &libp2p::PeerId) -> Option<[u8; 32]> {
+    let hash: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    if hash.code() != 0 {
+        return None;
+    }
+    let key = libp2p::identity::PublicKey::try_decode_protobuf(hash.digest()).ok()?;
+    Some(key.try_into_ed25519().ok()?.to_bytes())
+}
+
+#[cfg(test)]
+mod peer_key_tests {
+    #[test]
+    fn an_ed25519_peer_id_yields_its_key() {
+        let keypair = libp2p::identity::Keypair::generate_ed25519();
+        let key = keypair.public().try_into_ed25519().unwrap().to_bytes();
+        assert_eq!(
+            super::peer_ed25519(&keypair.public().to_peer_id()),
+            Some(key)
+        );
+        assert_eq!(super::peer_ed25519(&libp2p::PeerId::random()), None);
+    }
+}

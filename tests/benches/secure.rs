@@ -22,8 +22,9 @@ use cocoon_node::worker::Worker;
 use cocoon_p2p::attest::policy::Policy;
 use cocoon_p2p::attest::verifier::{Verifier, VerifierConfig};
 use cocoon_p2p::frame::FramedStream;
+use cocoon_p2p::job::session::ClientSession;
 use cocoon_p2p::job::{
-    confidential, ChatMessage, ClientEvent, JobChannel, JobConfig, JobInput, JobRequest, Sampling,
+    confidential, ChatMessage, JobChannel, JobConfig, JobInput, JobRequest, Sampling,
 };
 use cocoon_p2p::{DhtMode, Network, NetworkConfig};
 use futures::StreamExt;
@@ -53,6 +54,42 @@ fn request(id: u64) -> JobRequest {
     }
 }
 
+/// Runs one free job on `channel` through the client's session and shell; returns when
+/// the first text arrived.
+async fn run_job<T: cocoon_p2p::frame::FrameTransport>(
+    mut channel: JobChannel<T>,
+    id: u64,
+) -> Result<Option<Instant>> {
+    let mut session = ClientSession::new(
+        Default::default(),
+        cocoon_node::clock::session_now(),
+        request(id),
+        None,
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
+    let job = async move {
+        let mut answer = String::new();
+        let driven =
+            cocoon_node::client::drive(&mut channel, &mut session, None, &mut answer, &tx).await;
+        drop(tx);
+        driven.map_err(anyhow::Error::msg)?;
+        match session.result() {
+            Some(Ok(_)) => Ok(()),
+            other => Err(anyhow::anyhow!("the job failed: {other:?}")),
+        }
+    };
+    let reader = async {
+        let mut first = None;
+        while rx.recv().await.is_some() {
+            first.get_or_insert_with(Instant::now);
+        }
+        first
+    };
+    let (done, first) = tokio::join!(job, reader);
+    done?;
+    Ok(first)
+}
+
 /// One job from opening the stream: (ms to the first token, ms to `Done`).
 async fn job(client: &Network, worker: &Network, secure: bool, id: u64) -> Result<(f64, f64)> {
     let config = JobConfig::default();
@@ -63,23 +100,12 @@ async fn job(client: &Network, worker: &Network, secure: bool, id: u64) -> Resul
     let start = Instant::now();
     let stream = client.open_job_stream(worker.peer_id(), T).await?;
     let framed = FramedStream::new(stream, config.max_frame);
-    let mut first = None;
     macro_rules! drive {
-        ($channel:expr) => {{
-            let mut channel = $channel;
-            channel.send_request(request(id)).await?;
-            loop {
-                match channel.next_event().await? {
-                    ClientEvent::Token { .. } => {
-                        first.get_or_insert_with(Instant::now);
-                    }
-                    ClientEvent::Done(_) => break,
-                    ClientEvent::Quote(_) => anyhow::bail!("a free worker sent a quote"),
-                }
-            }
-        }};
+        ($channel:expr) => {
+            run_job($channel, id).await?
+        };
     }
-    if secure {
+    let first = if secure {
         let now = cocoon_node::attestation::unix_now();
         let (transport, _) = confidential::open(
             framed,
@@ -90,10 +116,10 @@ async fn job(client: &Network, worker: &Network, secure: bool, id: u64) -> Resul
             &config,
         )
         .await?;
-        drive!(JobChannel::new(transport, config));
+        drive!(JobChannel::new(transport, config))
     } else {
-        drive!(JobChannel::new(framed, config));
-    }
+        drive!(JobChannel::new(framed, config))
+    };
     let end = Instant::now();
     let first = first.context("no token")?;
     Ok((
@@ -153,7 +179,7 @@ async fn bench(name: &str, source: ModelSource, runs: usize) -> Result<String> {
                 let config = JobConfig::default();
                 let mut ch = JobChannel::new(FramedStream::new(stream, config.max_frame), config);
                 if let Ok(req) = ch.recv_request().await {
-                    let _ = worker.run(&mut ch, req).await;
+                    let _ = worker.run(&mut ch, req, &peer).await;
                     let _ = ch.close().await;
                 }
             }

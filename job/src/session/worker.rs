@@ -592,6 +592,11 @@ impl WorkerSession {
         self.state == State::Finished
     }
 
+    /// Whether the job has ended (its last journal write may still be due).
+    pub fn has_ended(&self) -> bool {
+        matches!(self.state, State::Closing | State::Finished)
+    }
+
     /// Why the job ended early, if it did.
     pub fn error_message(&self) -> Option<&str> {
         self.error.as_deref()
