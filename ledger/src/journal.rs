@@ -27,6 +27,17 @@ const WORKER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("worker_chann
 const RECEIPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("receipts");
 /// Anchored batches by index (from 0).
 const ANCHORS: TableDefinition<u64, &[u8]> = TableDefinition::new("anchors");
+/// Closes a worker sent, by channel: a restarted worker does not send one twice.
+const CLOSES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("closes_sent");
+
+/// A unilateral close the worker sent (journalled before sending it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseSent {
+    /// The voucher's seq it closes with.
+    pub seq: u64,
+    /// When it was sent (unix seconds).
+    pub at: u64,
+}
 
 /// A batch of receipts whose Merkle root was posted to the anchor contract.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +166,7 @@ impl Journal {
         tx.open_table(WORKER).map_err(dberr)?;
         tx.open_table(RECEIPTS).map_err(dberr)?;
         tx.open_table(ANCHORS).map_err(dberr)?;
+        tx.open_table(CLOSES).map_err(dberr)?;
         tx.commit().map_err(dberr)?;
         Ok(Self { db })
     }
@@ -258,6 +270,23 @@ impl Journal {
     /// The worker's record of `channel`.
     pub fn worker(&self, channel: &[u8; 32]) -> Result<Option<WorkerRecord>, JournalError> {
         self.get(WORKER, channel)
+    }
+
+    /// Durably notes a close about to be sent on `channel` (a later one replaces it).
+    pub fn record_close(&self, channel: &[u8; 32], close: &CloseSent) -> Result<(), JournalError> {
+        let bytes = serde_json::to_vec(close)?;
+        let tx = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut t = tx.open_table(CLOSES).map_err(dberr)?;
+            t.insert(channel.as_slice(), bytes.as_slice())
+                .map_err(dberr)?;
+        }
+        tx.commit().map_err(dberr)
+    }
+
+    /// The last close sent on `channel`.
+    pub fn close_sent(&self, channel: &[u8; 32]) -> Result<Option<CloseSent>, JournalError> {
+        self.get(CLOSES, channel)
     }
 
     /// Every channel the worker has a record of (to settle on shutdown or restart).

@@ -16,6 +16,19 @@
 
 use serde::{Deserialize, Serialize};
 
+/// How long a sent close is given to land on chain before the same close may be sent
+/// again (a worker restarted meanwhile must not pay for a second one), seconds.
+pub const CLOSE_PENDING_SECS: u64 = 600;
+
+/// Whether a close with the voucher of `seq` may be sent at `now`, given the last close
+/// sent `(its seq, when)`: not while the same or a newer one may still be on its way.
+pub fn may_send_close(last: Option<(u64, u64)>, seq: u64, now: u64) -> bool {
+    match last {
+        Some((sent, at)) => sent < seq || now >= at.saturating_add(CLOSE_PENDING_SECS),
+        None => true,
+    }
+}
+
 /// When to settle.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -145,6 +158,25 @@ impl Receipt {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_close_on_its_way_is_not_sent_again() {
+        assert!(may_send_close(None, 3, 1_000));
+        assert!(!may_send_close(
+            Some((3, 1_000)),
+            3,
+            1_000 + CLOSE_PENDING_SECS - 1
+        ));
+        assert!(may_send_close(
+            Some((3, 1_000)),
+            3,
+            1_000 + CLOSE_PENDING_SECS
+        ));
+        assert!(
+            may_send_close(Some((3, 1_000)), 4, 1_001),
+            "a newer voucher"
+        );
+    }
+
     use super::*;
     use proptest::prelude::*;
 

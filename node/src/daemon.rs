@@ -204,8 +204,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             payout = Some(wallet);
             let ledger = std::sync::Arc::new(ledger);
             if config.chain.is_some() {
-                settler = Some(ledger.clone());
-                tokio::spawn(crate::settlement::run(
+                settler = Some(crate::settlement::Settler::spawn(
                     ledger.clone(),
                     config.settle.clone(),
                     SETTLE_EVERY,
@@ -244,24 +243,18 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     shutdown.await;
     tracing::info!("shutting down");
     network.shutdown().await;
-    if let Some(ledger) = settler {
-        // No more jobs: settle what is worth settling.
-        match crate::settlement::settle_all(&ledger, &config.settle, true, false).await {
-            Ok(done) => {
-                for s in done {
-                    println!("{SETTLED_LINE}{} {} {}", s.action, s.channel, s.amount);
-                }
-            }
-            Err(e) => tracing::error!("settlement on shutdown failed: {e}"),
+    if let Some(settler) = settler {
+        // No more jobs: the settlement owner runs its final pass, after any under way.
+        let report = settler.shutdown().await;
+        for s in report.settled {
+            println!("{SETTLED_LINE}{} {} {}", s.action, s.channel, s.amount);
         }
-        match crate::settlement::anchor_receipts(&ledger, &config.settle, true, false).await {
-            Ok(Some(a)) => println!(
+        if let Some(a) = report.anchored {
+            println!(
                 "{SETTLED_LINE}anchor {} {}",
                 hex::encode(a.root),
                 a.last + 1 - a.first
-            ),
-            Ok(None) => {}
-            Err(e) => tracing::error!("anchoring on shutdown failed: {e}"),
+            );
         }
     }
     if let Some(task) = serve {

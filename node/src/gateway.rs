@@ -108,7 +108,7 @@ fn authorised(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(key.as_str()) {
+    if given.is_some_and(|g| same_secret(g, key)) {
         Ok(())
     } else {
         Err(ApiError(
@@ -117,6 +117,18 @@ fn authorised(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
             "invalid_api_key",
         ))
     }
+}
+
+/// Whether `given` is the secret `key`, in time that depends on neither (both are hashed
+/// first, so not even their lengths leak, and the digests are compared in constant time).
+fn same_secret(given: &str, key: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let (a, b) = (
+        Sha256::digest(given.as_bytes()),
+        Sha256::digest(key.as_bytes()),
+    );
+    a.as_slice().ct_eq(b.as_slice()).into()
 }
 
 fn now() -> u64 {
@@ -336,8 +348,10 @@ fn audit(o: &InferOutcome) -> Value {
 }
 
 fn usage(o: &InferOutcome) -> Value {
+    // Counts come from a worker: add them in 64 bits, never overflowing.
+    let total = u64::from(o.prompt_tokens) + u64::from(o.completion_tokens);
     json!({"prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens,
-           "total_tokens": o.prompt_tokens + o.completion_tokens})
+           "total_tokens": total})
 }
 
 fn request_id(kind: Kind) -> String {
@@ -473,4 +487,57 @@ async fn stream(
         }))
         .map(Ok::<_, Infallible>);
     Sse::new(body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_compare_by_digest_whatever_their_lengths() {
+        assert!(same_secret("sk-local-1234", "sk-local-1234"));
+        for wrong in [
+            "sk-local-1235",
+            "sk-local-123",
+            "sk-local-12345",
+            "",
+            "SK-LOCAL-1234",
+        ] {
+            assert!(!same_secret(wrong, "sk-local-1234"), "{wrong:?}");
+        }
+        assert!(same_secret("", ""));
+    }
+
+    /// Token counts come from a worker: their sum must not overflow (a panic in a debug
+    /// build before).
+    #[test]
+    fn usage_totals_never_overflow() {
+        let outcome = InferOutcome {
+            client_peer: "c".into(),
+            worker_peer: "w".into(),
+            model: "m".into(),
+            text: String::new(),
+            prompt_tokens: u32::MAX,
+            completion_tokens: u32::MAX,
+            ttft_ms: 0.0,
+            tokens_per_s: 0.0,
+            total_ms: 0.0,
+            finish_reason: "stop".into(),
+            providers_found: 1,
+            attestation: "tdx".into(),
+            measurement: String::new(),
+            tcb_status: None,
+            source: "market".into(),
+            price_prompt_per_mtok: None,
+            price_completion_per_mtok: None,
+            cost_nanoton: None,
+            paid_nanoton: 0,
+            channel: None,
+            failed_attempts: Vec::new(),
+        };
+        assert_eq!(
+            usage(&outcome)["total_tokens"],
+            json!(2 * u64::from(u32::MAX))
+        );
+    }
 }

@@ -7,13 +7,19 @@
 //! voucher), and `finalize` once the challenge window is over, which pays the payout wallet.
 //! Job receipts are anchored in batches ([`anchor_receipts`]): the Merkle root of the
 //! receipts waiting goes to the worker's own anchor contract when the policy says a batch is
-//! due. A daemon runs [`run`] every `check_every` and both once more on shutdown.
+//! due. A daemon has one settlement owner, [`Settler`]: a task that runs a pass every
+//! `check_every` and, on shutdown, the final pass after any pass under way, never beside it,
+//! so no channel is closed twice. Each close is journalled before it is sent
+//! ([`Journal::record_close`]): a worker killed and restarted while its close is on its way
+//! does not send a second one ([`may_send_close`]).
+//!
+//! [`Journal::record_close`]: cocoon_ledger::journal::Journal::record_close
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cocoon_ledger::journal::AnchorRecord;
-use cocoon_ledger::settle::{ChannelFacts, Reason, SettlePolicy};
+use cocoon_ledger::journal::{AnchorRecord, CloseSent};
+use cocoon_ledger::settle::{may_send_close, ChannelFacts, Reason, SettlePolicy};
 use cocoon_ledger::ton::chain::Chain;
 use cocoon_ledger::ton::client::{ChannelClient, WalletClient, WalletConfig};
 use cocoon_ledger::ton::contract::anchor_contract;
@@ -121,6 +127,18 @@ pub async fn settle_all(
                     policy.due(&facts, now, shutdown)
                 };
                 let Some(reason) = reason else { continue };
+                let seq = best.voucher.seq;
+                let last = ledger.journal().close_sent(&channel)?;
+                if !may_send_close(last.map(|c| (c.seq, c.at)), seq, now) {
+                    tracing::info!(channel = %hex::encode(channel), "a close is on its way");
+                    continue;
+                }
+                // Journalled first: a restart while it is on its way does not send another.
+                let mark = CloseSent { seq, at: now };
+                let journal = ledger.journal().clone();
+                tokio::task::spawn_blocking(move || journal.record_close(&channel, &mark))
+                    .await
+                    .map_err(|e| PaymentError::Chain(e.to_string()))??;
                 chain
                     .worker_close(&address, &best)
                     .await
@@ -194,17 +212,75 @@ pub async fn anchor_receipts(
     Ok(Some(record))
 }
 
-/// Runs a settlement pass every `every` until the task is dropped.
-pub async fn run(ledger: Arc<WorkerLedger>, policy: SettlePolicy, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = settle_all(&ledger, &policy, false, false).await {
-            tracing::warn!("settlement pass failed: {e}");
-        }
-        if let Err(e) = anchor_receipts(&ledger, &policy, false, false).await {
-            tracing::warn!("anchoring failed: {e}");
-        }
+/// What the final settlement pass did.
+#[derive(Clone, Debug, Default)]
+pub struct FinalReport {
+    /// Channels closed, challenged or finalized.
+    pub settled: Vec<Settled>,
+    /// The receipt batch anchored.
+    pub anchored: Option<AnchorRecord>,
+}
+
+/// A worker's one settlement owner: a task that runs a pass every `every` and the final
+/// pass on [`Settler::shutdown`], one after another (see the module docs).
+pub struct Settler {
+    stop: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<FinalReport>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Settler {
+    /// Starts the owner of `ledger`'s settlement.
+    pub fn spawn(ledger: Arc<WorkerLedger>, policy: SettlePolicy, every: Duration) -> Self {
+        let (stop, mut stopped) = tokio::sync::mpsc::channel(1);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                // A pass runs to its end inside this task: a shutdown waits for it.
+                let reply: tokio::sync::oneshot::Sender<FinalReport> = tokio::select! {
+                    _ = tick.tick() => {
+                        pass(&ledger, &policy, false).await;
+                        continue;
+                    }
+                    reply = stopped.recv() => match reply {
+                        Some(reply) => reply,
+                        None => return,
+                    },
+                };
+                let _ = reply.send(pass(&ledger, &policy, true).await);
+                return;
+            }
+        });
+        Self { stop, task }
     }
+
+    /// Runs the final pass (after any pass under way) and stops the owner.
+    pub async fn shutdown(self) -> FinalReport {
+        let (reply, report) = tokio::sync::oneshot::channel();
+        if self.stop.send(reply).await.is_err() {
+            return FinalReport::default();
+        }
+        let report = report.await.unwrap_or_default();
+        let _ = self.task.await;
+        report
+    }
+
+    /// Stops the owner wherever it is, as a killed process would (tests).
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+/// One pass: settle, then anchor; errors are logged.
+async fn pass(ledger: &WorkerLedger, policy: &SettlePolicy, shutdown: bool) -> FinalReport {
+    let mut report = FinalReport::default();
+    match settle_all(ledger, policy, shutdown, false).await {
+        Ok(done) => report.settled = done,
+        Err(e) => tracing::warn!("settlement pass failed: {e}"),
+    }
+    match anchor_receipts(ledger, policy, shutdown, false).await {
+        Ok(a) => report.anchored = a,
+        Err(e) => tracing::warn!("anchoring failed: {e}"),
+    }
+    report
 }

@@ -262,3 +262,195 @@ fn the_demo_pays_its_job_and_settles_it_on_the_local_chain() {
     assert!(json["onchain_txs"].as_u64().unwrap() >= 5, "{json}");
     assert_eq!(json["channel"].as_str().map(str::len), Some(64));
 }
+
+/// How many transactions of `op` the chain ran.
+async fn count_op(chain: &LocalChain, op: u32) -> u64 {
+    let stats = chain.stats().await.unwrap();
+    stats
+        .by_op
+        .get(&format!("0x{op:08x}"))
+        .map_or(0, |(count, _)| *count)
+}
+
+/// Opens a channel from `client` to the worker of `worker_key` and journals a voucher of
+/// `amount` on the worker's side, as a paid job leaves it.
+async fn paid_channel(
+    chain: &LocalChain,
+    client: &ChannelClient,
+    client_key: &ed25519_dalek::SigningKey,
+    worker_key: &ed25519_dalek::SigningKey,
+    ledger: &cocoon_node::payments::WorkerLedger,
+    channel_id: u64,
+    amount: u64,
+) -> [u8; 32] {
+    use cocoon_ledger::channel::WorkerState;
+    use cocoon_ledger::journal::{ChannelTerms, Write};
+    let terms = ChannelTerms {
+        channel_id,
+        client_key: client_key.verifying_key().to_bytes(),
+        worker_key: worker_key.verifying_key().to_bytes(),
+        client_address: wallet(client_key).unwrap(),
+        worker_payout: wallet(worker_key).unwrap(),
+        challenge_period: 60,
+        worker_timeout: 30 * 86_400,
+    };
+    let channel = terms.address().unwrap();
+    client.open_channel(&terms.params(), TON).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let state = client.channel_state(&basechain(channel)).await.unwrap();
+        if state.is_some_and(|s| s.status == ChannelStatus::Open) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the channel never opened"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let voucher = cocoon_ledger::voucher::Voucher {
+        channel,
+        cumulative: amount,
+        seq: 1,
+    }
+    .sign(client_key);
+    let state = WorkerState {
+        best: Some(voucher),
+        delivered: amount,
+    };
+    let record = ledger.record(&terms, TON as u64, state);
+    ledger.write(Write::Worker(channel, record)).await.unwrap();
+    let _ = chain;
+    channel
+}
+
+/// Hole 8: the final settlement pass at shutdown could run beside a periodic one, and both
+/// sent `worker_close` for the same channel. One owner runs every pass, one after another;
+/// a worker killed in the middle of its settlement and restarted closes nothing twice and
+/// still finalizes every channel for exactly its voucher.
+#[test]
+fn one_settlement_owner_closes_each_channel_once_even_across_a_kill() {
+    use cocoon_ledger::settle::SettlePolicy;
+    use cocoon_node::settlement::{connect, Settler};
+    use std::time::Duration;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let chain = LocalChain::start(LocalChainConfig::new(
+            cocoon_tests::contract::contract_dir_ready(),
+        ))
+        .await
+        .expect("start the local chain");
+        let url = chain.http().base_url().to_string();
+        let client_key = ed25519_dalek::SigningKey::from_bytes(&[31; 32]);
+        let worker_key = ed25519_dalek::SigningKey::from_bytes(&[32; 32]);
+        chain
+            .fund(&basechain(wallet(&client_key).unwrap()), 10 * TON)
+            .await
+            .unwrap();
+        chain
+            .fund(&basechain(wallet(&worker_key).unwrap()), TON)
+            .await
+            .unwrap();
+        let client = connect(&url, None, &client_key).unwrap();
+        let dir = cocoon_tests::scratch("settle-owner").unwrap();
+        let journal = dir.path().join("journal.redb");
+        let open = || {
+            Arc::new(
+                cocoon_node::payments::WorkerLedger::open(
+                    &journal,
+                    worker_key.verifying_key().to_bytes(),
+                    wallet(&worker_key).unwrap(),
+                    1_000_000,
+                )
+                .unwrap()
+                .with_chain(connect(&url, None, &worker_key).unwrap()),
+            )
+        };
+        let due_now = SettlePolicy {
+            threshold: 1,
+            min_amount: 1,
+            ..Default::default()
+        };
+
+        // Periodic passes back to back, and the shutdown at once: both would close.
+        let ledger = open();
+        let a = paid_channel(
+            &chain,
+            &client,
+            &client_key,
+            &worker_key,
+            &ledger,
+            1,
+            7_000_000,
+        )
+        .await;
+        let b = paid_channel(
+            &chain,
+            &client,
+            &client_key,
+            &worker_key,
+            &ledger,
+            2,
+            9_000_000,
+        )
+        .await;
+        let settler = Settler::spawn(ledger.clone(), due_now.clone(), Duration::from_millis(1));
+        let report = settler.shutdown().await;
+        assert!(report.settled.len() <= 2, "{:?}", report.settled);
+        let closes = count_op(&chain, op::WORKER_CLOSE).await;
+        assert_eq!(closes, 2, "one worker_close per channel");
+        for ch in [a, b] {
+            let s = client.channel_state(&basechain(ch)).await.unwrap().unwrap();
+            assert_eq!(s.status, ChannelStatus::Closing);
+        }
+
+        // A third channel; the worker is killed while it settles, then restarted.
+        let c = paid_channel(
+            &chain,
+            &client,
+            &client_key,
+            &worker_key,
+            &ledger,
+            3,
+            5_000_000,
+        )
+        .await;
+        let settler = Settler::spawn(ledger.clone(), due_now.clone(), Duration::from_millis(1));
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = client.channel_state(&basechain(c)).await.unwrap().unwrap();
+            if s.status == ChannelStatus::Closing {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never closed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        settler.abort();
+        drop(ledger);
+        let ledger = open();
+        let settler = Settler::spawn(ledger.clone(), due_now.clone(), Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            count_op(&chain, op::WORKER_CLOSE).await,
+            3,
+            "nothing closed twice"
+        );
+        // After the challenge window the restarted owner finalizes every channel.
+        chain.advance(120).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        for (ch, amount) in [(a, 7_000_000u128), (b, 9_000_000), (c, 5_000_000)] {
+            loop {
+                let s = client.channel_state(&basechain(ch)).await.unwrap();
+                if let Some(s) = s.filter(|s| s.status == ChannelStatus::Closed) {
+                    assert_eq!(s.settled_amount, amount);
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "never finalized");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        settler.shutdown().await;
+        assert_eq!(count_op(&chain, op::WORKER_CLOSE).await, 3);
+        assert_eq!(count_op(&chain, op::FINALIZE).await, 3);
+    });
+}
