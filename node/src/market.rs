@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use cocoon_gossip::{Advert, Market, MarketConfig, Reputation, Selection, Weights};
 use cocoon_p2p::frame::{FrameTransport, FramedStream};
+use cocoon_p2p::limits::{GateLimits, StreamGate};
 use cocoon_p2p::{GossipVerdict, Network, NetworkError, PeerId, MARKET_PROTOCOL};
 use futures::StreamExt;
 
@@ -28,6 +29,13 @@ pub const PROPAGATION_LOG: &str = "cocoon::propagation";
 pub const MAX_SYNC_ADVERTS: usize = 4096;
 /// Largest frame of the sync protocol (one advert).
 const MAX_SYNC_FRAME: usize = cocoon_gossip::advert::MAX_ADVERT_BYTES;
+/// Market syncs served at once: 32 in total, 2 per peer (a newcomer pulls once).
+pub const SYNC_LIMITS: GateLimits = GateLimits {
+    total: 32,
+    per_peer: 2,
+};
+/// How long one sync may take to serve (4,096 adverts of at most 8 KiB).
+pub const SYNC_SERVE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A shared market fed by gossip.
 #[derive(Clone)]
@@ -101,13 +109,24 @@ impl MarketService {
         });
         let mut incoming = network.accept(MARKET_PROTOCOL)?;
         let server = service.clone();
+        let gate = StreamGate::new(SYNC_LIMITS);
         tokio::spawn(async move {
             while let Some((peer, stream)) = incoming.next().await {
+                // Bounded per peer and in total; over them the stream is dropped unread.
+                let Some(ticket) = gate.enter(peer) else {
+                    tracing::debug!(%peer, "market sync refused: too many at once");
+                    continue;
+                };
                 let server = server.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = server.serve_sync(stream).await {
-                        tracing::debug!(%peer, "market sync: {e}");
+                    let served =
+                        tokio::time::timeout(SYNC_SERVE_TIMEOUT, server.serve_sync(stream));
+                    match served.await {
+                        Ok(Err(e)) => tracing::debug!(%peer, "market sync: {e}"),
+                        Err(_) => tracing::debug!(%peer, "market sync: too slow a reader"),
+                        Ok(Ok(())) => {}
                     }
+                    drop(ticket);
                 });
             }
         });

@@ -28,6 +28,7 @@ use cocoon_p2p::job::{
     self, confidential, ErrorCode, JobChannel, JobConfig, JobError, JobFailure, JobPrice,
     JobRequest, Message,
 };
+use cocoon_p2p::limits::{GateLimits, StreamGate};
 use cocoon_p2p::{Network, NetworkError, PeerId};
 use futures::{AsyncRead, AsyncWrite, StreamExt};
 
@@ -50,52 +51,21 @@ pub struct StreamLimits {
     pub max_refusals: usize,
 }
 
+impl StreamLimits {
+    fn gate(&self) -> GateLimits {
+        GateLimits {
+            total: self.max_streams,
+            per_peer: self.max_per_peer,
+        }
+    }
+}
+
 impl Default for StreamLimits {
     fn default() -> Self {
         Self {
             max_streams: 128,
             max_per_peer: 16,
             max_refusals: 32,
-        }
-    }
-}
-
-/// Counts streams per peer and in total.
-#[derive(Default)]
-struct Gate {
-    per_peer: Mutex<HashMap<PeerId, usize>>,
-}
-
-/// One admitted stream; dropping it frees its place.
-struct Ticket {
-    gate: Arc<Gate>,
-    peer: PeerId,
-}
-
-impl Gate {
-    fn enter(self: &Arc<Self>, peer: PeerId, limits: &StreamLimits) -> Option<Ticket> {
-        let mut map = self.per_peer.lock().expect("gate lock");
-        let total: usize = map.values().sum();
-        let mine = map.get(&peer).copied().unwrap_or(0);
-        if total >= limits.max_streams || mine >= limits.max_per_peer {
-            return None;
-        }
-        *map.entry(peer).or_default() += 1;
-        Some(Ticket {
-            gate: self.clone(),
-            peer,
-        })
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        let mut map = self.gate.per_peer.lock().expect("gate lock");
-        if let Some(n) = map.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.peer);
-            }
         }
     }
 }
@@ -112,7 +82,7 @@ pub struct Worker {
     payments: Option<Arc<WorkerLedger>>,
     session: WorkerConfig,
     limits: StreamLimits,
-    gate: Arc<Gate>,
+    gate: Arc<StreamGate>,
     refusals: Arc<tokio::sync::Semaphore>,
 }
 
@@ -171,8 +141,8 @@ impl Worker {
             payments: None,
             session: WorkerConfig::default(),
             refusals: Arc::new(tokio::sync::Semaphore::new(limits.max_refusals)),
+            gate: StreamGate::new(limits.gate()),
             limits,
-            gate: Arc::new(Gate::default()),
         }
     }
 
@@ -191,6 +161,7 @@ impl Worker {
     /// Bounds inbound streams by `limits`.
     pub fn with_limits(mut self, limits: StreamLimits) -> Self {
         self.refusals = Arc::new(tokio::sync::Semaphore::new(limits.max_refusals));
+        self.gate = StreamGate::new(limits.gate());
         self.limits = limits;
         self
     }
@@ -245,7 +216,7 @@ impl Worker {
         peer: PeerId,
         stream: S,
     ) {
-        if let Some(ticket) = self.gate.enter(peer, &self.limits) {
+        if let Some(ticket) = self.gate.enter(peer) {
             let worker = self.clone();
             tokio::spawn(async move {
                 worker.serve_stream(peer, stream).await;
@@ -1097,11 +1068,8 @@ mod tests {
             worker.dispatch(peer, w);
             held.push(c);
         }
-        assert!(worker.gate.enter(a, &limits).is_none(), "per peer");
-        assert!(
-            worker.gate.enter(PeerId::random(), &limits).is_none(),
-            "in total"
-        );
+        assert!(worker.gate.enter(a).is_none(), "per peer");
+        assert!(worker.gate.enter(PeerId::random()).is_none(), "in total");
         // Over the limits: one is taken by the refusal pool, the next is dropped unread.
         let (c1, w1) = pipe();
         worker.dispatch(a, w1);
@@ -1116,7 +1084,7 @@ mod tests {
         // Closing a held stream frees its place.
         drop(held.pop());
         let deadline = Instant::now() + Duration::from_secs(5);
-        while worker.gate.enter(PeerId::random(), &limits).is_none() {
+        while worker.gate.enter(PeerId::random()).is_none() {
             assert!(Instant::now() < deadline, "the place was not freed");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -8,6 +8,7 @@
 //! - [`frame`]: the length-prefixed framing beneath it, the seam where encryption plugs in.
 //! - [`secure`]: the Noise channel bound to the worker's enclave key (a `FrameTransport`).
 //! - [`identity`]: the node's persistent ed25519 identity.
+//! - [`limits`]: bounds on the inbound streams a node serves at once, per peer and in total.
 //! - [`testing`]: an in-memory duplex pipe for testing protocol code without a network.
 //!
 //! This crate knows nothing of models or inference: the node crate joins job streams to the
@@ -18,6 +19,7 @@ pub mod attest;
 pub mod frame;
 pub mod identity;
 pub mod job;
+pub mod limits;
 pub mod secure;
 pub mod swarm;
 pub mod testing;

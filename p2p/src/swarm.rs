@@ -113,6 +113,13 @@ pub struct NetworkConfig {
     pub idle_connection_timeout: Duration,
     /// Capacity of the command queue into the swarm task. Default: 64.
     pub command_queue: usize,
+    /// Connections to one peer at most (libp2p's connection limits). Default: 4 (QUIC and
+    /// TCP both ways).
+    pub max_connections_per_peer: u32,
+    /// Established connections at most, in total. Default: 1,024.
+    pub max_connections: u32,
+    /// Incoming connections still handshaking at most. Default: 128.
+    pub max_pending_incoming: u32,
 }
 
 impl Default for NetworkConfig {
@@ -135,6 +142,9 @@ impl Default for NetworkConfig {
             reprovide_interval: Duration::from_secs(10 * 60),
             idle_connection_timeout: Duration::from_secs(120),
             command_queue: 64,
+            max_connections_per_peer: 4,
+            max_connections: 1024,
+            max_pending_incoming: 128,
         }
     }
 }
@@ -224,6 +234,7 @@ pub struct NetworkState {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    limits: libp2p::connection_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: kad::Behaviour<MemoryStore>,
@@ -515,6 +526,12 @@ fn build_swarm(keypair: Keypair, config: &NetworkConfig) -> Result<Swarm<Behavio
                 None
             };
             Ok(Behaviour {
+                limits: libp2p::connection_limits::Behaviour::new(
+                    libp2p::connection_limits::ConnectionLimits::default()
+                        .with_max_established_per_peer(Some(config.max_connections_per_peer))
+                        .with_max_established(Some(config.max_connections))
+                        .with_max_pending_incoming(Some(config.max_pending_incoming)),
+                ),
                 identify: identify::Behaviour::new(identify::Config::new(
                     IDENTIFY_PROTOCOL.into(),
                     key.public(),
