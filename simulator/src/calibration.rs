@@ -49,14 +49,19 @@ fn get(v: &Value, path: &[&str]) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Runs `base` with these handling costs; returns its figures (the [`MEASURES`] and counts).
-pub fn simulate(base: &Scenario, processing_ms: f64, advert_cpu_ms: f64) -> Value {
+/// Runs `base` with these handling costs; returns its figures (the [`MEASURES`] and counts),
+/// or why the scenario cannot run with them.
+pub fn simulate(
+    base: &Scenario,
+    processing_ms: f64,
+    advert_cpu_ms: f64,
+) -> Result<Value, crate::scenario::ScenarioError> {
     let mut sc = base.clone();
     sc.network.processing_ms = processing_ms;
     sc.network.advert_cpu_ms = advert_cpu_ms;
-    let mut world = World::new(sc);
+    let mut world = World::new(sc)?;
     world.run(|_, _| {});
-    figures(&summary(&world))
+    Ok(figures(&summary(&world)))
 }
 
 /// The [`MEASURES`] of a run's summary (its probe lookups and its adverts).
@@ -101,11 +106,13 @@ pub fn fit(base: &Scenario, real: &Value) -> (f64, f64) {
     let (mut processing, mut cpu) = (0.5, 0.0);
     for _ in 0..3 {
         processing = bisect(
-            &|x| get(&simulate(base, x, cpu), &["lookup_ms_p50"]),
+            &|x| simulate(base, x, cpu).map_or(f64::NAN, |v| get(&v, &["lookup_ms_p50"])),
             get(real, &["lookup_ms_p50"]),
         );
         cpu = bisect(
-            &|x| get(&simulate(base, processing, x), &["propagation_ms_p50"]),
+            &|x| {
+                simulate(base, processing, x).map_or(f64::NAN, |v| get(&v, &["propagation_ms_p50"]))
+            },
             get(real, &["propagation_ms_p50"]),
         );
     }

@@ -106,7 +106,7 @@ fn main() -> anyhow::Result<()> {
                 .expect("template"),
             );
             bar.set_message(format!("building {} nodes", sc.nodes));
-            let mut world = World::new(sc);
+            let mut world = World::new(sc)?;
             let built = started.elapsed().as_secs_f64();
             world.run(|now, events| {
                 bar.set_position(now / 1_000_000);

@@ -556,6 +556,13 @@ pub fn start_price(policy: &PricePolicy) -> Price {
     }
 }
 
+/// The most jobs a client may start per hour (ten a second).
+pub const MAX_JOBS_PER_HOUR: f64 = 36_000.0;
+/// The most probe lookups per second.
+pub const MAX_PROBES_PER_SEC: f64 = 1_000.0;
+/// The longest a message may take to handle, milliseconds (a minute).
+pub const MAX_HANDLING_MS: f64 = 60_000.0;
+
 impl Scenario {
     /// Parses and checks a scenario.
     pub fn from_toml(text: &str) -> Result<Self, ScenarioError> {
@@ -594,11 +601,36 @@ impl Scenario {
         Ok(s)
     }
 
-    /// Range checks.
+    /// The world's layout: (all nodes with sybil identities, workers with sybils, relays).
+    pub fn layout(&self) -> (usize, usize, usize) {
+        let sybils: u64 = self
+            .adversaries
+            .iter()
+            .map(|a| match a {
+                Adversary::Sybil { identities, .. } => u64::from(*identities),
+                _ => 0,
+            })
+            .sum();
+        let n = u64::from(self.nodes).saturating_add(sybils) as usize;
+        let honest_workers = ((f64::from(self.nodes) * self.workers.share).round() as usize).max(1);
+        let relays = (self.gossip.relays as usize).max(crate::world::BOOTSTRAP);
+        (n, honest_workers.saturating_add(sybils as usize), relays)
+    }
+
+    /// Range checks: a scenario that passes them builds and runs.
     pub fn check(&self) -> Result<(), ScenarioError> {
         let bad = |m: String| Err(ScenarioError::Invalid(m));
         if self.nodes < 2 {
             return bad("nodes must be at least 2".into());
+        }
+        let (n, workers, relays) = self.layout();
+        if workers.saturating_add(relays) >= n {
+            return bad(format!(
+                "the scenario leaves no clients: {workers} workers and {relays} relays \
+                 (gossip.relays, at least {}) of {n} nodes; raise nodes or lower \
+                 gossip.relays / workers.share",
+                crate::world::BOOTSTRAP
+            ));
         }
         if self.duration_secs == 0 || self.sample_secs == 0 {
             return bad("duration_secs and sample_secs must be positive".into());
@@ -664,8 +696,46 @@ impl Scenario {
         ] {
             d.check(what)?;
         }
-        if self.clients.max_attempts == 0 || self.clients.jobs_per_hour < 0.0 {
-            return bad("clients.max_attempts must be positive, jobs_per_hour >= 0".into());
+        if self.clients.max_attempts == 0 {
+            return bad("clients.max_attempts must be positive".into());
+        }
+        for (what, v, max) in [
+            (
+                "clients.jobs_per_hour",
+                self.clients.jobs_per_hour,
+                MAX_JOBS_PER_HOUR,
+            ),
+            (
+                "dht.probe_lookups_per_sec",
+                self.dht.probe_lookups_per_sec,
+                MAX_PROBES_PER_SEC,
+            ),
+            ("network.processing_ms", n.processing_ms, MAX_HANDLING_MS),
+            ("network.advert_cpu_ms", n.advert_cpu_ms, MAX_HANDLING_MS),
+        ] {
+            if !(v.is_finite() && (0.0..=max).contains(&v)) {
+                return bad(format!("{what} must be a number in [0, {max}]"));
+            }
+        }
+        if !(self.clients.peak_hour.is_finite() && (0.0..24.0).contains(&self.clients.peak_hour)) {
+            return bad("clients.peak_hour must be in [0, 24)".into());
+        }
+        if !(self.clients.price_slack.is_finite() && self.clients.price_slack >= 1.0) {
+            return bad("clients.price_slack must be a number of at least 1".into());
+        }
+        if !(n.jitter.is_finite() && n.bandwidth_mbps.is_finite()) {
+            return bad("network.jitter and network.bandwidth_mbps must be finite".into());
+        }
+        if self.workers.price_tick_secs == 0 {
+            return bad("workers.price_tick_secs must be positive".into());
+        }
+        for r in &n.regions {
+            if !(r.share.is_finite() && r.share >= 0.0) {
+                return bad(format!(
+                    "region {}: share must be a non-negative number",
+                    r.name
+                ));
+            }
         }
         if self.payments.deposit == 0 || self.payments.pay_every == 0 {
             return bad("payments.deposit and pay_every must be positive".into());

@@ -89,7 +89,7 @@ pub fn run(
         .map(|p| base.with_overrides(p))
         .collect::<Result<_, _>>()?;
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<Value, ReportError>>>> =
+    let results: Mutex<Vec<Option<Result<Value, SweepError>>>> =
         Mutex::new((0..scenarios.len()).map(|_| None).collect());
     let finished = AtomicUsize::new(0);
     std::thread::scope(|scope| {
@@ -99,10 +99,17 @@ pub fn run(
                 let Some(sc) = scenarios.get(i) else {
                     break;
                 };
-                let mut world = World::new(sc.clone());
-                world.run(|_, _| {});
-                world.finish();
-                let r = report::write(&world, &out.join(format!("run-{i:03}")), charts);
+                let r = World::new(sc.clone())
+                    .map_err(SweepError::from)
+                    .and_then(|mut world| {
+                        world.run(|_, _| {});
+                        world.finish();
+                        Ok(report::write(
+                            &world,
+                            &out.join(format!("run-{i:03}")),
+                            charts,
+                        )?)
+                    });
                 results.lock().expect("results")[i] = Some(r);
                 on_done(
                     finished.fetch_add(1, Ordering::Relaxed) + 1,

@@ -11,6 +11,7 @@
 //! Every node not behind NAT is a Kademlia server. The model of each step (latencies,
 //! timeouts, what a failure costs) is documented where it is made.
 
+use crate::scenario::ScenarioError;
 use std::collections::{BTreeMap, HashMap};
 
 use cocoon_gossip::advert::peer_id_bytes;
@@ -51,7 +52,7 @@ fn store<T>(items: &mut Vec<Option<T>>, free: &mut Vec<u32>, item: T) -> u32 {
 }
 
 /// Bootstrap nodes: the first relays, never churned.
-const BOOTSTRAP: usize = 4;
+pub const BOOTSTRAP: usize = 4;
 
 #[derive(Clone, Copy, Debug)]
 enum Ev {
@@ -367,24 +368,11 @@ fn mean_of(rng: &mut impl Rng, d: &crate::scenario::Dist) -> f64 {
 
 impl World {
     /// Builds the network of `sc` at time 0.
-    pub fn new(sc: Scenario) -> Self {
+    pub fn new(sc: Scenario) -> Result<Self, ScenarioError> {
+        sc.check()?;
         let mut eng: Engine<Ev> = Engine::new(sc.seed, sc.duration_secs * SEC + DRAIN);
-        let sybils: u32 = sc
-            .adversaries
-            .iter()
-            .map(|a| match a {
-                Adversary::Sybil { identities, .. } => *identities,
-                _ => 0,
-            })
-            .sum();
-        let n = (sc.nodes + sybils) as usize;
+        let (n, worker_count, relays) = sc.layout();
         let honest_workers = ((sc.nodes as f64 * sc.workers.share).round() as usize).max(1);
-        let relays = (sc.gossip.relays as usize).max(BOOTSTRAP);
-        let worker_count = honest_workers + sybils as usize;
-        assert!(
-            worker_count + relays < n,
-            "scenario leaves no clients: {worker_count} workers + {relays} relays of {n} nodes"
-        );
         let shares: Vec<f64> = sc.network.regions.iter().map(|r| r.share).collect();
         let region: Vec<u8> = (0..n).map(|_| pick(&mut eng.rng, &shares) as u8).collect();
         // Layout: relays (bootstrap first), workers (sybils last), clients.
@@ -597,7 +585,7 @@ impl World {
             sc,
         };
         world.start();
-        world
+        Ok(world)
     }
 
     /// Who is online at time 0, warm routing tables, first events.

@@ -21,7 +21,7 @@ fn scenario(file: &str, sets: &[(&str, &str)]) -> Scenario {
 }
 
 fn run(sc: Scenario, out: &Path, charts: bool) -> (World, Value) {
-    let mut world = World::new(sc);
+    let mut world = World::new(sc).unwrap();
     world.run(|_, _| {});
     world.finish();
     let summary = report::write(&world, out, charts).unwrap();
@@ -220,7 +220,8 @@ fn calibration_matches_the_real_loopback_network() {
         sc.network.advert_cpu_ms,
         fitted["advert_cpu_ms"].as_f64().unwrap()
     );
-    let sim = calibration::simulate(&sc, sc.network.processing_ms, sc.network.advert_cpu_ms);
+    let sim =
+        calibration::simulate(&sc, sc.network.processing_ms, sc.network.advert_cpu_ms).unwrap();
     let rows = calibration::compare(&measured["real"], &sim);
     let table = calibration::table(&rows, 41);
     for row in &rows {

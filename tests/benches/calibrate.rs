@@ -257,7 +257,7 @@ fn compare(root: &Path, real_figures: Value) -> Result<()> {
         "`processing_ms = {processing}`, `advert_cpu_ms = {cpu}` with `host_cores = {}`",
         base.network.host_cores
     );
-    let sim = calibration::simulate(&base, processing, cpu);
+    let sim = calibration::simulate(&base, processing, cpu)?;
     eprintln!("simulated ({fitted}): {sim:#}");
     let rows = calibration::compare(&real_figures, &sim);
     let report = format!(
