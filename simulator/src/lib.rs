@@ -8,8 +8,10 @@
 //! - [`mesh`]: the gossipsub-like mesh that carries adverts;
 //! - [`world`]: nodes and what each event does; workers run `cocoon_gossip`'s price core
 //!   and publication schedule and sign real adverts, mesh nodes admit them with the real
-//!   market core, clients rank with it and their reputation core, and every job is paid
-//!   through `cocoon_ledger`'s channel cores with signed vouchers;
+//!   market core, clients rank with it and their reputation core, and every job attempt
+//!   runs through `cocoon_job`'s client and worker sessions (quote, billing, credit,
+//!   vouchers, refusals) on `cocoon_ledger`'s channel cores with signed vouchers;
+//! - [`session`]: one attempt through those two sessions on a modelled link;
 //! - [`metrics`] and [`report`]: time series, distributions, CSV, JSON and charts;
 //! - [`sweep`]: parameter grids run in parallel.
 //!
@@ -25,6 +27,7 @@ pub mod metrics;
 pub mod net;
 pub mod report;
 pub mod scenario;
+pub mod session;
 pub mod sweep;
 pub mod world;
 

@@ -126,6 +126,8 @@ pub fn summary(world: &World) -> Value {
         "money_nanoton": {
             "billed": l.billed, "paid": l.paid, "earned": l.earned, "pending": l.pending,
             "vouchers": l.vouchers, "channels": l.channels,
+            "credit_stalls": l.credit_stalls, "stall_ms": round(l.stall_ms),
+            "payment_required": l.payment_required, "quotes_refused": l.quotes_refused,
             "paid_equals_billed": l.paid == l.billed,
             "paid_equals_earned_plus_pending": l.paid == l.earned + l.pending,
             "earned_by_adversaries": adversarial,

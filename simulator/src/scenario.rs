@@ -530,6 +530,14 @@ pub enum Adversary {
         /// Chance that a client's spot check catches a wrong answer.
         detect: f64,
     },
+    /// Workers that quote more than their advertised price (past the client's ceiling):
+    /// the client's session refuses the quote.
+    Overcharge {
+        /// Share of workers.
+        share: f64,
+        /// Their quote as a multiple of their price.
+        factor: f64,
+    },
     /// Relays flooding the mesh with adverts of throwaway identities.
     AdvertSpam {
         /// Spamming relays.
@@ -745,6 +753,9 @@ impl Scenario {
                 Adversary::NoServe { share } => (0.0..=1.0).contains(&share),
                 Adversary::WrongOutput { share, detect } => {
                     (0.0..=1.0).contains(&share) && (0.0..=1.0).contains(&detect)
+                }
+                Adversary::Overcharge { share, factor } => {
+                    (0.0..=1.0).contains(&share) && factor.is_finite() && factor >= 1.0
                 }
                 Adversary::AdvertSpam {
                     per_sec, forged, ..

@@ -6,21 +6,23 @@
 //! gossip mesh, and each holds a real market ([`cocoon_gossip::Market`]) that admits every
 //! advert it receives (rate limits, signature, sequence) before forwarding it, as the node
 //! does. *Clients* attach to a mesh node of their region and rank workers with that node's
-//! market and their own reputation record ([`cocoon_gossip::Reputation`]); they pay through
-//! the real channel cores ([`cocoon_ledger::channel`]), vouchers signed and checked.
+//! market and their own reputation record ([`cocoon_gossip::Reputation`]); each attempt runs
+//! through the real job sessions ([`crate::session`]: the worker's admission and billing,
+//! the client's quote checks and vouchers, signed and checked), so credit stalls,
+//! `PaymentRequired` and refused quotes come out of the cores, and a job takes a channel
+//! from its client's pool with that worker (a new one when none has room).
 //! Every node not behind NAT is a Kademlia server. The model of each step (latencies,
 //! timeouts, what a failure costs) is documented where it is made.
 
 use crate::scenario::ScenarioError;
 use std::collections::{BTreeMap, HashMap};
 
+use crate::session::{self as jobsession, Chan};
 use cocoon_gossip::advert::peer_id_bytes;
 use cocoon_gossip::{
     Advert, Hardware, Load, Market, MarketConfig, ModelOffer, Price, PriceCore, PricePolicy,
     Reputation, Schedule, Selection, SignedAdvert, Trust, Verified, Weights,
 };
-use cocoon_ledger::channel::{ClientChannel, Meter, WorkerChannel};
-use cocoon_ledger::voucher::SignedVoucher;
 use ed25519_dalek::SigningKey;
 use rand::Rng;
 
@@ -128,6 +130,7 @@ enum Behaviour {
     Honest,
     NoServe,
     WrongOutput { detect: f64 },
+    Overcharge { factor: f64 },
 }
 
 struct Worker {
@@ -166,6 +169,10 @@ enum Cause {
     Stalled,
     /// Busy or too dear: no penalty.
     Busy,
+    /// The client's session refused the quote (more than the worker may ask): penalty.
+    Refused,
+    /// The job stopped for want of payment (the deposit ran out): no penalty.
+    Unpaid,
 }
 
 struct Job {
@@ -190,6 +197,19 @@ struct Job {
     price: Price,
     cause: Cause,
     wrong: bool,
+    /// The attempt's payment channel (taken from the pool), its state before the attempt
+    /// and the attempt's inputs: a worker dying mid-job re-runs the sessions up to then.
+    paying: Option<Box<Paying>>,
+}
+
+/// A running attempt's payment.
+struct Paying {
+    key: (u32, u32),
+    /// `None` for a free job.
+    before: Option<Chan>,
+    after: Option<Chan>,
+    attempt: jobsession::Attempt,
+    outcome: jobsession::Outcome,
 }
 
 /// What an advert message carries.
@@ -216,13 +236,6 @@ struct Msg {
     forged: bool,
 }
 
-struct Chan {
-    client: ClientChannel,
-    worker: WorkerChannel,
-    /// A voucher the worker missed (it was down); sent again with the next job.
-    pending: Option<SignedVoucher>,
-}
-
 struct Spammer {
     node: Node,
     keys: Vec<SigningKey>,
@@ -246,6 +259,14 @@ pub struct Ledger {
     pub vouchers: u64,
     /// Channels opened.
     pub channels: u64,
+    /// Attempts whose worker held text waiting for a voucher.
+    pub credit_stalls: u64,
+    /// Time workers held text waiting for vouchers, in all, ms.
+    pub stall_ms: f64,
+    /// Attempts ended with `PaymentRequired` (a deposit ran out).
+    pub payment_required: u64,
+    /// Quotes the clients' sessions refused.
+    pub quotes_refused: u64,
 }
 
 /// Job outcomes.
@@ -333,7 +354,8 @@ pub struct World {
     jobs: Vec<Job>,
     free_jobs: Vec<u32>,
     in_flight: u64,
-    channels: BTreeMap<(u32, u32), Chan>,
+    /// Free payment channels per (client, worker); a job takes one for its attempt.
+    channels: BTreeMap<(u32, u32), Vec<Chan>>,
     spammers: Vec<Spammer>,
     /// Measurements.
     pub metrics: Metrics,
@@ -346,6 +368,15 @@ pub struct World {
     lambda_max: f64,
     hop_sum: u64,
     scratch: Vec<(u64, Node)>,
+}
+
+/// The wire price of a market price, times `factor`.
+fn job_price(p: Price, factor: f64) -> cocoon_job::JobPrice {
+    let scale = |x: u64| (x as f64 * factor).round().min(u64::MAX as f64) as u64;
+    cocoon_job::JobPrice {
+        prompt_per_mtok: scale(p.prompt_per_mtok),
+        completion_per_mtok: scale(p.completion_per_mtok),
+    }
 }
 
 fn fnv(s: &str) -> u64 {
@@ -471,6 +502,9 @@ impl World {
                 Adversary::NoServe { share } => (share, Behaviour::NoServe),
                 Adversary::WrongOutput { share, detect } => {
                     (share, Behaviour::WrongOutput { detect })
+                }
+                Adversary::Overcharge { share, factor } => {
+                    (share, Behaviour::Overcharge { factor })
                 }
                 _ => continue,
             };
@@ -885,9 +919,19 @@ impl World {
                 j.gen += 1;
                 j.cause = Cause::Stalled;
                 let gen = j.gen;
-                let (done, _) = self.progress_of(job, ran);
-                self.pay_attempt(job, done, false);
-                self.jobs[job as usize].delivered += done;
+                // The sessions again from the attempt's start, the worker dying at `ran`:
+                // what each side journalled by then is what stays.
+                let received = match j.paying.take() {
+                    Some(mut p) => {
+                        let mut chan = p.before.clone();
+                        p.attempt.cut = Some(ran);
+                        p.outcome = jobsession::run(chan.as_mut(), &p.attempt);
+                        p.after = chan;
+                        self.settle_attempt(w, *p)
+                    }
+                    None => 0,
+                };
+                self.jobs[job as usize].delivered += received;
                 self.eng.after(stall, Ev::Fail { job, gen });
             }
         }
@@ -1478,6 +1522,7 @@ impl World {
             price: Price::default(),
             cause: Cause::Busy,
             wrong: false,
+            paying: None,
         };
         let idx = match self.free_jobs.pop() {
             Some(i) => {
@@ -1623,49 +1668,139 @@ impl World {
             self.eng.after(t, Ev::Fail { job, gen });
             return;
         }
-        let too_dear = price.prompt_per_mtok > ceiling.prompt_per_mtok
-            || price.completion_per_mtok > ceiling.completion_per_mtok;
-        if wk.busy >= wk.slots || too_dear {
-            if wk.busy >= wk.slots {
-                self.workers[w].refused += 1;
-            }
-            self.outcomes.busy += 1;
-            self.metrics.current.busy_refusals += 1;
-            self.jobs[job as usize].cause = Cause::Busy;
-            self.eng.after(rtt / 2, Ev::Fail { job, gen });
+        if wk.busy >= wk.slots {
+            self.workers[w].refused += 1;
+            self.refuse_busy(job, gen, rtt);
             return;
         }
         let wrong = matches!(wk.behaviour, Behaviour::WrongOutput { .. });
+        let factor = match wk.behaviour {
+            Behaviour::Overcharge { factor } => factor,
+            _ => 1.0,
+        };
+        let remaining = j.target.saturating_sub(j.delivered).max(1);
+        // A continuation re-reads the prompt plus what was generated.
+        let prompt = j.prompt.saturating_add(j.delivered);
+        let attempt = jobsession::Attempt {
+            price: job_price(price, 1.0),
+            quoted: job_price(price, factor),
+            ceiling: job_price(ceiling, 1.0),
+            prompt,
+            tokens: remaining,
+            max_tokens: remaining,
+            one_way: rtt / 2,
+            prefill: (prompt as f64 / wk.prefill_per_s * SEC as f64) as Micros,
+            per_token: ((SEC as f64 / wk.tokens_per_s) as Micros).max(1),
+            pay_every: self.sc.payments.pay_every,
+            cut: None,
+        };
+        let key = (j.client, w as u32);
+        let mut chan = (price != Price::default()).then(|| {
+            let need = cocoon_ledger::channel::job_cost(
+                ceiling.prompt_per_mtok,
+                ceiling.completion_per_mtok,
+                u64::from(prompt),
+                u64::from(remaining),
+            );
+            self.take_chan(key, need)
+        });
+        let before = chan.clone();
+        // The attempt through the real client and worker sessions.
+        let outcome = jobsession::run(chan.as_mut(), &attempt);
+        if outcome.end == jobsession::End::TooDear {
+            if let Some(c) = before {
+                self.put_chan(key, c);
+            }
+            self.refuse_busy(job, gen, rtt);
+            return;
+        }
         let wk = &mut self.workers[w];
         wk.busy += 1;
         wk.running.push(job);
-        let remaining = j.target.saturating_sub(j.delivered).max(1);
-        // A continuation re-reads the prompt plus what was generated.
-        let prefill = (j.prompt + j.delivered) as f64 / wk.prefill_per_s;
-        let decode = remaining as f64 / wk.tokens_per_s;
+        let now = self.eng.now();
         let j = &mut self.jobs[job as usize];
-        j.started = self.eng.now();
+        j.started = now;
         j.price = price;
         j.wrong = wrong;
         if j.first_token.is_none() {
-            let ttft = j.started + (prefill * SEC as f64) as Micros + rtt / 2;
-            j.first_token = Some(ttft);
+            j.first_token = outcome.first_text.map(|t| now + t);
         }
-        let t = ((prefill + decode) * SEC as f64) as Micros;
-        self.eng.after(t, Ev::Done { job, gen });
+        let at = outcome.at;
+        j.cause = match outcome.end {
+            jobsession::End::Done => Cause::Busy,
+            jobsession::End::QuoteRefused => Cause::Refused,
+            jobsession::End::PaymentRequired => Cause::Unpaid,
+            _ => Cause::Stalled,
+        };
+        let done = outcome.end == jobsession::End::Done;
+        j.paying = Some(Box::new(Paying {
+            key,
+            before,
+            after: chan,
+            attempt,
+            outcome,
+        }));
+        if done {
+            self.eng.after(at, Ev::Done { job, gen });
+        } else {
+            self.eng.after(at, Ev::Fail { job, gen });
+        }
     }
 
-    /// Tokens produced `ran` after the attempt started, and whether the first came.
-    fn progress_of(&self, job: u32, ran: Micros) -> (u32, bool) {
-        let j = &self.jobs[job as usize];
-        let wk = &self.workers[j.worker as usize];
-        let prefill = (j.prompt + j.delivered) as f64 / wk.prefill_per_s;
-        let decoding = ran as f64 / SEC as f64 - prefill;
-        if decoding <= 0.0 {
-            return (0, false);
+    /// The worker answers `Busy` (or its admission finds the price above the ceiling).
+    fn refuse_busy(&mut self, job: u32, gen: u32, rtt: Micros) {
+        self.outcomes.busy += 1;
+        self.metrics.current.busy_refusals += 1;
+        self.jobs[job as usize].cause = Cause::Busy;
+        self.eng.after(rtt / 2, Ev::Fail { job, gen });
+    }
+
+    /// A free channel with `need` left between a client and a worker, or a new one.
+    fn take_chan(&mut self, key: (u32, u32), need: u64) -> Chan {
+        let pool = self.channels.entry(key).or_default();
+        if let Some(i) = pool.iter().position(|c| c.remaining() >= need) {
+            return pool.swap_remove(i);
         }
-        let remaining = j.target.saturating_sub(j.delivered);
-        (((decoding * wk.tokens_per_s) as u32).min(remaining), true)
+        self.ledger.channels += 1;
+        let c = key.0 as usize;
+        if self.clients[c].key.is_none() {
+            let k = key_from(&mut self.eng.rng);
+            self.clients[c].key = Some(k);
+        }
+        let client_key = self.clients[c].key.clone().expect("set");
+        let mut id = [0u8; 32];
+        id[..4].copy_from_slice(&key.0.to_le_bytes());
+        id[4..8].copy_from_slice(&key.1.to_le_bytes());
+        id[8..16].copy_from_slice(&self.ledger.channels.to_le_bytes());
+        let p = &self.sc.payments;
+        Chan::new(id, client_key, p.deposit, p.credit_limit)
+    }
+
+    fn put_chan(&mut self, key: (u32, u32), chan: Chan) {
+        self.channels.entry(key).or_default().push(chan);
+    }
+
+    /// Books an attempt's payment: its channel back to the pool, its counts; returns the
+    /// completion tokens the client received.
+    fn settle_attempt(&mut self, w: u32, p: Paying) -> u32 {
+        let o = p.outcome;
+        self.ledger.vouchers += u64::from(o.vouchers);
+        if o.stalled > 0 {
+            self.ledger.credit_stalls += 1;
+            self.ledger.stall_ms += o.stalled as f64 / MS as f64;
+        }
+        match o.end {
+            jobsession::End::PaymentRequired => self.ledger.payment_required += 1,
+            jobsession::End::QuoteRefused => self.ledger.quotes_refused += 1,
+            _ => {}
+        }
+        self.ledger.billed += o.cost;
+        self.workers[w as usize].earned += o.cost;
+        self.metrics.current.earned += o.cost;
+        if let Some(c) = p.after {
+            self.put_chan(p.key, c);
+        }
+        o.tokens
     }
 
     fn on_done(&mut self, job: u32, gen: u32) {
@@ -1675,15 +1810,18 @@ impl World {
         }
         let w = j.worker as usize;
         let remaining = j.target.saturating_sub(j.delivered);
-        let rtt = j.rtt;
         let wk = &mut self.workers[w];
         wk.busy = wk.busy.saturating_sub(1);
         wk.running.retain(|&x| x != job);
         wk.jobs += 1;
-        self.pay_attempt(job, remaining, true);
+        let paying = self.jobs[job as usize].paying.take();
+        if let Some(p) = paying {
+            self.settle_attempt(w as u32, *p);
+        }
         let j = &mut self.jobs[job as usize];
         j.delivered += remaining;
-        let done_at = self.eng.now() + rtt / 2;
+        // The event is the client's receipt of `Done`.
+        let done_at = self.eng.now();
         let (created, first) = (j.created, j.first_token.unwrap_or(done_at));
         let c = j.client as usize;
         let wrong = j.wrong;
@@ -1722,8 +1860,21 @@ impl World {
         let (w, cause, c) = (j.worker, j.cause, j.client as usize);
         let peer = self.workers[w as usize].peer.clone();
         let now_s = self.now_secs();
+        // An attempt the sessions ended (a refused quote, no payment): the worker is free
+        // again and the client keeps what it received.
+        if let Some(p) = self.jobs[job as usize].paying.take() {
+            let wk = &mut self.workers[w as usize];
+            if let Some(i) = wk.running.iter().position(|&x| x == job) {
+                wk.running.swap_remove(i);
+                wk.busy = wk.busy.saturating_sub(1);
+            }
+            let received = self.settle_attempt(w, *p);
+            let j = &mut self.jobs[job as usize];
+            j.delivered = j.delivered.saturating_add(received);
+        }
         match cause {
-            Cause::Busy => {}
+            Cause::Busy | Cause::Unpaid => {}
+            Cause::Refused => self.clients[c].reputation.failure(&peer, now_s),
             Cause::Unreachable => {
                 self.outcomes.unreachable += 1;
                 self.clients[c].reputation.failure(&peer, now_s);
@@ -1761,94 +1912,6 @@ impl World {
             self.metrics.current.jobs_failed += 1;
         }
         self.free_jobs.push(job);
-    }
-
-    /// The payments for `tokens` delivered by the current attempt of `job`, through the
-    /// real channel cores: the prompt at the quote, then every `pay_every` tokens, then
-    /// the exact total. `worker_up`: whether the worker can receive the vouchers now.
-    fn pay_attempt(&mut self, job: u32, tokens: u32, worker_up: bool) {
-        let j = &self.jobs[job as usize];
-        let (c, w, price) = (j.client, j.worker, j.price);
-        // A continuation is billed its whole prompt again (the worker re-reads it).
-        let prompt = (j.prompt + j.delivered) as u64;
-        let p = &self.sc.payments;
-        let (deposit, every, credit) = (p.deposit, p.pay_every, p.credit_limit);
-        if price.completion_per_mtok == 0 && price.prompt_per_mtok == 0 {
-            return;
-        }
-        if self.clients[c as usize].key.is_none() {
-            let k = key_from(&mut self.eng.rng);
-            self.clients[c as usize].key = Some(k);
-        }
-        let client_key = self.clients[c as usize].key.clone().expect("set");
-        if !self.channels.contains_key(&(c, w)) {
-            self.ledger.channels += 1;
-        }
-        let chan = self.channels.entry((c, w)).or_insert_with(|| {
-            let mut id = [0u8; 32];
-            id[..4].copy_from_slice(&c.to_le_bytes());
-            id[4..8].copy_from_slice(&w.to_le_bytes());
-            Chan {
-                client: ClientChannel::new(id, deposit, client_key.clone()),
-                worker: WorkerChannel::new(id, deposit, client_key.verifying_key(), credit),
-                pending: None,
-            }
-        });
-        // A voucher the worker missed is sent again first.
-        if worker_up {
-            if let Some(v) = chan.pending.take() {
-                let _ = chan.worker.accept(&v);
-            }
-        }
-        let base = chan.client.paid();
-        let mut meter = Meter::new(
-            price.prompt_per_mtok,
-            price.completion_per_mtok,
-            every,
-            base,
-        )
-        .with_credit(credit);
-        let mut billed_before = 0u64;
-        let pay = |chan: &mut Chan, total: u64, ledger: &mut Ledger| {
-            match chan.client.pay_up_to(total) {
-                Ok(Some(v)) => {
-                    ledger.vouchers += 1;
-                    if worker_up {
-                        chan.worker
-                            .accept(&v)
-                            .expect("the worker accepts the client's next voucher");
-                        chan.pending = None;
-                    } else {
-                        chan.pending = Some(v);
-                    }
-                }
-                Ok(None) => {}
-                Err(_) => {} // Out of deposit: the worker stops being paid (counted below).
-            }
-        };
-        let due = meter.prompt(prompt);
-        let cost = meter.job_cost();
-        let _ = chan.worker.deliver(cost - billed_before);
-        billed_before = cost;
-        pay(chan, due, &mut self.ledger);
-        let mut sent = 0u32;
-        while sent < tokens {
-            let n = every.min(tokens - sent);
-            sent += n;
-            let due = meter.tokens(n as u64);
-            let cost = meter.job_cost();
-            let _ = chan.worker.deliver(cost - billed_before);
-            billed_before = cost;
-            if let Some(total) = due {
-                pay(chan, total, &mut self.ledger);
-            }
-        }
-        let total = meter.finish(prompt, tokens as u64);
-        pay(chan, total, &mut self.ledger);
-        let billed = meter.job_cost();
-        self.ledger.billed += billed;
-        self.workers[w as usize].earned += billed;
-        self.metrics.current.earned += billed;
     }
 
     // ---- sampling ----------------------------------------------------------------------
@@ -1904,15 +1967,11 @@ impl World {
 
     /// Closes the books: signed vouchers still pending, totals.
     pub fn finish(&mut self) {
-        let mut paid = 0;
-        let mut earned = 0;
-        let mut pending = 0;
-        for chan in self.channels.values() {
-            paid += chan.client.paid();
+        let (mut paid, mut earned, mut pending) = (0, 0, 0);
+        for chan in self.channels.values().flatten() {
+            paid += chan.client.paid;
             earned += chan.worker.paid();
-            if let Some(v) = &chan.pending {
-                pending += v.voucher.cumulative - chan.worker.paid();
-            }
+            pending += chan.client.paid.saturating_sub(chan.worker.paid());
         }
         self.ledger.paid = paid;
         self.ledger.earned = earned;
@@ -1930,6 +1989,7 @@ impl World {
                         Behaviour::Honest => "honest",
                         Behaviour::NoServe => "no_serve",
                         Behaviour::WrongOutput { .. } => "wrong_output",
+                        Behaviour::Overcharge { .. } => "overcharge",
                     },
                     w.earned,
                     w.jobs,

@@ -130,18 +130,74 @@ fn adversaries_leave_their_marks() {
     assert!(wrong > 0, "wrong answers are served: {j}");
     let g = &s["gossip"];
     assert!(g["forged_rejected"].as_u64().unwrap() > 0, "{g}");
-    // Workers that never answer never earn.
+    // Workers that never answer never earn; quotes above the price are refused by the
+    // clients' sessions, so overcharging earns nothing either.
     for (_, behaviour, earned, _) in world.earnings() {
-        if behaviour == "no_serve" {
-            assert_eq!(earned, 0);
+        if behaviour == "no_serve" || behaviour == "overcharge" {
+            assert_eq!(earned, 0, "{behaviour}");
         }
     }
+    let m = &s["money_nanoton"];
+    assert!(m["quotes_refused"].as_u64().unwrap() > 0, "{m}");
     // Cheap sybils that never answer are ranked first by clients that have not met them:
     // the attack costs jobs, which the honest network does not lose.
     let rate = |s: &Value| s["jobs"]["success_rate"].as_f64().unwrap();
     assert!(rate(&calm) > 0.95, "{}", calm["jobs"]);
     assert!(rate(&s) < rate(&calm), "{j} vs {}", calm["jobs"]);
     assert_eq!(calm["jobs"]["stalled"], 0);
+}
+
+/// Payments are the sessions', so the simulator sees what they do: a credit smaller than
+/// a round trip's worth of tokens stalls the stream and slows jobs down; a deposit smaller
+/// than a job ends it with `PaymentRequired` (and the client opens a new channel).
+#[test]
+fn tight_credit_stalls_and_small_deposits_run_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = [("nodes", "300"), ("duration_secs", "600")];
+    let (_, roomy) = run(
+        scenario("baseline.toml", &size),
+        &dir.path().join("a"),
+        false,
+    );
+    let mut tight = size.to_vec();
+    tight.push(("payments.credit_limit", "1"));
+    let (_, stalled) = run(
+        scenario("baseline.toml", &tight),
+        &dir.path().join("b"),
+        false,
+    );
+    let mut poor = size.to_vec();
+    poor.push(("payments.deposit", "2000"));
+    let (_, unpaid) = run(
+        scenario("baseline.toml", &poor),
+        &dir.path().join("c"),
+        false,
+    );
+    let money = |s: &Value, k: &str| s["money_nanoton"][k].as_u64().unwrap();
+    assert_eq!(
+        money(&roomy, "credit_stalls"),
+        0,
+        "{}",
+        roomy["money_nanoton"]
+    );
+    assert!(
+        money(&stalled, "credit_stalls") > 0,
+        "{}",
+        stalled["money_nanoton"]
+    );
+    let p50 = |s: &Value| s["latency_ms"]["p50"].as_f64().unwrap();
+    assert!(
+        p50(&stalled) > p50(&roomy),
+        "{} vs {}",
+        p50(&stalled),
+        p50(&roomy)
+    );
+    assert!(
+        money(&unpaid, "payment_required") > 0,
+        "{}",
+        unpaid["money_nanoton"]
+    );
+    assert!(money(&unpaid, "channels") > money(&roomy, "channels"));
 }
 
 #[test]

@@ -293,9 +293,8 @@ impl ClientSession {
     }
 
     fn on_token(&mut self, t: TokenChunk) -> Result<(), SessionError> {
-        if self.paying.is_some() && self.quote.is_none() {
-            return Err(SessionError::Protocol("text before the quote".into()));
-        }
+        // Text without a quote on a job we offered to pay for: the worker serves it for
+        // free (nothing is billed, nothing paid); a quote can no longer come.
         if t.index != self.next_index {
             return Err(SessionError::Protocol(format!(
                 "token chunk {} where {} was expected",
@@ -341,7 +340,14 @@ impl ClientSession {
                 self.tokens, self.max_tokens
             )));
         }
-        if let Some(p) = self.paying.as_mut() {
+        if let Some(p) = self.paying.as_mut().filter(|p| p.meter.is_none()) {
+            // Served for free: the channel carried nothing, the job ended cleanly.
+            if p.state.job_open && p.clean {
+                p.state.job_open = false;
+                self.events.push_back(ClientEvent::Journal(p.state.clone()));
+                self.journal_pending += 1;
+            }
+        } else if let Some(p) = self.paying.as_mut() {
             let (Some(q), Some(meter)) = (self.quote, p.meter.as_mut()) else {
                 return Err(SessionError::Protocol("done before the quote".into()));
             };

@@ -40,7 +40,9 @@ pub use rules::{
     chunk_capacity, prompt_token_bound, validate_request, RequestError, MAX_STOP_LEN,
     MAX_STOP_STRINGS, TEMPLATE_ALLOWANCE,
 };
-pub use worker::{admit, Admission, AdmitContext, Billed, Refusal, WorkerEvent, WorkerSession};
+pub use worker::{
+    admit, admit_request, Admission, AdmitContext, Billed, Refusal, WorkerEvent, WorkerSession,
+};
 
 use crate::message::{ErrorCode, JobFailure};
 

@@ -712,6 +712,36 @@ fn a_quote_beyond_the_ceiling_the_credit_bound_or_the_journal_is_refused() {
     assert_refused_by_worker_fault(&c);
 }
 
+/// A free worker may serve a job the client offered to pay for: no quote, nothing paid,
+/// and the channel's journal ends clean.
+#[test]
+fn a_job_offered_payment_may_be_served_free() {
+    let done = Message::Done(JobDone {
+        id: 1,
+        usage: Usage {
+            prompt_tokens: 3,
+            completion_tokens: 2,
+        },
+        timings: Timings::default(),
+        finish_reason: FinishReason::Stop,
+    });
+    let c = client_against(
+        request(1, 20, true),
+        fresh_client_state(),
+        vec![token(1, 0, "ab", 2), done],
+    );
+    assert!(matches!(c.result(), Some(Ok(_))), "{:?}", c.result());
+    let state = c.channel_state().unwrap();
+    assert_eq!((state.paid, state.job_open), (0, false));
+    // A quote after the text is refused.
+    let c = client_against(
+        request(1, 20, true),
+        fresh_client_state(),
+        vec![token(1, 0, "ab", 2), Message::Quote(quote(1))],
+    );
+    assert_refused_by_worker_fault(&c);
+}
+
 /// Hole 3: token counts from the wire are bounded and never overflow.
 #[test]
 fn counts_from_the_wire_are_bounded_and_checked() {

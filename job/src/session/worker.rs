@@ -77,12 +77,16 @@ fn refusal(code: ErrorCode, message: impl Into<String>) -> Refusal {
     }
 }
 
-/// Decides whether `request` may run and how it is paid (see the module docs).
-pub fn admit(request: &JobRequest, ctx: &AdmitContext) -> Result<Admission, Refusal> {
+/// The admission rules that need no channel: the request's bounds, payment required, the
+/// price against the client's ceiling. `Ok(Some(terms))` for a paid job, `Ok(None)` for a
+/// free one.
+pub fn admit_request(
+    request: &JobRequest,
+    price: JobPrice,
+) -> Result<Option<&PaymentTerms>, Refusal> {
     validate_request(request).map_err(|e| refusal(ErrorCode::BadRequest, e.to_string()))?;
-    let price = ctx.price;
     if price == JobPrice::default() {
-        return Ok(Admission::Free);
+        return Ok(None);
     }
     let Some(terms) = request.payment.as_deref() else {
         return Err(refusal(
@@ -108,6 +112,14 @@ pub fn admit(request: &JobRequest, ctx: &AdmitContext) -> Result<Admission, Refu
             ),
         ));
     }
+    Ok(Some(terms))
+}
+
+/// Decides whether `request` may run and how it is paid (see the module docs).
+pub fn admit(request: &JobRequest, ctx: &AdmitContext) -> Result<Admission, Refusal> {
+    let Some(terms) = admit_request(request, ctx.price)? else {
+        return Ok(Admission::Free);
+    };
     if !ctx.payments {
         return Err(refusal(
             ErrorCode::PaymentRequired,
