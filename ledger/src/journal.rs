@@ -147,6 +147,7 @@ fn hex(b: &[u8]) -> String {
 #[derive(Debug)]
 pub struct Journal {
     db: Database,
+    commits: std::sync::atomic::AtomicU64,
 }
 
 impl Journal {
@@ -168,7 +169,23 @@ impl Journal {
         tx.open_table(ANCHORS).map_err(dberr)?;
         tx.open_table(CLOSES).map_err(dberr)?;
         tx.commit().map_err(dberr)?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            commits: Default::default(),
+        })
+    }
+
+    /// Commits `tx` (one fsync) and counts it.
+    fn commit(&self, tx: redb::WriteTransaction) -> Result<(), JournalError> {
+        tx.commit().map_err(dberr)?;
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Write transactions committed since the journal was opened (each one fsync).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn put<T: Serialize>(
@@ -181,7 +198,7 @@ impl Journal {
     ) -> Result<(), JournalError> {
         let tx = self.db.begin_write().map_err(dberr)?;
         put_in(&tx, table, channel, record, total, new_total)?;
-        tx.commit().map_err(dberr)
+        self.commit(tx)
     }
 
     /// Applies `writes` in one transaction: one commit, one fsync, however many jobs wrote.
@@ -218,7 +235,7 @@ impl Journal {
                 Write::Receipt(receipt) => receipt_in(&tx, receipt).map(|_| ()),
             })
             .collect();
-        tx.commit().map_err(dberr)?;
+        self.commit(tx)?;
         Ok(results)
     }
 
@@ -281,7 +298,7 @@ impl Journal {
             t.insert(channel.as_slice(), bytes.as_slice())
                 .map_err(dberr)?;
         }
-        tx.commit().map_err(dberr)
+        self.commit(tx)
     }
 
     /// The last close sent on `channel`.
@@ -303,7 +320,7 @@ impl Journal {
     pub fn add_receipt(&self, receipt: &Receipt) -> Result<u64, JournalError> {
         let tx = self.db.begin_write().map_err(dberr)?;
         let seq = receipt_in(&tx, receipt)?;
-        tx.commit().map_err(dberr)?;
+        self.commit(tx)?;
         Ok(seq)
     }
 
@@ -340,7 +357,7 @@ impl Journal {
             let next = t.last().map_err(dberr)?.map_or(0, |(k, _)| k.value() + 1);
             t.insert(next, bytes.as_slice()).map_err(dberr)?;
         }
-        tx.commit().map_err(dberr)
+        self.commit(tx)
     }
 
     /// Every anchored batch, in order.
@@ -440,8 +457,18 @@ pub struct JournalWriter {
 }
 
 impl JournalWriter {
-    /// Starts the owner thread of `journal`.
+    /// Starts the owner thread of `journal`, committing up to [`MAX_BATCH`] writes together.
     pub fn start(journal: std::sync::Arc<Journal>) -> Result<Self, JournalError> {
+        Self::start_batched(journal, MAX_BATCH)
+    }
+
+    /// Starts the owner thread of `journal`, committing up to `max_batch` writes together
+    /// (1: one commit per write, as a journal without group commit; for comparisons).
+    pub fn start_batched(
+        journal: std::sync::Arc<Journal>,
+        max_batch: usize,
+    ) -> Result<Self, JournalError> {
+        let max_batch = max_batch.max(1);
         let (queue, mut rx) = tokio::sync::mpsc::channel::<Pending>(WRITE_QUEUE);
         let owner = journal.clone();
         std::thread::Builder::new()
@@ -449,7 +476,7 @@ impl JournalWriter {
             .spawn(move || {
                 while let Some(first) = rx.blocking_recv() {
                     let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH {
+                    while batch.len() < max_batch {
                         match rx.try_recv() {
                             Ok(p) => batch.push(p),
                             Err(_) => break,

@@ -285,8 +285,26 @@ impl WorkerLedger {
         payout: [u8; 32],
         credit_limit: u64,
     ) -> Result<Self, PaymentError> {
+        Self::open_batched(
+            path,
+            worker_key,
+            payout,
+            credit_limit,
+            cocoon_ledger::journal::MAX_BATCH,
+        )
+    }
+
+    /// [`Self::open`] with at most `max_batch` journal writes per commit (1: no group
+    /// commit; `bench/payments.sh` compares the two).
+    pub fn open_batched(
+        path: &Path,
+        worker_key: [u8; 32],
+        payout: [u8; 32],
+        credit_limit: u64,
+        max_batch: usize,
+    ) -> Result<Self, PaymentError> {
         Ok(Self {
-            writer: JournalWriter::start(open_journal(path)?)?,
+            writer: JournalWriter::start_batched(open_journal(path)?, max_batch)?,
             worker_key,
             payout,
             credit_limit,
