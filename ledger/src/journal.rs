@@ -188,19 +188,6 @@ impl Journal {
         self.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn put<T: Serialize>(
-        &self,
-        table: TableDefinition<&[u8], &[u8]>,
-        channel: &[u8; 32],
-        record: &T,
-        total: impl Fn(&[u8]) -> Result<u64, JournalError>,
-        new_total: u64,
-    ) -> Result<(), JournalError> {
-        let tx = self.db.begin_write().map_err(dberr)?;
-        put_in(&tx, table, channel, record, total, new_total)?;
-        self.commit(tx)
-    }
-
     /// Applies `writes` in one transaction: one commit, one fsync, however many jobs wrote.
     /// Each write is checked as its single form is (a refused one is left out, the others
     /// are kept); the outer error is a failed commit, which keeps none.
@@ -212,26 +199,8 @@ impl Journal {
         let results = writes
             .iter()
             .map(|w| match w {
-                Write::Client(channel, r) => put_in(
-                    &tx,
-                    CLIENT,
-                    channel,
-                    r,
-                    |b| Ok(serde_json::from_slice::<ClientRecord>(b)?.paid),
-                    r.paid,
-                ),
-                Write::Worker(channel, r) => put_in(
-                    &tx,
-                    WORKER,
-                    channel,
-                    r,
-                    |b| {
-                        Ok(worker_paid(
-                            &serde_json::from_slice::<WorkerRecord>(b)?.state,
-                        ))
-                    },
-                    worker_paid(&r.state),
-                ),
+                Write::Client(channel, r) => put_client(&tx, channel, r),
+                Write::Worker(channel, r) => put_worker(&tx, channel, r),
                 Write::Receipt(receipt) => receipt_in(&tx, receipt).map(|_| ()),
             })
             .collect();
@@ -254,13 +223,9 @@ impl Journal {
 
     /// Durably records what the client promised on `channel` (before sending the voucher).
     pub fn record_client(&self, channel: &[u8; 32], r: &ClientRecord) -> Result<(), JournalError> {
-        self.put(
-            CLIENT,
-            channel,
-            r,
-            |b| Ok(serde_json::from_slice::<ClientRecord>(b)?.paid),
-            r.paid,
-        )
+        let tx = self.db.begin_write().map_err(dberr)?;
+        put_client(&tx, channel, r)?;
+        self.commit(tx)
     }
 
     /// The client's record of `channel`.
@@ -271,17 +236,9 @@ impl Journal {
     /// Durably records the worker's best voucher and delivery on `channel` (before streaming
     /// past what the previous voucher paid for).
     pub fn record_worker(&self, channel: &[u8; 32], r: &WorkerRecord) -> Result<(), JournalError> {
-        self.put(
-            WORKER,
-            channel,
-            r,
-            |b| {
-                Ok(worker_paid(
-                    &serde_json::from_slice::<WorkerRecord>(b)?.state,
-                ))
-            },
-            worker_paid(&r.state),
-        )
+        let tx = self.db.begin_write().map_err(dberr)?;
+        put_worker(&tx, channel, r)?;
+        self.commit(tx)
     }
 
     /// The worker's record of `channel`.
@@ -401,6 +358,30 @@ pub enum Write {
 
 fn worker_paid(s: &WorkerState) -> u64 {
     s.best.map_or(0, |b| b.voucher.cumulative)
+}
+
+/// A client record, refused if it lowers the promised total.
+fn put_client(
+    tx: &redb::WriteTransaction,
+    channel: &[u8; 32],
+    r: &ClientRecord,
+) -> Result<(), JournalError> {
+    let total = |b: &[u8]| Ok(serde_json::from_slice::<ClientRecord>(b)?.paid);
+    put_in(tx, CLIENT, channel, r, total, r.paid)
+}
+
+/// A worker record, refused if it lowers the best voucher's total.
+fn put_worker(
+    tx: &redb::WriteTransaction,
+    channel: &[u8; 32],
+    r: &WorkerRecord,
+) -> Result<(), JournalError> {
+    let total = |b: &[u8]| {
+        Ok(worker_paid(
+            &serde_json::from_slice::<WorkerRecord>(b)?.state,
+        ))
+    };
+    put_in(tx, WORKER, channel, r, total, worker_paid(&r.state))
 }
 
 fn put_in<T: Serialize>(

@@ -774,6 +774,20 @@ mod tests {
         }
     }
 
+    /// Both sides' journal records of `channel`.
+    fn journals(
+        worker: &Worker,
+        ledger: &ClientLedger,
+        channel: [u8; 32],
+    ) -> (
+        cocoon_ledger::journal::ClientRecord,
+        cocoon_ledger::journal::WorkerRecord,
+    ) {
+        let client = ledger.journal().client(&channel).unwrap().unwrap();
+        let journal = worker.payments().unwrap().journal();
+        (client, journal.worker(&channel).unwrap().unwrap())
+    }
+
     async fn exchange(worker: &Worker, req: JobRequest) -> Seen {
         exchange_as(worker, req, client_keypair(1).public().to_peer_id(), None).await
     }
@@ -822,17 +836,9 @@ mod tests {
             );
             assert_eq!(seen.session.job_cost(), cost);
             total += cost;
-            let channel = reserved.info.channel;
-            let client = ledger.journal().client(&channel).unwrap().unwrap();
+            let (client, w) = journals(&worker, &ledger, reserved.info.channel);
             assert_eq!(client.paid, total);
             assert!(!client.job_open, "a clean end");
-            let w = worker
-                .payments()
-                .unwrap()
-                .journal()
-                .worker(&channel)
-                .unwrap()
-                .unwrap();
             assert_eq!(w.state.delivered, total);
             assert_eq!(w.state.best.unwrap().voucher.cumulative, total);
         }
@@ -942,15 +948,7 @@ mod tests {
         assert_eq!(session.fault(), Some(session::Fault::Cancelled));
         served.await.unwrap().unwrap();
         // Both sides agree on what the cancelled job cost.
-        let channel = reserved.info.channel;
-        let client = ledger.journal().client(&channel).unwrap().unwrap();
-        let w = worker
-            .payments()
-            .unwrap()
-            .journal()
-            .worker(&channel)
-            .unwrap()
-            .unwrap();
+        let (client, w) = journals(&worker, &ledger, reserved.info.channel);
         assert_eq!(w.state.best.unwrap().voucher.cumulative, client.paid);
         assert_eq!(w.state.delivered, client.paid);
         eprintln!("the generation stopped {freed:?} after the reader left");

@@ -25,21 +25,6 @@ use cocoon_inference::{
 const PROMPT: &str = "Write a long story about a lighthouse keeper and a storm.";
 const STREAMS: [usize; 3] = [1, 4, 16];
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 /// One run's figures.
 #[derive(Default, Clone, Copy)]
 struct Run {
@@ -83,7 +68,7 @@ fn ours(engine: &Engine, tokens: usize, streams: usize) -> Run {
     let first = results.iter().map(|r| r.1).max().unwrap();
     let total: u32 = results.iter().map(|r| r.0.completion_tokens).sum();
     Run {
-        ttft_ms: median(results.iter().map(|r| r.0.time_to_first_token_ms).collect()),
+        ttft_ms: cocoon_tests::median(results.iter().map(|r| r.0.time_to_first_token_ms).collect()),
         decode_tok_s: (total as usize - streams) as f64 / (end - first).as_secs_f64(),
         aggregate_tok_s: total as f64 / (end - start).as_secs_f64(),
     }
@@ -140,8 +125,8 @@ fn llama_cpp(
 }
 
 fn main() {
-    let runs = env("COCOON_BENCH_RUNS", 3);
-    let tokens = env("COCOON_BENCH_TOKENS", 64);
+    let runs = cocoon_tests::env_or("COCOON_BENCH_RUNS", 3);
+    let tokens = cocoon_tests::env_or("COCOON_BENCH_TOKENS", 64);
     let python = std::env::var("COCOON_LLAMA_PYTHON").ok();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let path = cocoon_tests::model_path().expect("fetch the model");
@@ -172,7 +157,7 @@ fn main() {
         }
     }
     let our_rss = peak_rss_mib();
-    let pick = |v: &[Run], f: fn(&Run) -> f64| median(v.iter().map(f).collect());
+    let pick = |v: &[Run], f: fn(&Run) -> f64| cocoon_tests::median(v.iter().map(f).collect());
     // (measure, ours, llama.cpp, higher is better)
     let rows = [
         (

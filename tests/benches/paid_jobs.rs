@@ -37,18 +37,6 @@ const PRICE: JobPrice = JobPrice {
 };
 const TOKENS: u32 = 32;
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 struct Bench {
     worker: Worker,
     client: Arc<ClientLedger>,
@@ -144,8 +132,8 @@ async fn round(bench: &Arc<Bench>, streams: usize, jobs: usize) -> Result<(f64, 
 }
 
 fn main() -> Result<()> {
-    let rounds = env("COCOON_BENCH_ROUNDS", 5);
-    let jobs = env("COCOON_BENCH_JOBS", 8);
+    let rounds = cocoon_tests::env_or("COCOON_BENCH_ROUNDS", 5);
+    let jobs = cocoon_tests::env_or("COCOON_BENCH_JOBS", 8);
     let dir = tempfile::tempdir()?;
     let model = dir.path().join("tiny.gguf");
     cocoon_inference::testing::write_tiny_gguf(&model, &Default::default())
@@ -233,7 +221,7 @@ fn main() -> Result<()> {
             j.add_receipt(&receipt)?;
             t.push(s.elapsed().as_secs_f64() * 1e3);
         }
-        median(t)
+        cocoon_tests::median(t)
     };
     let commits = |b: &Bench| b.worker.payments().expect("paid").journal().commits();
     runtime.block_on(async {
@@ -275,7 +263,7 @@ fn main() -> Result<()> {
         let mut at16 = [0.0; 2];
         for (m, (name, _)) in modes.iter().enumerate() {
             for streams in [1usize, 16] {
-                let rate = median(rates[&(m, streams)].clone());
+                let rate = cocoon_tests::median(rates[&(m, streams)].clone());
                 let (w, n) = counts[&(m, streams)];
                 let per_job = w as f64 / n as f64;
                 if streams == 16 {

@@ -56,6 +56,23 @@ pub fn model_path() -> Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
+/// A benchmark setting from the environment, `default` when unset or unparsable.
+pub fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The median of `v` (NaN when empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
 /// A scratch directory under the target dir, unique per test.
 pub fn scratch(name: &str) -> Result<tempfile::TempDir> {
     Ok(tempfile::Builder::new()

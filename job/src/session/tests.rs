@@ -130,6 +130,13 @@ struct Stream {
 }
 
 impl Stream {
+    /// The stream breaks: nothing in flight arrives, nothing more is sent.
+    fn sever(&mut self) {
+        self.cut = true;
+        self.to_worker.clear();
+        self.to_client.clear();
+    }
+
     fn sent_value(&self) -> u64 {
         if !self.sent_any {
             return 0;
@@ -395,9 +402,7 @@ impl Pair {
         let Some(s) = self.stream.as_mut() else {
             return;
         };
-        s.cut = true;
-        s.to_worker.clear();
-        s.to_client.clear();
+        s.sever();
         s.client.handle_closed(self.now, "cut");
         if let Some(w) = s.worker.as_mut() {
             w.handle_closed();
@@ -410,9 +415,7 @@ impl Pair {
             return;
         };
         // The process is gone: its session with it; the worker sees the stream end.
-        s.cut = true;
-        s.to_worker.clear();
-        s.to_client.clear();
+        s.sever();
         let w = s.worker.take();
         self.sent_since_restart += s.sent_value();
         self.stream = None;
@@ -430,9 +433,7 @@ impl Pair {
 
     fn crash_worker(&mut self) {
         if let Some(s) = self.stream.as_mut() {
-            s.cut = true;
-            s.to_worker.clear();
-            s.to_client.clear();
+            s.sever();
             s.worker = None;
             s.sent_tokens = 0;
             s.sent_any = false;
@@ -632,14 +633,14 @@ fn assert_refused_by_worker_fault(c: &ClientSession) {
 /// Hole 2: the client believed whatever the worker quoted.
 #[test]
 fn a_quote_beyond_the_ceiling_the_credit_bound_or_the_journal_is_refused() {
+    let refused = |state: ClientChannelState, q: JobQuote| {
+        let c = client_against(request(1, 20, true), state, vec![Message::Quote(q)]);
+        assert_refused_by_worker_fault(&c);
+        c
+    };
     let mut dear = quote(1);
     dear.price.completion_per_mtok += 1;
-    let c = client_against(
-        request(1, 20, true),
-        fresh_client_state(),
-        vec![Message::Quote(dear)],
-    );
-    assert_refused_by_worker_fault(&c);
+    let c = refused(fresh_client_state(), dear);
     assert!(matches!(c.result(), Some(Err(SessionError::Quote(_)))));
     assert_eq!(
         c.channel_state().unwrap().paid,
@@ -649,12 +650,7 @@ fn a_quote_beyond_the_ceiling_the_credit_bound_or_the_journal_is_refused() {
 
     let mut greedy = quote(1);
     greedy.credit_limit = ClientConfig::default().max_credit + 1;
-    let c = client_against(
-        request(1, 20, true),
-        fresh_client_state(),
-        vec![Message::Quote(greedy)],
-    );
-    assert_refused_by_worker_fault(&c);
+    refused(fresh_client_state(), greedy);
 
     // The journal says the last job ended cleanly at 5,000: the worker cannot have delivered
     // more, nor hold a voucher we never signed.
@@ -665,21 +661,11 @@ fn a_quote_beyond_the_ceiling_the_credit_bound_or_the_journal_is_refused() {
     };
     let mut inflated = quote(1);
     inflated.channel_delivered = 5_001;
-    let c = client_against(
-        request(1, 20, true),
-        signed.clone(),
-        vec![Message::Quote(inflated)],
-    );
-    assert_refused_by_worker_fault(&c);
+    refused(signed.clone(), inflated);
     let mut forged = quote(1);
     forged.channel_paid = 6_000;
     forged.channel_seq = 9;
-    let c = client_against(
-        request(1, 20, true),
-        signed.clone(),
-        vec![Message::Quote(forged)],
-    );
-    assert_refused_by_worker_fault(&c);
+    refused(signed.clone(), forged);
 
     // After a job that did not end cleanly, one credit window more is the worker's due...
     let open = ClientChannelState {
@@ -698,18 +684,12 @@ fn a_quote_beyond_the_ceiling_the_credit_bound_or_the_journal_is_refused() {
     assert_eq!(c.channel_state().unwrap().paid, due);
     // ... and not a nanoTON beyond it.
     owed.channel_delivered += 1;
-    let c = client_against(request(1, 20, true), open, vec![Message::Quote(owed)]);
-    assert_refused_by_worker_fault(&c);
+    refused(open, owed);
 
     // A prompt count no prompt of this size can have.
     let mut padded = quote(1);
     padded.prompt_tokens = prompt_token_bound(&request(1, 20, true)) as u32 + 1;
-    let c = client_against(
-        request(1, 20, true),
-        fresh_client_state(),
-        vec![Message::Quote(padded)],
-    );
-    assert_refused_by_worker_fault(&c);
+    refused(fresh_client_state(), padded);
 }
 
 /// A free worker may serve a job the client offered to pay for: no quote, nothing paid,
