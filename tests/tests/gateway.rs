@@ -281,3 +281,56 @@ fn readme_curl_examples_work(gw: &Gateway) {
         }
     }
 }
+
+/// Hole 4: a client that hangs up mid-answer stops the job: the gateway drops the job's
+/// stream, the light client cancels (the worker sees its stream end and drops the
+/// generation, is paid for what arrived) and the pooled channel is free. The worker runs
+/// one job at a time and the gateway has one channel per worker: before, the abandoned
+/// generation ran on to its `max_tokens` holding both, and the next request waited for it.
+#[test]
+fn a_client_that_hangs_up_stops_the_job_and_frees_its_channel() {
+    let net = LoopbackNet::start("gw-hangup", &[vec!["--max-concurrent".into(), "1".into()]])
+        .expect("start the network");
+    let gw = Gateway::start(&net, "gw-hangup", &["--channels-per-worker", "1"]).unwrap();
+    let long = json!({"model": MODEL, "stream": true, "max_tokens": 4000, "temperature": 0,
+                      "messages": [{"role": "user", "content": "Tell a very long story."}]})
+    .to_string();
+    let mut s = TcpStream::connect(&gw.addr).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{long}",
+        long.len()
+    )
+    .unwrap();
+    // Read until the answer's text flows, then hang up.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\"content\":\"") || seen.len() < 600 {
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the stream ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(s);
+    let hung_up = std::time::Instant::now();
+    let short = json!({"model": MODEL, "max_tokens": 8, "temperature": 0,
+                       "messages": [{"role": "user", "content": "Say hi"}]});
+    let (status, body) = loop {
+        let (status, _, body) = post(&gw, "/v1/chat/completions", short.clone());
+        // The worker's slot frees a moment after its stream ends; never a whole answer later.
+        if status == 200 || hung_up.elapsed() > std::time::Duration::from_secs(10) {
+            break (status, body);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(status, 200, "{body}");
+    // Before, the second job waited for the first's channel until its 4,000 tokens were
+    // done (minutes in a debug build); now it runs at once.
+    let waited = hung_up.elapsed();
+    assert!(waited < std::time::Duration::from_secs(20), "{waited:?}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(v["cocoon"]["paid_nanoton"].as_u64().unwrap() > 0);
+}
