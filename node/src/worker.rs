@@ -725,9 +725,20 @@ mod tests {
     /// real client session and shell (`client::drive`), paying through `paying` when given.
     async fn exchange_as(
         worker: &Worker,
+        req: JobRequest,
+        peer: PeerId,
+        paying: Option<(&ClientLedger, &ClientChannelInfo)>,
+    ) -> Seen {
+        exchange_read(worker, req, peer, paying, Duration::ZERO).await
+    }
+
+    /// [`exchange_as`] with a reader that takes `per_piece` over each piece of text.
+    async fn exchange_read(
+        worker: &Worker,
         mut req: JobRequest,
         peer: PeerId,
         paying: Option<(&ClientLedger, &ClientChannelInfo)>,
+        per_piece: Duration,
     ) -> Seen {
         let (mut client, mut server) = channels();
         if let Some((ledger, info)) = paying {
@@ -746,11 +757,12 @@ mod tests {
             paying.map(|(l, i)| l.payment(i)),
         );
         // The request goes out first (journalled first when paid).
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1);
         let reader = tokio::spawn(async move {
             let mut text = String::new();
             while let Some(t) = rx.recv().await {
                 text.push_str(&t);
+                tokio::time::sleep(per_piece).await;
             }
             text
         });
@@ -804,6 +816,23 @@ mod tests {
         let engine = &worker.engines["tiny"];
         let (expected, _) =
             tokio::task::block_in_place(|| engine.generate_text(to_engine(request("tiny", 5))))
+                .unwrap();
+        assert_eq!(seen.text, expected);
+    }
+
+    /// Hole 4, the reader's half: a reader slower than the worker loses no text (the
+    /// client buffers it, bounded, and keeps paying meanwhile).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_reader_loses_no_text() {
+        let (worker, _dir) = tiny_worker(2);
+        let peer = client_keypair(1).public().to_peer_id();
+        let slow = Duration::from_millis(3);
+        let seen = exchange_read(&worker, request("tiny", 60), peer, None, slow).await;
+        let done = seen.result.unwrap();
+        assert!(done.usage.completion_tokens >= 30, "{done:?}");
+        let engine = &worker.engines["tiny"];
+        let (expected, _) =
+            tokio::task::block_in_place(|| engine.generate_text(to_engine(request("tiny", 60))))
                 .unwrap();
         assert_eq!(seen.text, expected);
     }

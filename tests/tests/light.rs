@@ -37,7 +37,7 @@ async fn the_light_client_streams_a_paid_answer() {
             ..Default::default()
         },
     };
-    let mut stream = Box::pin(client.infer(request));
+    let mut stream = Box::pin(client.infer(request.clone()));
     let (mut text, mut outcome) = (String::new(), None);
     while let Some(event) = stream.next().await {
         match event.expect("the job succeeds") {
@@ -52,5 +52,30 @@ async fn the_light_client_streams_a_paid_answer() {
     assert_eq!(outcome.attestation, "dev-insecure");
     assert!(outcome.paid_nanoton > 0 && outcome.channel.is_some());
     assert!(!client.adverts().is_empty());
+
+    // Two jobs at once: each outcome lands in the reputation record (before, each job
+    // copied the record and wrote it back whole, so one of the two was lost).
+    let ask = |q: &str| {
+        let mut r = request.clone();
+        r.input = JobInput::Prompt(q.into());
+        let stream = client.infer(r);
+        async move {
+            let mut stream = Box::pin(stream);
+            let mut done = false;
+            while let Some(event) = stream.next().await {
+                done |= matches!(event.expect("the job succeeds"), Event::Done(_));
+            }
+            done
+        }
+    };
+    let (a, b) = tokio::join!(ask("Paris is"), ask("Berlin is"));
+    assert!(a && b);
+    let data_dir = net.dir.path().join("light");
     client.shutdown().await;
+    let reputation = cocoon_node::client::load_reputation(&data_dir.join("reputation.json"));
+    let worker: libp2p::PeerId = net.workers[0].peer_id.parse().unwrap();
+    let record = reputation
+        .get(&worker.to_bytes())
+        .expect("the worker is known");
+    assert!(record.successes > 2.5, "three jobs, {record:?}");
 }
