@@ -976,10 +976,36 @@ mod tests {
         assert!(driven.unwrap().cancelled);
         assert_eq!(session.fault(), Some(session::Fault::Cancelled));
         served.await.unwrap().unwrap();
-        // Both sides agree on what the cancelled job cost.
-        let (client, w) = journals(&worker, &ledger, reserved.info.channel);
+        // The worker holds the client's last voucher: everything the client received is
+        // paid. It may have delivered a chunk more (in flight when the reader left), within
+        // its credit; the client's journal keeps the job open, so the next quote settles it.
+        let channel = reserved.info.channel;
+        let (client, w) = journals(&worker, &ledger, channel);
         assert_eq!(w.state.best.unwrap().voucher.cumulative, client.paid);
-        assert_eq!(w.state.delivered, client.paid);
+        assert!(w.state.delivered >= client.paid && w.state.delivered <= client.paid + 1_000_000);
+        assert!(client.job_open);
+        drop(reserved);
+        let again = ledger
+            .acquire(
+                worker_key.verifying_key().to_bytes(),
+                crate::payments::wallet(&worker_key).unwrap(),
+                1,
+            )
+            .await
+            .unwrap();
+        assert_eq!(again.info.channel, channel);
+        let seen = exchange_as(
+            &worker,
+            request("tiny", 5),
+            peer,
+            Some((&ledger, &again.info)),
+        )
+        .await;
+        seen.result.unwrap();
+        let (client, w) = journals(&worker, &ledger, channel);
+        assert_eq!(w.state.best.unwrap().voucher.cumulative, client.paid);
+        assert_eq!(w.state.delivered, client.paid, "agreed after the next job");
+        assert!(!client.job_open);
         eprintln!("the generation stopped {freed:?} after the reader left");
     }
 
