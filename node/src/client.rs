@@ -339,6 +339,10 @@ pub async fn infer(
     let mut first_text: Option<f64> = None;
     let started = Instant::now();
     for (attempt, target) in targets.iter().take(config.max_attempts).enumerate() {
+        if texts.is_closed() {
+            // Nobody reads the answer any more: start no job.
+            return Err(InferError::Cancelled);
+        }
         let worker = target.peer;
         let continuation = (!text.is_empty()).then(|| text.clone());
         let remaining = request.sampling.max_tokens.saturating_sub(tokens_before);
@@ -680,6 +684,14 @@ async fn run_on(
 ) -> Result<InferOutcome, Failure> {
     let worker = target.peer;
     let paying = paying(target, request, config).await?;
+    if texts.is_closed() {
+        // The reader left while we waited for a channel.
+        return Err(Failure {
+            error: "cancelled".into(),
+            tokens: 0,
+            cause: Fault::Cancelled,
+        });
+    }
     let stream = network
         .open_job_stream(worker, config.open_timeout)
         .await
