@@ -223,8 +223,9 @@ async fn run_in(
             ledger.with_chain(crate::settlement::connect(url, None, &client_key).map_err(other)?);
     }
 
-    // The client: an ephemeral identity, DHT client mode, knows only the bootstrap node.
-    let keypair = libp2p::identity::Keypair::generate_ed25519();
+    // The client: DHT client mode, knows only the bootstrap node. Its network identity is
+    // the key its channels name (a worker serves a channel only to its own client).
+    let keypair = cocoon_p2p::identity::load_or_create(&client_dir).map_err(other)?;
     let network = Network::start(
         keypair,
         NetworkConfig {
