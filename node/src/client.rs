@@ -560,7 +560,7 @@ fn session_config(config: &ClientConfig) -> session::ClientConfig {
 }
 
 /// What [`drive`] saw of a job.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Driven {
     /// When the first text arrived.
     pub first_text: Option<Instant>,
@@ -568,6 +568,8 @@ pub struct Driven {
     pub tokens: u32,
     /// The reader went away and the job was cancelled.
     pub cancelled: bool,
+    /// A journal write failed: the job stopped there, nothing unjournalled was sent.
+    pub journal_error: Option<String>,
 }
 
 /// Runs a client session over `channel` until it finishes: its messages out and in, its
@@ -582,7 +584,7 @@ pub async fn drive<T: cocoon_p2p::frame::FrameTransport>(
     paying: Option<(&ClientLedger, &crate::payments::ClientChannelInfo)>,
     answer: &mut String,
     texts: &mpsc::Sender<String>,
-) -> Result<Driven, String> {
+) -> Driven {
     let mut first: Option<Instant> = None;
     let mut tokens = 0u32;
     let mut pending: VecDeque<String> = VecDeque::new();
@@ -601,7 +603,12 @@ pub async fn drive<T: cocoon_p2p::frame::FrameTransport>(
                         // Nothing unjournalled goes out: the voucher waiting on this write
                         // stays unsent, and the job stops here.
                         let _ = channel.close().await;
-                        return Err(format!("cannot journal a voucher: {e}"));
+                        return Driven {
+                            first_text: first,
+                            tokens,
+                            cancelled,
+                            journal_error: Some(format!("cannot journal a voucher: {e}")),
+                        };
                     }
                     session.journalled();
                 }
@@ -628,11 +635,12 @@ pub async fn drive<T: cocoon_p2p::frame::FrameTransport>(
             let _ = channel.close().await;
         }
         if session.is_finished() && (pending.is_empty() || cancelled) {
-            return Ok(Driven {
+            return Driven {
                 first_text: first,
                 tokens,
                 cancelled,
-            });
+                journal_error: None,
+            };
         }
         let deadline = session.poll_timeout().map(instant_of);
         let reading = stream_ok && !session.is_finished() && pending_bytes < MAX_PENDING_TEXT;
@@ -742,16 +750,20 @@ async fn run_on(
         texts,
     )
     .await;
-    let (first, tokens, cancelled) = match driven {
-        Ok(d) => (d.first_text, d.tokens, d.cancelled),
-        Err(error) => {
-            return Err(Failure {
-                error,
-                tokens: 0,
-                cause: Fault::Busy,
-            })
-        }
-    };
+    let Driven {
+        first_text: first,
+        tokens,
+        cancelled,
+        journal_error,
+    } = driven;
+    if let Some(error) = journal_error {
+        // Our own fault, not the worker's: no penalty, and what arrived stays in `answer`.
+        return Err(Failure {
+            error,
+            tokens,
+            cause: Fault::Busy,
+        });
+    }
     let paid = session.job_cost();
     let quote = session.quote().copied();
     let done = match session.result() {

@@ -35,8 +35,6 @@ use futures::{AsyncRead, AsyncWrite, StreamExt};
 use crate::clock::{instant_of, session_now};
 use crate::payments::{ChannelLease, WorkerLedger};
 
-pub use session::{MAX_STOP_LEN, MAX_STOP_STRINGS};
-
 /// Bounds on inbound job streams: each costs a task and buffers, so neither one peer nor
 /// everyone together can open them without limit.
 #[derive(Clone, Copy, Debug)]
@@ -430,7 +428,6 @@ impl Worker {
     ) -> Result<(), JobError> {
         let mut client_open = true;
         let mut stream_ok = true;
-        let mut receipted = false;
         loop {
             while let Some(event) = session.poll_event() {
                 match event {
@@ -442,20 +439,7 @@ impl Worker {
                         let terms = lease.terms();
                         let deposit = session.channel().map_or(0, |c| c.deposit());
                         let record = ledger.record(&terms, deposit, state);
-                        let write = ledger.write(Write::Worker(lease.channel(), record));
-                        // The job's receipt goes with its last journal write (one commit).
-                        let receipt = (session.has_ended() && !receipted)
-                            .then(|| receipt(lease, session))
-                            .flatten();
-                        receipted |= session.has_ended();
-                        let (written, _) = tokio::join!(write, async {
-                            if let Some(r) = receipt {
-                                if let Err(e) = ledger.write(Write::Receipt(r)).await {
-                                    tracing::error!("cannot journal the receipt: {e}");
-                                }
-                            }
-                        });
-                        if let Err(e) = written {
+                        if let Err(e) = ledger.write(Write::Worker(lease.channel(), record)).await {
                             // Nothing unjournalled is acted on: the job stops here.
                             tracing::error!(job = session.id(), "cannot journal: {e}");
                             *generation = None;
@@ -481,7 +465,8 @@ impl Worker {
                 }
             }
             if session.is_finished() {
-                if let (Some(ledger), Some(lease), false) = (&self.payments, lease, receipted) {
+                // The job's receipt, for the anchored batches.
+                if let (Some(ledger), Some(lease)) = (&self.payments, lease) {
                     if let Some(r) = receipt(lease, session) {
                         if let Err(e) = ledger.write(Write::Receipt(r)).await {
                             tracing::error!(job = session.id(), "cannot journal the receipt: {e}");
@@ -561,12 +546,6 @@ fn receipt(
         cost: billed.cost,
         finished_at: crate::attestation::unix_now(),
     })
-}
-
-/// Checks the limits the wire protocol adds (the session core's rules; sampling bounds are
-/// the engine's to check).
-pub fn validate(request: &JobRequest) -> Result<(), String> {
-    session::validate_request(request).map_err(|e| e.to_string())
 }
 
 /// Converts a wire request to an engine request.
@@ -767,9 +746,9 @@ mod tests {
             text
         });
         let mut answer = String::new();
-        crate::client::drive(&mut client, &mut session, paying, &mut answer, &tx)
-            .await
-            .unwrap();
+        let driven =
+            crate::client::drive(&mut client, &mut session, paying, &mut answer, &tx).await;
+        assert_eq!(driven.journal_error, None);
         drop(tx);
         served.await.unwrap();
         let text = reader.await.unwrap();
@@ -973,7 +952,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
         let (driven, session) = drive.await.unwrap();
-        assert!(driven.unwrap().cancelled);
+        assert_eq!(driven.journal_error, None);
+        assert!(driven.cancelled);
         assert_eq!(session.fault(), Some(session::Fault::Cancelled));
         served.await.unwrap().unwrap();
         // The worker holds the client's last voucher: everything the client received is
@@ -1048,9 +1028,8 @@ mod tests {
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
         let mut text = String::new();
         let reader = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-        crate::client::drive(&mut client, &mut session, None, &mut text, &tx)
-            .await
-            .unwrap();
+        let driven = crate::client::drive(&mut client, &mut session, None, &mut text, &tx).await;
+        assert_eq!(driven.journal_error, None);
         drop(tx);
         reader.await.unwrap();
         served.await.unwrap();

@@ -102,7 +102,9 @@ impl Bench {
         drop(tx);
         reader.await?;
         served.await?;
-        driven.map_err(anyhow::Error::msg)?;
+        if let Some(e) = driven.journal_error {
+            anyhow::bail!(e);
+        }
         match session.result() {
             Some(Ok(done)) => Ok(done.usage.completion_tokens),
             other => anyhow::bail!("the job failed: {other:?}"),

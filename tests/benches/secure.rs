@@ -72,7 +72,9 @@ async fn run_job<T: cocoon_p2p::frame::FrameTransport>(
         let driven =
             cocoon_node::client::drive(&mut channel, &mut session, None, &mut answer, &tx).await;
         drop(tx);
-        driven.map_err(anyhow::Error::msg)?;
+        if let Some(e) = driven.journal_error {
+            anyhow::bail!(e);
+        }
         match session.result() {
             Some(Ok(_)) => Ok(()),
             other => Err(anyhow::anyhow!("the job failed: {other:?}")),

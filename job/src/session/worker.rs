@@ -29,6 +29,16 @@ use super::rules::{chunk_capacity, validate_request};
 use super::WorkerConfig;
 use crate::message::*;
 
+/// The job's cumulative cost at `price` (the one formula, one rounding per job).
+fn cost_of(price: JobPrice, prompt: u32, completion: u32) -> u64 {
+    job_cost(
+        price.prompt_per_mtok,
+        price.completion_per_mtok,
+        u64::from(prompt),
+        u64::from(completion),
+    )
+}
+
 /// What [`admit`] needs to know about this worker and the requesting peer.
 #[derive(Clone, Copy, Debug)]
 pub struct AdmitContext {
@@ -282,8 +292,7 @@ impl WorkerSession {
             let state = c.state();
             // The prompt is work done once quoted: counted now, as far as the credit allows
             // (the rest with the first chunk, which waits for the client's prompt voucher).
-            let prompt = job_cost(self.price.prompt_per_mtok, 0, u64::from(prompt_tokens), 0);
-            self.counted = c.owe(prompt);
+            self.counted = c.owe(cost_of(self.price, prompt_tokens, 0));
             self.transmit.push_back(Message::Quote(JobQuote {
                 id: self.id,
                 prompt_tokens,
@@ -318,12 +327,7 @@ impl WorkerSession {
             .min(chunk_capacity(&text));
         let billed = self.billed + tokens;
         if let Some(c) = self.channel.as_mut() {
-            let total = job_cost(
-                self.price.prompt_per_mtok,
-                self.price.completion_per_mtok,
-                u64::from(self.prompt_tokens),
-                u64::from(billed),
-            );
+            let total = cost_of(self.price, self.prompt_tokens, billed);
             let cost = total.saturating_sub(self.counted);
             match c.deliver(cost) {
                 Ok(()) => self.counted += cost,
@@ -391,12 +395,7 @@ impl WorkerSession {
             .max(self.billed)
             .max(self.sampled);
         if let Some(c) = self.channel.as_mut() {
-            let total = job_cost(
-                self.price.prompt_per_mtok,
-                self.price.completion_per_mtok,
-                u64::from(self.prompt_tokens),
-                u64::from(completion),
-            );
+            let total = cost_of(self.price, self.prompt_tokens, completion);
             self.counted += c.owe(total.saturating_sub(self.counted));
         }
         self.billed = completion;
@@ -621,11 +620,6 @@ impl WorkerSession {
             completion_tokens: self.billed,
             cost: self.counted,
         }
-    }
-
-    /// Whether the job is paid.
-    pub fn is_paid(&self) -> bool {
-        self.channel.is_some()
     }
 
     /// The channel's core, for the next job on the channel.
