@@ -951,6 +951,15 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
+        // The probe's own generation was cancelled by its drop; its thread frees the slot
+        // when it notices, so wait for that before the next job asks for the slot.
+        while engine.active() > 0 {
+            assert!(
+                gone.elapsed() < Duration::from_secs(10),
+                "the probe kept its slot"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         let (driven, session) = drive.await.unwrap();
         assert_eq!(driven.journal_error, None);
         assert!(driven.cancelled);
