@@ -7,7 +7,7 @@
 use crate::message::Message;
 
 /// The version this build speaks; bumped on any incompatible change of [`Message`].
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Upper bound on any allocation the decoder makes: one frame (the transport's 1 MiB limit).
 pub const DECODE_LIMIT: usize = 1 << 20;
@@ -97,7 +97,8 @@ mod tests {
             Just(ErrorCode::Timeout),
             Just(ErrorCode::Internal),
             Just(ErrorCode::PaymentRequired),
-            Just(ErrorCode::PriceTooHigh)
+            Just(ErrorCode::PriceTooHigh),
+            Just(ErrorCode::ContextLengthExceeded)
         ];
         let price = (any::<u64>(), any::<u64>()).prop_map(|(p, c)| JobPrice {
             prompt_per_mtok: p,

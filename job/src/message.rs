@@ -248,6 +248,9 @@ pub enum ErrorCode {
     PaymentRequired,
     /// The worker's price is above the client's ceiling.
     PriceTooHigh,
+    /// The prompt (with its template and continuation) does not fit the model's context:
+    /// the caller must shorten it (a gateway answers 400 `context_length_exceeded`).
+    ContextLengthExceeded,
 }
 
 /// A failed job.

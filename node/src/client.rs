@@ -35,7 +35,8 @@ use cocoon_p2p::attest::EvidenceKind;
 use cocoon_p2p::frame::FramedStream;
 use cocoon_p2p::job::session::{self, ClientEvent, ClientSession, Fault};
 use cocoon_p2p::job::{
-    confidential, JobChannel, JobConfig, JobInput, JobPrice, JobRequest, Sampling,
+    confidential, encode, ErrorCode, JobChannel, JobConfig, JobInput, JobPrice, JobRequest,
+    Message, PaymentTerms, Sampling,
 };
 use cocoon_p2p::{Network, NetworkError, PeerId};
 use serde::Serialize;
@@ -179,6 +180,29 @@ pub enum InferError {
         /// sign.
         out_of_funds: bool,
     },
+    /// The request breaks a rule the client checks itself (stop strings, an empty prompt or
+    /// chat, `max_tokens`): no worker was asked.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The request does not fit one job frame: no worker was asked.
+    #[error("the request takes {bytes} bytes on the wire; a job request holds at most {limit}")]
+    TooLarge {
+        /// Its encoded size, with the largest payment terms.
+        bytes: usize,
+        /// The frame limit ([`JobConfig::max_frame`]).
+        limit: usize,
+    },
+    /// Workers refused the request itself: two agreed (or every one asked refused it), so it
+    /// is the caller's to fix.
+    #[error("the request was refused by {} worker(s): {message}", .workers.len())]
+    Refused {
+        /// The prompt does not fit the model's context (else another bad request).
+        context_length: bool,
+        /// The last refusing worker's words.
+        message: String,
+        /// The workers that refused it.
+        workers: Vec<PeerId>,
+    },
     /// Workers advertise the model, but none at or below the price limit.
     #[error("no worker offers {model:?} at or below {max} nanoTON per million tokens")]
     NoneWithinPrice {
@@ -242,6 +266,52 @@ pub async fn discover(
     }
 }
 
+/// The largest payment terms a request may carry (every field at its widest encoding), so
+/// a size check holds for any channel.
+const WIDEST_TERMS: PaymentTerms = PaymentTerms {
+    channel: [0xFF; 32],
+    channel_id: u64::MAX,
+    client_key: [0xFF; 32],
+    client_address: [0xFF; 32],
+    challenge_period: u32::MAX,
+    worker_timeout: u32::MAX,
+    deposit: u64::MAX,
+    max_price: JobPrice {
+        prompt_per_mtok: u64::MAX,
+        completion_per_mtok: u64::MAX,
+    },
+};
+
+/// Checks what the client can before it chooses a worker: the protocol's bounds
+/// ([`session::validate_request`]: stop strings, an empty prompt or chat, `max_tokens`) and
+/// that the request, with `continuation` and the widest payment terms, fits one frame of
+/// `max_frame` bytes. A caller's mistake is answered here, never blamed on the network.
+pub fn check_request(
+    request: &InferRequest,
+    continuation: Option<&str>,
+    max_frame: usize,
+) -> Result<(), InferError> {
+    let probe = JobRequest {
+        id: u64::MAX,
+        model: request.model.clone(),
+        input: request.input.clone(),
+        sampling: request.sampling.clone(),
+        continuation: continuation.map(str::to_string),
+        payment: Some(Box::new(WIDEST_TERMS)),
+    };
+    session::validate_request(&probe).map_err(|e| InferError::Invalid(e.to_string()))?;
+    let bytes = encode(&Message::Request(probe))
+        .map_err(|e| InferError::Invalid(e.to_string()))?
+        .len();
+    if bytes > max_frame {
+        return Err(InferError::TooLarge {
+            bytes,
+            limit: max_frame,
+        });
+    }
+    Ok(())
+}
+
 /// Where a job's candidates come from.
 struct Target {
     peer: PeerId,
@@ -261,6 +331,7 @@ pub async fn infer(
     config: &ClientConfig,
     texts: &mpsc::Sender<String>,
 ) -> Result<InferOutcome, InferError> {
+    check_request(&request, None, config.job.max_frame)?;
     let selection = Selection {
         model: request.model.clone(),
         prompt_tokens: estimate_prompt_tokens(&request.input),
@@ -333,6 +404,9 @@ pub async fn infer(
     };
     let candidates = targets.len();
     let mut tried: Vec<(PeerId, String)> = Vec::new();
+    // Workers that refused the request itself, and whether one said it is too long.
+    let mut refused: Vec<PeerId> = Vec::new();
+    let mut too_long = false;
     let mut unpaid = true;
     let mut text = String::new();
     let mut tokens_before = 0u32;
@@ -347,6 +421,12 @@ pub async fn infer(
         let continuation = (!text.is_empty()).then(|| text.clone());
         let remaining = request.sampling.max_tokens.saturating_sub(tokens_before);
         if continuation.is_some() && remaining == 0 {
+            break;
+        }
+        if continuation.is_some()
+            && check_request(&request, continuation.as_deref(), config.job.max_frame).is_err()
+        {
+            // The answer so far no longer fits a request: no worker can carry it on.
             break;
         }
         let mut job = request.clone();
@@ -373,13 +453,19 @@ pub async fn infer(
                     .advert
                     .as_ref()
                     .map_or(0.0, |a| a.tokens_per_s as f64);
-                reputation.lock().expect("reputation lock").success(
+                let mut record = reputation.lock().expect("reputation lock");
+                record.success(
                     &worker.to_bytes(),
                     now,
                     done.ttft_ms,
                     done.tokens_per_s,
                     advertised,
                 );
+                // Another worker served what these called a bad request.
+                for peer in &refused {
+                    record.failure(&peer.to_bytes(), now);
+                }
+                drop(record);
                 done.text = text;
                 done.completion_tokens = done.completion_tokens.saturating_add(tokens_before);
                 done.ttft_ms = first_text.unwrap_or(done.ttft_ms);
@@ -401,6 +487,7 @@ pub async fn infer(
                 error,
                 tokens,
                 cause,
+                code,
             }) => {
                 tracing::info!(%worker, "worker failed after {tokens} tokens: {error}");
                 match cause {
@@ -410,12 +497,34 @@ pub async fn infer(
                         .expect("reputation lock")
                         .failure(&worker.to_bytes(), now),
                     Fault::Busy | Fault::Funds => {}
+                    Fault::Request => {
+                        // The caller's mistake if a second worker agrees; until then, maybe
+                        // this worker's (blamed if another serves the request).
+                        refused.push(worker);
+                        too_long |= code == Some(ErrorCode::ContextLengthExceeded);
+                        if refused.len() >= 2 {
+                            return Err(InferError::Refused {
+                                context_length: too_long,
+                                message: error,
+                                workers: refused,
+                            });
+                        }
+                    }
                 }
                 unpaid &= cause == Fault::Funds;
                 tokens_before = tokens_before.saturating_add(tokens);
                 tried.push((worker, error));
             }
         }
+    }
+    if !refused.is_empty() && refused.len() == tried.len() {
+        // Every worker asked refused the request itself.
+        let message = tried.pop().map(|(_, e)| e).unwrap_or_default();
+        return Err(InferError::Refused {
+            context_length: too_long,
+            message,
+            workers: refused,
+        });
     }
     Err(InferError::AllFailed {
         out_of_funds: unpaid && !tried.is_empty(),
@@ -465,6 +574,8 @@ struct Failure {
     /// caller).
     tokens: u32,
     cause: Fault,
+    /// The worker's error code, when it answered with one.
+    code: Option<ErrorCode>,
 }
 
 impl Failure {
@@ -473,6 +584,7 @@ impl Failure {
             error: error.to_string(),
             tokens: 0,
             cause: Fault::Worker,
+            code: None,
         }
     }
 
@@ -698,6 +810,7 @@ async fn run_on(
             error: "cancelled".into(),
             tokens: 0,
             cause: Fault::Cancelled,
+            code: None,
         });
     }
     let stream = network
@@ -762,6 +875,7 @@ async fn run_on(
             error,
             tokens,
             cause: Fault::Busy,
+            code: None,
         });
     }
     let paid = session.job_cost();
@@ -777,6 +891,10 @@ async fn run_on(
                 } else {
                     e.fault()
                 },
+                code: match e {
+                    session::SessionError::Remote(f) => Some(f.code),
+                    _ => None,
+                },
             })
         }
         None => {
@@ -784,6 +902,7 @@ async fn run_on(
                 error: "the job ended without a result".into(),
                 tokens,
                 cause: Fault::Worker,
+                code: None,
             })
         }
     };

@@ -210,6 +210,12 @@ impl LightClient {
         self.market.adverts()
     }
 
+    /// Checks what can be checked before a worker is chosen
+    /// ([`client::check_request`]): a caller's mistake, never the network's.
+    pub fn check(&self, request: &InferRequest) -> Result<(), InferError> {
+        client::check_request(request, None, self.config.job.max_frame)
+    }
+
     /// Runs `request` on the network; the stream yields the answer's text as it arrives and
     /// ends with [`Event::Done`] or one error. Nothing is dropped: a slow reader makes the
     /// job buffer (bounded) and then wait. Dropping the stream cancels the job at once: the

@@ -71,6 +71,18 @@ struct GatewayArgs {
     /// Largest request body, bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_body: usize,
+    /// Seconds a connection may take to send a request head (idle keep-alive included).
+    #[arg(long, default_value_t = 15)]
+    header_timeout: u64,
+    /// Seconds a request body may take to arrive.
+    #[arg(long, default_value_t = 30)]
+    body_timeout: u64,
+    /// Most connections open at once.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Most connections open at once from one client address.
+    #[arg(long, default_value_t = 64)]
+    max_connections_per_address: usize,
     #[command(flatten)]
     pay: PayArgs,
     /// Most channels (so concurrent jobs) with one worker at a time.
@@ -1014,6 +1026,15 @@ fn model(cmd: ModelCmd) -> anyhow::Result<()> {
 }
 
 async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let serve = cocoon_node::gateway::http::ServeConfig {
+        header_timeout: Duration::from_secs(args.header_timeout),
+        max_connections: args.max_connections,
+        max_per_address: args.max_connections_per_address,
+        ..Default::default()
+    };
+    serve.validate()?;
+    anyhow::ensure!(args.body_timeout > 0, "--body-timeout must be at least 1");
+    anyhow::ensure!(args.max_body > 0, "--max-body must be at least 1");
     let mut builder = cocoon_node::light::LightClient::builder()
         .mdns(args.mdns)
         .trust(args.trust.trust())
@@ -1042,13 +1063,12 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         cocoon_node::gateway::GatewayConfig {
             api_key: args.gateway_key,
             max_body: args.max_body,
+            body_timeout: Duration::from_secs(args.body_timeout),
             ..Default::default()
         },
     );
     println!("gateway listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(daemon::shutdown_signal())
-        .await?;
+    cocoon_node::gateway::http::serve(listener, router, serve, daemon::shutdown_signal()).await?;
     Ok(())
 }
 

@@ -384,7 +384,7 @@ impl Worker {
                 None
             }
             Err(e) => {
-                session.refuse(ErrorCode::BadRequest, e.to_string());
+                session.refuse(refusal_code(&e), e.to_string());
                 None
             }
         };
@@ -415,7 +415,7 @@ impl Worker {
             engine.generate(engine_request)
         })
         .await
-        .unwrap_or_else(|e| Err(inference::GenerateError::InvalidRequest(e.to_string())))
+        .unwrap_or_else(|e| Err(inference::GenerateError::Failed(e.to_string())))
     }
 
     /// Moves the session's inputs and outputs until it finishes.
@@ -573,6 +573,20 @@ pub fn to_engine(request: JobRequest) -> inference::GenerateRequest {
             max_tokens: s.max_tokens,
             stop: s.stop,
         },
+    }
+}
+
+/// The wire code for an engine that would not start a job: the caller's mistakes
+/// (`BadRequest`, `ContextLengthExceeded`) apart from the worker's own failures (`Internal`),
+/// so a client blames the right party.
+fn refusal_code(e: &inference::GenerateError) -> ErrorCode {
+    use inference::GenerateError as E;
+    match e {
+        E::Busy { .. } => ErrorCode::Busy,
+        E::PromptTooLong { .. } => ErrorCode::ContextLengthExceeded,
+        E::InvalidRequest(_) | E::Template(_) => ErrorCode::BadRequest,
+        // Tokenizer, thread and generation failures are the worker's.
+        _ => ErrorCode::Internal,
     }
 }
 

@@ -167,6 +167,15 @@ impl LoopbackNet {
 
     /// Starts worker `i` again (same data dir: identity, journal) with `extra` flags, after
     /// it was stopped or killed.
+    /// Starts worker `i` (data dir `w{i}`) bootstrapped through `via` (a multiaddr with
+    /// `/p2p/`) instead of the bootstrap node, and adds it to [`Self::workers`].
+    pub fn add_worker_via(&mut self, via: &str, extra: &[String]) -> Result<()> {
+        let model = model_path()?;
+        let worker = self.spawn_worker(self.workers.len(), via, &model, extra)?;
+        self.workers.push(worker);
+        Ok(())
+    }
+
     pub fn restart_worker(&mut self, i: usize, extra: &[String]) -> Result<()> {
         let model = model_path()?;
         self.workers[i] = self.spawn_worker(i, &self.bootstrap_addr(), &model, extra)?;

@@ -168,8 +168,15 @@ fn the_gateway_speaks_openai_and_survives_bad_requests() {
     empty["messages"] = json!([]);
     assert_eq!(post(&gw, "/v1/chat/completions", empty).0, 400);
     let huge = vec![b'x'; 2 << 20];
-    assert_eq!(call(&gw, "POST", "/v1/completions", &huge, None).0, 413);
-    assert_eq!(call(&gw, "GET", "/v2/nothing", b"", None).0, 404);
+    let (status, _, body) = call(&gw, "POST", "/v1/completions", &huge, None);
+    assert_eq!(
+        (status, error_code(&body)),
+        (413, "request_too_large".into())
+    );
+    let (status, _, body) = call(&gw, "GET", "/v2/nothing", b"", None);
+    assert_eq!((status, error_code(&body)), (404, "not_found".into()));
+    client_mistakes_are_400s(&gw, &chat);
+
     assert_eq!(
         post(&gw, "/v1/chat/completions", chat.clone()).0,
         200,
@@ -218,6 +225,22 @@ fn the_gateway_speaks_openai_and_survives_bad_requests() {
     assert_eq!(v["error"]["type"], "insufficient_quota");
     assert!(body.contains("deposit"), "{body}");
 
+    // A body the gateway accepts but one job frame cannot carry: 413 up front, not a 503
+    // after a worker was tried.
+    let big = Gateway::start(&net, "gw-big", &["--max-body", "4194304"]).unwrap();
+    let prompt = "a".repeat(1_100_000);
+    let (status, _, body) = post(
+        &big,
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": prompt, "max_tokens": 4}),
+    );
+    assert_eq!(
+        (status, error_code(&body)),
+        (413, "request_too_large".into()),
+        "{body}"
+    );
+    assert!(body.contains("1048576"), "{body}");
+
     // With an API key: refused without it, served with it.
     let locked = Gateway::start(&net, "gw-locked", &["--api-key", "s3cret"]).unwrap();
     let (status, _, body) = call(&locked, "GET", "/v1/models", b"", None);
@@ -241,6 +264,75 @@ fn the_gateway_speaks_openai_and_survives_bad_requests() {
         200,
         "still serving"
     );
+}
+
+/// Issue 19: every error is OpenAI's JSON, and what the caller got wrong is a 400 (checked
+/// before a worker is chosen, or refused by the worker with OpenAI's code), never a 503
+/// blaming the network. Before, these were an empty 405, an empty 400 and 503
+/// `no_worker_available` for each mistake.
+fn client_mistakes_are_400s(gw: &Gateway, chat: &Value) {
+    let (status, head, body) = call(gw, "GET", "/v1/chat/completions", b"", None);
+    assert_eq!(
+        (status, error_code(&body)),
+        (405, "method_not_allowed".into())
+    );
+    assert!(head.contains("allow: post"), "{head}");
+    // A request line hyper cannot parse.
+    let mut s = TcpStream::connect(&gw.addr).unwrap();
+    s.write_all(b"NOT A REQUEST\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 400"), "{raw}");
+    assert_eq!(error_code(body), "bad_request");
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut body = chat.clone();
+        f(&mut body);
+        post(gw, "/v1/chat/completions", body)
+    };
+    for (what, (status, _, body)) in [
+        ("an empty stop string", with(&|b| b["stop"] = json!(""))),
+        (
+            "17 stop strings",
+            with(&|b| b["stop"] = json!(vec!["x"; 17])),
+        ),
+        (
+            "a 300-byte stop string",
+            with(&|b| b["stop"] = json!("s".repeat(300))),
+        ),
+    ] {
+        assert_eq!(
+            (status, error_code(&body)),
+            (400, "invalid_request".into()),
+            "{what}: {body}"
+        );
+    }
+    let (status, _, body) = post(
+        gw,
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": "", "max_tokens": 4}),
+    );
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "invalid_request".into()),
+        "{body}"
+    );
+    // Longer than the model's context: the worker says so, and so does the gateway, also
+    // for a streamed request (before any 200).
+    let long = "word ".repeat(9000);
+    for stream in [false, true] {
+        let (status, head, body) = with(&|b| {
+            b["messages"] = json!([{"role": "user", "content": long}]);
+            b["stream"] = json!(stream);
+        });
+        assert_eq!(
+            (status, error_code(&body)),
+            (400, "context_length_exceeded".into()),
+            "stream {stream}: {body}"
+        );
+        assert!(body.contains("context"), "{body}");
+        assert!(!head.contains("text/event-stream"));
+    }
 }
 
 /// Runs each `curl` command of the README's gateway section with `sh`, pointed at `gw`.

@@ -104,6 +104,10 @@ pub enum Fault {
     Busy,
     /// We could not pay: the deposit does not cover the job (a gateway answers 402).
     Funds,
+    /// The worker says the request itself is bad (`BadRequest`, `ContextLengthExceeded`):
+    /// the caller's mistake if a second worker agrees (a gateway answers 400), the worker's
+    /// if another serves it.
+    Request,
     /// We stopped the job ourselves.
     Cancelled,
 }
@@ -142,6 +146,7 @@ impl SessionError {
             SessionError::Remote(f) => match f.code {
                 ErrorCode::Busy | ErrorCode::PriceTooHigh => Fault::Busy,
                 ErrorCode::PaymentRequired => Fault::Funds,
+                ErrorCode::BadRequest | ErrorCode::ContextLengthExceeded => Fault::Request,
                 _ => Fault::Worker,
             },
             SessionError::Pay(_) => Fault::Funds,

@@ -53,6 +53,9 @@ pub enum RequestError {
     /// A chat without messages.
     #[error("a chat needs at least one message")]
     EmptyChat,
+    /// A prompt without text.
+    #[error("the prompt is empty")]
+    EmptyPrompt,
     /// `max_tokens` is 0.
     #[error("max_tokens must be at least 1")]
     NoTokens,
@@ -65,10 +68,10 @@ pub fn validate_request(request: &JobRequest) -> Result<(), RequestError> {
     {
         return Err(RequestError::Stop);
     }
-    if let JobInput::Chat(messages) = &request.input {
-        if messages.is_empty() {
-            return Err(RequestError::EmptyChat);
-        }
+    match &request.input {
+        JobInput::Chat(messages) if messages.is_empty() => return Err(RequestError::EmptyChat),
+        JobInput::Prompt(text) if text.is_empty() => return Err(RequestError::EmptyPrompt),
+        _ => {}
     }
     if request.sampling.max_tokens == 0 {
         return Err(RequestError::NoTokens);

@@ -7,18 +7,29 @@
 //! response or, with `"stream": true`, as server-sent events in OpenAI's chunk format ending
 //! with `data: [DONE]`. Every answer names the worker that produced it, its attestation and
 //! what was paid: in `x-cocoon-*` headers and a `cocoon` field (the last chunk's, when
-//! streaming). Errors are OpenAI's error JSON with the status a client expects: 400 bad
-//! request, 401 bad API key, 404 unknown model, 402 payment channel out of funds, 413 body
-//! too large, 503 no worker available.
+//! streaming). Errors are OpenAI's error JSON with the status a client expects, every one
+//! of them (a middleware turns any other error answer, such as a 405, into it; [`http`]
+//! does the same for the ones hyper writes itself): 400 bad request (checked before a
+//! worker is chosen: sampling, stop strings, an empty prompt; or refused by two workers,
+//! `context_length_exceeded` for a prompt longer than the model's context), 401 bad API
+//! key, 402 payment channel out of funds, 404 unknown model or endpoint, 405 wrong method,
+//! 408 a body that does not arrive in time, 413 a body over `max_body` or a request that
+//! does not fit one job frame, 503 no worker available. A streamed answer starts (200 and
+//! the first chunk) only once the job has: a job that fails first is answered with its
+//! status like a plain one.
+
+pub mod http;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -43,6 +54,8 @@ pub struct GatewayConfig {
     pub default_max_tokens: u32,
     /// Largest `max_tokens` accepted. Default: 4,096.
     pub max_tokens_cap: u32,
+    /// How long a request body may take to arrive once its head has. Default: 30 s.
+    pub body_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -52,6 +65,7 @@ impl Default for GatewayConfig {
             max_body: 1 << 20,
             default_max_tokens: 256,
             max_tokens_cap: 4096,
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -63,14 +77,83 @@ struct App {
 
 /// The gateway's routes over `client`.
 pub fn router(client: Arc<LightClient>, config: GatewayConfig) -> Router {
-    let max_body = config.max_body;
     Router::new()
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint", "not_found") })
-        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(Arc::new(App { client, config }))
+}
+
+/// Any error answer that is not JSON yet (axum's own, such as 405 for a wrong method)
+/// becomes OpenAI's error JSON with the same status and headers.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (message, code) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method not allowed: GET /v1/models, POST /v1/chat/completions, POST /v1/completions",
+            "method_not_allowed",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => ("the request body is too large", "request_too_large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("the body must be JSON", "unsupported_media_type"),
+        _ => (status.canonical_reason().unwrap_or("error"), "error"),
+    };
+    let (mut parts, _) = response.into_parts();
+    let mut fresh = error(status, message, code);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_TYPE);
+    for (name, value) in parts.headers.iter() {
+        fresh.headers_mut().insert(name.clone(), value.clone());
+    }
+    fresh
+}
+
+/// The body, at most `max_body` bytes, within `body_timeout`: 413 past the limit (at once
+/// when `content-length` says so), 408 when it stalls.
+async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let max = app.config.max_body;
+    let too_large = || {
+        ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {max} bytes"),
+            "request_too_large",
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(app.config.body_timeout, axum::body::to_bytes(body, max)).await {
+        Err(_) => Err(ApiError(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {:?}",
+                app.config.body_timeout
+            ),
+            "request_timeout",
+        )),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let length_limit = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if length_limit {
+                Err(too_large())
+            } else {
+                Err(bad_request(format!("cannot read the request body: {e}")))
+            }
+        }
+    }
 }
 
 /// A refused request: its status, message and OpenAI error code.
@@ -283,18 +366,18 @@ fn sampling(app: &App, c: &Common) -> Result<Sampling, ApiError> {
     })
 }
 
-/// The key check, then the body parsed as `T`.
-fn admit<T: for<'de> Deserialize<'de>>(
+/// The key check (before a byte of the body is read), then the body read and parsed as `T`.
+async fn admit<T: for<'de> Deserialize<'de>>(
     app: &App,
     headers: &HeaderMap,
-    body: &Bytes,
+    body: Body,
 ) -> Result<T, ApiError> {
     authorised(app, headers)?;
-    parse(body)
+    parse(&read_body(app, headers, body).await?)
 }
 
-async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let body: ChatBody = match admit(&app, &headers, &body) {
+async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let body: ChatBody = match admit(&app, &headers, body).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
@@ -308,8 +391,8 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
     run(app, body.common, JobInput::Chat(body.messages), Kind::Chat).await
 }
 
-async fn completions(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let body: CompletionBody = match admit(&app, &headers, &body) {
+async fn completions(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let body: CompletionBody = match admit(&app, &headers, body).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
@@ -322,15 +405,29 @@ async fn completions(State(app): State<Arc<App>>, headers: HeaderMap, body: Byte
     .await
 }
 
-/// The status and error of a failed job.
-fn job_error(e: &InferError) -> Response {
-    let text = e.to_string();
+/// The status and OpenAI error code of a failed job: the caller's mistakes are 4xx, only
+/// the network's own failures 503.
+fn job_status(e: &InferError) -> (StatusCode, &'static str) {
     match e {
         InferError::AllFailed {
             out_of_funds: true, ..
-        } => error(StatusCode::PAYMENT_REQUIRED, text, "payment_required"),
-        _ => error(StatusCode::SERVICE_UNAVAILABLE, text, "no_worker_available"),
+        } => (StatusCode::PAYMENT_REQUIRED, "payment_required"),
+        InferError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+        InferError::Refused {
+            context_length: true,
+            ..
+        } => (StatusCode::BAD_REQUEST, "context_length_exceeded"),
+        InferError::Refused { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
+        InferError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"),
+        InferError::NoneWithinPrice { .. } => (StatusCode::SERVICE_UNAVAILABLE, "price_limit"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "no_worker_available"),
     }
+}
+
+/// The answer for a failed job.
+fn job_error(e: &InferError) -> Response {
+    let (status, code) = job_status(e);
+    error(status, e.to_string(), code)
 }
 
 fn audit(o: &InferOutcome) -> Value {
@@ -381,12 +478,20 @@ async fn run(app: Arc<App>, common: Common, input: JobInput, kind: Kind) -> Resp
         input,
         sampling,
     };
+    if let Err(e) = app.client.check(&request) {
+        return job_error(&e);
+    }
     let id = request_id(kind);
-    let events = app.client.infer(request);
+    let mut events = Box::pin(app.client.infer(request));
     if common.stream {
+        // Answer 200 only once the job has started: a job that fails first gets its status.
+        let first = match events.next().await {
+            Some(Err(e)) => return job_error(&e),
+            first => first,
+        };
+        let events = futures::stream::iter(first).chain(events);
         return stream(events, id, common.model, kind).await;
     }
-    let mut events = Box::pin(events);
     let mut outcome = None;
     while let Some(event) = events.next().await {
         match event {
@@ -467,19 +572,25 @@ async fn stream(
         )
     });
     let body = futures::stream::iter(first)
-        .chain(events.map(move |event| {
-            match event {
-                Ok(Event::Text(t)) => chunk(json!({"content": t}), Value::Null, None),
-                Ok(Event::Done(o)) => chunk(
-                    json!({}),
-                    json!(o.finish_reason),
-                    Some((usage(&o), audit(&o))),
-                ),
-                Err(e) => SseEvent::default().data(
-                    json!({"error": {"message": e.to_string(), "type": "service_unavailable",
-                                 "param": null, "code": "job_failed"}})
+        .chain(events.map(move |event| match event {
+            Ok(Event::Text(t)) => chunk(json!({"content": t}), Value::Null, None),
+            Ok(Event::Done(o)) => chunk(
+                json!({}),
+                json!(o.finish_reason),
+                Some((usage(&o), audit(&o))),
+            ),
+            Err(e) => {
+                let (status, code) = job_status(&e);
+                let kind = if status.is_client_error() {
+                    "invalid_request_error"
+                } else {
+                    "service_unavailable"
+                };
+                SseEvent::default().data(
+                    json!({"error": {"message": e.to_string(), "type": kind,
+                                         "param": null, "code": code}})
                     .to_string(),
-                ),
+                )
             }
         }))
         .chain(futures::stream::once(async {
