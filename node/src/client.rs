@@ -318,6 +318,15 @@ struct Target {
     advert: Option<Advert>,
 }
 
+/// Where to dial `target`: its newest advert's addresses (the market keeps the newest).
+fn advert_addrs(target: &Target) -> Vec<cocoon_p2p::Multiaddr> {
+    target
+        .advert
+        .as_ref()
+        .map(crate::market::advert_addrs)
+        .unwrap_or_default()
+}
+
 /// Runs `request` on the best worker the market knows (DHT providers when it knows none),
 /// failing over to the next candidate (resuming from the text received so far) until one
 /// finishes. The answer's text goes to `texts` as it arrives, as one answer; dropping the
@@ -814,7 +823,7 @@ async fn run_on(
         });
     }
     let stream = network
-        .open_job_stream(worker, config.open_timeout)
+        .open_job_stream_at(worker, advert_addrs(target), config.open_timeout)
         .await
         .map_err(Failure::before_start)?;
     let (secure, verdict) = confidential::open(

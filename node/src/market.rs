@@ -204,3 +204,13 @@ impl MarketService {
 pub fn advert_peer(advert: &Advert) -> Option<PeerId> {
     PeerId::from_bytes(&advert.peer_id()).ok()
 }
+
+/// The addresses an advert names (the worker's listen addresses when it signed it); ones
+/// that do not parse are skipped.
+pub fn advert_addrs(advert: &Advert) -> Vec<cocoon_p2p::Multiaddr> {
+    advert
+        .addrs
+        .iter()
+        .filter_map(|a| cocoon_p2p::Multiaddr::try_from(a.clone()).ok())
+        .collect()
+}

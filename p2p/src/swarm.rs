@@ -23,7 +23,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::kad::{self, store::MemoryStore, Mode, QueryId, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
-use libp2p::swarm::{behaviour::toggle::Toggle, dial_opts::DialOpts, NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{
+    behaviour::toggle::Toggle, ConnectionId, DialError, NetworkBehaviour, SwarmEvent,
+};
 use libp2p::{
     gossipsub, identify, identity::Keypair, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId,
     StreamProtocol, Swarm,
@@ -120,6 +123,12 @@ pub struct NetworkConfig {
     pub max_connections: u32,
     /// Incoming connections still handshaking at most. Default: 128.
     pub max_pending_incoming: u32,
+    /// Peers the node keeps connections to: with fewer, it dials peers from its routing
+    /// table (and, with none, its bootstrap peers again), so losing the bootstrap node or any
+    /// other peer leaves it in the network and in the advert mesh. Default: 4.
+    pub min_peers: usize,
+    /// How often the node checks [`Self::min_peers`]. Default: 10 s.
+    pub maintain_interval: Duration,
 }
 
 impl Default for NetworkConfig {
@@ -145,6 +154,8 @@ impl Default for NetworkConfig {
             max_connections_per_peer: 4,
             max_connections: 1024,
             max_pending_incoming: 128,
+            min_peers: 4,
+            maintain_interval: Duration::from_secs(10),
         }
     }
 }
@@ -199,6 +210,14 @@ pub enum NetworkError {
     Publish(String),
 }
 
+/// Whether `addr` may be dialled for `peer`: it names no other peer.
+fn names_peer(addr: &Multiaddr, peer: &PeerId) -> bool {
+    addr.iter().all(|p| match p {
+        Protocol::P2p(id) => id == *peer,
+        _ => true,
+    })
+}
+
 /// What one measured DHT lookup did ([`Network::probe_lookup`]): the figures the
 /// simulator's Kademlia model is calibrated against.
 #[derive(Clone, Debug)]
@@ -248,7 +267,12 @@ enum Command {
     Verdict(GossipMessage, GossipVerdict),
     Provide(String, oneshot::Sender<()>),
     FindProviders(String, oneshot::Sender<Result<Vec<PeerId>, NetworkError>>),
-    Connect(PeerId, oneshot::Sender<Result<(), NetworkError>>),
+    /// Connect to a peer, trying these addresses (its advert's) besides the known ones.
+    Connect(
+        PeerId,
+        Vec<Multiaddr>,
+        oneshot::Sender<Result<(), NetworkError>>,
+    ),
     Lookup(Vec<u8>, oneshot::Sender<Result<LookupProbe, NetworkError>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -311,6 +335,7 @@ impl Network {
             lookups: HashMap::new(),
             probes: HashMap::new(),
             connect_waiters: HashMap::new(),
+            connect_dials: HashMap::new(),
             state: state_tx,
             announced_with_peers: false,
             gossip: gossip_tx,
@@ -382,7 +407,18 @@ impl Network {
 
     /// Connects to `peer`, looking up its addresses in the DHT if needed.
     pub async fn connect(&self, peer: PeerId) -> Result<(), NetworkError> {
-        self.command(|tx| Command::Connect(peer, tx)).await?
+        self.connect_at(peer, Vec::new()).await
+    }
+
+    /// Connects to `peer`, dialling `addrs` (the addresses its newest advert names) together
+    /// with the ones we know and, in parallel, looking it up in the DHT: a peer that moved is
+    /// reached at its new address at once.
+    pub async fn connect_at(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<(), NetworkError> {
+        self.command(|tx| Command::Connect(peer, addrs, tx)).await?
     }
 
     /// Opens a `/cocoon/job/1` stream to `peer` (connecting first if needed).
@@ -392,6 +428,17 @@ impl Network {
         timeout: Duration,
     ) -> Result<libp2p::Stream, NetworkError> {
         self.open_stream(peer, JOB_PROTOCOL, timeout).await
+    }
+
+    /// [`Self::open_job_stream`], connecting through `addrs` too ([`Self::connect_at`]).
+    pub async fn open_job_stream_at(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        timeout: Duration,
+    ) -> Result<libp2p::Stream, NetworkError> {
+        self.open_stream_at(peer, JOB_PROTOCOL, addrs, timeout)
+            .await
     }
 
     /// Starts accepting inbound job streams; only one task may do so.
@@ -417,8 +464,20 @@ impl Network {
         protocol: StreamProtocol,
         timeout: Duration,
     ) -> Result<libp2p::Stream, NetworkError> {
+        self.open_stream_at(peer, protocol, Vec::new(), timeout)
+            .await
+    }
+
+    /// [`Self::open_stream`], connecting through `addrs` too ([`Self::connect_at`]).
+    pub async fn open_stream_at(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+        addrs: Vec<Multiaddr>,
+        timeout: Duration,
+    ) -> Result<libp2p::Stream, NetworkError> {
         let fut = async {
-            self.connect(peer).await?;
+            self.connect_at(peer, addrs).await?;
             self.control
                 .clone()
                 .open_stream(peer, protocol)
@@ -627,6 +686,9 @@ struct Driver {
     /// Measured lookups: the key, who was in the routing table at the start, the reply.
     probes: HashMap<QueryId, Probe>,
     connect_waiters: HashMap<PeerId, Vec<oneshot::Sender<Result<(), NetworkError>>>>,
+    /// Dials started for a `Connect` and not yet settled: a lookup that finds no address
+    /// leaves the answer to them.
+    connect_dials: HashMap<ConnectionId, PeerId>,
     state: watch::Sender<NetworkState>,
     /// Whether an announcement went out while we knew at least one peer.
     announced_with_peers: bool,
@@ -637,6 +699,9 @@ impl Driver {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut reprovide = tokio::time::interval(self.config.reprovide_interval);
         reprovide.tick().await;
+        let mut maintain = tokio::time::interval(self.config.maintain_interval);
+        maintain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        maintain.tick().await;
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
@@ -649,6 +714,7 @@ impl Driver {
                 },
                 event = self.swarm.select_next_some() => self.on_event(event),
                 _ = reprovide.tick() => self.announce_all(),
+                _ = maintain.tick() => self.maintain(),
             }
         }
         tracing::debug!("network task stopped");
@@ -675,15 +741,26 @@ impl Driver {
                     },
                 );
             }
-            Command::Connect(peer, reply) => {
+            Command::Connect(peer, hints, reply) => {
                 if self.swarm.is_connected(&peer) {
                     let _ = reply.send(Ok(()));
                     return;
                 }
                 self.connect_waiters.entry(peer).or_default().push(reply);
-                // First try the addresses we already know (routing table, live queries),
-                // and look the peer up in the DHT in case they are missing or stale.
-                let _ = self.swarm.dial(DialOpts::peer_id(peer).build());
+                // Try the addresses the caller has (the peer's newest advert) and the ones we
+                // know (routing table, live queries), even beside a dial still under way to
+                // an old address, and look the peer up in the DHT in case all are stale.
+                let hints: Vec<Multiaddr> =
+                    hints.into_iter().filter(|a| names_peer(a, &peer)).collect();
+                // Without any address it fails at once: the lookup then has the answer.
+                let _ = self.dial_for_connect(
+                    DialOpts::peer_id(peer)
+                        .addresses(hints)
+                        .extend_addresses_through_behaviour()
+                        .condition(PeerCondition::Disconnected)
+                        .build(),
+                    peer,
+                );
                 let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
                 self.lookups.insert(id, peer);
             }
@@ -726,6 +803,56 @@ impl Driver {
                     .report_message_validation_result(&message.id, &message.source, acceptance);
             }
             Command::Shutdown(_) => unreachable!("handled by the loop"),
+        }
+    }
+
+    /// Dials for a waiting `Connect`, remembering the dial until it settles.
+    fn dial_for_connect(&mut self, opts: DialOpts, peer: PeerId) -> Result<(), DialError> {
+        let id = opts.connection_id();
+        self.swarm.dial(opts)?;
+        self.connect_dials.insert(id, peer);
+        Ok(())
+    }
+
+    /// Whether a dial for a waiting `Connect` to `peer` is still under way.
+    fn connect_dialling(&self, peer: &PeerId) -> bool {
+        self.connect_dials.values().any(|p| p == peer)
+    }
+
+    /// Keeps [`NetworkConfig::min_peers`] connections: dials routing-table peers we are not
+    /// connected to (the DHT's own address book, pruned of dead addresses), and the bootstrap
+    /// peers again when nobody is left. No peer is special: any live one is as good as the
+    /// bootstrap node.
+    fn maintain(&mut self) {
+        let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
+        let want = self.config.min_peers.saturating_sub(connected.len());
+        if want == 0 {
+            return;
+        }
+        let known: Vec<PeerId> = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+            .filter(|p| !connected.contains(p))
+            .collect();
+        for peer in known.into_iter().take(want) {
+            tracing::debug!(%peer, "dialling a known peer to keep {} connections", self.config.min_peers);
+            let _ = self.swarm.dial(DialOpts::peer_id(peer).build());
+        }
+        if connected.is_empty() {
+            for addr in self.config.bootstrap.clone() {
+                if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    let _ = self
+                        .swarm
+                        .dial(DialOpts::peer_id(peer).addresses(vec![addr]).build());
+                }
+            }
         }
     }
 
@@ -797,19 +924,35 @@ impl Driver {
             SwarmEvent::ExpiredListenAddr { .. } | SwarmEvent::ConnectionClosed { .. } => {
                 self.update_state()
             }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                ..
+            } => {
+                self.connect_dials.remove(&connection_id);
                 self.update_state();
                 self.finish_connect(peer_id, Ok(()));
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
                 error,
-                ..
+                connection_id,
             } => {
+                self.connect_dials.remove(&connection_id);
                 tracing::debug!(%peer, "dial failed: {error}");
+                if let DialError::Transport(failed) = &error {
+                    // Dead addresses leave the routing table, so neither we nor the peers we
+                    // answer keep dialling them; identify adds the live ones back.
+                    for (addr, _) in failed {
+                        self.swarm.behaviour_mut().kad.remove_address(&peer, addr);
+                    }
+                }
                 // While its DHT lookup runs, a pending Connect waits: the lookup dials again
                 // with fresh addresses. After that, the failure is the answer.
-                if !self.lookups.values().any(|p| *p == peer) && !self.swarm.is_connected(&peer) {
+                if !self.lookups.values().any(|p| *p == peer)
+                    && !self.connect_dialling(&peer)
+                    && !self.swarm.is_connected(&peer)
+                {
                     self.finish_connect(
                         peer,
                         Err(NetworkError::Dial {
@@ -930,10 +1073,19 @@ impl Driver {
                     if self.swarm.is_connected(&target) {
                         self.finish_connect(target, Ok(()));
                     } else if addrs.is_empty() {
-                        self.finish_connect(target, Err(NetworkError::NoAddresses(target)));
+                        // A dial under way (to the advert's addresses) may still succeed.
+                        if !self.connect_dialling(&target) {
+                            self.finish_connect(target, Err(NetworkError::NoAddresses(target)));
+                        }
                     } else {
-                        let opts = DialOpts::peer_id(target).addresses(addrs).build();
-                        if let Err(e) = self.swarm.dial(opts) {
+                        let opts = DialOpts::peer_id(target)
+                            .addresses(addrs)
+                            .condition(PeerCondition::Disconnected)
+                            .build();
+                        if let Err(e) = self.dial_for_connect(opts, target) {
+                            if self.connect_dialling(&target) {
+                                return;
+                            }
                             self.finish_connect(
                                 target,
                                 Err(NetworkError::Dial {

@@ -289,7 +289,9 @@ impl Gateway {
             .arg(net.dir.path().join(name))
             .args(extra)
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(
+                net.dir.path().join(format!("{name}.log")),
+            )?)
             .spawn()?;
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;

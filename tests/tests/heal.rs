@@ -64,8 +64,38 @@ fn a_running_gateway_follows_workers_that_move_and_join_after_the_bootstrap_died
     net.restart_worker(0, &[]).unwrap();
     let new = net.workers[0].quic_addr().unwrap().to_string();
     assert_ne!(old, new, "a new port");
-    let took = served_by(&gw, &w0, Duration::from_secs(45))
-        .unwrap_or_else(|last| panic!("the moved worker is unreachable: {last}"));
+    let took = served_by(&gw, &w0, Duration::from_secs(45)).unwrap_or_else(|last| {
+        let log = std::fs::read_to_string(net.dir.path().join("gw.log")).unwrap_or_default();
+        let _ = std::fs::write("/tmp/heal-gw.log", &log);
+        let _ = std::fs::copy(net.dir.path().join("boot.log"), "/tmp/heal-boot.log");
+        let tail: String = log
+            .lines()
+            .filter(|l| {
+                [
+                    "PRUNE",
+                    "prune",
+                    "backoff",
+                    "reject",
+                    "Removing",
+                    "score",
+                    "ignored",
+                    "admitted",
+                    "disconnected",
+                    "Connection closed",
+                    "Connection established",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
+            })
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        panic!("the moved worker is unreachable: {last}\nnew address {new}\ngateway log:\n{tail}")
+    });
     eprintln!("the moved worker served again after {took:?}");
 
     // The bootstrap node dies; a cheaper worker joins through the first one.
