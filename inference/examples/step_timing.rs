@@ -5,8 +5,8 @@
 
 use std::time::Instant;
 
-use candle_core::quantized::gguf_file;
 use cocoon_inference::llama::{argmax, Llama, Workspace};
+use cocoon_inference::model::gguf_header::{read_content, HeaderLimits};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -22,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let (threads, tokens, seqs) = (number(2)?, number(128)?, number(1)?);
     let mut file = std::io::BufReader::new(std::fs::File::open(path)?);
-    let content = gguf_file::Content::read(&mut file)?;
+    let (_, content) = read_content(&mut file, &HeaderLimits::default())?;
     let model = Llama::from_gguf(&content, &mut file)?;
     let mut ws = Workspace::new(threads)?;
     let mut caches: Vec<_> = (0..seqs).map(|_| model.cache(tokens + 64)).collect();

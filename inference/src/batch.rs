@@ -45,6 +45,16 @@ pub struct BatchConfig {
     pub prefill_chunk: usize,
 }
 
+impl BatchConfig {
+    /// The threads a step runs on: [`BatchConfig::threads`], or every core for 0.
+    pub fn resolved_threads(&self) -> usize {
+        match self.threads {
+            0 => thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
 impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
@@ -80,11 +90,7 @@ impl Batcher {
         context_length: usize,
         config: &BatchConfig,
     ) -> std::io::Result<Batcher> {
-        let threads = match config.threads {
-            0 => thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        let workspace = Workspace::new(threads)?;
+        let workspace = Workspace::new(config.resolved_threads())?;
         let (tx, rx) = std_mpsc::channel();
         let scheduler = Scheduler {
             model,

@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 use crate::batch::{Admission, BatchConfig, Batcher};
 use crate::device::DeviceChoice;
 use crate::error::{GenerateError, LoadError};
+use crate::llama::LlamaConfig;
 use crate::model::{self, Model, ModelInfo, ModelSource, Runner, Session};
 use crate::sampling::SamplingParams;
 use crate::stream::{IncrementalDecoder, StopMatcher, StopStep};
@@ -47,6 +48,9 @@ pub const DEFAULT_CHANNEL_CAPACITY: usize = 64;
 /// Prompts are fed to the model in chunks of this many tokens, bounding the attention
 /// scratch memory of a long prompt (about `chunk × context × heads × 4` bytes).
 pub const PREFILL_CHUNK: usize = 512;
+/// Default [`EngineConfig::max_state_bytes`]: 64 GiB, room for a 70B llama's f32 KV caches
+/// (640 KiB a position) at 16 generations of 4096 positions.
+pub const DEFAULT_MAX_STATE_BYTES: u64 = 64 << 30;
 /// How often a generation blocked on a full channel re-checks its cancel flag.
 pub const CANCEL_POLL: Duration = Duration::from_millis(20);
 
@@ -74,6 +78,13 @@ pub struct EngineConfig {
     pub backend: Backend,
     /// The batch scheduler's settings (batched runtime only).
     pub batch: BatchConfig,
+    /// Most bytes the generations' state may take with `max_concurrent` generations all at
+    /// the model's full context: their KV caches, plus the step scratch and rotary tables
+    /// (batched runtime) or each generation's attention scores for a prompt chunk (candle).
+    /// Computed with checked arithmetic from the model's shape at load, before any of it is
+    /// allocated; a model that would need more is refused with
+    /// [`LoadError::StateTooLarge`]. GGUF models only. Default [`DEFAULT_MAX_STATE_BYTES`].
+    pub max_state_bytes: u64,
 }
 
 /// Which runtime runs a model.
@@ -97,6 +108,7 @@ impl Default for EngineConfig {
             dequantize_max_f32_bytes: crate::model::gguf::DEQUANTIZE_MAX_F32_BYTES,
             backend: Backend::Auto,
             batch: BatchConfig::default(),
+            max_state_bytes: DEFAULT_MAX_STATE_BYTES,
         }
     }
 }
@@ -263,6 +275,38 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// Bytes of the generations' state for a model of `shape` (its `context` the one the engine
+/// runs) under `config`, all `max_concurrent` generations at full context (see
+/// [`EngineConfig::max_state_bytes`]); `None` if that overflows.
+fn state_bytes(shape: &LlamaConfig, batched: bool, config: &EngineConfig) -> Option<u64> {
+    let generations = config.max_concurrent as u64;
+    let context = shape.context as u64;
+    let caches = generations
+        .checked_mul(context)?
+        .checked_mul(shape.kv_bytes_per_position()?)?;
+    let scratch = if batched {
+        // A step holds one token per decoding generation plus a prompt chunk.
+        let rows = config
+            .batch
+            .prefill_chunk
+            .max(1)
+            .checked_add(config.max_concurrent)?;
+        let threads = config.batch.resolved_threads();
+        shape
+            .workspace_bytes(rows, config.max_concurrent, threads)?
+            .checked_add(shape.rope_bytes()?)?
+    } else {
+        // candle: each generation's f32 attention scores for a prompt chunk.
+        let chunk = PREFILL_CHUNK.min(shape.context) as u64;
+        generations
+            .checked_mul(shape.heads as u64)?
+            .checked_mul(chunk)?
+            .checked_mul(context)?
+            .checked_mul(4)?
+    };
+    caches.checked_add(scratch)
+}
+
 impl Engine {
     /// Loads a model (weights once, shared by all generations).
     pub fn load(source: &ModelSource, config: EngineConfig) -> Result<Engine, LoadError> {
@@ -279,6 +323,16 @@ impl Engine {
             config.dequantize_max_f32_bytes,
             config.backend == Backend::Auto,
         )?;
+        if let Some(shape) = &loaded.shape {
+            let batched = matches!(loaded.runner, Runner::Batched(_));
+            let needed = state_bytes(shape, batched, &config);
+            if needed.is_none_or(|n| n > config.max_state_bytes) {
+                return Err(LoadError::StateTooLarge {
+                    needed,
+                    limit: config.max_state_bytes,
+                });
+            }
+        }
         Self::from_loaded(loaded, config, started)
     }
 

@@ -57,6 +57,33 @@ pub enum LoadError {
     /// A required tensor is missing from the weights.
     #[error("weights lack tensor {0}")]
     MissingTensor(String),
+    /// A tensor's shape disagrees with the model's metadata or is out of bounds.
+    #[error("tensor {name}: {problem}")]
+    Tensor {
+        /// The tensor.
+        name: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The GGUF file's header is malformed, or declares more than
+    /// [`HeaderLimits`](crate::model::gguf_header::HeaderLimits) allow.
+    #[error("GGUF header: {0}")]
+    Header(#[from] crate::model::gguf_header::HeaderError),
+    /// Running the model at [`EngineConfig::max_concurrent`](crate::EngineConfig::max_concurrent)
+    /// generations of full context would take more memory than
+    /// [`EngineConfig::max_state_bytes`](crate::EngineConfig::max_state_bytes) allows: lower
+    /// `max_concurrent` or raise the limit.
+    #[error(
+        "the generations' state would need {} bytes, over the limit of {limit} \
+         (EngineConfig::max_state_bytes)",
+        needed.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string())
+    )]
+    StateTooLarge {
+        /// Bytes needed (`None`: more than a `u64` holds).
+        needed: Option<u64>,
+        /// The configured limit.
+        limit: u64,
+    },
     /// The [`EngineConfig`](crate::EngineConfig) breaks an invariant.
     #[error("invalid engine config: {0}")]
     Config(String),
@@ -105,4 +132,24 @@ pub enum GenerateError {
     /// The generation thread could not be started.
     #[error("cannot start generation thread: {0}")]
     Spawn(#[source] std::io::Error),
+}
+
+impl From<crate::llama::LlamaError> for LoadError {
+    fn from(e: crate::llama::LlamaError) -> Self {
+        use crate::llama::LlamaError as E;
+        match e {
+            E::Metadata { key, problem } => LoadError::Metadata { key, problem },
+            E::MissingTensor(name) => LoadError::MissingTensor(name),
+            E::Tensor { name, problem } => LoadError::Tensor { name, problem },
+            E::Kernel { name, source } => LoadError::Tensor {
+                name,
+                problem: source.to_string(),
+            },
+            E::Candle(e) => LoadError::Candle(e),
+            e @ (E::ContextFull { .. } | E::Token(_)) => LoadError::Metadata {
+                key: "llama.*".to_string(),
+                problem: e.to_string(),
+            },
+        }
+    }
 }

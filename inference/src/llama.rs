@@ -41,9 +41,25 @@ pub enum LlamaError {
     /// Reading the file failed.
     #[error("reading the GGUF: {0}")]
     Candle(#[from] candle_core::Error),
-    /// Metadata missing or wrong.
-    #[error("GGUF metadata: {0}")]
-    Metadata(String),
+    /// A metadata key is missing, of the wrong type, or out of bounds.
+    #[error("GGUF metadata key {key}: {problem}")]
+    Metadata {
+        /// The key.
+        key: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A tensor the model needs is absent.
+    #[error("the GGUF lacks tensor {0}")]
+    MissingTensor(String),
+    /// A tensor's shape disagrees with the metadata, or is out of bounds.
+    #[error("tensor {name}: {problem}")]
+    Tensor {
+        /// The tensor.
+        name: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// A sequence's cache has no room for the step's tokens.
     #[error("context full: {needed} positions needed, the cache holds {capacity}")]
     ContextFull {
@@ -55,6 +71,43 @@ pub enum LlamaError {
     /// A token id outside the vocabulary.
     #[error("token {0} is outside the vocabulary")]
     Token(u32),
+}
+
+/// Bounds on the shape a model file may declare, checked by [`LlamaConfig::from_gguf`]
+/// before anything is sized from it. The defaults hold every llama-family model we know of
+/// (Llama 3.1 405B has 126 blocks, width 16 384, 128 heads, an MLP of 53 248, a 128k
+/// context) with a wide margin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LlamaLimits {
+    /// Longest trained context (`llama.context_length`). Default 2²⁰ positions.
+    pub max_context: usize,
+    /// Most transformer blocks (`llama.block_count`). Default 1024.
+    pub max_layers: usize,
+    /// Widest residual stream (`llama.embedding_length`). Default 65 536.
+    pub max_hidden: usize,
+    /// Most attention heads (`llama.attention.head_count`). Default 1024.
+    pub max_heads: usize,
+    /// Widest MLP (`llama.feed_forward_length`). Default 2¹⁸.
+    pub max_ffn: usize,
+    /// Largest vocabulary (rows of `token_embd.weight`). Default 2²².
+    pub max_vocab: usize,
+    /// Most experts (`llama.expert_count`; mixture-of-experts models run on candle only).
+    /// Default 256.
+    pub max_experts: usize,
+}
+
+impl Default for LlamaLimits {
+    fn default() -> Self {
+        LlamaLimits {
+            max_context: 1 << 20,
+            max_layers: 1024,
+            max_hidden: 1 << 16,
+            max_heads: 1024,
+            max_ffn: 1 << 18,
+            max_vocab: 1 << 22,
+            max_experts: 256,
+        }
+    }
 }
 
 /// The shape of a llama model.
@@ -136,29 +189,274 @@ impl KvCache {
     }
 }
 
-fn md_usize(content: &gguf_file::Content, key: &str) -> Result<usize, LlamaError> {
-    content
-        .metadata
-        .get(key)
-        .and_then(|v| v.to_u32().ok())
-        .map(|v| v as usize)
-        .ok_or_else(|| LlamaError::Metadata(format!("{key} missing")))
+fn bad_key(key: &str, problem: impl Into<String>) -> LlamaError {
+    LlamaError::Metadata {
+        key: key.to_string(),
+        problem: problem.into(),
+    }
 }
 
-fn md_f32(content: &gguf_file::Content, key: &str, default: f32) -> f32 {
-    content
-        .metadata
-        .get(key)
-        .and_then(|v| v.to_f32().ok())
-        .unwrap_or(default)
+/// An integer metadata value in `range`, `None` when absent.
+fn md_usize(
+    content: &gguf_file::Content,
+    key: &str,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<Option<usize>, LlamaError> {
+    let Some(value) = content.metadata.get(key) else {
+        return Ok(None);
+    };
+    use gguf_file::Value as V;
+    let n: i128 = match *value {
+        V::U8(x) => x.into(),
+        V::I8(x) => x.into(),
+        V::U16(x) => x.into(),
+        V::I16(x) => x.into(),
+        V::U32(x) => x.into(),
+        V::I32(x) => x.into(),
+        V::U64(x) => x.into(),
+        V::I64(x) => x.into(),
+        _ => {
+            let ty = value.value_type();
+            return Err(bad_key(key, format!("a {ty:?}, not an integer")));
+        }
+    };
+    match usize::try_from(n) {
+        Ok(n) if range.contains(&n) => Ok(Some(n)),
+        _ => Err(bad_key(
+            key,
+            format!("{n} is outside {}..={}", range.start(), range.end()),
+        )),
+    }
+}
+
+/// A required integer metadata value in `range`.
+fn md_required(
+    content: &gguf_file::Content,
+    key: &str,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<usize, LlamaError> {
+    md_usize(content, key, range)?.ok_or_else(|| bad_key(key, "missing"))
+}
+
+/// A finite f32 metadata value at least `min` (more than `min` when `strict`), `default`
+/// when absent.
+fn md_f32(
+    content: &gguf_file::Content,
+    key: &str,
+    default: f32,
+    min: f32,
+    strict: bool,
+) -> Result<f32, LlamaError> {
+    let Some(value) = content.metadata.get(key) else {
+        return Ok(default);
+    };
+    let v = value
+        .to_f32()
+        .map_err(|_| bad_key(key, format!("a {:?}, not an f32", value.value_type())))?;
+    if !v.is_finite() || v < min || (strict && v == min) {
+        let op = if strict { ">" } else { ">=" };
+        return Err(bad_key(key, format!("{v}: must be finite and {op} {min}")));
+    }
+    Ok(v)
+}
+
+impl LlamaConfig {
+    /// Reads and checks the llama shape in a GGUF's metadata: every size within `limits`,
+    /// the head counts consistent, and every tensor the model needs present with the shape
+    /// the metadata implies (read from the tensor infos; no tensor data is read). Nothing is
+    /// sized from the file before this passes, and what it passes bounds what loading and
+    /// running the model allocate (see [`LlamaConfig::kv_bytes_per_position`] and
+    /// [`LlamaConfig::workspace_bytes`]).
+    ///
+    /// `context` is the trained context (`llama.context_length`, else
+    /// [`DEFAULT_CONTEXT_LENGTH`](crate::model::gguf::DEFAULT_CONTEXT_LENGTH)); `vocab` the
+    /// rows of `token_embd.weight`. A mixture-of-experts file (`llama.expert_count` > 1)
+    /// passes with its expert tensors checked, for candle to run.
+    pub fn from_gguf(
+        content: &gguf_file::Content,
+        limits: &LlamaLimits,
+    ) -> Result<Self, LlamaError> {
+        let hidden = md_required(content, "llama.embedding_length", 1..=limits.max_hidden)?;
+        let heads = md_required(content, "llama.attention.head_count", 1..=limits.max_heads)?;
+        if !hidden.is_multiple_of(heads) {
+            return Err(bad_key(
+                "llama.attention.head_count",
+                format!("{heads} heads do not divide llama.embedding_length {hidden}"),
+            ));
+        }
+        let head_dim = hidden / heads;
+        let kv_heads = md_required(content, "llama.attention.head_count_kv", 1..=heads)?;
+        if !heads.is_multiple_of(kv_heads) {
+            return Err(bad_key(
+                "llama.attention.head_count_kv",
+                format!("{kv_heads} does not divide llama.attention.head_count {heads}"),
+            ));
+        }
+        let layers = md_required(content, "llama.block_count", 1..=limits.max_layers)?;
+        let ffn = md_required(content, "llama.feed_forward_length", 1..=limits.max_ffn)?;
+        let rope_dim =
+            md_usize(content, "llama.rope.dimension_count", 1..=head_dim)?.unwrap_or(head_dim);
+        if !rope_dim.is_multiple_of(2) {
+            return Err(bad_key(
+                "llama.rope.dimension_count",
+                format!("{rope_dim} is odd"),
+            ));
+        }
+        let context = md_usize(content, "llama.context_length", 1..=limits.max_context)?
+            .unwrap_or(crate::model::gguf::DEFAULT_CONTEXT_LENGTH);
+        let eps = md_f32(
+            content,
+            "llama.attention.layer_norm_rms_epsilon",
+            1e-5,
+            0.0,
+            false,
+        )?;
+        let rope_base = md_f32(content, "llama.rope.freq_base", 10_000.0, 0.0, true)?;
+        let experts = md_usize(content, "llama.expert_count", 0..=limits.max_experts)?.unwrap_or(0);
+        if experts > 1 {
+            md_required(content, "llama.expert_used_count", 1..=experts)?;
+        }
+
+        let dims = |name: &str| -> Result<&[usize], LlamaError> {
+            content
+                .tensor_infos
+                .get(name)
+                .map(|t| t.shape.dims())
+                .ok_or_else(|| LlamaError::MissingTensor(name.to_string()))
+        };
+        let expect = |name: &str, want: &[usize]| -> Result<(), LlamaError> {
+            let found = dims(name)?;
+            if found != want {
+                return Err(LlamaError::Tensor {
+                    name: name.to_string(),
+                    problem: format!("has shape {found:?}; the metadata implies {want:?}"),
+                });
+            }
+            Ok(())
+        };
+        let vocab = match dims("token_embd.weight")? {
+            &[vocab, h] if h == hidden && (1..=limits.max_vocab).contains(&vocab) => vocab,
+            found => {
+                return Err(LlamaError::Tensor {
+                    name: "token_embd.weight".to_string(),
+                    problem: format!(
+                        "has shape {found:?}; the metadata implies [1..={}, {hidden}]",
+                        limits.max_vocab
+                    ),
+                })
+            }
+        };
+        if content.tensor_infos.contains_key("output.weight") {
+            expect("output.weight", &[vocab, hidden])?;
+        }
+        expect("output_norm.weight", &[hidden])?;
+        let kv_dim = kv_heads * head_dim;
+        for l in 0..layers {
+            let p = format!("blk.{l}");
+            expect(&format!("{p}.attn_norm.weight"), &[hidden])?;
+            expect(&format!("{p}.attn_q.weight"), &[hidden, hidden])?;
+            expect(&format!("{p}.attn_k.weight"), &[kv_dim, hidden])?;
+            expect(&format!("{p}.attn_v.weight"), &[kv_dim, hidden])?;
+            expect(&format!("{p}.attn_output.weight"), &[hidden, hidden])?;
+            expect(&format!("{p}.ffn_norm.weight"), &[hidden])?;
+            let mlps: Vec<String> = if experts > 1 {
+                expect(&format!("{p}.ffn_gate_inp.weight"), &[experts, hidden])?;
+                (0..experts).map(|e| format!(".{e}")).collect()
+            } else {
+                vec![String::new()]
+            };
+            for e in mlps {
+                expect(&format!("{p}.ffn_gate{e}.weight"), &[ffn, hidden])?;
+                expect(&format!("{p}.ffn_up{e}.weight"), &[ffn, hidden])?;
+                expect(&format!("{p}.ffn_down{e}.weight"), &[hidden, ffn])?;
+            }
+        }
+        Ok(LlamaConfig {
+            layers,
+            heads,
+            kv_heads,
+            head_dim,
+            hidden,
+            ffn,
+            vocab,
+            eps,
+            rope_base,
+            rope_dim,
+            context,
+        })
+    }
+
+    /// Bytes one sequence's [`KvCache`] takes per position (f32 keys and values of every
+    /// block); `None` if that overflows.
+    pub fn kv_bytes_per_position(&self) -> Option<u64> {
+        (self.layers as u64)
+            .checked_mul(self.kv_heads as u64)?
+            .checked_mul(self.head_dim as u64)?
+            .checked_mul(2 * 4)
+    }
+
+    /// Bytes of the model's rotary tables (cos and sin for every position of `context`).
+    pub fn rope_bytes(&self) -> Option<u64> {
+        (self.context as u64)
+            .checked_mul((self.rope_dim / 2) as u64)?
+            .checked_mul(2 * 4)
+    }
+
+    /// Bytes of the buffers a [`Workspace`] on `threads` threads holds for steps of at most
+    /// `rows` tokens over `seqs` sequences; `None` if that overflows.
+    pub fn workspace_bytes(&self, rows: usize, seqs: usize, threads: usize) -> Option<u64> {
+        let (rows, seqs, threads) = (rows as u64, seqs as u64, threads as u64);
+        let (hidden, ffn, vocab) = (self.hidden as u64, self.ffn as u64, self.vocab as u64);
+        let q_dim = (self.heads as u64).checked_mul(self.head_dim as u64)?;
+        let kv_dim = (self.kv_heads as u64).checked_mul(self.head_dim as u64)?;
+        // Per row: x, qkv, attn, gu (see `buffer_sizes`).
+        let row = hidden
+            .checked_add(q_dim.checked_mul(2)?)?
+            .checked_add(kv_dim.checked_mul(2)?)?
+            .checked_add(ffn.checked_mul(2)?)?;
+        let floats = rows
+            .checked_mul(row)?
+            .checked_add(threads.checked_mul(self.context as u64)?)?
+            .checked_add(seqs.checked_mul(vocab)?)?;
+        let blocks = rows
+            .checked_mul(hidden.checked_add(q_dim)?.checked_add(ffn)?)?
+            .checked_add(seqs.checked_mul(hidden)?)?
+            / BLOCK as u64;
+        floats
+            .checked_mul(4)?
+            .checked_add(blocks.checked_mul(std::mem::size_of::<QBlock>() as u64)?)
+    }
 }
 
 impl Llama {
-    /// Loads the llama in `content` (read from `reader`).
+    /// Loads the llama in `content` (read from `reader`), its shape checked first by
+    /// [`LlamaConfig::from_gguf`] with the default [`LlamaLimits`]. The rotary tables cover
+    /// the whole trained context.
     pub fn from_gguf<R: std::io::Read + std::io::Seek>(
         content: &gguf_file::Content,
         reader: &mut R,
     ) -> Result<Self, LlamaError> {
+        Self::from_gguf_with(content, reader, &LlamaLimits::default(), usize::MAX)
+    }
+
+    /// Loads the llama in `content` (read from `reader`), its shape checked first by
+    /// [`LlamaConfig::from_gguf`] with `limits`; its rotary tables (and so its caches) cover
+    /// at most `positions` positions, fewer if the trained context is shorter.
+    pub fn from_gguf_with<R: std::io::Read + std::io::Seek>(
+        content: &gguf_file::Content,
+        reader: &mut R,
+        limits: &LlamaLimits,
+        positions: usize,
+    ) -> Result<Self, LlamaError> {
+        let mut cfg = LlamaConfig::from_gguf(content, limits)?;
+        cfg.context = cfg.context.min(positions.max(1));
+        let experts = md_usize(content, "llama.expert_count", 0..=limits.max_experts)?;
+        if experts.is_some_and(|n| n > 1) {
+            return Err(LlamaError::Kernel {
+                name: "llama.expert_count".to_string(),
+                source: KernelError::Unsupported("a mixture of experts".to_string()),
+            });
+        }
         let cpu = Device::Cpu;
         let mut matrix = |name: &str| -> Result<QMatrix, LlamaError> {
             let t = content.tensor(reader, name, &cpu)?;
@@ -174,23 +472,6 @@ impl Llama {
                 .dequantize(&cpu)?
                 .flatten_all()?
                 .to_vec1::<f32>()?)
-        };
-        let heads = md_usize(content, "llama.attention.head_count")?;
-        let hidden = md_usize(content, "llama.embedding_length")?;
-        let head_dim = hidden / heads.max(1);
-        let cfg = LlamaConfig {
-            layers: md_usize(content, "llama.block_count")?,
-            heads,
-            kv_heads: md_usize(content, "llama.attention.head_count_kv")?,
-            head_dim,
-            hidden,
-            ffn: md_usize(content, "llama.feed_forward_length")?,
-            vocab: 0,
-            eps: md_f32(content, "llama.attention.layer_norm_rms_epsilon", 1e-5),
-            rope_base: md_f32(content, "llama.rope.freq_base", 10_000.0),
-            rope_dim: md_usize(content, "llama.rope.dimension_count").unwrap_or(head_dim),
-            context: md_usize(content, "llama.context_length")
-                .unwrap_or(crate::model::gguf::DEFAULT_CONTEXT_LENGTH),
         };
         let embed = matrix("token_embd.weight")?;
         let output = if content.tensor_infos.contains_key("output.weight") {
@@ -218,15 +499,12 @@ impl Llama {
             layer.ffn_norm = vector(reader, &format!("blk.{l}.ffn_norm.weight"))?;
         }
         let norm = vector(reader, "output_norm.weight")?;
-        let cfg = LlamaConfig {
-            vocab: output.as_ref().unwrap_or(&embed).rows(),
-            ..cfg
-        };
         check_shapes(&cfg, &embed, output.as_ref().unwrap_or(&embed), &layers)?;
         if norm.len() != cfg.hidden {
-            return Err(LlamaError::Metadata(
-                "output_norm does not match the shape".into(),
-            ));
+            return Err(LlamaError::Tensor {
+                name: "output_norm.weight".to_string(),
+                problem: "does not match the shape".into(),
+            });
         }
         let (cos, sin) = rope_tables(&cfg);
         Ok(Self {
@@ -448,18 +726,28 @@ fn check_shapes(
 ) -> Result<(), LlamaError> {
     let (q_dim, kv_dim) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
     let bad = |what: &str| {
-        Err(LlamaError::Metadata(format!(
-            "{what} does not match the shape"
-        )))
+        Err(LlamaError::Tensor {
+            name: what.to_string(),
+            problem: "does not match the shape".to_string(),
+        })
     };
     if c.heads == 0 || c.kv_heads == 0 || !c.heads.is_multiple_of(c.kv_heads) || q_dim != c.hidden {
-        return bad("head counts");
+        return Err(bad_key(
+            "llama.attention.head_count",
+            "inconsistent head counts",
+        ));
     }
     if c.rope_dim > c.head_dim || !c.rope_dim.is_multiple_of(2) || c.context == 0 {
-        return bad("rope.dimension_count");
+        return Err(bad_key(
+            "llama.rope.dimension_count",
+            "inconsistent with the heads",
+        ));
     }
     if embed.cols() != c.hidden || output.cols() != c.hidden {
-        return bad("embedding width");
+        return bad("token_embd.weight");
+    }
+    if embed.rows() != c.vocab || output.rows() != c.vocab {
+        return bad("output.weight");
     }
     for (l, layer) in layers.iter().enumerate() {
         let shapes = [
@@ -473,11 +761,11 @@ fn check_shapes(
         ];
         for (w, rows, cols) in shapes {
             if w.rows() != rows || w.cols() != cols {
-                return bad(&format!("block {l}"));
+                return bad(&format!("blk.{l}"));
             }
         }
         if layer.attn_norm.len() != c.hidden || layer.ffn_norm.len() != c.hidden {
-            return bad(&format!("block {l} norm"));
+            return bad(&format!("blk.{l} norms"));
         }
     }
     Ok(())

@@ -60,6 +60,10 @@ pub struct TinySpec {
     /// The chat template written to the files (`None`: none, so ChatML is used). Default
     /// SmolLM2's.
     pub chat_template: Option<String>,
+    /// GGUF metadata written after the standard keys: a key already written gets this value
+    /// instead, a new key is appended. Lets tests write files whose metadata lies (a huge
+    /// `llama.block_count`, a zero `general.alignment`). GGUF only. Default none.
+    pub extra_metadata: Vec<(String, gguf_file::Value)>,
 }
 
 impl Default for TinySpec {
@@ -76,6 +80,7 @@ impl Default for TinySpec {
             quantize: true,
             q4_1: false,
             chat_template: Some(SMOLLM2_TEMPLATE.to_string()),
+            extra_metadata: Vec::new(),
         }
     }
 }
@@ -277,6 +282,12 @@ pub fn write_tiny_gguf(path: &Path, spec: &TinySpec) -> Result<(), BoxError> {
     ];
     if let Some(t) = &spec.chat_template {
         metadata.push(("tokenizer.chat_template", Value::String(t.clone())));
+    }
+    for (key, value) in &spec.extra_metadata {
+        match metadata.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = value.clone(),
+            None => metadata.push((key.as_str(), value.clone())),
+        }
     }
     let mut qtensors = Vec::new();
     for (name, shape, data) in hf_weights(spec, tokens.len()) {

@@ -103,6 +103,15 @@ impl TextTokenizer {
         let tokenizer = byte_level_bpe(&tokens, &merges, &token_types)?;
         let bos_id = md_u32(md, "tokenizer.ggml.bos_token_id");
         let eos_id = md_u32(md, "tokenizer.ggml.eos_token_id");
+        for (key, id) in [
+            ("tokenizer.ggml.bos_token_id", bos_id),
+            ("tokenizer.ggml.eos_token_id", eos_id),
+        ] {
+            if let Some(id) = id.filter(|&id| id as usize >= tokens.len()) {
+                let problem = format!("{id} is outside the vocabulary of {} tokens", tokens.len());
+                return Err(bad(key.to_string(), problem));
+            }
+        }
         // llama.cpp's default for byte-level BPE vocabularies is not to add BOS.
         let add_bos = md
             .get("tokenizer.ggml.add_bos_token")

@@ -9,6 +9,12 @@
 //! Q4_1/Q5_x are also scalar, so for small models f32 is both exact and faster. The
 //! dequantization streams one tensor at a time through a virtual GGUF reader, so peak memory
 //! stays near the f32 model's size.
+//!
+//! Nothing is sized from the file before it is checked: the header by the bounded
+//! pre-parser of [`super::gguf_header`] (counts, lengths, tensor extents inside the file),
+//! then the llama shape by [`LlamaConfig::from_gguf`] (hyper-parameters within
+//! [`LlamaLimits`], every tensor present with the shape they imply), then the tokenizer's
+//! vocabulary against the embeddings. A bad file is a typed [`LoadError`], never a panic.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -21,12 +27,13 @@ use candle_transformers::models::quantized_llama::{self, ModelWeights};
 
 use std::sync::Arc;
 
+use super::gguf_header::{read_content, HeaderLimits};
 use super::{Loaded, Model, ModelInfo, Runner};
 use crate::device::device_name;
 use crate::error::LoadError;
-use crate::llama::{Llama, LlamaError};
+use crate::llama::{Llama, LlamaConfig, LlamaError, LlamaLimits};
 use crate::template::ChatTemplate;
-use crate::tokenizer::{md_string, md_u32, TextTokenizer};
+use crate::tokenizer::{md_string, TextTokenizer};
 
 /// The GGUF architectures this loader runs.
 pub const SUPPORTED_ARCHITECTURES: [&str; 1] = ["llama"];
@@ -53,7 +60,8 @@ pub(crate) fn load_with(
         source,
     };
     let mut reader = BufReader::new(File::open(path).map_err(io)?);
-    let content = gguf_file::Content::read(&mut reader)?;
+    // Every count, length and offset checked before candle sizes anything from them.
+    let (_, content) = read_content(&mut reader, &HeaderLimits::default())?;
     let md = &content.metadata;
 
     let architecture = md_string(md, "general.architecture")?;
@@ -66,12 +74,28 @@ pub(crate) fn load_with(
         .filter(|s| !s.is_empty())
         .cloned()
         .unwrap_or_else(|| file_stem(path));
-    let trained_context_length = md_u32(md, &format!("{architecture}.context_length"))
-        .map(|c| c as usize)
-        .unwrap_or(DEFAULT_CONTEXT_LENGTH);
+    // The shape, checked against the limits and the tensors, before either runtime (or the
+    // engine's caches) is sized from it.
+    let limits = LlamaLimits::default();
+    let shape = LlamaConfig::from_gguf(&content, &limits)?;
+    let trained_context_length = shape.context;
     let context_length = trained_context_length.min(quantized_llama::MAX_SEQ_LEN);
+    let shape = LlamaConfig {
+        context: context_length,
+        ..shape
+    };
 
     let tokenizer = TextTokenizer::from_gguf_metadata(md)?;
+    if tokenizer.vocab_size() > shape.vocab {
+        return Err(LoadError::Metadata {
+            key: "tokenizer.ggml.tokens".to_string(),
+            problem: format!(
+                "{} tokens, but token_embd.weight has only {} rows",
+                tokenizer.vocab_size(),
+                shape.vocab
+            ),
+        });
+    }
     let template_source = md
         .get("tokenizer.chat_template")
         .and_then(|v| v.to_string().ok())
@@ -102,25 +126,20 @@ pub(crate) fn load_with(
         runtime: "batched".to_string(),
     };
     if batched && device.is_cpu() {
-        match Llama::from_gguf(&content, &mut reader) {
+        match Llama::from_gguf_with(&content, &mut reader, &limits, context_length) {
             Ok(llama) => {
                 return Ok(Loaded {
                     runner: Runner::Batched(Arc::new(llama)),
                     tokenizer,
                     template,
                     info,
+                    shape: Some(shape),
                 })
             }
             Err(LlamaError::Kernel { name, source }) => {
                 tracing::info!(tensor = %name, reason = %source, "not for our kernels; running on candle");
             }
-            Err(LlamaError::Candle(e)) => return Err(e.into()),
-            Err(e) => {
-                return Err(LoadError::Metadata {
-                    key: "llama.*".to_string(),
-                    problem: e.to_string(),
-                })
-            }
+            Err(e) => return Err(e.into()),
         }
     }
     let f32_bytes = 4 * parameters;
@@ -144,6 +163,7 @@ pub(crate) fn load_with(
         tokenizer,
         template,
         info,
+        shape: Some(shape),
     })
 }
 

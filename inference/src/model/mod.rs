@@ -5,10 +5,13 @@
 //! Two formats are supported, both llama-family:
 //! - [`gguf`]: a quantized GGUF file run by candle's `quantized_llama`. Its weights sit
 //!   behind `Arc`s, so a session is a clone of the pristine loaded model with empty caches.
+//!   Its header is first checked by [`gguf_header`], a bounded pre-parser, and its llama
+//!   shape by [`crate::llama::LlamaConfig::from_gguf`], before anything is sized from them.
 //! - [`safetensors`]: a Hugging Face directory (`config.json`, `tokenizer.json`,
 //!   `*.safetensors`) run by candle's `llama`, with a per-request `llama::Cache`.
 
 pub mod gguf;
+pub mod gguf_header;
 pub mod safetensors;
 
 use std::path::{Path, PathBuf};
@@ -118,6 +121,9 @@ pub(crate) struct Loaded {
     pub tokenizer: TextTokenizer,
     pub template: ChatTemplate,
     pub info: ModelInfo,
+    /// The llama shape checked at load, its `context` the one the engine runs (GGUF only):
+    /// what the engine sizes its caches and scratch from.
+    pub shape: Option<crate::llama::LlamaConfig>,
 }
 
 /// Loads a model of either format onto `device`.

@@ -114,6 +114,7 @@ pub(crate) fn load(dir: &Path, device: &Device) -> Result<Loaded, LoadError> {
         tokenizer,
         template,
         info,
+        shape: None,
     })
 }
 
