@@ -5,11 +5,13 @@
 //! `step` when the average is above `raise_above` (or jobs were refused), lowers it when
 //! below `lower_below`, and holds in between: the dead band plus a minimum time between
 //! changes (`hold_secs`) is the hysteresis that keeps prices from flapping. The price never
-//! leaves `[floor, ceiling]`. Sans-IO: `now` comes in.
+//! leaves `[floor, ceiling]`. Sans-IO: `now` comes in. A policy whose prices an advert
+//! cannot carry (above [`limits::PRICE`]) is refused up front, since every peer would drop
+//! the worker's adverts.
 
 use serde::{Deserialize, Serialize};
 
-use crate::advert::Price;
+use crate::advert::{limits, Price};
 
 /// How a worker prices.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -112,11 +114,32 @@ fn scale(p: Price, f: f64, floor: Price, ceiling: Price) -> Price {
     }
 }
 
+/// Refuses a price an advert cannot carry (`what` names it: "fixed", "ceiling").
+fn advertisable(what: &str, price: Price) -> Result<(), PolicyError> {
+    for (side, p) in [
+        ("prompt", price.prompt_per_mtok),
+        ("completion", price.completion_per_mtok),
+    ] {
+        if p > limits::PRICE {
+            return Err(PolicyError(format!(
+                "the {what} {side} price {p} is above the most an advert carries: prices \
+                 are 0 to {} nanoTON per million tokens",
+                limits::PRICE
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl PriceCore {
-    /// Starts at the fixed price, or at the floor.
+    /// Starts at the fixed price, or at the floor. Refuses a policy an advert cannot carry
+    /// (a price above [`limits::PRICE`]) or that is inconsistent.
     pub fn new(policy: PricePolicy) -> Result<Self, PolicyError> {
         let current = match &policy {
-            PricePolicy::Fixed { price } => *price,
+            PricePolicy::Fixed { price } => {
+                advertisable("fixed", *price)?;
+                *price
+            }
             PricePolicy::Dynamic {
                 floor,
                 ceiling,
@@ -130,6 +153,8 @@ impl PriceCore {
                 if !ordered {
                     return Err(PolicyError("floor above ceiling".into()));
                 }
+                // The price moves between floor and ceiling: both must be advertisable.
+                advertisable("ceiling", *ceiling)?;
                 if !(step.is_finite() && *step > 0.0 && *step <= 1.0) {
                     return Err(PolicyError("step must be in (0, 1]".into()));
                 }
@@ -292,6 +317,38 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(toml_like, PricePolicy::Fixed { .. }));
+    }
+
+    /// A policy whose price an advert cannot carry is refused: every peer would drop the
+    /// worker's adverts.
+    #[test]
+    fn prices_an_advert_cannot_carry_are_refused() {
+        let max = crate::advert::limits::PRICE;
+        let price = |prompt_per_mtok, completion_per_mtok| Price {
+            prompt_per_mtok,
+            completion_per_mtok,
+        };
+        let fixed = |p| PricePolicy::Fixed { price: p };
+        assert!(PriceCore::new(fixed(price(max, max))).is_ok());
+        let err = PriceCore::new(fixed(price(u64::MAX, 1))).unwrap_err();
+        assert!(err.to_string().contains("prompt"), "{err}");
+        assert!(err.to_string().contains("1000000000000"), "{err}");
+        let err = PriceCore::new(fixed(price(1, max + 1))).unwrap_err();
+        assert!(err.to_string().contains("completion"), "{err}");
+        let PricePolicy::Dynamic { floor, .. } = PricePolicy::default() else {
+            unreachable!()
+        };
+        let dynamic = |ceiling| PricePolicy::Dynamic {
+            floor,
+            ceiling,
+            step: 0.1,
+            raise_above: 0.8,
+            lower_below: 0.3,
+            hold_secs: 60,
+        };
+        assert!(PriceCore::new(dynamic(price(max, max))).is_ok());
+        let err = PriceCore::new(dynamic(price(max, max + 1))).unwrap_err();
+        assert!(err.to_string().contains("ceiling"), "{err}");
     }
 
     proptest! {

@@ -11,10 +11,26 @@
 //! Records are JSON values in two tables keyed by channel. A write that would lower a
 //! channel's promised or paid total is refused ([`JournalError::Regression`]): the journal
 //! itself guards the monotonicity the channel cores promise.
+//!
+//! Opening checks the file before trusting it ([`Journal::open`]): a damaged journal is
+//! refused with [`JournalError::Corrupt`] and left exactly as it was, for the operator to
+//! restore from a backup. The check runs redb's integrity check (every page checksum of the
+//! committed trees) and decodes every record, on a scratch view of the file whose writes stay
+//! in memory ([`Scratch`]), so that neither a repair nor a panic inside redb can touch the
+//! file; only a journal that passes is then opened for real.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::backends::FileBackend;
+use redb::{
+    Builder, Database, DatabaseError, ReadableDatabase, ReadableTable, StorageBackend,
+    StorageError, TableDefinition, TableError, TableHandle,
+};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::channel::WorkerState;
@@ -120,6 +136,20 @@ pub enum JournalError {
     /// Another process has the journal open.
     #[error("journal {0} is in use by another process")]
     InUse(String),
+    /// The file is not a sound journal (damaged, truncated, or not a journal at all). It was
+    /// not modified.
+    #[error(
+        "journal {} is corrupt: {reason}. cocoon does not modify it: move it aside and \
+         restore the journal from a backup (starting without it forgets the channels and \
+         vouchers it records)",
+        path.display()
+    )]
+    Corrupt {
+        /// The journal file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A record could not be (de)serialised.
     #[error("journal record: {0}")]
     Record(#[from] serde_json::Error),
@@ -143,36 +173,106 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Decodes a record as the journal stores it (JSON). Never panics, whatever the bytes.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, JournalError> {
+    Ok(serde_json::from_slice(bytes)?)
+}
+
 /// A node's payment journal.
 #[derive(Debug)]
 pub struct Journal {
     db: Database,
     commits: std::sync::atomic::AtomicU64,
+    found_empty: bool,
+}
+
+/// The text of a panic payload.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
+/// Whether a redb error says the file's content is bad (rather than, say, a permission).
+fn is_damage(e: &DatabaseError) -> bool {
+    match e {
+        DatabaseError::Storage(StorageError::Corrupted(_)) => true,
+        DatabaseError::Storage(StorageError::Io(io)) => matches!(
+            io.kind(),
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
 }
 
 impl Journal {
     /// Opens (or creates) the journal at `path`.
+    ///
+    /// An existing journal is checked first, without being modified: a damaged one is
+    /// refused ([`JournalError::Corrupt`]). An empty file is taken as a new journal, with a
+    /// warning, since it may be a journal lost in a failed copy or restore; see
+    /// [`Journal::found_empty`].
     pub fn open(path: &Path) -> Result<Self, JournalError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(dberr)?;
-        }
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                JournalError::InUse(path.display().to_string())
+        let at = |e: &dyn std::fmt::Display| JournalError::Db(format!("{}: {e}", path.display()));
+        let len = match std::fs::metadata(path) {
+            Ok(m) => Some(m.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(at(&e)),
+        };
+        let found_empty = len == Some(0);
+        match len {
+            None => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| at(&e))?;
+                }
             }
-            e => dberr(e),
-        })?;
-        let tx = db.begin_write().map_err(dberr)?;
-        tx.open_table(CLIENT).map_err(dberr)?;
-        tx.open_table(WORKER).map_err(dberr)?;
-        tx.open_table(RECEIPTS).map_err(dberr)?;
-        tx.open_table(ANCHORS).map_err(dberr)?;
-        tx.open_table(CLOSES).map_err(dberr)?;
-        tx.commit().map_err(dberr)?;
+            Some(0) => tracing::warn!(
+                path = %path.display(),
+                "the journal file is empty: starting a new journal in it. An empty journal \
+                 may be a lost one (a failed copy or restore): if this data dir had payment \
+                 channels, stop and restore the journal from a backup"
+            ),
+            Some(_) => verify(path)?,
+        }
+        let opened = catch_unwind(|| -> Result<Database, JournalError> {
+            let db = Database::create(path).map_err(|e| match e {
+                DatabaseError::DatabaseAlreadyOpen => {
+                    JournalError::InUse(path.display().to_string())
+                }
+                e => at(&e),
+            })?;
+            let tx = db.begin_write().map_err(|e| at(&e))?;
+            tx.open_table(CLIENT).map_err(|e| at(&e))?;
+            tx.open_table(WORKER).map_err(|e| at(&e))?;
+            tx.open_table(RECEIPTS).map_err(|e| at(&e))?;
+            tx.open_table(ANCHORS).map_err(|e| at(&e))?;
+            tx.open_table(CLOSES).map_err(|e| at(&e))?;
+            tx.commit().map_err(|e| at(&e))?;
+            Ok(db)
+        });
+        let db = match opened {
+            Ok(db) => db?,
+            // The file passed the check: a panic now is redb's, or the file changed since.
+            Err(panic) => {
+                return Err(at(&format!(
+                    "redb failed opening it after it passed the check ({})",
+                    panic_text(&*panic)
+                )))
+            }
+        };
         Ok(Self {
             db,
             commits: Default::default(),
+            found_empty,
         })
+    }
+
+    /// Whether the journal file existed but was empty when opened: it was taken as a new
+    /// journal, and the open logged a warning, since it may be a lost one.
+    pub fn found_empty(&self) -> bool {
+        self.found_empty
     }
 
     /// Commits `tx` (one fsync) and counts it.
@@ -216,7 +316,7 @@ impl Journal {
         let tx = self.db.begin_read().map_err(dberr)?;
         let t = tx.open_table(table).map_err(dberr)?;
         match t.get(channel.as_slice()).map_err(dberr)? {
-            Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
+            Some(v) => Ok(Some(decode(v.value())?)),
             None => Ok(None),
         }
     }
@@ -289,7 +389,7 @@ impl Journal {
         let mut out = Vec::new();
         for row in t.range(after + 1..).map_err(dberr)? {
             let (k, v) = row.map_err(dberr)?;
-            out.push((k.value(), serde_json::from_slice(v.value())?));
+            out.push((k.value(), decode(v.value())?));
         }
         Ok(out)
     }
@@ -300,7 +400,7 @@ impl Journal {
         let t = tx.open_table(RECEIPTS).map_err(dberr)?;
         let mut out = Vec::new();
         for row in t.range(first..=last).map_err(dberr)? {
-            out.push(serde_json::from_slice(row.map_err(dberr)?.1.value())?);
+            out.push(decode(row.map_err(dberr)?.1.value())?);
         }
         Ok(out)
     }
@@ -323,7 +423,7 @@ impl Journal {
         let t = tx.open_table(ANCHORS).map_err(dberr)?;
         let mut out = Vec::new();
         for row in t.iter().map_err(dberr)? {
-            out.push(serde_json::from_slice(row.map_err(dberr)?.1.value())?);
+            out.push(decode(row.map_err(dberr)?.1.value())?);
         }
         Ok(out)
     }
@@ -338,10 +438,266 @@ impl Journal {
         for row in t.iter().map_err(dberr)? {
             let (k, v) = row.map_err(dberr)?;
             if let Ok(key) = <[u8; 32]>::try_from(k.value()) {
-                out.push((key, serde_json::from_slice(v.value())?));
+                out.push((key, decode(v.value())?));
             }
         }
         Ok(out)
+    }
+}
+
+/// The first bytes of every redb file.
+const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
+
+/// Checks the journal at `path` (an existing, non-empty file) without modifying it: redb's
+/// magic number, then redb's integrity check and every record, on a [`Scratch`] view.
+fn verify(path: &Path) -> Result<(), JournalError> {
+    let at = |e: &dyn std::fmt::Display| JournalError::Db(format!("{}: {e}", path.display()));
+    let corrupt = |reason: String| JournalError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    // Read and write access for redb's locks; nothing is ever written through it.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| at(&e))?;
+    let mut magic = [0u8; REDB_MAGIC.len()];
+    match std::io::Read::read_exact(&mut &file, &mut magic) {
+        Ok(()) if magic == REDB_MAGIC => {}
+        Ok(()) => return Err(corrupt("it does not start with redb's magic number".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(corrupt("it is shorter than a redb header".into()))
+        }
+        Err(e) => return Err(at(&e)),
+    }
+    let backend = Scratch::new(file).map_err(|e| at(&e))?;
+    let checked = catch_unwind(AssertUnwindSafe(|| -> Result<(), JournalError> {
+        let db = Builder::new()
+            .set_check_integrity_on_open(true)
+            .create_with_backend(backend)
+            .map_err(|e| match e {
+                DatabaseError::DatabaseAlreadyOpen => {
+                    JournalError::InUse(path.display().to_string())
+                }
+                e if is_damage(&e) => corrupt(e.to_string()),
+                e => at(&e),
+            })?;
+        let tx = db.begin_read().map_err(|e| at(&e))?;
+        let bad = |table: &str, e: &dyn std::fmt::Display| corrupt(format!("table {table}: {e}"));
+        for table in [CLIENT, WORKER, CLOSES] {
+            let name = table.name().to_string();
+            let t = match tx.open_table(table) {
+                Ok(t) => t,
+                // Journals of older versions lack newer tables.
+                Err(TableError::TableDoesNotExist(_)) => continue,
+                Err(e) => return Err(bad(&name, &e)),
+            };
+            for row in t.iter().map_err(|e| bad(&name, &e))? {
+                let (k, v) = row.map_err(|e| bad(&name, &e))?;
+                let v = v.value();
+                let ok = match table.name() {
+                    "client_channels" => decode::<ClientRecord>(v).map(drop),
+                    "worker_channels" => decode::<WorkerRecord>(v).map(drop),
+                    _ => decode::<CloseSent>(v).map(drop),
+                };
+                ok.map_err(|e| bad(&name, &format!("the record of {}: {e}", hex(k.value()))))?;
+            }
+        }
+        for table in [RECEIPTS, ANCHORS] {
+            let name = table.name().to_string();
+            let t = match tx.open_table(table) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => continue,
+                Err(e) => return Err(bad(&name, &e)),
+            };
+            for row in t.iter().map_err(|e| bad(&name, &e))? {
+                let (k, v) = row.map_err(|e| bad(&name, &e))?;
+                let ok = if table.name() == "receipts" {
+                    decode::<Receipt>(v.value()).map(drop)
+                } else {
+                    decode::<AnchorRecord>(v.value()).map(drop)
+                };
+                ok.map_err(|e| bad(&name, &format!("record {}: {e}", k.value())))?;
+            }
+        }
+        Ok(())
+    }));
+    match checked {
+        Ok(result) => result,
+        Err(panic) => Err(corrupt(format!(
+            "redb failed on it ({})",
+            panic_text(&*panic)
+        ))),
+    }
+}
+
+/// Bytes per block of a [`Scratch`]'s in-memory writes.
+const BLOCK: u64 = 4096;
+
+/// A redb storage backend over a file that takes redb's locks on it and reads it, but keeps
+/// every write (and length change) in memory: the file is never modified. Opening a
+/// database on it runs redb's recovery and integrity check with no effect on disk.
+#[derive(Debug)]
+struct Scratch {
+    file: FileBackend,
+    state: Mutex<ScratchState>,
+}
+
+#[derive(Debug)]
+struct ScratchState {
+    /// Bytes below this are the file's (unless overwritten); above it, zeros.
+    file_len: u64,
+    /// The length redb sees.
+    len: u64,
+    /// Written blocks, by index.
+    blocks: BTreeMap<u64, Box<[u8]>>,
+}
+
+impl Scratch {
+    fn new(file: std::fs::File) -> std::io::Result<Self> {
+        let file_len = file.metadata()?.len();
+        let file = FileBackend::new(file).map_err(std::io::Error::other)?;
+        Ok(Self {
+            file,
+            state: Mutex::new(ScratchState {
+                file_len,
+                len: file_len,
+                blocks: BTreeMap::new(),
+            }),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ScratchState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fills `out` from offset `at`, all below `state.len`.
+    fn read_in(&self, state: &ScratchState, at: u64, out: &mut [u8]) -> std::io::Result<()> {
+        let mut done = 0usize;
+        while done < out.len() {
+            let pos = at + done as u64;
+            let block = pos / BLOCK;
+            let within = (pos % BLOCK) as usize;
+            let n = (BLOCK as usize - within).min(out.len() - done);
+            let dst = &mut out[done..done + n];
+            match state.blocks.get(&block) {
+                Some(b) => dst.copy_from_slice(&b[within..within + n]),
+                None => {
+                    let from_file = state.file_len.saturating_sub(pos).min(n as u64) as usize;
+                    if from_file > 0 {
+                        self.file.read(pos, &mut dst[..from_file])?;
+                    }
+                    dst[from_file..].fill(0);
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+impl StorageBackend for Scratch {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        Ok(self.state().len)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        let state = self.state();
+        if offset.saturating_add(out.len() as u64) > state.len {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.read_in(&state, offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        let mut state = self.state();
+        if len < state.len {
+            // Bytes cut off read as zeros if the storage grows again.
+            state.file_len = state.file_len.min(len);
+            state.blocks.split_off(&len.div_ceil(BLOCK));
+            if !len.is_multiple_of(BLOCK) {
+                if let Some(b) = state.blocks.get_mut(&(len / BLOCK)) {
+                    b[(len % BLOCK) as usize..].fill(0);
+                }
+            }
+        }
+        state.len = len;
+        Ok(())
+    }
+
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        let mut state = self.state();
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(std::io::ErrorKind::InvalidInput)?;
+        state.len = state.len.max(end);
+        let mut done = 0usize;
+        while done < data.len() {
+            let pos = offset + done as u64;
+            let block = pos / BLOCK;
+            let within = (pos % BLOCK) as usize;
+            let n = (BLOCK as usize - within).min(data.len() - done);
+            if !state.blocks.contains_key(&block) {
+                let mut fresh = vec![0u8; BLOCK as usize].into_boxed_slice();
+                let start = block * BLOCK;
+                let readable = state.len.saturating_sub(start).min(BLOCK) as usize;
+                self.read_in(&state, start, &mut fresh[..readable])?;
+                state.blocks.insert(block, fresh);
+            }
+            let b = state.blocks.get_mut(&block).expect("inserted above");
+            b[within..within + n].copy_from_slice(&data[done..done + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn close(&self) -> Result<(), std::io::Error> {
+        self.file.close()
+    }
+
+    fn try_lock_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
+        self.file.try_lock_range(start, end)
+    }
+
+    fn try_lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
+        self.file.try_lock_shared_range(start, end)
+    }
+
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
+        self.file.lock_range(start, end)
+    }
+
+    fn lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<(), redb::BackendError> {
+        self.file.lock_shared_range(start, end)
+    }
+
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
+        self.file.unlock_range(start, end)
+    }
+
+    fn query_lock_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
+        self.file.query_lock_range(start, end)
     }
 }
 
@@ -366,7 +722,7 @@ fn put_client(
     channel: &[u8; 32],
     r: &ClientRecord,
 ) -> Result<(), JournalError> {
-    let total = |b: &[u8]| Ok(serde_json::from_slice::<ClientRecord>(b)?.paid);
+    let total = |b: &[u8]| Ok(decode::<ClientRecord>(b)?.paid);
     put_in(tx, CLIENT, channel, r, total, r.paid)
 }
 
@@ -376,11 +732,7 @@ fn put_worker(
     channel: &[u8; 32],
     r: &WorkerRecord,
 ) -> Result<(), JournalError> {
-    let total = |b: &[u8]| {
-        Ok(worker_paid(
-            &serde_json::from_slice::<WorkerRecord>(b)?.state,
-        ))
-    };
+    let total = |b: &[u8]| Ok(worker_paid(&decode::<WorkerRecord>(b)?.state));
     put_in(tx, WORKER, channel, r, total, worker_paid(&r.state))
 }
 
@@ -663,6 +1015,218 @@ mod tests {
         assert_eq!(pending, vec![(3, receipt(3))]);
         assert_eq!(j.receipts(1, 2).unwrap(), vec![receipt(1), receipt(2)]);
         assert_eq!(j.anchors().unwrap().len(), 1);
+    }
+
+    /// A journal with records in its tables, closed cleanly: its bytes, and the bytes it had
+    /// while open (as a crash would leave them: redb must recover it).
+    fn valid_journal(path: &Path) -> (Vec<u8>, Vec<u8>) {
+        let j = Journal::open(path).unwrap();
+        for i in 0..50u8 {
+            j.record_worker(&[i; 32], &worker_record(u64::from(i) + 1, 1))
+                .unwrap();
+        }
+        j.record_close(&CH, &CloseSent { seq: 1, at: 2 }).unwrap();
+        let unclean = std::fs::read(path).unwrap();
+        drop(j);
+        (std::fs::read(path).unwrap(), unclean)
+    }
+
+    /// Deterministic noise (xorshift64).
+    fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect()
+    }
+
+    /// Damaged files of every kind: each is refused with an error naming the file and
+    /// what to do, without a panic, and left exactly as it was.
+    #[test]
+    fn a_corrupt_journal_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let (good, unclean) = valid_journal(&dir.path().join("good.redb"));
+        assert!(good.len() > 8 * 4096, "{} bytes", good.len());
+        assert_ne!(good, unclean);
+        let mut cases: Vec<(&str, Vec<u8>)> = vec![
+            ("random bytes", noise(good.len(), 1)),
+            ("short random bytes", noise(100, 2)),
+        ];
+        let mut header_kept = noise(good.len(), 3);
+        header_kept[..4096].copy_from_slice(&good[..4096]);
+        cases.push(("random pages behind a valid header", header_kept));
+        cases.push(("truncated to half", good[..good.len() / 2].to_vec()));
+        cases.push(("truncated into the header", good[..100].to_vec()));
+        let flip = |bytes: &[u8]| {
+            let mut flipped = bytes.to_vec();
+            for page in flipped.chunks_mut(4096).skip(1) {
+                for i in [0, 1, 7, 16, 64, 200, 1000, 4000] {
+                    if let Some(b) = page.get_mut(i) {
+                        *b ^= 0xff;
+                    }
+                }
+            }
+            flipped
+        };
+        cases.push(("bytes flipped in every page", flip(&good)));
+        cases.push(("a crashed journal's bytes flipped", flip(&unclean)));
+        let mut header_kept = noise(unclean.len(), 4);
+        header_kept[..4096].copy_from_slice(&unclean[..4096]);
+        cases.push(("a crashed journal's pages random", header_kept));
+        cases.push((
+            "a crashed journal truncated",
+            unclean[..unclean.len() / 3].to_vec(),
+        ));
+        let mut header_flipped = good.clone();
+        for b in &mut header_flipped[9..512] {
+            *b ^= 0x55;
+        }
+        cases.push(("header flipped", header_flipped));
+        for (what, bytes) in cases {
+            let path = dir.path().join("journal.redb");
+            std::fs::write(&path, &bytes).unwrap();
+            let result = std::panic::catch_unwind(|| Journal::open(&path).map(|_| ()));
+            let after = std::fs::read(&path).unwrap();
+            assert!(after == bytes, "{what}: the file was modified");
+            let err = match result {
+                Err(_) => panic!("{what}: the open panicked"),
+                Ok(Ok(())) => panic!("{what}: a corrupt journal was opened"),
+                Ok(Err(e)) => e,
+            };
+            let text = err.to_string();
+            assert!(
+                text.contains(&path.display().to_string())
+                    && text.contains("corrupt")
+                    && text.contains("backup"),
+                "{what}: {text}"
+            );
+        }
+        // A sound journal still opens, its records intact, and so does a crashed one.
+        for bytes in [&good, &unclean] {
+            let path = dir.path().join("journal.redb");
+            std::fs::write(&path, bytes).unwrap();
+            let j = Journal::open(&path).unwrap();
+            assert_eq!(j.worker_channels().unwrap().len(), 50);
+            assert!(!j.found_empty());
+            // The check does not mistake a journal in use for a damaged one.
+            let again = Journal::open(&path).unwrap_err();
+            assert!(matches!(again, JournalError::InUse(_)), "{again}");
+        }
+    }
+
+    /// A sound redb file whose record is not ours is refused too, before anything runs.
+    #[test]
+    fn a_journal_with_an_undecodable_record_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        drop(Journal::open(&path).unwrap());
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(WORKER)
+                .unwrap()
+                .insert(CH.as_slice(), b"{\"deposit\": 1".as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let err = Journal::open(&path).unwrap_err();
+        assert!(matches!(err, JournalError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("worker_channels"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    /// An empty file is taken as a new journal, but flagged: it may be a lost one.
+    #[test]
+    fn an_empty_journal_file_is_flagged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        assert!(!Journal::open(&path).unwrap().found_empty());
+        let path = dir.path().join("empty.redb");
+        std::fs::write(&path, b"").unwrap();
+        let j = Journal::open(&path).unwrap();
+        assert!(j.found_empty());
+        j.record_close(&CH, &CloseSent { seq: 1, at: 2 }).unwrap();
+        drop(j);
+        assert!(!Journal::open(&path).unwrap().found_empty());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Whatever bytes a record holds, decoding it returns an error or a record: it never
+        /// panics. Bytes near a real record reach deep into the decoders.
+        #[test]
+        fn record_decoding_never_panics(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            edits in proptest::collection::vec((0usize..2000, proptest::prelude::any::<u8>()), 0..8),
+            cut in 0usize..2000,
+            which in 0usize..5,
+        ) {
+            let receipt = Receipt {
+                channel: CH,
+                job: 1,
+                prompt_tokens: 2,
+                completion_tokens: 3,
+                cost: 4,
+                finished_at: 5,
+            };
+            let client = ClientRecord {
+                terms: None,
+                deposit: 1,
+                paid: 2,
+                seq: 3,
+                last: worker_record(5, 5).state.best,
+                job_open: true,
+            };
+            let real = [
+                serde_json::to_vec(&client).unwrap(),
+                serde_json::to_vec(&worker_record(5, 6)).unwrap(),
+                serde_json::to_vec(&receipt).unwrap(),
+                serde_json::to_vec(&AnchorRecord { root: [1; 32], first: 1, last: 2, posted_at: 3 }).unwrap(),
+                serde_json::to_vec(&CloseSent { seq: 1, at: 2 }).unwrap(),
+            ];
+            let mut near = real[which].clone();
+            for (at, b) in edits {
+                let len = near.len();
+                near[at % len] = b;
+            }
+            near.truncate(cut);
+            for bytes in [raw, near] {
+                let _ = decode::<ClientRecord>(&bytes);
+                let _ = decode::<WorkerRecord>(&bytes);
+                let _ = decode::<Receipt>(&bytes);
+                let _ = decode::<AnchorRecord>(&bytes);
+                let _ = decode::<CloseSent>(&bytes);
+            }
+        }
+
+        /// A journal with bytes changed anywhere either opens or is refused as corrupt; the
+        /// open never panics, and a refused file is left as it was.
+        #[test]
+        fn a_damaged_journal_never_panics_the_open(
+            flips in proptest::collection::vec((0usize..1 << 20, 1u8..=255), 1..12),
+            crashed in proptest::prelude::any::<bool>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let (good, unclean) = valid_journal(&dir.path().join("good.redb"));
+            let mut bytes = if crashed { unclean } else { good };
+            for (at, x) in flips {
+                let len = bytes.len();
+                bytes[at % len] ^= x;
+            }
+            let path = dir.path().join("journal.redb");
+            std::fs::write(&path, &bytes).unwrap();
+            let result = std::panic::catch_unwind(|| Journal::open(&path).map(drop));
+            proptest::prop_assert!(result.is_ok(), "the open panicked");
+            if let Ok(Err(e)) = result {
+                proptest::prop_assert!(matches!(e, JournalError::Corrupt { .. }), "{}", e);
+                proptest::prop_assert!(std::fs::read(&path).unwrap() == bytes, "modified");
+            }
+        }
     }
 
     /// The child side of the crash test: pays in a loop, journalling each voucher before

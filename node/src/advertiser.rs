@@ -7,14 +7,19 @@
 //! expires after [`AdvertiserConfig::ttl_secs`], about twice the interval, so a dead worker
 //! leaves the market within that. Sequence numbers are milliseconds since the epoch (and
 //! strictly increasing), so they keep growing across restarts.
+//!
+//! Before the first advert goes out, [`check_first`] builds it and validates it as every
+//! peer will: a worker whose advert is out of bounds would run but never be used, so the
+//! node refuses to start instead.
 
 use std::time::Duration;
 
+use cocoon_gossip::price::PolicyError;
 use cocoon_gossip::{
-    Advert, Hardware, Load, ModelOffer, Price, PriceCore, PricePolicy, Schedule, Trust,
+    Advert, AdvertError, Hardware, Load, ModelOffer, Price, PriceCore, PricePolicy, Schedule, Trust,
 };
 use cocoon_p2p::attest::EvidenceKind;
-use cocoon_p2p::{Network, NetworkError};
+use cocoon_p2p::{Multiaddr, Network, NetworkError};
 use ed25519_dalek::SigningKey;
 
 use crate::attestation::{unix_now, unix_now_ms};
@@ -67,11 +72,52 @@ pub fn load(worker: &Worker, config: &AdvertiserConfig) -> (u32, u32) {
     (slots, busy as u32)
 }
 
-/// Builds the advert describing `worker` with `(slots, busy)` from [`load`].
+/// Why a worker's adverts would not be valid.
+#[derive(Debug, thiserror::Error)]
+pub enum AdvertCheckError {
+    /// The price policy is unusable.
+    #[error(transparent)]
+    Price(#[from] PolicyError),
+    /// The advert fails the checks every peer runs.
+    #[error(
+        "this worker's advert would be refused by every peer ({0}), so the worker would \
+         never be used; check --max-concurrent, --price and the models"
+    )]
+    Advert(#[from] AdvertError),
+}
+
+/// Builds the first advert `worker` would publish (listening on `addrs`, at the price
+/// policy's starting price) and checks it as every peer does: field bounds and times at
+/// `now`, signature, encoded size.
+pub fn check_first(
+    worker: &Worker,
+    addrs: &[Multiaddr],
+    key: &SigningKey,
+    config: &AdvertiserConfig,
+    now: u64,
+) -> Result<(), AdvertCheckError> {
+    let price = PriceCore::new(config.price.clone())?.price();
+    let advert = build(
+        worker,
+        addrs,
+        key,
+        config,
+        load(worker, config),
+        price,
+        now * 1000,
+        now,
+    );
+    let bytes = advert.sign(key)?.encode()?;
+    cocoon_gossip::SignedAdvert::open(&bytes, now)?;
+    Ok(())
+}
+
+/// Builds the advert describing `worker`, listening on `addrs`, with `(slots, busy)` from
+/// [`load`].
 #[allow(clippy::too_many_arguments)]
 pub fn build(
     worker: &Worker,
-    network: &Network,
+    addrs: &[Multiaddr],
     key: &SigningKey,
     config: &AdvertiserConfig,
     (slots, busy): (u32, u32),
@@ -132,9 +178,7 @@ pub fn build(
         min_deposit: config.min_deposit,
         payout: config.payout,
         expected_uptime_secs: config.expected_uptime_secs,
-        addrs: network
-            .state()
-            .listen_addrs
+        addrs: addrs
             .iter()
             .take(cocoon_gossip::advert::limits::ADDRS)
             .map(|a| a.to_vec())
@@ -197,7 +241,7 @@ pub async fn run(
         let seq = schedule.next_seq(now_ms);
         let advert = build(
             &worker,
-            &network,
+            &network.state().listen_addrs,
             &key,
             &config,
             (slots, busy),
@@ -225,5 +269,82 @@ pub async fn run(
             Err(_) => return,
         }
         schedule.sent(state, now_ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn tiny_worker(dir: &std::path::Path) -> Worker {
+        let path = dir.join("tiny.gguf");
+        cocoon_inference::testing::write_tiny_gguf(&path, &Default::default()).unwrap();
+        let source = cocoon_inference::ModelSource::from_path(&path).unwrap();
+        let engine = cocoon_inference::Engine::load(&source, Default::default()).unwrap();
+        let peer = libp2p::PeerId::random();
+        let (attester, _) = crate::attestation::worker_attester(
+            &crate::attestation::WorkerAttestation {
+                mode: crate::attestation::AttestationMode::DevInsecure,
+                ..Default::default()
+            },
+            peer,
+        )
+        .unwrap();
+        Worker::new(
+            HashMap::from([("tiny".to_string(), engine)]),
+            Default::default(),
+            attester,
+            peer,
+        )
+    }
+
+    /// The worker's first advert is checked as peers check it: one out of bounds is an
+    /// error at start, whichever setting put it there.
+    #[test]
+    fn an_advert_peers_would_refuse_is_caught_before_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let worker = tiny_worker(dir.path());
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let addrs: Vec<Multiaddr> = vec!["/ip4/127.0.0.1/tcp/4001".parse().unwrap()];
+        let now = 1_700_000_000;
+        let check = |config: AdvertiserConfig| check_first(&worker, &addrs, &key, &config, now);
+        check(AdvertiserConfig::default()).unwrap();
+        let err = check(AdvertiserConfig {
+            max_concurrent: 5000,
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err, AdvertCheckError::Advert(AdvertError::Bounds(_))),
+            "{err}"
+        );
+        assert!(err.to_string().contains("max_concurrent"), "{err}");
+        let err = check(AdvertiserConfig {
+            min_deposit: u64::MAX,
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("never be used"), "{err}");
+        let err = check(AdvertiserConfig {
+            price: PricePolicy::Fixed {
+                price: Price {
+                    prompt_per_mtok: u64::MAX,
+                    completion_per_mtok: 1,
+                },
+            },
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(matches!(err, AdvertCheckError::Price(_)), "{err}");
+        let err = check(AdvertiserConfig {
+            ttl_secs: 100_000,
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err, AdvertCheckError::Advert(AdvertError::Expiry(_))),
+            "{err}"
+        );
     }
 }

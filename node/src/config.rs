@@ -155,6 +155,38 @@ pub fn parse_addrs(what: &'static str, addrs: &[String]) -> Result<Vec<Multiaddr
         .collect()
 }
 
+/// Refuses model counts and concurrency a worker's advert cannot carry (the bounds every peer
+/// checks, [`cocoon_gossip::advert::limits`]): such a worker would start, but its adverts
+/// would be dropped and it would never be used. Each pair is (where the value came from,
+/// the value).
+fn check_advertisable(
+    (models_from, models): (&str, usize),
+    (from, max_concurrent): (&str, usize),
+) -> Result<(), ConfigError> {
+    use cocoon_gossip::advert::limits::{CONCURRENCY, MODELS};
+    if models > MODELS {
+        return Err(ConfigError::Invalid(format!(
+            "{models} models given ({models_from}): a worker advertises at most {MODELS}"
+        )));
+    }
+    if max_concurrent == 0 || max_concurrent > CONCURRENCY as usize {
+        return Err(ConfigError::Invalid(format!(
+            "{from} {max_concurrent} is out of range: a worker advertises 1 to {CONCURRENCY} \
+             jobs at once"
+        )));
+    }
+    // The advert carries the slots of all models together.
+    if models > 1 && max_concurrent * models > CONCURRENCY as usize {
+        return Err(ConfigError::Invalid(format!(
+            "{from} {max_concurrent} with {models} models is {} jobs at once: a worker \
+             advertises at most {CONCURRENCY}, so at most {} per model with {models} models",
+            max_concurrent * models,
+            CONCURRENCY as usize / models
+        )));
+    }
+    Ok(())
+}
+
 /// Values given on the command line or in the environment (`None`/empty = not given).
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
@@ -223,12 +255,22 @@ impl NodeConfig {
             .unwrap_or_else(|| "auto".into())
             .parse::<DeviceChoice>()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let models_from = if flags.models.is_empty() {
+            "models (config file)"
+        } else {
+            "--model"
+        };
+        let models = pick(flags.models, file.models).unwrap_or_default();
+        let max_concurrent_from = if flags.max_concurrent.is_some() {
+            "--max-concurrent"
+        } else {
+            "max_concurrent (config file)"
+        };
         let max_concurrent = flags.max_concurrent.or(file.max_concurrent).unwrap_or(8);
-        if max_concurrent == 0 {
-            return Err(ConfigError::Invalid(
-                "max_concurrent must be at least 1".into(),
-            ));
-        }
+        check_advertisable(
+            (models_from, models.len()),
+            (max_concurrent_from, max_concurrent),
+        )?;
         let mut attestation = WorkerAttestation::default();
         if let Some(mode) = flags.attestation.or(file.attestation) {
             attestation.mode = mode.parse().map_err(ConfigError::Invalid)?;
@@ -264,7 +306,7 @@ impl NodeConfig {
                 .or(file.data_dir)
                 .unwrap_or_else(default_data_dir),
             network,
-            models: pick(flags.models, file.models).unwrap_or_default(),
+            models,
             device,
             max_concurrent,
             keep_quantized: flags
@@ -273,16 +315,23 @@ impl NodeConfig {
                 .unwrap_or(false),
             attestation,
             price: match flags.fixed_price {
-                Some((prompt, completion)) => PricePolicy::Fixed {
-                    price: cocoon_gossip::Price {
-                        prompt_per_mtok: prompt,
-                        completion_per_mtok: completion,
-                    },
-                },
+                Some((prompt, completion)) => {
+                    let policy = PricePolicy::Fixed {
+                        price: cocoon_gossip::Price {
+                            prompt_per_mtok: prompt,
+                            completion_per_mtok: completion,
+                        },
+                    };
+                    cocoon_gossip::PriceCore::new(policy.clone()).map_err(|e| {
+                        ConfigError::Invalid(format!("--price {prompt},{completion}: {e}"))
+                    })?;
+                    policy
+                }
                 None => {
                     let policy = file.price.unwrap_or_default();
-                    cocoon_gossip::PriceCore::new(policy.clone())
-                        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                    cocoon_gossip::PriceCore::new(policy.clone()).map_err(|e| {
+                        ConfigError::Invalid(format!("[price] in the config file: {e}"))
+                    })?;
                     policy
                 }
             },
@@ -318,6 +367,79 @@ mod tests {
         assert!(d.network.mdns);
         assert_eq!(d.max_concurrent, 8);
         assert_eq!(d.network.listen.len(), 2);
+    }
+
+    /// Values a worker's advert cannot carry are refused at start, naming the setting and
+    /// the range, instead of yielding an advert every peer drops.
+    #[test]
+    fn values_a_worker_cannot_advertise_are_refused_at_start() {
+        use cocoon_gossip::advert::limits;
+        let flags = |f: fn(&mut Overrides)| {
+            let mut o = Overrides::default();
+            f(&mut o);
+            NodeConfig::merge(FileConfig::default(), o)
+        };
+        let file =
+            |text: &str| NodeConfig::merge(toml::from_str(text).unwrap(), Overrides::default());
+        let refused = |r: Result<NodeConfig, ConfigError>, words: &[&str]| {
+            let err = r.expect_err("accepted").to_string();
+            for w in words {
+                assert!(err.contains(w), "{w:?} not in: {err}");
+            }
+        };
+        refused(
+            flags(|o| o.max_concurrent = Some(5000)),
+            &["--max-concurrent", "5000", "1 to 4096"],
+        );
+        refused(
+            flags(|o| o.max_concurrent = Some(u32::MAX as usize + 2)),
+            &["--max-concurrent", "4096"],
+        );
+        refused(file("max_concurrent = 5000"), &["max_concurrent", "4096"]);
+        // The slots of all models together are advertised.
+        refused(
+            flags(|o| {
+                o.max_concurrent = Some(3000);
+                o.models = vec!["a.gguf".into(), "b.gguf".into()];
+            }),
+            &["--max-concurrent", "2 models", "2048"],
+        );
+        refused(
+            flags(|o| o.models = (0..17).map(|i| format!("m{i}.gguf")).collect()),
+            &["17 models", "16"],
+        );
+        refused(
+            flags(|o| o.fixed_price = Some((u64::MAX, 1))),
+            &["--price", "18446744073709551615", "1000000000000"],
+        );
+        refused(
+            flags(|o| o.fixed_price = Some((1, limits::PRICE + 1))),
+            &["--price", "1000000000000"],
+        );
+        refused(
+            file("[price]\nmode = \"fixed\"\nprice = { prompt_per_mtok = 1, completion_per_mtok = 2000000000000 }"),
+            &["price", "1000000000000"],
+        );
+        refused(
+            file(
+                "[price]\nmode = \"dynamic\"\nfloor = { prompt_per_mtok = 1, completion_per_mtok = 1 }\n\
+                 ceiling = { prompt_per_mtok = 1, completion_per_mtok = 2000000000000 }\n\
+                 step = 0.1\nraise_above = 0.8\nlower_below = 0.3\nhold_secs = 60",
+            ),
+            &["price", "ceiling", "1000000000000"],
+        );
+        // The limits themselves are fine.
+        let c = flags(|o| {
+            o.max_concurrent = Some(limits::CONCURRENCY as usize);
+            o.fixed_price = Some((limits::PRICE, limits::PRICE));
+        })
+        .unwrap();
+        assert_eq!(c.max_concurrent, 4096);
+        flags(|o| {
+            o.max_concurrent = Some(2048);
+            o.models = vec!["a.gguf".into(), "b.gguf".into()];
+        })
+        .unwrap();
     }
 
     #[test]

@@ -70,12 +70,33 @@ pub enum NodeError {
     /// The payment journal could not be opened.
     #[error(transparent)]
     Payments(#[from] crate::payments::PaymentError),
+    /// The worker's advert would be invalid: it would never be used.
+    #[error(transparent)]
+    Advert(#[from] crate::advertiser::AdvertCheckError),
 }
 
 /// Runs a node until `shutdown` completes, printing the stdout interface lines.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     let keypair = identity::load_or_create(&config.data_dir)?;
     let signing_key = crate::advertiser::signing_key(&keypair);
+    // A worker's payment journal is opened (and checked) before anything slow starts: a
+    // damaged one stops the node now, not after its models have loaded. The channel's
+    // worker key is the node's identity key; payouts go to the wallet of the same key.
+    let worker_ledger = match &signing_key {
+        Some(key) if !config.models.is_empty() => {
+            let wallet = crate::payments::wallet(key)?;
+            let ledger = tokio::task::block_in_place(|| {
+                crate::payments::WorkerLedger::open(
+                    &config.data_dir.join(crate::payments::JOURNAL_FILE),
+                    key.verifying_key().to_bytes(),
+                    wallet,
+                    config.payments.credit_limit,
+                )
+            })?;
+            Some((ledger, wallet))
+        }
+        _ => None,
+    };
     let network = Network::start(keypair, config.network.clone())?;
     // Every node validates and forwards adverts and answers market syncs.
     let market = MarketService::start(&network, Default::default())?;
@@ -173,18 +194,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         tokio::spawn(rotate(attester.clone()));
         let mut worker = Worker::new(engines, JobConfig::default(), attester, peer_id);
         let mut payout = None;
-        if let Some(key) = &signing_key {
-            // The channel's worker key is the node's identity key; payouts go to the
-            // wallet of the same key.
-            let wallet = crate::payments::wallet(key)?;
-            let mut ledger = tokio::task::block_in_place(|| {
-                crate::payments::WorkerLedger::open(
-                    &config.data_dir.join(crate::payments::JOURNAL_FILE),
-                    key.verifying_key().to_bytes(),
-                    wallet,
-                    config.payments.credit_limit,
-                )
-            })?;
+        if let (Some(key), Some((mut ledger, wallet))) = (&signing_key, worker_ledger) {
             if let Some((url, api_key)) = &config.chain {
                 let url = match url.as_str() {
                     "local" => {
@@ -222,10 +232,17 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             Some(key) => {
                 let advertiser = crate::advertiser::AdvertiserConfig {
                     price: config.price.clone(),
-                    max_concurrent: config.max_concurrent as u32,
+                    max_concurrent: u32::try_from(config.max_concurrent).unwrap_or(u32::MAX),
                     payout,
                     ..Default::default()
                 };
+                crate::advertiser::check_first(
+                    &worker,
+                    &network.state().listen_addrs,
+                    &key,
+                    &advertiser,
+                    crate::attestation::unix_now(),
+                )?;
                 tokio::spawn(crate::advertiser::run(
                     worker.clone(),
                     network.clone(),

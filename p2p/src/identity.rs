@@ -23,15 +23,35 @@ pub enum IdentityError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The key file exists but is empty (typically a failed copy or restore).
+    #[error(
+        "identity key file {} is empty (0 bytes): it holds no key. Restore it from a backup, \
+         or move it away to create a new identity ({NEW_KEY})",
+        path.display()
+    )]
+    Empty {
+        /// The key file.
+        path: PathBuf,
+    },
     /// The key file exists but does not hold a protobuf-encoded ed25519 key.
-    #[error("identity file {path} is corrupt ({reason}); move it away to create a new identity")]
+    #[error(
+        "identity key file {} is corrupt ({len} bytes): not a protobuf-encoded ed25519 key \
+         ({reason}). Restore it from a backup, or move it away to create a new identity \
+         ({NEW_KEY})",
+        path.display()
+    )]
     Corrupt {
         /// The key file.
         path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
         /// What the decoder said.
         reason: String,
     },
 }
+
+/// What replacing the key means, for the errors that suggest it.
+const NEW_KEY: &str = "a new key: the peer id, and all that is tied to the old key, change";
 
 /// Loads the identity from `data_dir/identity.key`, creating the directory and a fresh
 /// ed25519 key (mode 0600) when none exists yet.
@@ -42,8 +62,10 @@ pub fn load_or_create(data_dir: &Path) -> Result<Keypair, IdentityError> {
         move |source| IdentityError::Io { path, source }
     };
     match fs::read(&path) {
+        Ok(bytes) if bytes.is_empty() => Err(IdentityError::Empty { path }),
         Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| IdentityError::Corrupt {
             path: path.clone(),
+            len: bytes.len(),
             reason: e.to_string(),
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -96,9 +118,40 @@ mod tests {
     #[test]
     fn corrupt_identity_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(IDENTITY_FILE), b"not a key").unwrap();
+        let path = dir.path().join(IDENTITY_FILE);
+        fs::write(&path, b"not a key").unwrap();
         let err = load_or_create(dir.path()).unwrap_err();
         assert!(matches!(err, IdentityError::Corrupt { .. }), "{err}");
+        let text = err.to_string();
+        for word in [
+            &path.display().to_string(),
+            "corrupt",
+            "(9 bytes)",
+            "backup",
+        ] {
+            assert!(text.contains(word), "{word:?} not in: {text}");
+        }
+        assert_eq!(fs::read(&path).unwrap(), b"not a key", "left as it was");
+    }
+
+    /// An empty key file (a failed copy) says so, not what the key decoder guessed.
+    #[test]
+    fn an_empty_identity_file_says_it_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(IDENTITY_FILE);
+        fs::write(&path, b"").unwrap();
+        let err = load_or_create(dir.path()).unwrap_err();
+        let text = err.to_string();
+        for word in [
+            &path.display().to_string(),
+            "is empty",
+            "(0 bytes)",
+            "backup",
+        ] {
+            assert!(text.contains(word), "{word:?} not in: {text}");
+        }
+        assert!(!text.contains("rsa"), "{text}");
+        assert!(fs::read(&path).unwrap().is_empty(), "left as it was");
     }
 }
 

@@ -287,6 +287,27 @@ pub struct Network {
     gossip: std::sync::Arc<std::sync::Mutex<Option<mpsc::Receiver<GossipMessage>>>>,
 }
 
+/// An error's text with its causes, `outer: inner: ...`. libp2p's transport errors print
+/// nothing of their own for an I/O failure (`TransportError::Other`), so the cause (e.g.
+/// "Address already in use") is only in the source chain.
+pub(crate) fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(e) = next {
+        let text = e.to_string();
+        // Some errors repeat their source in their own text.
+        if !text.is_empty() && !parts.last().is_some_and(|last| last.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    if parts.is_empty() {
+        "unknown error".into()
+    } else {
+        parts.join(": ")
+    }
+}
+
 impl Network {
     /// Builds the swarm, starts listening and bootstrapping, and spawns the driver task on the
     /// current tokio runtime.
@@ -298,7 +319,7 @@ impl Network {
                 .listen_on(addr.clone())
                 .map_err(|e| NetworkError::Listen {
                     addr: addr.clone(),
-                    reason: e.to_string(),
+                    reason: causes(&e),
                 })?;
         }
         for addr in &config.external_addresses {
@@ -923,6 +944,17 @@ impl Driver {
             }
             SwarmEvent::ExpiredListenAddr { .. } | SwarmEvent::ConnectionClosed { .. } => {
                 self.update_state()
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                tracing::warn!("listener error: {}", causes(&error));
+            }
+            SwarmEvent::ListenerClosed {
+                addresses,
+                reason: Err(error),
+                ..
+            } => {
+                tracing::warn!(?addresses, "listener closed: {}", causes(&error));
+                self.update_state();
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,

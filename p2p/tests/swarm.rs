@@ -122,3 +122,33 @@ async fn a_probe_lookup_reports_the_closest_peers_and_what_it_cost() {
     assert!(matches!(report.hops, 1 | 2), "{report:?}");
     assert!(report.duration > Duration::ZERO);
 }
+
+/// A port already taken is refused with the operating system's reason, for TCP and QUIC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_is_refused_with_its_cause() {
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for addr in [
+        format!("/ip4/127.0.0.1/tcp/{}", tcp.local_addr().unwrap().port()),
+        format!(
+            "/ip4/127.0.0.1/udp/{}/quic-v1",
+            udp.local_addr().unwrap().port()
+        ),
+    ] {
+        let config = NetworkConfig {
+            listen: vec![addr.parse().unwrap()],
+            mdns: false,
+            ..Default::default()
+        };
+        let err = Network::start(Keypair::generate_ed25519(), config)
+            .err()
+            .unwrap_or_else(|| panic!("listened on the taken {addr}"));
+        let text = err.to_string();
+        assert!(matches!(err, NetworkError::Listen { .. }), "{text}");
+        assert!(text.contains(&addr), "{text}");
+        assert!(
+            text.to_lowercase().contains("address already in use"),
+            "{text}"
+        );
+    }
+}
