@@ -116,8 +116,10 @@ pub struct Advert {
     /// Evidence kind.
     pub trust: Trust,
     /// The measurement its evidence reports (MRTD, or self-reported for dev).
+    #[serde(with = "crate::bounded::bytes")]
     pub measurement: Vec<u8>,
     /// Models served.
+    #[serde(deserialize_with = "crate::bounded::seq")]
     pub models: Vec<ModelOffer>,
     /// Hardware.
     pub hardware: Hardware,
@@ -139,6 +141,7 @@ pub struct Advert {
     /// How long the operator expects to stay up from now, seconds.
     pub expected_uptime_secs: u64,
     /// Listen multiaddrs (binary form).
+    #[serde(with = "crate::bounded::byte_strings")]
     pub addrs: Vec<Vec<u8>>,
     /// Strictly increasing per worker.
     pub seq: u64,
@@ -152,8 +155,10 @@ pub struct Advert {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SignedAdvert {
     /// The advert's bincode bytes (what was signed, kept as sent).
+    #[serde(with = "crate::bounded::bytes")]
     pub body: Vec<u8>,
     /// ed25519 signature over `DOMAIN || body`.
+    #[serde(with = "crate::bounded::bytes")]
     pub signature: Vec<u8>,
 }
 
@@ -279,7 +284,7 @@ impl Advert {
             )));
         }
         // A little clock skew is tolerated; an advert from the future is not.
-        if self.issued_at > now + 60 || self.issued_at > self.expires_at {
+        if self.issued_at > now.saturating_add(60) || self.issued_at > self.expires_at {
             return Err(AdvertError::Expiry(format!(
                 "issued at {}, now {now}",
                 self.issued_at
@@ -515,5 +520,224 @@ pub(crate) mod tests {
             completion_per_mtok: u64::MAX,
         };
         assert_eq!(max.cost(u64::MAX, u64::MAX), u64::MAX);
+    }
+
+    mod untrusted {
+        //! The advert reader under hostile input: what the `advert` cargo-fuzz target runs,
+        //! as property tests on stable Rust.
+        use super::*;
+        use crate::fuzz::{apply, largest_allocation, mutations};
+        use crate::market::{Market, MarketConfig};
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        const NOW: u64 = 1_700_000_000;
+
+        /// Any advert within the bounds [`Advert::check`] enforces, valid at `NOW`, with the
+        /// seed of the key that signs it.
+        fn arb_advert() -> impl Strategy<Value = (u8, Advert)> {
+            let name = || "[a-zA-Z0-9_./-]{1,24}";
+            let model = (name(), "[A-Z0-9_]{0,8}", 0..=limits::CONTEXT).prop_map(
+                |(id, quantization, context_length)| ModelOffer {
+                    id,
+                    quantization,
+                    context_length,
+                },
+            );
+            let hardware = prop_oneof![
+                any::<u32>().prop_map(|threads| Hardware::Cpu { threads }),
+                (name(), any::<u64>())
+                    .prop_map(|(name, vram_mib)| Hardware::Gpu { name, vram_mib }),
+            ];
+            let capacity = (
+                1..=limits::CONCURRENCY,
+                any::<u32>(),
+                0..=limits::CONCURRENCY,
+                0.0f32..=limits::TOKENS_PER_S,
+            );
+            let money = (0..=limits::PRICE, 0..=limits::PRICE, 0..=limits::PRICE);
+            let times = (any::<u64>(), 0..1_000u64, 1..=limits::TTL_SECS);
+            (
+                (
+                    any::<u8>(),
+                    any::<[u8; 32]>(),
+                    any::<bool>(),
+                    vec(any::<u8>(), 0..=64),
+                ),
+                (vec(model, 1..=4), hardware, capacity, money),
+                (
+                    proptest::option::of(any::<[u8; 32]>()),
+                    any::<u64>(),
+                    vec(vec(any::<u8>(), 0..=64), 0..=4),
+                    times,
+                ),
+            )
+                .prop_map(
+                    |(
+                        (seed, enclave_key, tdx, measurement),
+                        (
+                            models,
+                            hardware,
+                            (max, free, queued, speed),
+                            (prompt, completion, deposit),
+                        ),
+                        (payout, uptime, addrs, (seq, age, ttl)),
+                    )| {
+                        let advert = Advert {
+                            public_key: key(seed).verifying_key().to_bytes(),
+                            enclave_key,
+                            trust: if tdx { Trust::Tdx } else { Trust::DevInsecure },
+                            measurement,
+                            models,
+                            hardware,
+                            max_concurrent: max,
+                            free_slots: free % (max + 1),
+                            queued,
+                            tokens_per_s: speed,
+                            price: Price {
+                                prompt_per_mtok: prompt,
+                                completion_per_mtok: completion,
+                            },
+                            min_deposit: deposit,
+                            payout,
+                            expected_uptime_secs: uptime,
+                            addrs,
+                            seq,
+                            issued_at: NOW - age,
+                            expires_at: NOW + ttl,
+                        };
+                        (seed, advert)
+                    },
+                )
+        }
+
+        /// The fuzz target's checks, plus the allocation bound, on any bytes.
+        fn admit(bytes: &[u8]) -> Result<Advert, AdvertError> {
+            let (opened, largest) = largest_allocation(|| SignedAdvert::open(bytes, NOW));
+            assert!(
+                largest <= MAX_ADVERT_BYTES,
+                "decoding {} bytes allocated {largest} at once",
+                bytes.len()
+            );
+            if let Ok((signed, advert)) = &opened {
+                assert_eq!(&signed.verify().expect("opened adverts verify"), advert);
+            }
+            let mut market = Market::new(MarketConfig::default());
+            let gossiped = market.insert(bytes, b"source", NOW);
+            let synced = Market::new(MarketConfig::default()).insert_synced(bytes, b"source", NOW);
+            assert_eq!(gossiped, synced);
+            assert_eq!(gossiped, opened.clone().map(|(_, a)| a));
+            opened.map(|(_, a)| a)
+        }
+
+        /// The wire bytes of `advert(key(1), 1, 1000)` before the bounded decoders: reading
+        /// byte fields as byte strings must not change a single byte (old signatures verify).
+        const GOLDEN: &str = concat!(
+            "01dc8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c010101010101",
+            "01010101010101010101010101010101010101010101010101010130020202020202020202020202",
+            "0202020202020202020202020202020202020202020202020202020202020202020202020107736d",
+            "6f6c6c6d320451345f31fb002000020202000000a041fbe803fbb80b000107070707070707070707",
+            "07070707070707070707070707070707070707070707fb100e011c2f6970342f3132372e302e302e",
+            "312f7564702f312f717569632d763101fbe803fb600440469a9c0eebdcf28d7032c650fb05c841f6",
+            "9ceb4b902a708966bbb5f790fc0346ce5558adedc136d3a92def6f12890f3feec62a798019225eb4",
+            "d25b1762e26b06",
+        );
+
+        #[test]
+        fn the_wire_form_is_unchanged() {
+            let k = key(1);
+            let a = advert(&k, 1, 1000);
+            let bytes = a.sign(&k).unwrap().encode().unwrap();
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(hex, GOLDEN);
+            assert_eq!(SignedAdvert::open(&bytes, 1000).unwrap().1, a);
+        }
+
+        /// bincode's varint of a huge length (`u64` marker, then 8 little-endian bytes).
+        fn huge_varint(n: u64) -> Vec<u8> {
+            [&[253][..], &n.to_le_bytes()].concat()
+        }
+
+        /// Regression (found by `arbitrary_bytes_are_refused`): the body's announced length was
+        /// taken as serde's size hint and 1 MiB allocated for a 162-byte advert.
+        #[test]
+        fn a_huge_body_length_is_refused_before_allocating() {
+            let k = key(1);
+            let bytes = advert(&k, 1, NOW).sign(&k).unwrap().encode().unwrap();
+            // Version 1, then the body's length: claim 2^60 bytes.
+            let forged = [&bytes[..1], &huge_varint(1 << 60), &bytes[2..]].concat();
+            let (result, largest) = largest_allocation(|| SignedAdvert::decode(&forged));
+            assert!(matches!(result, Err(AdvertError::Malformed(_))));
+            assert!(largest <= MAX_ADVERT_BYTES, "allocated {largest} bytes");
+        }
+
+        /// Regression (found by `signed_mutated_bodies_are_bounded`): a signed body announcing
+        /// a million addresses made its reader allocate 1 MiB for the list.
+        #[test]
+        fn a_huge_address_count_is_refused_before_allocating() {
+            let k = key(1);
+            let mut a = advert(&k, 1, NOW);
+            a.addrs.clear();
+            let body = bincode::serde::encode_to_vec(&a, config()).unwrap();
+            // The advert ends with the address count (0), seq, issued_at and expires_at.
+            let tail = bincode::serde::encode_to_vec((a.seq, a.issued_at, a.expires_at), config())
+                .unwrap();
+            let count = body.len() - tail.len() - 1;
+            assert_eq!(body[count], 0);
+            let body = [&body[..count], &huge_varint(1 << 20), &tail].concat();
+            let signature = k.sign(&signed_message(&body)).to_bytes().to_vec();
+            let bytes = SignedAdvert { body, signature }.encode().unwrap();
+            let (result, largest) = largest_allocation(|| SignedAdvert::open(&bytes, NOW));
+            assert!(
+                matches!(result, Err(AdvertError::Malformed(_))),
+                "{result:?}"
+            );
+            assert!(largest <= MAX_ADVERT_BYTES, "allocated {largest} bytes");
+        }
+
+        proptest! {
+            #[test]
+            fn valid_adverts_round_trip((seed, advert) in arb_advert()) {
+                let signed = advert.sign(&key(seed)).unwrap();
+                let bytes = signed.encode().unwrap();
+                prop_assert_eq!(SignedAdvert::decode(&bytes).unwrap(), signed);
+                prop_assert_eq!(admit(&bytes).unwrap(), advert);
+            }
+
+            #[test]
+            fn arbitrary_bytes_are_refused(bytes in vec(any::<u8>(), 0..1024)) {
+                prop_assert!(admit(&bytes).is_err());
+            }
+
+            #[test]
+            fn mutated_adverts_are_refused_or_unchanged(
+                (seed, advert) in arb_advert(),
+                mutations in mutations(),
+            ) {
+                let bytes = advert.sign(&key(seed)).unwrap().encode().unwrap();
+                let mutated = apply(bytes, &mutations);
+                // The signature covers the body: whatever still opens is the original.
+                if let Ok(opened) = admit(&mutated) {
+                    prop_assert_eq!(opened, advert);
+                }
+            }
+
+            #[test]
+            fn signed_mutated_bodies_are_bounded(
+                (seed, advert) in arb_advert(),
+                mutations in mutations(),
+            ) {
+                // The worker itself signs garbage: decoding, bounds and times must hold.
+                let body = bincode::serde::encode_to_vec(&advert, config()).unwrap();
+                let body = apply(body, &mutations);
+                let signature = key(seed).sign(&signed_message(&body)).to_bytes().to_vec();
+                let signed = SignedAdvert { body, signature };
+                let Ok(bytes) = signed.encode() else { return Ok(()) };
+                if let Ok(opened) = admit(&bytes) {
+                    prop_assert!(opened.check(NOW).is_ok());
+                    prop_assert_eq!(opened.public_key, advert.public_key);
+                }
+            }
+        }
     }
 }

@@ -14,6 +14,9 @@
 #![warn(missing_docs)]
 
 pub mod advert;
+mod bounded;
+#[cfg(test)]
+mod fuzz;
 pub mod market;
 pub mod price;
 pub mod publish;

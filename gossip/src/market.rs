@@ -286,7 +286,9 @@ impl Market {
         let bucket = self.buckets.get_mut(source).expect("inserted above");
         let refill = now.saturating_sub(bucket.at).saturating_mul(rate as u64);
         if refill > 0 {
-            bucket.tokens = (bucket.tokens as u64 + refill).min(burst as u64) as u32;
+            bucket.tokens = (bucket.tokens as u64)
+                .saturating_add(refill)
+                .min(burst as u64) as u32;
             bucket.at = now;
         }
         if bucket.tokens == 0 {
@@ -329,7 +331,8 @@ impl Market {
         self.buckets
             .retain(|_, b| now.saturating_sub(b.at) < burst.div_ceil(rate) + 1);
         // A seq whose advert expired long ago cannot be replayed (the advert is expired too).
-        self.seqs.retain(|_, (_, expires)| *expires + 60 > now);
+        self.seqs
+            .retain(|_, (_, expires)| expires.saturating_add(60) > now);
     }
 
     /// Live adverts at `now`, by peer id.
@@ -484,6 +487,21 @@ mod tests {
 
     fn bytes(a: &Advert, seed: u8) -> Vec<u8> {
         a.sign(&key(seed)).unwrap().encode().unwrap()
+    }
+
+    /// Regression: the refill saturated but the sum did not, so a source heard from again
+    /// after a long silence (or at a fast rate) overflowed the bucket and panicked.
+    #[test]
+    fn a_long_silence_refills_the_bucket_without_overflow() {
+        let mut m = Market::new(MarketConfig {
+            rate_per_sec: u32::MAX,
+            ..Default::default()
+        });
+        assert!(m.insert(b"not an advert", b"src", 0).is_err());
+        assert!(matches!(
+            m.insert(b"not an advert", b"src", u64::MAX),
+            Err(AdvertError::Malformed(_))
+        ));
     }
 
     #[test]

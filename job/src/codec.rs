@@ -59,6 +59,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fuzz::{apply, largest_allocation, mutations};
     use crate::message::*;
     use proptest::prelude::*;
 
@@ -211,6 +212,99 @@ mod tests {
         ]
     }
 
+    /// What the `job_message` fuzz target checks, plus the allocation bound: never a panic,
+    /// never one allocation over [`DECODE_LIMIT`], and whatever decodes re-encodes stably
+    /// (compared as bytes: floats may be NaN).
+    fn decode_hostile(bytes: &[u8]) -> Result<Message, CodecError> {
+        let (decoded, largest) = largest_allocation(|| decode(bytes));
+        assert!(
+            largest <= DECODE_LIMIT,
+            "decoding {} bytes allocated {largest} at once",
+            bytes.len()
+        );
+        if let Ok(message) = &decoded {
+            let bytes = encode(message).expect("a decoded message encodes");
+            let again = encode(&decode(&bytes).expect("re-decodes")).expect("encodes");
+            assert_eq!(bytes, again);
+        }
+        decoded
+    }
+
+    /// A request whose stop strings or chat are `n` empty strings or messages: about `n`
+    /// (or `2n`) bytes on the wire.
+    fn request_of_empties(n: usize, chat: bool) -> Message {
+        let mut sampling = Sampling::default();
+        let input = if chat {
+            JobInput::Chat(vec![
+                ChatMessage {
+                    role: String::new(),
+                    content: String::new(),
+                };
+                n
+            ])
+        } else {
+            sampling.stop = vec![String::new(); n];
+            JobInput::Prompt(String::new())
+        };
+        Message::Request(JobRequest {
+            id: 1,
+            model: "m".into(),
+            input,
+            sampling,
+            continuation: None,
+            payment: None,
+        })
+    }
+
+    /// Regression (a sibling of the advert reader's 1 MiB preallocation): a 1 MiB request of
+    /// a million empty stop strings, or half a million empty chat messages, became one
+    /// allocation of 24 MiB or more. Now the count is refused before the list is allocated.
+    #[test]
+    fn a_million_empty_strings_are_refused_before_allocating() {
+        for chat in [false, true] {
+            let n = if chat { 500_000 } else { 1_000_000 };
+            let bytes = encode(&request_of_empties(n, chat)).unwrap();
+            assert!(bytes.len() <= DECODE_LIMIT);
+            let (decoded, largest) = largest_allocation(|| decode(&bytes));
+            assert!(
+                matches!(decoded, Err(CodecError::Malformed(_))),
+                "chat: {chat}"
+            );
+            assert!(
+                largest <= DECODE_LIMIT,
+                "chat: {chat}: allocated {largest} bytes"
+            );
+        }
+        // As many as fit the limit in memory still decode.
+        let n = DECODE_LIMIT / std::mem::size_of::<String>();
+        let message = request_of_empties(n, false);
+        assert_eq!(decode(&encode(&message).unwrap()).unwrap(), message);
+    }
+
+    /// The bounded lists keep the wire form: a request encodes as the derived `Vec`s did.
+    #[test]
+    fn the_wire_form_is_unchanged() {
+        let message = request_of_empties(3, true);
+        let Message::Request(request) = &message else {
+            unreachable!()
+        };
+        let plain = bincode::serde::encode_to_vec(
+            (
+                PROTOCOL_VERSION,
+                0u32,
+                request.id,
+                &request.model,
+                &request.input,
+                &request.sampling,
+                &request.continuation,
+                &request.payment,
+            ),
+            config(),
+        )
+        .unwrap();
+        assert_eq!(encode(&message).unwrap(), plain);
+    }
+
     proptest! {
         #[test]
         fn round_trip(message in arb_message()) {
@@ -220,7 +314,19 @@ mod tests {
 
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = decode(&bytes);
+            let _ = decode_hostile(&bytes);
+        }
+
+        #[test]
+        fn mutated_messages_are_refused_or_re_encode(
+            message in arb_message(),
+            mutations in mutations(),
+        ) {
+            let bytes = apply(encode(&message).unwrap(), &mutations);
+            if let Ok(decoded) = decode_hostile(&bytes) {
+                // Still a message of this version: it carries some job id, and encodes.
+                let _ = decoded.job_id();
+            }
         }
 
         #[test]

@@ -16,7 +16,10 @@
 //! cores, so the billing rules exist once.
 #![warn(missing_docs)]
 
+mod bounded;
 pub mod codec;
+#[cfg(test)]
+mod fuzz;
 pub mod message;
 pub mod session;
 

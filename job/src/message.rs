@@ -52,7 +52,7 @@ pub struct ChatMessage {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobInput {
     /// A conversation, rendered with the model's chat template.
-    Chat(Vec<ChatMessage>),
+    Chat(#[serde(deserialize_with = "crate::bounded::seq")] Vec<ChatMessage>),
     /// Raw text completion, no template.
     Prompt(String),
 }
@@ -71,6 +71,7 @@ pub struct Sampling {
     /// Most tokens to generate.
     pub max_tokens: u32,
     /// Generation stops before any of these strings.
+    #[serde(deserialize_with = "crate::bounded::seq")]
     pub stop: Vec<String>,
 }
 

@@ -17,6 +17,8 @@
 
 pub mod attest;
 pub mod frame;
+#[cfg(test)]
+mod fuzz;
 pub mod identity;
 pub mod job;
 pub mod limits;

@@ -309,9 +309,11 @@ impl<T: FrameTransport> FrameTransport for SecureTransport<T> {
 mod tests {
     use super::*;
     use crate::frame::FramedStream;
+    use crate::fuzz::{apply, mutations, Mutation};
     use crate::testing::{contains, pipe, Pipe, Tap};
     use libp2p::identity::Keypair;
     use proptest::prelude::*;
+    use std::collections::VecDeque;
     use std::sync::{Arc, Mutex};
 
     fn peer() -> PeerId {
@@ -520,6 +522,294 @@ mod tests {
                     assert_eq!(c.recv_frame().await.unwrap().unwrap(), body);
                 }
             });
+        }
+    }
+
+    /// A peer that sends scripted frames (then ends the stream) and ignores what it gets.
+    struct Script {
+        incoming: VecDeque<Vec<u8>>,
+    }
+
+    impl Script {
+        fn new(incoming: impl IntoIterator<Item = Vec<u8>>) -> Self {
+            Self {
+                incoming: incoming.into_iter().collect(),
+            }
+        }
+    }
+
+    impl FrameTransport for Script {
+        async fn send_frame(&mut self, _: &[u8]) -> Result<(), FrameError> {
+            Ok(())
+        }
+        async fn recv_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+            Ok(self.incoming.pop_front())
+        }
+        async fn close(&mut self) -> Result<(), FrameError> {
+            Ok(())
+        }
+    }
+
+    /// A transport that applies `edit` to the first frame it receives.
+    struct Tamper<T> {
+        inner: T,
+        edit: Option<Vec<Mutation>>,
+    }
+
+    impl<T: FrameTransport> FrameTransport for Tamper<T> {
+        async fn send_frame(&mut self, body: &[u8]) -> Result<(), FrameError> {
+            self.inner.send_frame(body).await
+        }
+        async fn recv_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+            let frame = self.inner.recv_frame().await?;
+            Ok(frame.map(|f| match self.edit.take() {
+                Some(edit) => apply(f, &edit),
+                None => f,
+            }))
+        }
+        async fn close(&mut self) -> Result<(), FrameError> {
+            self.inner.close().await
+        }
+    }
+
+    /// Records the frames that cross it, unchanged.
+    struct Record<T> {
+        inner: T,
+        seen: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl<T: FrameTransport> FrameTransport for Record<T> {
+        async fn send_frame(&mut self, body: &[u8]) -> Result<(), FrameError> {
+            self.inner.send_frame(body).await
+        }
+        async fn recv_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+            let frame = self.inner.recv_frame().await?;
+            if let Some(f) = &frame {
+                self.seen.lock().unwrap().push(f.clone());
+            }
+            Ok(frame)
+        }
+        async fn close(&mut self) -> Result<(), FrameError> {
+            self.inner.close().await
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// One authenticated chunk with any plaintext, flag byte included.
+    fn seal(c: &mut SecureTransport<FramedStream<Pipe>>, plain: &[u8]) -> Vec<u8> {
+        let n = c.state.write_message(plain, &mut c.buf).unwrap();
+        c.buf[..n].to_vec()
+    }
+
+    /// Receives until the end, an error or `limit` frames; checks that the partial frame
+    /// never outgrows the limit.
+    async fn drain(
+        w: &mut SecureTransport<FramedStream<Pipe>>,
+        limit: usize,
+    ) -> (Vec<Vec<u8>>, Result<(), FrameError>) {
+        let mut frames = Vec::new();
+        let mut ended = Ok(());
+        for _ in 0..limit {
+            let got = w.recv_frame().await;
+            assert!(w.partial.len() <= w.max_frame);
+            match got {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => break,
+                Err(e) => {
+                    ended = Err(e);
+                    break;
+                }
+            }
+        }
+        (frames, ended)
+    }
+
+    #[test]
+    fn authenticated_but_malformed_chunks_are_refused() {
+        block_on(async {
+            // An empty plaintext has no flag byte; a flag other than MORE or LAST.
+            for plain in [&[][..], &[2, b'x'][..], &[0xff][..]] {
+                let (mut c, mut w) = connected().await;
+                let chunk = seal(&mut c, plain);
+                c.inner.send_frame(&chunk).await.unwrap();
+                assert!(matches!(w.recv_frame().await, Err(FrameError::Decrypt)));
+            }
+        });
+    }
+
+    #[test]
+    fn oversize_handshake_messages_are_refused() {
+        block_on(async {
+            let huge = vec![7u8; MAX_MESSAGE + 1];
+            let client = client_handshake_unverified(Script::new([huge.clone()]), b"p").await;
+            assert!(matches!(client, Err(HandshakeError::Noise(_))));
+            let key = EnclaveKey::generate();
+            let worker = worker_handshake(Script::new([huge]), b"p", &key, b"e").await;
+            assert!(matches!(worker, Err(HandshakeError::Noise(_))));
+            let closed = worker_handshake(Script::new([]), b"p", &key, b"e").await;
+            assert!(matches!(closed, Err(HandshakeError::Closed)));
+        });
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        #[test]
+        fn arbitrary_ciphertext_never_decrypts(
+            frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..600), 1..4),
+        ) {
+            block_on(async {
+                let (mut c, mut w) = connected().await;
+                for f in &frames {
+                    c.inner.send_frame(f).await.unwrap();
+                }
+                c.inner.close().await.unwrap();
+                let (got, ended) = drain(&mut w, 8).await;
+                assert!(got.is_empty());
+                assert!(matches!(ended, Err(FrameError::Decrypt)));
+            });
+        }
+
+        #[test]
+        fn tampered_chunks_are_refused_and_nothing_unauthentic_is_delivered(
+            len in prop_oneof![0usize..100, (MAX_CHUNK - 2)..(MAX_CHUNK + 2), (2 * MAX_CHUNK)..(2 * MAX_CHUNK + 9)],
+            target in any::<proptest::sample::Index>(),
+            edit in prop_oneof![
+                mutations().prop_map(Some),
+                Just(None),
+            ],
+            reorder in 0u8..4,
+        ) {
+            block_on(async {
+                let (mut c, mut w) = connected().await;
+                let body: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+                c.send_frame(&body).await.unwrap();
+                // The chunks as they cross the wire, taken off before the worker reads them.
+                let n = len.div_ceil(MAX_CHUNK).max(1);
+                let mut chunks = Vec::new();
+                for _ in 0..n {
+                    chunks.push(w.inner.recv_frame().await.unwrap().unwrap());
+                }
+                let original = chunks.clone();
+                let i = target.index(n);
+                match (edit, reorder) {
+                    (Some(m), _) => chunks[i] = apply(chunks[i].clone(), &m),
+                    (None, 0) => drop(chunks.remove(i)),
+                    (None, 1) => chunks.insert(i, chunks[i].clone()),
+                    (None, 2) => chunks.swap(i, n - 1),
+                    (None, _) => chunks.push(chunks[i].clone()),
+                }
+                for f in &chunks {
+                    c.inner.send_frame(f).await.unwrap();
+                }
+                c.inner.close().await.unwrap();
+                let (got, ended) = drain(&mut w, 8).await;
+                // Whatever is delivered is the body, at most once: no replay, no splice.
+                assert!(got.len() <= 1);
+                assert!(got.iter().all(|f| *f == body));
+                if chunks == original {
+                    assert_eq!(got, vec![body.clone()]);
+                    assert!(ended.is_ok());
+                } else if got.is_empty() {
+                    assert!(ended.is_err() || chunks.is_empty());
+                }
+            });
+        }
+
+        #[test]
+        fn authenticated_chunks_never_outgrow_the_frame_limit(
+            sizes in proptest::collection::vec(0usize..700, 1..12),
+            last in any::<bool>(),
+        ) {
+            block_on(async {
+                let (mut c, w) = connected().await;
+                let mut w = w.with_max_frame(1_000);
+                let total: usize = sizes.iter().sum();
+                for (i, size) in sizes.iter().enumerate() {
+                    let flag = if last && i == sizes.len() - 1 { LAST } else { MORE };
+                    let mut plain = vec![flag];
+                    plain.resize(size + 1, 9);
+                    let chunk = seal(&mut c, &plain);
+                    c.inner.send_frame(&chunk).await.unwrap();
+                }
+                c.inner.close().await.unwrap();
+                let (got, ended) = drain(&mut w, 4).await;
+                if total > 1_000 {
+                    assert!(got.is_empty());
+                    assert!(matches!(ended, Err(FrameError::Oversize { .. })));
+                } else if last {
+                    assert_eq!(got, vec![vec![9; total]]);
+                } else {
+                    assert!(matches!(ended, Err(FrameError::Truncated { .. })));
+                }
+            });
+        }
+
+        #[test]
+        fn arbitrary_handshake_messages_never_panic(
+            first in proptest::collection::vec(any::<u8>(), 0..200),
+            reply in proptest::collection::vec(any::<u8>(), 0..400),
+        ) {
+            block_on(async {
+                // The worker's first read: the client's ephemeral key and a clear payload, so
+                // 32 bytes or more may well be accepted; fewer never are.
+                let key = EnclaveKey::generate();
+                let worker = worker_handshake(Script::new([first.clone()]), b"p", &key, b"e").await;
+                match worker {
+                    Ok(_) => assert!(first.len() >= 32),
+                    Err(e) => assert!(matches!(e, HandshakeError::Noise(_))),
+                }
+                // The client's read must authenticate the worker's key: random bytes never do.
+                let client = client_handshake_unverified(Script::new([reply]), b"p").await;
+                assert!(matches!(client, Err(HandshakeError::Noise(_))));
+            });
+        }
+
+        #[test]
+        fn a_tampered_handshake_never_opens_a_channel(
+            edit in mutations(),
+            tamper_reply in any::<bool>(),
+        ) {
+            block_on(async {
+                let (c, w) = framed();
+                let p = prologue(1, &peer(), &peer());
+                let key = EnclaveKey::generate();
+                // What each side received, before the edit.
+                let (to_client, to_worker) = (Arc::default(), Arc::default());
+                let client = Tamper {
+                    inner: Record { inner: c, seen: Arc::clone(&to_client) },
+                    edit: tamper_reply.then(|| edit.clone()),
+                };
+                let worker = Tamper {
+                    inner: Record { inner: w, seen: Arc::clone(&to_worker) },
+                    edit: (!tamper_reply).then(|| edit.clone()),
+                };
+                let (c, w) = futures::join!(
+                    client_handshake_unverified(client, &p),
+                    worker_handshake(worker, &p, &key, b"evidence"),
+                );
+                let tampered: &Mutex<Vec<Vec<u8>>> = if tamper_reply { &to_client } else { &to_worker };
+                let untouched = tampered
+                    .lock()
+                    .unwrap()
+                    .first()
+                    .is_some_and(|m| apply(m.clone(), &edit) == *m);
+                // The channel opens exactly when the edit changed nothing, and then with the
+                // worker's own key and evidence.
+                prop_assert_eq!(c.is_ok(), untouched);
+                if let Ok(pending) = &c {
+                    prop_assert!(w.is_ok());
+                    prop_assert_eq!(pending.worker_key(), &key.public());
+                    prop_assert_eq!(pending.evidence(), b"evidence");
+                }
+                Ok(())
+            })?;
         }
     }
 }

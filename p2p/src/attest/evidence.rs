@@ -282,7 +282,9 @@ pub fn appraise_dev(measurement: &[u8], report_data: &[u8]) -> Result<Appraisal,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fuzz::{apply, largest_allocation, mutations};
     use libp2p::identity::Keypair;
+    use proptest::collection::vec;
     use proptest::prelude::*;
 
     fn binding() -> Binding {
@@ -355,10 +357,90 @@ mod tests {
         assert!(appraise_dev(&measurement[1..], &report_data).is_err());
     }
 
+    /// Evidence of either kind within the size limits.
+    fn arb_evidence() -> impl Strategy<Value = Evidence> {
+        let body = prop_oneof![
+            (
+                vec(any::<u8>(), 0..2048),
+                proptest::option::of(vec(any::<u8>(), 0..2048))
+            )
+                .prop_map(|(quote, collateral)| EvidenceBody::Tdx { quote, collateral }),
+            (
+                vec(any::<u8>(), 0..=MEASUREMENT_LEN),
+                vec(any::<u8>(), 0..=64)
+            )
+                .prop_map(|(measurement, report_data)| EvidenceBody::DevInsecure {
+                    measurement,
+                    report_data
+                }),
+        ];
+        (any::<u64>(), body).prop_map(|(expires_at, body)| Evidence { expires_at, body })
+    }
+
+    /// What the `evidence` fuzz target checks, plus the allocation bound.
+    fn decode_hostile(bytes: &[u8]) -> Result<Evidence, EvidenceError> {
+        let (decoded, largest) = largest_allocation(|| Evidence::decode(bytes));
+        assert!(
+            largest <= MAX_ENCODED,
+            "decoding {} bytes allocated {largest} at once",
+            bytes.len()
+        );
+        if let Ok(evidence) = &decoded {
+            let bytes = evidence.encode().expect("decoded evidence encodes");
+            assert_eq!(&Evidence::decode(&bytes).expect("re-decodes"), evidence);
+        }
+        decoded
+    }
+
+    /// Guard (no bug found): a quote announcing 2^60 bytes is refused by the decode limit
+    /// before anything is allocated for it.
+    #[test]
+    fn a_huge_quote_length_is_refused_before_allocating() {
+        let bytes = Evidence {
+            expires_at: 0,
+            body: EvidenceBody::Tdx {
+                quote: vec![1; 4],
+                collateral: None,
+            },
+        }
+        .encode()
+        .unwrap();
+        // version 1, expires_at 0, variant 0, then the quote's length 4.
+        assert_eq!(bytes[..4], [1, 0, 0, 4]);
+        let forged = [
+            &bytes[..3],
+            &[253][..],
+            &(1u64 << 60).to_le_bytes(),
+            &bytes[4..],
+        ]
+        .concat();
+        assert!(matches!(
+            decode_hostile(&forged),
+            Err(EvidenceError::Malformed(_))
+        ));
+    }
+
     proptest! {
         #[test]
-        fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = Evidence::decode(&bytes);
+        fn decoding_garbage_never_panics(bytes in vec(any::<u8>(), 0..512)) {
+            let _ = decode_hostile(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_evidence_round_trips(evidence in arb_evidence()) {
+            let bytes = evidence.encode().unwrap();
+            prop_assert_eq!(decode_hostile(&bytes).unwrap(), evidence);
+        }
+
+        #[test]
+        fn mutated_evidence_is_refused_or_within_limits(
+            evidence in arb_evidence(),
+            mutations in mutations(),
+        ) {
+            let bytes = apply(evidence.encode().unwrap(), &mutations);
+            if let Ok(decoded) = decode_hostile(&bytes) {
+                prop_assert!(decoded.check_sizes().is_ok());
+            }
         }
     }
 }

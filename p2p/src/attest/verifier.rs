@@ -294,3 +294,107 @@ fn cache_key(evidence: &[u8], binding: &Binding) -> [u8; 32] {
     h.update(binding.peer_id.to_bytes());
     h.finalize().into()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The verifier under hostile evidence: mutated envelopes, quotes and collateral.
+    use super::*;
+    use crate::fuzz::{apply, mutations};
+    use libp2p::identity::Keypair;
+    use proptest::prelude::*;
+
+    const QUOTE: &[u8] = include_bytes!("../../tests/data/dcap-qvl/tdx_quote");
+    const COLLATERAL: &[u8] = include_bytes!("../../tests/data/dcap-qvl/tdx_quote_collateral.json");
+    /// Inside the recorded collateral's validity.
+    const NOW: u64 = 1_750_809_600;
+
+    fn verify(
+        verifier: &Verifier,
+        evidence: &[u8],
+        key: &[u8; 32],
+        worker: &PeerId,
+    ) -> Result<Verdict, VerifyError> {
+        futures::executor::block_on(verifier.verify(evidence, key, worker, NOW))
+    }
+
+    /// Trusts the recorded quote's measurement, so only the binding can refuse it.
+    fn tdx_verifier() -> Verifier {
+        let mrtd = tdx::quote_mrtd(QUOTE).expect("a TDX quote");
+        Verifier::new(VerifierConfig {
+            policy: Policy {
+                allowed_mrtd: vec![mrtd.iter().map(|b| format!("{b:02x}")).collect()],
+                allowed_rtmrs: vec![["*".into(), "*".into(), "*".into(), "*".into()]],
+                ..Policy::default()
+            },
+            ..Default::default()
+        })
+    }
+
+    fn tdx_evidence(quote: Vec<u8>, collateral: Vec<u8>) -> Evidence {
+        Evidence {
+            expires_at: NOW + 600,
+            body: EvidenceBody::Tdx {
+                quote,
+                collateral: Some(collateral),
+            },
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn hostile_dev_evidence_is_refused_unless_it_binds(
+            mutations in mutations(),
+            garbage in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let worker = Keypair::generate_ed25519().public().to_peer_id();
+            let key = [5; 32];
+            let binding = Binding { enclave_key: key, peer_id: worker, expires_at: NOW + 600 };
+            let original = Evidence::dev_insecure(&binding);
+            let verifier = Verifier::new(VerifierConfig {
+                policy: Policy::insecure_dev(),
+                ..Default::default()
+            });
+            let valid = original.encode().unwrap();
+            prop_assert!(verify(&verifier, &valid, &key, &worker).is_ok());
+            let mutated = apply(valid, &mutations);
+            if verify(&verifier, &mutated, &key, &worker).is_ok() {
+                // Dev evidence is the worker's word: its measurement is whatever it says. What
+                // passes still binds this key, peer and expiry.
+                let decoded = Evidence::decode(&mutated).unwrap();
+                let EvidenceBody::DevInsecure { report_data, .. } = decoded.body else {
+                    panic!("dev evidence became {:?}", decoded.kind());
+                };
+                prop_assert_eq!(decoded.expires_at, binding.expires_at);
+                prop_assert_eq!(&report_data[..], &binding.report_data()[..]);
+            }
+            prop_assert!(verify(&verifier, &garbage, &key, &worker).is_err());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        #[test]
+        fn hostile_tdx_evidence_is_refused(
+            mutations in mutations(),
+            target in 0u8..3,
+        ) {
+            // The recorded quote binds someone else's key: nothing derived from it may pass.
+            let worker = Keypair::generate_ed25519().public().to_peer_id();
+            let (quote, collateral) = match target {
+                0 => (apply(QUOTE.to_vec(), &mutations), COLLATERAL.to_vec()),
+                1 => (QUOTE.to_vec(), apply(COLLATERAL.to_vec(), &mutations)),
+                _ => (QUOTE.to_vec(), COLLATERAL.to_vec()),
+            };
+            let _ = collateral_file_name(&quote);
+            let _ = tdx::quote_mrtd(&quote);
+            let mut evidence = tdx_evidence(quote, collateral).encode().unwrap();
+            if target == 2 {
+                evidence = apply(evidence, &mutations);
+            }
+            prop_assert!(verify(&tdx_verifier(), &evidence, &[5; 32], &worker).is_err());
+        }
+    }
+}

@@ -76,3 +76,77 @@ pub async fn open<T: FrameTransport>(
         .await
         .map_err(|_| OpenError::Timeout(config.request_timeout))?
 }
+
+#[cfg(test)]
+mod tests {
+    //! The client's side of the opening under hostile handshake payloads.
+    use super::*;
+    use crate::attest::binding::Binding;
+    use crate::attest::evidence::{Evidence, EvidenceBody};
+    use crate::attest::policy::Policy;
+    use crate::attest::verifier::VerifierConfig;
+    use crate::frame::FramedStream;
+    use crate::fuzz::{apply, mutations};
+    use crate::secure::EnclaveKey;
+    use crate::testing::pipe;
+    use libp2p::identity::Keypair;
+    use proptest::prelude::*;
+
+    const NOW: u64 = 1_000;
+
+    fn peer() -> PeerId {
+        Keypair::generate_ed25519().public().to_peer_id()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        #[test]
+        fn hostile_evidence_is_refused_before_the_channel_opens(
+            mutations in mutations(),
+            garbage in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..1024)),
+        ) {
+            let (client, worker) = (peer(), peer());
+            let key = EnclaveKey::generate();
+            let binding = Binding {
+                enclave_key: key.public(),
+                peer_id: worker,
+                expires_at: NOW + 600,
+            };
+            let valid = Evidence::dev_insecure(&binding).encode().unwrap();
+            let evidence = garbage.unwrap_or_else(|| apply(valid, &mutations));
+            let verifier = Verifier::new(VerifierConfig {
+                policy: Policy::insecure_dev(),
+                ..Default::default()
+            });
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            let opened = rt.block_on(async {
+                let (a, b) = pipe();
+                let (c, w) = (FramedStream::new(a, 1 << 20), FramedStream::new(b, 1 << 20));
+                let config = JobConfig::default();
+                let prologue = prologue(&client, &worker);
+                let (opened, _) = futures::join!(
+                    open(c, &verifier, &client, &worker, NOW, &config),
+                    secure::worker_handshake(w, &prologue, &key, &evidence),
+                );
+                opened
+            });
+            match opened {
+                // Only evidence that binds this key, peer and expiry opens a channel.
+                Ok((_, verdict)) => {
+                    let decoded = Evidence::decode(&evidence).unwrap();
+                    let EvidenceBody::DevInsecure { report_data, .. } = decoded.body else {
+                        panic!("dev evidence became {:?}", decoded.kind());
+                    };
+                    prop_assert_eq!(verdict.expires_at, binding.expires_at);
+                    prop_assert_eq!(&report_data[..], &binding.report_data()[..]);
+                }
+                Err(OpenError::Refused(_)) => {}
+                Err(e) => panic!("the handshake itself failed: {e}"),
+            }
+        }
+    }
+}
