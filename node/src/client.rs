@@ -822,10 +822,18 @@ async fn run_on(
             code: None,
         });
     }
-    let stream = network
+    let stream = match network
         .open_job_stream_at(worker, advert_addrs(target), config.open_timeout)
         .await
-        .map_err(Failure::before_start)?;
+    {
+        Ok(s) => s,
+        Err(e) => {
+            // A connection that cannot carry a stream is dead or stuck (a worker that
+            // restarted leaves one behind until it times out): the next job dials afresh.
+            let _ = network.disconnect(worker).await;
+            return Err(Failure::before_start(e));
+        }
+    };
     let (secure, verdict) = confidential::open(
         FramedStream::new(stream, config.job.max_frame),
         &config.verifier,

@@ -23,7 +23,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::kad::{self, store::MemoryStore, Mode, QueryId, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
-use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{
     behaviour::toggle::Toggle, ConnectionId, DialError, NetworkBehaviour, SwarmEvent,
 };
@@ -273,6 +273,8 @@ enum Command {
         Vec<Multiaddr>,
         oneshot::Sender<Result<(), NetworkError>>,
     ),
+    /// Close every connection to a peer (one found dead: the next use dials afresh).
+    Disconnect(PeerId),
     Lookup(Vec<u8>, oneshot::Sender<Result<LookupProbe, NetworkError>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -357,6 +359,8 @@ impl Network {
             probes: HashMap::new(),
             connect_waiters: HashMap::new(),
             connect_dials: HashMap::new(),
+            connect_hints: HashMap::new(),
+            inbound: HashMap::new(),
             state: state_tx,
             announced_with_peers: false,
             gossip: gossip_tx,
@@ -440,6 +444,16 @@ impl Network {
         addrs: Vec<Multiaddr>,
     ) -> Result<(), NetworkError> {
         self.command(|tx| Command::Connect(peer, addrs, tx)).await?
+    }
+
+    /// Closes every connection to `peer`: one that failed us is dead or stuck, and the next
+    /// use dials afresh (at the peer's current addresses) instead of waiting for it to time
+    /// out.
+    pub async fn disconnect(&self, peer: PeerId) -> Result<(), NetworkError> {
+        self.commands
+            .send(Command::Disconnect(peer))
+            .await
+            .map_err(|_| NetworkError::Stopped)
     }
 
     /// Opens a `/cocoon/job/1` stream to `peer` (connecting first if needed).
@@ -710,6 +724,11 @@ struct Driver {
     /// Dials started for a `Connect` and not yet settled: a lookup that finds no address
     /// leaves the answer to them.
     connect_dials: HashMap<ConnectionId, PeerId>,
+    /// Addresses given with a `Connect` not yet dialled (another dial was under way).
+    connect_hints: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Inbound connections per peer, oldest first: a second one means the peer restarted
+    /// or lost its path ([`Driver::on_inbound`]).
+    inbound: HashMap<PeerId, Vec<ConnectionId>>,
     state: watch::Sender<NetworkState>,
     /// Whether an announcement went out while we knew at least one peer.
     announced_with_peers: bool,
@@ -769,21 +788,20 @@ impl Driver {
                 }
                 self.connect_waiters.entry(peer).or_default().push(reply);
                 // Try the addresses the caller has (the peer's newest advert) and the ones we
-                // know (routing table, live queries), even beside a dial still under way to
-                // an old address, and look the peer up in the DHT in case all are stale.
+                // know (routing table, live queries), and look the peer up in the DHT in case
+                // all are stale. With a dial to the peer already under way (an old address),
+                // the caller's addresses wait for it to fail.
                 let hints: Vec<Multiaddr> =
                     hints.into_iter().filter(|a| names_peer(a, &peer)).collect();
-                // Without any address it fails at once: the lookup then has the answer.
-                let _ = self.dial_for_connect(
-                    DialOpts::peer_id(peer)
-                        .addresses(hints)
-                        .extend_addresses_through_behaviour()
-                        .condition(PeerCondition::Disconnected)
-                        .build(),
-                    peer,
-                );
+                if !hints.is_empty() {
+                    self.connect_hints.insert(peer, hints);
+                }
+                self.dial_hints(peer);
                 let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
                 self.lookups.insert(id, peer);
+            }
+            Command::Disconnect(peer) => {
+                let _ = self.swarm.disconnect_peer_id(peer);
             }
             Command::Lookup(key, reply) => {
                 let known: HashSet<PeerId> = self
@@ -835,9 +853,30 @@ impl Driver {
         Ok(())
     }
 
-    /// Whether a dial for a waiting `Connect` to `peer` is still under way.
+    /// Dials `peer` for a waiting `Connect` at its untried caller-given addresses and the
+    /// ones we know. They stay untried while another dial to the peer is under way.
+    fn dial_hints(&mut self, peer: PeerId) {
+        let hints = self.connect_hints.get(&peer).cloned().unwrap_or_default();
+        let opts = DialOpts::peer_id(peer)
+            .addresses(hints)
+            .extend_addresses_through_behaviour()
+            .build();
+        match self.dial_for_connect(opts, peer) {
+            Ok(()) => {
+                self.connect_hints.remove(&peer);
+            }
+            Err(DialError::DialPeerConditionFalse(_)) => {}
+            // No address at all: the lookup has the answer.
+            Err(_) => {
+                self.connect_hints.remove(&peer);
+            }
+        }
+    }
+
+    /// Whether a `Connect` to `peer` may still succeed without a new lookup result: our
+    /// dial is under way, or the caller's addresses wait for another dial to end.
     fn connect_dialling(&self, peer: &PeerId) -> bool {
-        self.connect_dials.values().any(|p| p == peer)
+        self.connect_dials.values().any(|p| p == peer) || self.connect_hints.contains_key(peer)
     }
 
     /// Keeps [`NetworkConfig::min_peers`] connections: dials routing-table peers we are not
@@ -918,7 +957,25 @@ impl Driver {
         });
     }
 
+    /// A peer connected to us: `true` when this is its second inbound connection, which
+    /// means it restarted or lost its path and the older one is dead. libp2p's gossipsub
+    /// greets a peer (sends our subscriptions) only on its first connection, so a restarted
+    /// peer reached over the second would never learn we take adverts, and could never
+    /// publish to us. Both are dropped: the peer dials again and is greeted afresh.
+    fn on_inbound(&mut self, peer: PeerId, id: ConnectionId) -> bool {
+        let ids = self.inbound.entry(peer).or_default();
+        ids.push(id);
+        if ids.len() < 2 {
+            return false;
+        }
+        tracing::debug!(%peer, "a second inbound connection: the peer restarted; dropping both");
+        self.inbound.remove(&peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
+        true
+    }
+
     fn finish_connect(&mut self, peer: PeerId, result: Result<(), NetworkError>) {
+        self.connect_hints.remove(&peer);
         if let Some(waiters) = self.connect_waiters.remove(&peer) {
             let reason = result.as_ref().err().map(ToString::to_string);
             let mut result = Some(result);
@@ -942,9 +999,7 @@ impl Driver {
                 tracing::info!(%address, "listening");
                 self.update_state();
             }
-            SwarmEvent::ExpiredListenAddr { .. } | SwarmEvent::ConnectionClosed { .. } => {
-                self.update_state()
-            }
+            SwarmEvent::ExpiredListenAddr { .. } => self.update_state(),
             SwarmEvent::ListenerError { error, .. } => {
                 tracing::warn!("listener error: {}", causes(&error));
             }
@@ -959,11 +1014,37 @@ impl Driver {
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
+                endpoint,
                 ..
             } => {
                 self.connect_dials.remove(&connection_id);
+                let relayed = endpoint
+                    .get_remote_address()
+                    .iter()
+                    .any(|p| matches!(p, Protocol::P2pCircuit));
+                if !endpoint.is_dialer() && !relayed && self.on_inbound(peer_id, connection_id) {
+                    return;
+                }
                 self.update_state();
                 self.finish_connect(peer_id, Ok(()));
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
+                if let Some(ids) = self.inbound.get_mut(&peer_id) {
+                    ids.retain(|id| *id != connection_id);
+                    if ids.is_empty() {
+                        self.inbound.remove(&peer_id);
+                    }
+                }
+                self.update_state();
+                if num_established == 0 && self.swarm.connected_peers().next().is_none() {
+                    // Alone: find the network again now rather than at the next check.
+                    self.maintain();
+                }
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
@@ -978,6 +1059,12 @@ impl Driver {
                     for (addr, _) in failed {
                         self.swarm.behaviour_mut().kad.remove_address(&peer, addr);
                     }
+                }
+                if self.connect_waiters.contains_key(&peer)
+                    && self.connect_hints.contains_key(&peer)
+                {
+                    // The caller's addresses waited for this dial: try them now.
+                    self.dial_hints(peer);
                 }
                 // While its DHT lookup runs, a pending Connect waits: the lookup dials again
                 // with fresh addresses. After that, the failure is the answer.
@@ -1110,10 +1197,7 @@ impl Driver {
                             self.finish_connect(target, Err(NetworkError::NoAddresses(target)));
                         }
                     } else {
-                        let opts = DialOpts::peer_id(target)
-                            .addresses(addrs)
-                            .condition(PeerCondition::Disconnected)
-                            .build();
+                        let opts = DialOpts::peer_id(target).addresses(addrs).build();
                         if let Err(e) = self.dial_for_connect(opts, target) {
                             if self.connect_dialling(&target) {
                                 return;
