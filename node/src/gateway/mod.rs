@@ -328,7 +328,7 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_value(value).map_err(|e| bad(format!("invalid request: {e}")))
 }
 
-fn sampling(app: &App, c: &Common) -> Result<Sampling, ApiError> {
+fn sampling(config: &GatewayConfig, c: &Common) -> Result<Sampling, ApiError> {
     let bad = |m: String| Err(bad_request(m));
     if c.n.is_some_and(|n| n != 1) {
         return bad("only n = 1 is supported".into());
@@ -336,11 +336,11 @@ fn sampling(app: &App, c: &Common) -> Result<Sampling, ApiError> {
     let max_tokens = c
         .max_completion_tokens
         .or(c.max_tokens)
-        .unwrap_or(app.config.default_max_tokens);
-    if max_tokens == 0 || max_tokens > app.config.max_tokens_cap {
+        .unwrap_or(config.default_max_tokens);
+    if max_tokens == 0 || max_tokens > config.max_tokens_cap {
         return bad(format!(
             "max_tokens must be between 1 and {}",
-            app.config.max_tokens_cap
+            config.max_tokens_cap
         ));
     }
     let temperature = c.temperature.unwrap_or(1.0);
@@ -469,7 +469,7 @@ async fn run(app: Arc<App>, common: Common, input: JobInput, kind: Kind) -> Resp
             "model_not_found",
         );
     }
-    let sampling = match sampling(&app, &common) {
+    let sampling = match sampling(&app.config, &common) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
@@ -603,6 +603,95 @@ async fn stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use proptest::prelude::*;
+
+    /// Any JSON value: objects with the field names the gateway reads, and anything else.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let names = prop::sample::select(vec![
+            "model",
+            "stream",
+            "temperature",
+            "top_p",
+            "max_tokens",
+            "max_completion_tokens",
+            "stop",
+            "seed",
+            "n",
+            "messages",
+            "prompt",
+            "role",
+            "content",
+            "other",
+        ]);
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::from)),
+            ".{0,40}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::from),
+                prop::collection::vec((names.clone(), inner), 0..10).prop_map(|kv| {
+                    Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                }),
+            ]
+        })
+    }
+
+    /// Every refusal of a body is a 400 with OpenAI's error JSON; nothing panics.
+    fn check_body(bytes: &[u8]) {
+        let config = GatewayConfig::default();
+        for result in [
+            parse::<ChatBody>(&Bytes::copy_from_slice(bytes)).map(|b| b.common),
+            parse::<CompletionBody>(&Bytes::copy_from_slice(bytes)).map(|b| b.common),
+        ] {
+            let refusal = match result {
+                Ok(common) => match sampling(&config, &common) {
+                    Ok(s) => {
+                        assert!(s.max_tokens >= 1 && s.max_tokens <= config.max_tokens_cap);
+                        continue;
+                    }
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            assert_eq!(refusal.0, StatusCode::BAD_REQUEST, "{}", refusal.1);
+            assert!(!refusal.1.is_empty());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The gateway's JSON reader on arbitrary bytes.
+        #[test]
+        fn arbitrary_bodies_are_refused_with_400s(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            check_body(&bytes);
+        }
+
+        /// ... and on arbitrary JSON shaped like requests (wrong types, odd numbers, nesting).
+        #[test]
+        fn arbitrary_json_is_parsed_or_refused_with_400s(v in json_value()) {
+            check_body(v.to_string().as_bytes());
+        }
+
+        /// ... and on valid requests with one field broken.
+        #[test]
+        fn requests_with_a_broken_field_are_refused_with_400s(
+            field in prop::sample::select(vec!["model", "messages", "prompt", "stop", "max_tokens", "temperature", "top_p", "n", "seed", "stream"]),
+            v in json_value(),
+        ) {
+            let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                                  "prompt": "p", "max_tokens": 4});
+            body[field] = v;
+            check_body(body.to_string().as_bytes());
+        }
+    }
 
     #[test]
     fn api_keys_compare_by_digest_whatever_their_lengths() {
