@@ -1,157 +1,16 @@
 //! Test support for the property tests of this crate's readers of untrusted bytes (frames,
 //! the secure channel, evidence; the cargo-fuzz targets in `fuzz/` run the same entry
-//! points): structured mutations of valid wire bytes, and a probe of the largest single
-//! allocation a decode makes.
-//!
-//! The probe is this test binary's global allocator: it forwards to the system allocator and
-//! records, per thread, the largest block asked for, so parallel tests do not disturb each
-//! other.
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+//! points): the shared mutations and allocation probe of `cocoon-testkit`, with this
+//! crate's limit.
 
 use proptest::prelude::*;
-use proptest::sample::Index;
 
-struct Probe;
-
-thread_local! {
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note(size: usize) {
-    // `try_with`: an allocation during thread teardown is simply not recorded.
-    let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
-}
-
-// SAFETY: every call forwards to `System` with the caller's arguments unchanged.
-unsafe impl GlobalAlloc for Probe {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        System.alloc(layout)
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        System.alloc_zeroed(layout)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        System.realloc(ptr, layout, new_size)
-    }
-}
+pub use cocoon_testkit::{apply, largest_allocation, Mutation};
 
 #[global_allocator]
-static PROBE: Probe = Probe;
+static PROBE: cocoon_testkit::Probe = cocoon_testkit::Probe;
 
-/// Runs `f` and returns its result with the largest single allocation it made (bytes).
-pub fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    LARGEST.with(|l| l.set(0));
-    let out = f();
-    (out, LARGEST.with(Cell::get))
-}
-
-/// One structured change to valid wire bytes.
-#[derive(Clone, Debug)]
-pub enum Mutation {
-    /// Flips one bit.
-    Flip(Index, u8),
-    /// Overwrites one byte.
-    Set(Index, u8),
-    /// Overwrites four bytes with a big-endian `u32` (a frame's length prefix).
-    U32(Index, u32),
-    /// Replaces one byte with a bincode varint (a length or count of a bincode field).
-    Varint(Index, u64),
-    /// Cuts the bytes off at a position.
-    Truncate(Index),
-    /// Appends bytes.
-    Append(Vec<u8>),
-    /// Inserts bytes at a position.
-    Insert(Index, Vec<u8>),
-    /// Removes up to `n` bytes at a position.
-    Remove(Index, usize),
-}
-
-/// Lengths a hostile peer would claim.
-fn huge() -> impl Strategy<Value = u64> {
-    prop_oneof![
-        Just(u64::MAX),
-        Just(u64::from(u32::MAX)),
-        Just(0x7fff_ffff),
-        Just(1 << 20),
-        Just((1 << 16) + 1),
-        any::<u64>(),
-        0u64..300,
-    ]
-}
-
-/// Up to four mutations.
+/// Up to four mutations, claiming lengths just past this crate's limit among the huge ones.
 pub fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
-    let bytes = || proptest::collection::vec(any::<u8>(), 1..16);
-    let one = prop_oneof![
-        (any::<Index>(), 0u8..8).prop_map(|(i, b)| Mutation::Flip(i, b)),
-        (any::<Index>(), any::<u8>()).prop_map(|(i, v)| Mutation::Set(i, v)),
-        (any::<Index>(), huge()).prop_map(|(i, v)| Mutation::U32(i, v as u32)),
-        (any::<Index>(), huge()).prop_map(|(i, v)| Mutation::Varint(i, v)),
-        any::<Index>().prop_map(Mutation::Truncate),
-        bytes().prop_map(Mutation::Append),
-        (any::<Index>(), bytes()).prop_map(|(i, b)| Mutation::Insert(i, b)),
-        (any::<Index>(), 1usize..16).prop_map(|(i, n)| Mutation::Remove(i, n)),
-    ];
-    proptest::collection::vec(one, 1..4)
-}
-
-/// bincode's (standard config) encoding of an integer length.
-fn varint(v: u64) -> Vec<u8> {
-    match v {
-        0..=250 => vec![v as u8],
-        251..=0xffff => [&[251][..], &(v as u16).to_le_bytes()].concat(),
-        0x1_0000..=0xffff_ffff => [&[252][..], &(v as u32).to_le_bytes()].concat(),
-        _ => [&[253][..], &v.to_le_bytes()].concat(),
-    }
-}
-
-/// Applies `mutations` to `bytes` in order.
-pub fn apply(mut bytes: Vec<u8>, mutations: &[Mutation]) -> Vec<u8> {
-    for m in mutations {
-        let at = |i: &Index, len: usize| if len == 0 { 0 } else { i.index(len) };
-        match m {
-            Mutation::Flip(i, bit) if !bytes.is_empty() => {
-                let i = at(i, bytes.len());
-                bytes[i] ^= 1 << bit;
-            }
-            Mutation::Set(i, v) if !bytes.is_empty() => {
-                let i = at(i, bytes.len());
-                bytes[i] = *v;
-            }
-            Mutation::U32(i, v) => {
-                let i = at(i, bytes.len());
-                let end = (i + 4).min(bytes.len());
-                bytes.splice(i..end, v.to_be_bytes());
-            }
-            Mutation::Varint(i, v) => {
-                let i = at(i, bytes.len());
-                let end = (i + 1).min(bytes.len());
-                bytes.splice(i..end, varint(*v));
-            }
-            Mutation::Truncate(i) => bytes.truncate(at(i, bytes.len())),
-            Mutation::Append(b) => bytes.extend_from_slice(b),
-            Mutation::Insert(i, b) => {
-                let i = at(i, bytes.len() + 1);
-                bytes.splice(i..i, b.iter().copied());
-            }
-            Mutation::Remove(i, n) => {
-                let i = at(i, bytes.len());
-                let end = (i + n).min(bytes.len());
-                bytes.drain(i..end);
-            }
-            Mutation::Flip(..) | Mutation::Set(..) => {}
-        }
-    }
-    bytes
+    cocoon_testkit::mutations((1 << 16) + 1)
 }
