@@ -413,9 +413,7 @@ pub async fn infer(
     };
     let candidates = targets.len();
     let mut tried: Vec<(PeerId, String)> = Vec::new();
-    // Workers that refused the request itself, and whether one said it is too long.
-    let mut refused: Vec<PeerId> = Vec::new();
-    let mut too_long = false;
+    let mut refused = Refusals::default();
     let mut unpaid = true;
     let mut text = String::new();
     let mut tokens_before = 0u32;
@@ -471,7 +469,7 @@ pub async fn infer(
                     advertised,
                 );
                 // Another worker served what these called a bad request.
-                for peer in &refused {
+                for peer in refused.blamed() {
                     record.failure(&peer.to_bytes(), now);
                 }
                 drop(record);
@@ -507,16 +505,8 @@ pub async fn infer(
                         .failure(&worker.to_bytes(), now),
                     Fault::Busy | Fault::Funds => {}
                     Fault::Request => {
-                        // The caller's mistake if a second worker agrees; until then, maybe
-                        // this worker's (blamed if another serves the request).
-                        refused.push(worker);
-                        too_long |= code == Some(ErrorCode::ContextLengthExceeded);
-                        if refused.len() >= 2 {
-                            return Err(InferError::Refused {
-                                context_length: too_long,
-                                message: error,
-                                workers: refused,
-                            });
+                        if let Some(verdict) = refused.note(worker, code, &error) {
+                            return Err(verdict);
                         }
                     }
                 }
@@ -526,14 +516,8 @@ pub async fn infer(
             }
         }
     }
-    if !refused.is_empty() && refused.len() == tried.len() {
-        // Every worker asked refused the request itself.
-        let message = tried.pop().map(|(_, e)| e).unwrap_or_default();
-        return Err(InferError::Refused {
-            context_length: too_long,
-            message,
-            workers: refused,
-        });
+    if let Some(verdict) = refused.unanimous(tried.len()) {
+        return Err(verdict);
     }
     Err(InferError::AllFailed {
         out_of_funds: unpaid && !tried.is_empty(),
@@ -574,6 +558,49 @@ fn estimate_prompt_tokens(input: &JobInput) -> u64 {
         JobInput::Chat(m) => m.iter().map(|m| m.content.len() + 8).sum(),
     };
     (chars / 4 + 1) as u64
+}
+
+/// Workers that called a job's request bad (`Fault::Request`): the caller's mistake once a
+/// second worker agrees (or every worker asked refused), the refusers' own if another
+/// worker serves it.
+#[derive(Debug, Default)]
+struct Refusals {
+    workers: Vec<PeerId>,
+    context_length: bool,
+    last: String,
+}
+
+impl Refusals {
+    /// `worker` refused with `code` (`message`): the verdict when this is the second.
+    fn note(
+        &mut self,
+        worker: PeerId,
+        code: Option<ErrorCode>,
+        message: &str,
+    ) -> Option<InferError> {
+        self.workers.push(worker);
+        self.context_length |= code == Some(ErrorCode::ContextLengthExceeded);
+        self.last = message.to_string();
+        (self.workers.len() >= 2).then(|| self.verdict())
+    }
+
+    /// The verdict when every one of the `tried` workers that failed refused the request.
+    fn unanimous(&self, tried: usize) -> Option<InferError> {
+        (!self.workers.is_empty() && self.workers.len() == tried).then(|| self.verdict())
+    }
+
+    /// Workers whose refusal another worker's success proved wrong.
+    fn blamed(&self) -> &[PeerId] {
+        &self.workers
+    }
+
+    fn verdict(&self) -> InferError {
+        InferError::Refused {
+            context_length: self.context_length,
+            message: self.last.clone(),
+            workers: self.workers.clone(),
+        }
+    }
 }
 
 /// One failed attempt.
@@ -988,6 +1015,84 @@ pub fn save_reputation(path: &Path, reputation: &Reputation) -> std::io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A worker's word that the request is bad needs a second: one refusal alone fails over
+    /// (and is blamed if another worker serves the job), two end the job as the caller's
+    /// mistake, as does every worker asked refusing.
+    #[test]
+    fn a_bad_request_needs_a_second_opinion() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let mut r = Refusals::default();
+        assert!(r.note(a, Some(ErrorCode::BadRequest), "bad").is_none());
+        assert!(r.unanimous(2).is_none(), "another worker failed otherwise");
+        assert_eq!(r.blamed(), &[a][..]);
+        match r.unanimous(1) {
+            Some(InferError::Refused {
+                context_length: false,
+                workers,
+                ..
+            }) => {
+                assert_eq!(workers, vec![a])
+            }
+            other => panic!("{other:?}"),
+        }
+        let too_long = "prompt has 9000 tokens; the context holds 4096";
+        match r.note(b, Some(ErrorCode::ContextLengthExceeded), too_long) {
+            Some(InferError::Refused {
+                context_length: true,
+                message,
+                workers,
+            }) => {
+                assert_eq!(message, too_long);
+                assert_eq!(workers, vec![a, b]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Refusals::default().unanimous(0).is_none());
+        assert!(Refusals::default().unanimous(3).is_none());
+    }
+
+    /// The caller's mistakes are found before a worker is chosen.
+    #[test]
+    fn requests_are_checked_before_a_worker_is_chosen() {
+        let ok = InferRequest {
+            model: "m".into(),
+            input: JobInput::Prompt("hi".into()),
+            sampling: Sampling {
+                max_tokens: 4,
+                ..Default::default()
+            },
+        };
+        check_request(&ok, None, 1 << 20).unwrap();
+        let with = |f: &dyn Fn(&mut InferRequest)| {
+            let mut r = ok.clone();
+            f(&mut r);
+            check_request(&r, None, 1 << 20)
+        };
+        for bad in [
+            with(&|r| r.input = JobInput::Prompt(String::new())),
+            with(&|r| r.input = JobInput::Chat(Vec::new())),
+            with(&|r| r.sampling.stop = vec![String::new()]),
+            with(&|r| r.sampling.stop = vec!["x".into(); 17]),
+            with(&|r| r.sampling.stop = vec!["x".repeat(257)]),
+            with(&|r| r.sampling.max_tokens = 0),
+        ] {
+            assert!(matches!(bad, Err(InferError::Invalid(_))), "{bad:?}");
+        }
+        let big = with(&|r| r.input = JobInput::Prompt("a".repeat(1 << 20)));
+        assert!(
+            matches!(big, Err(InferError::TooLarge { limit, .. }) if limit == 1 << 20),
+            "{big:?}"
+        );
+        // The answer so far travels too: a continuation can push a request over the frame.
+        let half = "a".repeat(600 << 10);
+        let r = InferRequest {
+            input: JobInput::Prompt(half.clone()),
+            ..ok.clone()
+        };
+        check_request(&r, None, 1 << 20).unwrap();
+        assert!(check_request(&r, Some(&half), 1 << 20).is_err());
+    }
 
     #[test]
     fn reputation_survives_a_restart_and_a_corrupt_file_is_set_aside() {
