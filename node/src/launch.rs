@@ -74,7 +74,9 @@ impl NodeProcess {
                 source,
             })?;
         let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
+        // Lines wait here until the readiness check below reads them (it reads until the
+        // node is ready, then drops the receiver, after which lines are read and dropped).
+        let (tx, rx) = mpsc::sync_channel(1024);
         // Keep draining stdout for the whole life of the child so it never blocks on a pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
