@@ -1,6 +1,9 @@
 //! The `cocoon` command line: parses the flags, sets up logging and dispatches to
 //! [`cli`], one module per subcommand, which call the libraries; see `cocoon --help`.
 
+// The doc comments on flags are the `--help` text, written for a terminal (`/p2p/<id>`).
+#![allow(rustdoc::invalid_html_tags)]
+
 mod cli;
 
 use clap::{Parser, Subcommand};

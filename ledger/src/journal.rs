@@ -16,7 +16,7 @@
 //! refused with [`JournalError::Corrupt`] and left exactly as it was, for the operator to
 //! restore from a backup. The check runs redb's integrity check (every page checksum of the
 //! committed trees) and decodes every record, on a scratch view of the file whose writes stay
-//! in memory ([`Scratch`]), so that neither a repair nor a panic inside redb can touch the
+//! in memory (`Scratch`), so that neither a repair nor a panic inside redb can touch the
 //! file; only a journal that passes is then opened for real.
 
 use std::collections::BTreeMap;

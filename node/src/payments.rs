@@ -513,7 +513,7 @@ impl ClientLedger {
 
     /// A channel with a worker reserved for one job, with a chain also opened there (the
     /// open is sent after the channel is journalled, so a crash in between finds it again;
-    /// one found closed or closing is retired for a new one). See [`Self::reserve`].
+    /// one found closed or closing is retired for a new one). See `reserve`.
     pub async fn acquire(
         &self,
         worker_key: [u8; 32],

@@ -204,7 +204,7 @@ fn json_for_hyper_error(buf: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// A connection whose outgoing bodiless error heads from hyper become OpenAI error JSON
-/// ([`json_for_hyper_error`]); everything else passes through untouched. hyper writes a
+/// (`json_for_hyper_error`); everything else passes through untouched. hyper writes a
 /// response head in one buffer (this type does not claim vectored writes), and after such
 /// an error it writes nothing more and closes.
 pub struct JsonErrors<S> {
