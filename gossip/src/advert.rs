@@ -165,6 +165,7 @@ pub struct SignedAdvert {
 /// Why an advert is refused. Each maps to a gossipsub `Reject` (the sender is penalised)
 /// except [`AdvertError::Stale`] and [`AdvertError::RateLimited`], which are `Ignore`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AdvertError {
     /// Not decodable, another version, or too large.
     #[error("malformed advert: {0}")]

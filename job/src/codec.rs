@@ -18,6 +18,7 @@ fn config() -> impl bincode::config::Config {
 
 /// A message that could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CodecError {
     /// The envelope names a version this build does not speak.
     #[error("peer speaks job protocol version {0}, this node speaks {PROTOCOL_VERSION}")]

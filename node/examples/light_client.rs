@@ -41,6 +41,8 @@ async fn main() -> anyhow::Result<()> {
         match event? {
             Event::Text(text) => print!("{text}"),
             Event::Done(o) => println!("\n[{} paid {} nanoTON]", o.worker_peer, o.paid_nanoton),
+            // Events a later version adds.
+            _ => {}
         }
     }
     client.shutdown().await;

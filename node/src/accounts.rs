@@ -21,6 +21,7 @@ use crate::payments::{
 
 /// Why an account command failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AccountError {
     /// The identity key could not be read or made.
     #[error(transparent)]

@@ -74,6 +74,7 @@ pub fn load(worker: &Worker, config: &AdvertiserConfig) -> (u32, u32) {
 
 /// Why a worker's adverts would not be valid.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AdvertCheckError {
     /// The price policy is unusable.
     #[error(transparent)]

@@ -72,6 +72,7 @@ impl Default for WorkerAttestation {
 
 /// Why attestation could not be set up.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AttestationSetupError {
     /// TDX was required but is not available.
     #[error("attestation = \"tdx\" but this machine cannot produce TDX quotes: {0}")]

@@ -152,6 +152,7 @@ pub struct InferOutcome {
 
 /// Why a job failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum InferError {
     /// The DHT knows no worker for the model.
     #[error("no worker for model {model:?} found in the DHT within {after:?}")]

@@ -73,6 +73,7 @@ pub struct FileConfig {
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The config file could not be read.
     #[error("cannot read config file {0}: {1}")]

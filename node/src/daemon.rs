@@ -41,6 +41,7 @@ pub const READY_LINE: &str = "ready";
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NodeError {
     /// Identity key trouble.
     #[error(transparent)]

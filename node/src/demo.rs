@@ -42,6 +42,7 @@ pub struct DemoOptions {
 
 /// Why the demo failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DemoError {
     /// The model could not be fetched.
     #[error(transparent)]

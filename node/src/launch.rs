@@ -23,6 +23,7 @@ pub struct NodeProcess {
 
 /// Why a node process did not come up.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LaunchError {
     /// The process could not be started.
     #[error("cannot start {exe}: {source}")]

@@ -26,6 +26,7 @@ use crate::payments::{ClientLedger, PaymentConfig, PaymentError, JOURNAL_FILE};
 
 /// Why the light client could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LightError {
     /// Neither bootstrap peers nor mDNS: no way to find the network.
     #[error("give bootstrap peers or enable mDNS: there is no way to find the network")]
@@ -183,6 +184,7 @@ pub const TEXT_QUEUE: usize = 64;
 
 /// What [`LightClient::infer`] streams.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum Event {
     /// More of the answer (one answer across failovers: nothing repeated, nothing lost).
     Text(String),

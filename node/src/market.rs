@@ -46,6 +46,7 @@ pub struct MarketService {
 
 /// Why a market sync failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SyncError {
     /// The stream could not be opened.
     #[error(transparent)]

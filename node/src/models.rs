@@ -75,6 +75,7 @@ pub fn models_dir() -> PathBuf {
 
 /// Model errors.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ModelError {
     /// Neither a known model name nor an existing path.
     #[error(

@@ -82,6 +82,7 @@ impl Default for PaymentConfig {
 
 /// Why a payment step failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PaymentError {
     /// The channel's address does not derive from its parameters and our key / payout.
     #[error("the channel's address does not match its parameters and this worker")]

@@ -17,6 +17,7 @@ pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
 
 /// A framing error. Every malformed input maps to one of these; none panics.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The peer announced (or we tried to send) a frame larger than the limit.
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]

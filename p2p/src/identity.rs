@@ -14,6 +14,7 @@ pub const IDENTITY_FILE: &str = "identity.key";
 
 /// Why an identity could not be loaded or created.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum IdentityError {
     /// The key file or data directory could not be read or written.
     #[error("identity file {path}: {source}")]

@@ -84,6 +84,7 @@ impl std::fmt::Debug for EnclaveKey {
 
 /// Why a handshake failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HandshakeError {
     /// The stream failed or closed during the handshake.
     #[error("handshake stream: {0}")]

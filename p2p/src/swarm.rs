@@ -162,6 +162,7 @@ impl Default for NetworkConfig {
 
 /// Network errors.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NetworkError {
     /// The swarm could not be built (transport or mDNS setup).
     #[error("cannot start the network: {0}")]

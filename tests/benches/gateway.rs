@@ -66,6 +66,7 @@ async fn library(client: &LightClient, tokens: u32) -> (f64, f64) {
                 let end = Instant::now();
                 return rate(start, first.unwrap_or(end), end, o.completion_tokens as u64);
             }
+            other => panic!("an event this bench does not know: {other:?}"),
         }
     }
     panic!("the stream ended without an outcome")

@@ -43,6 +43,7 @@ async fn the_light_client_streams_a_paid_answer() {
         match event.expect("the job succeeds") {
             Event::Text(t) => text.push_str(&t),
             Event::Done(o) => outcome = Some(o),
+            other => panic!("an event this test does not know: {other:?}"),
         }
     }
     let outcome = outcome.expect("the stream ends with the outcome");

@@ -55,6 +55,8 @@ pub struct ClientPayment {
 
 /// What the shell must do or show.
 #[derive(Clone, Debug, PartialEq)]
+// Deliberately exhaustive: every shell (node, simulator) must handle every event, so a new
+// one breaks their build instead of being ignored.
 pub enum ClientEvent {
     /// Write this channel state durably, then call [`ClientSession::journalled`].
     Journal(ClientChannelState),

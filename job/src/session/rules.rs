@@ -46,6 +46,7 @@ pub fn prompt_token_bound(request: &JobRequest) -> u64 {
 
 /// A request outside the protocol's bounds.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RequestError {
     /// Too many, empty or too long stop strings.
     #[error("at most {MAX_STOP_STRINGS} non-empty stop strings of at most {MAX_STOP_LEN} bytes")]

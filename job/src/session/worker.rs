@@ -177,6 +177,8 @@ pub fn admit(request: &JobRequest, ctx: &AdmitContext) -> Result<Admission, Refu
 
 /// What the worker's shell must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
+// Deliberately exhaustive: every shell (node, simulator) must handle every event, so a new
+// one breaks their build instead of being ignored.
 pub enum WorkerEvent {
     /// Write this channel state durably, then call [`WorkerSession::journalled`].
     Journal(WorkerState),

@@ -57,6 +57,7 @@ impl Default for ServeConfig {
 
 /// A bad [`ServeConfig`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServeConfigError {
     /// A limit is zero.
     #[error("{0} must be at least 1")]

@@ -63,6 +63,7 @@ impl Default for AttesterConfig {
 
 /// Why credentials could not be made.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AttesterError {
     /// The TEE did not produce a quote.
     #[error(transparent)]

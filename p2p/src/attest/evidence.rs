@@ -57,6 +57,7 @@ pub enum EvidenceBody {
 
 /// Why evidence could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EvidenceError {
     /// The bytes are not evidence (or of an evidence kind this version does not know).
     #[error("malformed evidence: {0}")]

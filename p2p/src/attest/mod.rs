@@ -72,6 +72,7 @@ pub struct Appraisal {
 
 /// Why evidence could not be appraised.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AttestError {
     /// The quote or its collateral failed DCAP verification (bad signature, broken chain,
     /// revoked or expired collateral, malformed bytes).

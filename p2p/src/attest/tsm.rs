@@ -23,6 +23,7 @@ const ATTEMPTS: usize = 3;
 
 /// Why quotes cannot be produced.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TsmError {
     /// No configfs-tsm on this machine (not a TEE guest, old kernel, configfs not mounted).
     #[error("no configfs-tsm at {0} (not a TDX guest, or configfs is not mounted)")]

@@ -65,6 +65,7 @@ pub struct Verdict {
 
 /// Why a worker's evidence was not trusted.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum VerifyError {
     /// The evidence bytes are malformed.
     #[error(transparent)]

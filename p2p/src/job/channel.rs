@@ -36,6 +36,7 @@ impl Default for JobConfig {
 
 /// Why moving a job's messages failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum JobError {
     /// Framing failed: oversize or truncated frame, or the stream broke.
     #[error("job stream: {0}")]

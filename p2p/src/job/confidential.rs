@@ -20,6 +20,7 @@ use crate::secure::{self, HandshakeError, SecureTransport};
 
 /// Why a confidential job stream could not be opened.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpenError {
     /// The handshake failed.
     #[error(transparent)]
