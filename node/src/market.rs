@@ -206,6 +206,115 @@ pub fn advert_peer(advert: &Advert) -> Option<PeerId> {
     PeerId::from_bytes(&advert.peer_id()).ok()
 }
 
+/// One worker of the market as `cocoon market` prints it (`--json`: these field names).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct WorkerRow {
+    /// The worker's peer id (absent when the advert's key makes none).
+    pub peer: Option<String>,
+    /// The model ids it serves.
+    pub models: Vec<String>,
+    /// `tdx` or `dev-insecure`.
+    pub attestation: &'static str,
+    /// The measured image, hex.
+    pub measurement: String,
+    /// "cpu (N threads)" or "GPU name (N MiB)".
+    pub hardware: String,
+    /// Slots free now.
+    pub free_slots: u32,
+    /// Slots in all.
+    pub max_concurrent: u32,
+    /// Measured decode speed.
+    pub tokens_per_s: f32,
+    /// nanoTON per million prompt tokens.
+    pub price_prompt_per_mtok: u64,
+    /// nanoTON per million completion tokens.
+    pub price_completion_per_mtok: u64,
+    /// Smallest channel deposit it takes, nanoTON.
+    pub min_deposit: u64,
+    /// The advert's sequence number (ms since the epoch when it was made).
+    pub seq: u64,
+    /// Seconds until the advert expires.
+    pub expires_in_s: u64,
+}
+
+impl WorkerRow {
+    /// The row for `advert` at unix time `now`.
+    pub fn of(advert: &Advert, now: u64) -> Self {
+        Self {
+            peer: advert_peer(advert).map(|p| p.to_string()),
+            models: advert.models.iter().map(|m| m.id.clone()).collect(),
+            attestation: match advert.trust {
+                cocoon_gossip::Trust::Tdx => "tdx",
+                cocoon_gossip::Trust::DevInsecure => "dev-insecure",
+            },
+            measurement: hex::encode(&advert.measurement),
+            hardware: match &advert.hardware {
+                cocoon_gossip::Hardware::Cpu { threads } => format!("cpu ({threads} threads)"),
+                cocoon_gossip::Hardware::Gpu { name, vram_mib } => {
+                    format!("{name} ({vram_mib} MiB)")
+                }
+            },
+            free_slots: advert.free_slots,
+            max_concurrent: advert.max_concurrent,
+            tokens_per_s: advert.tokens_per_s,
+            price_prompt_per_mtok: advert.price.prompt_per_mtok,
+            price_completion_per_mtok: advert.price.completion_per_mtok,
+            min_deposit: advert.min_deposit,
+            seq: advert.seq,
+            expires_in_s: advert.expires_at.saturating_sub(now),
+        }
+    }
+
+    /// Rows for `adverts`, cheapest completion price first (ties by key).
+    pub fn all(adverts: &[Advert], now: u64) -> Vec<Self> {
+        let mut sorted: Vec<&Advert> = adverts.iter().collect();
+        sorted.sort_by(|a, b| {
+            a.price
+                .completion_per_mtok
+                .cmp(&b.price.completion_per_mtok)
+                .then(a.public_key.cmp(&b.public_key))
+        });
+        sorted.into_iter().map(|a| Self::of(a, now)).collect()
+    }
+}
+
+/// One model on offer, from the [`WorkerRow`]s that serve it (`/v1/models`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelRow {
+    /// The model id.
+    pub id: String,
+    /// The cheapest price per million prompt tokens, nanoTON.
+    pub cheapest_prompt_per_mtok: u64,
+    /// The cheapest price per million completion tokens, nanoTON.
+    pub cheapest_completion_per_mtok: u64,
+    /// Workers that serve it.
+    pub workers: usize,
+}
+
+impl ModelRow {
+    /// The models `workers` offer, by id.
+    pub fn all(workers: &[WorkerRow]) -> Vec<Self> {
+        let mut by_id: std::collections::BTreeMap<&str, ModelRow> = Default::default();
+        for w in workers {
+            for id in &w.models {
+                let row = by_id.entry(id).or_insert_with(|| ModelRow {
+                    id: id.clone(),
+                    cheapest_prompt_per_mtok: u64::MAX,
+                    cheapest_completion_per_mtok: u64::MAX,
+                    workers: 0,
+                });
+                row.cheapest_prompt_per_mtok =
+                    row.cheapest_prompt_per_mtok.min(w.price_prompt_per_mtok);
+                row.cheapest_completion_per_mtok = row
+                    .cheapest_completion_per_mtok
+                    .min(w.price_completion_per_mtok);
+                row.workers += 1;
+            }
+        }
+        by_id.into_values().collect()
+    }
+}
+
 /// The addresses an advert names (the worker's listen addresses when it signed it); ones
 /// that do not parse are skipped.
 pub fn advert_addrs(advert: &Advert) -> Vec<cocoon_p2p::Multiaddr> {
@@ -214,4 +323,50 @@ pub fn advert_addrs(advert: &Advert) -> Vec<cocoon_p2p::Multiaddr> {
         .iter()
         .filter_map(|a| cocoon_p2p::Multiaddr::try_from(a.clone()).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(models: &[&str], prompt: u64, completion: u64) -> WorkerRow {
+        WorkerRow {
+            peer: None,
+            models: models.iter().map(|m| m.to_string()).collect(),
+            attestation: "dev-insecure",
+            measurement: String::new(),
+            hardware: String::new(),
+            free_slots: 1,
+            max_concurrent: 1,
+            tokens_per_s: 1.0,
+            price_prompt_per_mtok: prompt,
+            price_completion_per_mtok: completion,
+            min_deposit: 0,
+            seq: 0,
+            expires_in_s: 0,
+        }
+    }
+
+    /// `/v1/models` reads the same rows as `cocoon market`: the cheapest price of each
+    /// model and how many workers serve it.
+    #[test]
+    fn models_are_summed_from_the_worker_rows() {
+        let rows = [
+            row(&["a", "b"], 10, 30),
+            row(&["a"], 5, 40),
+            row(&["c"], 1, 1),
+        ];
+        let models = ModelRow::all(&rows);
+        let ids: Vec<_> = models.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(
+            (
+                models[0].cheapest_prompt_per_mtok,
+                models[0].cheapest_completion_per_mtok,
+                models[0].workers
+            ),
+            (5, 30, 2)
+        );
+        assert_eq!(models[1].workers, 1);
+    }
 }

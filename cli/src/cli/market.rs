@@ -5,6 +5,7 @@ use std::time::Duration;
 use clap::Args;
 use cocoon_node::attestation;
 use cocoon_node::config;
+use cocoon_node::market::WorkerRow;
 
 use super::*;
 
@@ -30,41 +31,9 @@ pub(crate) async fn market(args: MarketArgs) -> anyhow::Result<()> {
     )
     .await?;
     tokio::time::sleep(Duration::from_secs(args.wait)).await;
-    let mut adverts = market.adverts();
+    let adverts = market.adverts();
     network.shutdown().await;
-    adverts.sort_by(|a, b| {
-        a.price
-            .completion_per_mtok
-            .cmp(&b.price.completion_per_mtok)
-            .then(a.public_key.cmp(&b.public_key))
-    });
-    let now = attestation::unix_now();
-    let rows: Vec<serde_json::Value> = adverts
-        .iter()
-        .map(|a| {
-            serde_json::json!({
-                "peer": cocoon_node::market::advert_peer(a).map(|p| p.to_string()),
-                "models": a.models.iter().map(|m| &m.id).collect::<Vec<_>>(),
-                "attestation": match a.trust {
-                    cocoon_gossip::Trust::Tdx => "tdx",
-                    cocoon_gossip::Trust::DevInsecure => "dev-insecure",
-                },
-                "measurement": hex::encode(&a.measurement),
-                "hardware": match &a.hardware {
-                    cocoon_gossip::Hardware::Cpu { threads } => format!("cpu ({threads} threads)"),
-                    cocoon_gossip::Hardware::Gpu { name, vram_mib } => format!("{name} ({vram_mib} MiB)"),
-                },
-                "free_slots": a.free_slots,
-                "max_concurrent": a.max_concurrent,
-                "tokens_per_s": a.tokens_per_s,
-                "price_prompt_per_mtok": a.price.prompt_per_mtok,
-                "price_completion_per_mtok": a.price.completion_per_mtok,
-                "min_deposit": a.min_deposit,
-                "seq": a.seq,
-                "expires_in_s": a.expires_at.saturating_sub(now),
-            })
-        })
-        .collect();
+    let rows = WorkerRow::all(&adverts, attestation::unix_now());
     if args.json {
         println!("{}", serde_json::to_string(&rows)?);
         return Ok(());
@@ -76,20 +45,13 @@ pub(crate) async fn market(args: MarketArgs) -> anyhow::Result<()> {
     for r in &rows {
         println!(
             "{:<54} {:<28} {:<12} {:>5} {:>7.1} {:>10} {:>10}",
-            r["peer"].as_str().unwrap_or("?"),
-            r["models"]
-                .as_array()
-                .map(|m| m
-                    .iter()
-                    .filter_map(|x| x.as_str())
-                    .collect::<Vec<_>>()
-                    .join(","))
-                .unwrap_or_default(),
-            r["attestation"].as_str().unwrap_or(""),
-            format!("{}/{}", r["free_slots"], r["max_concurrent"]),
-            r["tokens_per_s"].as_f64().unwrap_or(0.0),
-            r["price_prompt_per_mtok"],
-            r["price_completion_per_mtok"],
+            r.peer.as_deref().unwrap_or("?"),
+            r.models.join(","),
+            r.attestation,
+            format!("{}/{}", r.free_slots, r.max_concurrent),
+            r.tokens_per_s,
+            r.price_prompt_per_mtok,
+            r.price_completion_per_mtok,
         );
     }
     println!(

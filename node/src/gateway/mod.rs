@@ -20,7 +20,6 @@
 
 pub mod http;
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -41,6 +40,7 @@ use serde_json::{json, Value};
 
 use crate::client::{InferError, InferOutcome, InferRequest};
 use crate::light::{Event, LightClient};
+use crate::market::{ModelRow, WorkerRow};
 
 /// Gateway settings.
 #[derive(Clone, Debug)]
@@ -224,23 +224,14 @@ async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     if let Err(e) = authorised(&app, &headers) {
         return e.into_response();
     }
-    let mut offers: BTreeMap<String, (u64, u64, usize)> = BTreeMap::new();
-    for advert in app.client.adverts() {
-        for m in &advert.models {
-            let e = offers
-                .entry(m.id.clone())
-                .or_insert((u64::MAX, u64::MAX, 0));
-            e.0 = e.0.min(advert.price.prompt_per_mtok);
-            e.1 = e.1.min(advert.price.completion_per_mtok);
-            e.2 += 1;
-        }
-    }
-    let data: Vec<Value> = offers
+    let workers = WorkerRow::all(&app.client.adverts(), crate::attestation::unix_now());
+    let data: Vec<Value> = ModelRow::all(&workers)
         .into_iter()
-        .map(|(id, (p, c, workers))| {
-            json!({"id": id, "object": "model", "created": 0, "owned_by": "cocoon",
-                   "price": {"prompt_per_mtok_nanoton": p, "completion_per_mtok_nanoton": c},
-                   "workers": workers})
+        .map(|m| {
+            json!({"id": m.id, "object": "model", "created": 0, "owned_by": "cocoon",
+                   "price": {"prompt_per_mtok_nanoton": m.cheapest_prompt_per_mtok,
+                             "completion_per_mtok_nanoton": m.cheapest_completion_per_mtok},
+                   "workers": m.workers})
         })
         .collect();
     Json(json!({"object": "list", "data": data})).into_response()
