@@ -53,7 +53,7 @@ fn chain_err(e: impl std::fmt::Display) -> AccountError {
 /// The signing key of the identity in `data_dir` (made when missing).
 pub fn key(data_dir: &Path) -> Result<SigningKey, AccountError> {
     let keypair = cocoon_p2p::identity::load_or_create(data_dir)?;
-    crate::payments::signing_key(&keypair)
+    cocoon_p2p::identity::signing_key(&keypair)
         .ok_or_else(|| AccountError::NotEd25519(data_dir.display().to_string()))
 }
 

@@ -22,7 +22,7 @@ use cocoon_p2p::attest::EvidenceKind;
 use cocoon_p2p::{Multiaddr, Network, NetworkError};
 use ed25519_dalek::SigningKey;
 
-use crate::attestation::{unix_now, unix_now_ms};
+use crate::clock::{unix_now, unix_now_ms};
 use crate::market::MarketService;
 use crate::worker::Worker;
 
@@ -63,7 +63,7 @@ impl Default for AdvertiserConfig {
     }
 }
 
-pub use crate::payments::signing_key;
+pub use cocoon_p2p::identity::signing_key;
 
 /// The worker's slots and how many are busy now.
 pub fn load(worker: &Worker, config: &AdvertiserConfig) -> (u32, u32) {

@@ -88,22 +88,6 @@ pub enum AttestationSetupError {
     Policy(PathBuf, toml::de::Error),
 }
 
-/// Unix seconds now.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Unix time in milliseconds (the clock adverts' sequence numbers come from).
-pub fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Makes the worker's attester; the string says why dev evidence is used, if it is.
 /// Blocking (configfs-tsm I/O).
 pub fn worker_attester(
@@ -131,7 +115,12 @@ pub fn worker_attester(
             Err(e) => (EvidenceSource::DevInsecure, Some(e.to_string())),
         },
     };
-    let attester = Attester::new(source, peer_id, settings.attester.clone(), unix_now())?;
+    let attester = Attester::new(
+        source,
+        peer_id,
+        settings.attester.clone(),
+        crate::clock::unix_now(),
+    )?;
     Ok((Arc::new(attester), why_dev))
 }
 

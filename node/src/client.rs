@@ -454,7 +454,7 @@ pub async fn infer(
         if text.len() > before {
             first_text.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
         }
-        let now = crate::attestation::unix_now();
+        let now = crate::clock::unix_now();
         match result {
             Ok(mut done) => {
                 let advertised = target
@@ -867,7 +867,7 @@ async fn run_on(
         &config.verifier,
         &network.peer_id(),
         &worker,
-        crate::attestation::unix_now(),
+        crate::clock::unix_now(),
         &config.job,
     )
     .await

@@ -242,7 +242,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                     &network.state().listen_addrs,
                     &key,
                     &advertiser,
-                    crate::attestation::unix_now(),
+                    crate::clock::unix_now(),
                 )?;
                 tokio::spawn(crate::advertiser::run(
                     worker.clone(),
@@ -307,7 +307,7 @@ async fn rotate(attester: std::sync::Arc<cocoon_p2p::attest::attester::Attester>
     loop {
         tick.tick().await;
         let a = attester.clone();
-        let now = crate::attestation::unix_now();
+        let now = crate::clock::unix_now();
         match tokio::task::spawn_blocking(move || a.rotate_if_due(now)).await {
             Ok(Ok(true)) => tracing::info!("enclave key and evidence rotated"),
             Ok(Ok(false)) => {}

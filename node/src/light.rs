@@ -131,7 +131,7 @@ impl LightClientBuilder {
             return Err(LightError::NoWayIn);
         }
         let keypair = cocoon_p2p::identity::load_or_create(&self.data_dir)?;
-        let key = crate::payments::signing_key(&keypair).ok_or(LightError::NotEd25519)?;
+        let key = cocoon_p2p::identity::signing_key(&keypair).ok_or(LightError::NotEd25519)?;
         let dir = self.data_dir.clone();
         let payments = self.payments.clone();
         let k = key.clone();

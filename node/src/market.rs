@@ -19,7 +19,7 @@ use cocoon_p2p::limits::{GateLimits, StreamGate};
 use cocoon_p2p::{GossipVerdict, Network, NetworkError, PeerId, MARKET_PROTOCOL};
 use futures::StreamExt;
 
-use crate::attestation::{unix_now, unix_now_ms};
+use crate::clock::{unix_now, unix_now_ms};
 
 /// Tracing target of the per-advert propagation record (`debug`): enable it with
 /// `RUST_LOG=info,cocoon::propagation=debug`.

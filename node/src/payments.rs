@@ -135,14 +135,6 @@ impl PaymentError {
 /// How long a worker trusts a deposit it read on chain before reading it again.
 pub const DEPOSIT_TTL: Duration = Duration::from_secs(30);
 
-/// The ed25519 signing key of a libp2p identity: it signs adverts, vouchers and the node's
-/// wallet messages.
-pub fn signing_key(keypair: &libp2p::identity::Keypair) -> Option<SigningKey> {
-    let ed = keypair.clone().try_into_ed25519().ok()?;
-    let secret: [u8; 32] = ed.secret().as_ref().try_into().ok()?;
-    Some(SigningKey::from_bytes(&secret))
-}
-
 /// The journal's file name in a node's data dir.
 pub const JOURNAL_FILE: &str = "journal.redb";
 
@@ -420,7 +412,7 @@ impl WorkerLedger {
             deposit,
             client_key: terms.client_key,
             state,
-            last_activity: crate::attestation::unix_now(),
+            last_activity: crate::clock::unix_now(),
         }
     }
 

@@ -66,7 +66,7 @@ pub async fn chain_now(chain: &ChannelClient) -> u64 {
         .await
         .ok()
         .and_then(|a| a.chain_time)
-        .map_or_else(crate::attestation::unix_now, u64::from)
+        .map_or_else(crate::clock::unix_now, u64::from)
 }
 
 /// What a settlement pass did to one channel.
@@ -186,7 +186,7 @@ pub async fn anchor_receipts(
     let (Some(first), Some(last)) = (pending.first(), pending.last()) else {
         return Ok(None);
     };
-    let now = crate::attestation::unix_now();
+    let now = crate::clock::unix_now();
     let age = now.saturating_sub(first.1.finished_at);
     if !force && !policy.anchor_due(pending.len(), age, shutdown) {
         return Ok(None);

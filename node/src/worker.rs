@@ -544,7 +544,7 @@ fn receipt(
         prompt_tokens: billed.prompt_tokens,
         completion_tokens: billed.completion_tokens,
         cost: billed.cost,
-        finished_at: crate::attestation::unix_now(),
+        finished_at: crate::clock::unix_now(),
     })
 }
 
@@ -647,7 +647,7 @@ mod tests {
     /// The worker with a journal, charging `PRICE`.
     fn paid_worker(max_concurrent: usize, dir: &std::path::Path) -> (Worker, tempfile::TempDir) {
         let (worker, model) = tiny_worker(max_concurrent);
-        let key = crate::payments::signing_key(&worker_keypair()).unwrap();
+        let key = cocoon_p2p::identity::signing_key(&worker_keypair()).unwrap();
         let ledger = WorkerLedger::open(
             &dir.join("worker.redb"),
             key.verifying_key().to_bytes(),
@@ -662,7 +662,7 @@ mod tests {
 
     /// A client's ledger for the identity `seed`.
     fn client_ledger(seed: u8, dir: &std::path::Path) -> Arc<ClientLedger> {
-        let key = crate::payments::signing_key(&client_keypair(seed)).unwrap();
+        let key = cocoon_p2p::identity::signing_key(&client_keypair(seed)).unwrap();
         let address = crate::payments::wallet(&key).unwrap();
         let config = PaymentConfig {
             deposit: 100_000_000,
@@ -835,7 +835,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (worker, _model) = paid_worker(2, dir.path());
         let ledger = client_ledger(1, dir.path());
-        let worker_key = crate::payments::signing_key(&worker_keypair()).unwrap();
+        let worker_key = cocoon_p2p::identity::signing_key(&worker_keypair()).unwrap();
         let wk = worker_key.verifying_key().to_bytes();
         let payout = crate::payments::wallet(&worker_key).unwrap();
         let peer = client_keypair(1).public().to_peer_id();
@@ -880,7 +880,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (worker, _model) = paid_worker(2, dir.path());
         let owner = client_ledger(1, dir.path());
-        let worker_key = crate::payments::signing_key(&worker_keypair()).unwrap();
+        let worker_key = cocoon_p2p::identity::signing_key(&worker_keypair()).unwrap();
         let (wk, payout) = (
             worker_key.verifying_key().to_bytes(),
             crate::payments::wallet(&worker_key).unwrap(),
@@ -909,7 +909,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (worker, _model) = paid_worker(1, dir.path());
         let ledger = client_ledger(1, dir.path());
-        let worker_key = crate::payments::signing_key(&worker_keypair()).unwrap();
+        let worker_key = cocoon_p2p::identity::signing_key(&worker_keypair()).unwrap();
         let reserved = ledger
             .acquire(
                 worker_key.verifying_key().to_bytes(),
@@ -1037,7 +1037,7 @@ mod tests {
             &verifier,
             &client_peer,
             &worker_peer(),
-            crate::attestation::unix_now(),
+            crate::clock::unix_now(),
             &config,
         )
         .await

@@ -156,6 +156,14 @@ mod tests {
     }
 }
 
+/// The ed25519 signing key of an identity: it signs adverts, vouchers and the node's
+/// wallet messages (`None` for a key of another type).
+pub fn signing_key(keypair: &Keypair) -> Option<ed25519_dalek::SigningKey> {
+    let ed = keypair.clone().try_into_ed25519().ok()?;
+    let secret: [u8; 32] = ed.secret().as_ref().try_into().ok()?;
+    Some(ed25519_dalek::SigningKey::from_bytes(&secret))
+}
+
 /// The ed25519 public key a peer id carries (ed25519 peer ids inline their key); `None` for
 /// another key type. With it a worker knows which key the peer that opened a stream holds,
 /// as the transport authenticated it.

@@ -25,7 +25,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use cocoon_node::attestation::unix_now_ms;
+use cocoon_node::clock::unix_now_ms;
 use cocoon_node::market::MarketService;
 use cocoon_p2p::{DhtMode, Network, NetworkConfig};
 use cocoon_simulator::calibration;

@@ -108,7 +108,7 @@ async fn job(client: &Network, worker: &Network, secure: bool, id: u64) -> Resul
         };
     }
     let first = if secure {
-        let now = cocoon_node::attestation::unix_now();
+        let now = cocoon_node::clock::unix_now();
         let (transport, _) = confidential::open(
             framed,
             &verifier,

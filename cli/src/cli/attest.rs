@@ -124,7 +124,7 @@ pub(crate) fn verify_quote(args: &VerifyArgs) -> anyhow::Result<QuoteReport> {
         }
         None => None,
     };
-    let now = args.now.unwrap_or_else(attestation::unix_now);
+    let now = args.now.unwrap_or_else(cocoon_node::clock::unix_now);
     let mut report = QuoteReport {
         accepted: false,
         reason: None,

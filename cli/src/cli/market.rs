@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use clap::Args;
-use cocoon_node::attestation;
 use cocoon_node::config;
 use cocoon_node::market::WorkerRow;
 
@@ -33,7 +32,7 @@ pub(crate) async fn market(args: MarketArgs) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(args.wait)).await;
     let adverts = market.adverts();
     network.shutdown().await;
-    let rows = WorkerRow::all(&adverts, attestation::unix_now());
+    let rows = WorkerRow::all(&adverts, cocoon_node::clock::unix_now());
     if args.json {
         println!("{}", serde_json::to_string(&rows)?);
         return Ok(());

@@ -224,7 +224,7 @@ async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     if let Err(e) = authorised(&app, &headers) {
         return e.into_response();
     }
-    let workers = WorkerRow::all(&app.client.adverts(), crate::attestation::unix_now());
+    let workers = WorkerRow::all(&app.client.adverts(), crate::clock::unix_now());
     let data: Vec<Value> = ModelRow::all(&workers)
         .into_iter()
         .map(|m| {
