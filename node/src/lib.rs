@@ -8,7 +8,6 @@
 //! - [`advertiser`]: a worker's signed advert and its price policy;
 //! - [`client`]: the light client that ranks workers, runs a job, pays, fails over;
 //! - [`light`]: the same as an embeddable library: a builder and a `Stream` of text;
-//! - [`gateway`]: `cocoon gateway`, the OpenAI HTTP API over the light client;
 //! - [`payments`]: payment channels on both sides of a job, journalled;
 //! - [`settlement`]: a worker's channels settled on TON;
 //! - [`accounts`]: `cocoon wallet|channel|ledger`: a data dir's wallet and channels;
@@ -34,7 +33,6 @@ pub mod config;
 pub mod daemon;
 #[cfg(feature = "worker")]
 pub mod demo;
-pub mod gateway;
 #[cfg(feature = "worker")]
 pub mod launch;
 pub mod light;

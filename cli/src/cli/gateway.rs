@@ -54,7 +54,7 @@ pub(crate) struct GatewayArgs {
 }
 
 pub(crate) async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
-    let serve = cocoon_node::gateway::http::ServeConfig {
+    let serve = cocoon_gateway::http::ServeConfig {
         header_timeout: Duration::from_secs(args.header_timeout),
         max_connections: args.max_connections,
         max_per_address: args.max_connections_per_address,
@@ -86,9 +86,9 @@ pub(crate) async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let router = cocoon_node::gateway::router(
+    let router = cocoon_gateway::router(
         client.clone(),
-        cocoon_node::gateway::GatewayConfig {
+        cocoon_gateway::GatewayConfig {
             api_key: args.gateway_key,
             max_body: args.max_body,
             body_timeout: Duration::from_secs(args.body_timeout),
@@ -96,6 +96,6 @@ pub(crate) async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         },
     );
     println!("gateway listening on http://{}", listener.local_addr()?);
-    cocoon_node::gateway::http::serve(listener, router, serve, daemon::shutdown_signal()).await?;
+    cocoon_gateway::http::serve(listener, router, serve, daemon::shutdown_signal()).await?;
     Ok(())
 }

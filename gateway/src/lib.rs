@@ -1,5 +1,6 @@
-//! `cocoon gateway`: the OpenAI HTTP API in front of the network, for the code developers
-//! already have.
+//! cocoon-gateway: the OpenAI HTTP API in front of the network (`cocoon gateway`), for the
+//! code developers already have. It runs on the light client (`cocoon_node::light`) as
+//! any embedding application would.
 //!
 //! `GET /v1/models` lists the models on offer in the market (with their cheapest price and
 //! worker count); `POST /v1/chat/completions` and `POST /v1/completions` run a job through
@@ -38,9 +39,9 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::client::{InferError, InferOutcome, InferRequest};
-use crate::light::{Event, LightClient};
-use crate::market::{ModelRow, WorkerRow};
+use cocoon_node::client::{InferError, InferOutcome, InferRequest};
+use cocoon_node::light::{Event, LightClient};
+use cocoon_node::market::{ModelRow, WorkerRow};
 
 /// Gateway settings.
 #[derive(Clone, Debug)]
@@ -224,7 +225,7 @@ async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     if let Err(e) = authorised(&app, &headers) {
         return e.into_response();
     }
-    let workers = WorkerRow::all(&app.client.adverts(), crate::clock::unix_now());
+    let workers = WorkerRow::all(&app.client.adverts(), cocoon_node::clock::unix_now());
     let data: Vec<Value> = ModelRow::all(&workers)
         .into_iter()
         .map(|m| {
@@ -486,8 +487,9 @@ async fn run(app: Arc<App>, common: Common, input: JobInput, kind: Kind) -> Resp
     let mut outcome = None;
     while let Some(event) = events.next().await {
         match event {
-            Ok(Event::Text(_)) => {}
             Ok(Event::Done(o)) => outcome = Some(o),
+            // Text is in the outcome; events a later client adds carry nothing we answer.
+            Ok(_) => {}
             Err(e) => return job_error(&e),
         }
     }
@@ -570,6 +572,8 @@ async fn stream(
                 json!(o.finish_reason),
                 Some((usage(&o), audit(&o))),
             ),
+            // An event a later client adds: an SSE comment, which clients skip.
+            Ok(_) => SseEvent::default().comment(""),
             Err(e) => {
                 let (status, code) = job_status(&e);
                 let kind = if status.is_client_error() {
