@@ -23,9 +23,8 @@ use std::time::{Duration, Instant};
 use candle_transformers::generation::LogitsProcessor;
 use tokio::sync::mpsc;
 
-use crate::engine::{FinishReason, GenerationEvent, Permit, Usage};
+use crate::generation::{Admission, FinishReason, GenerationEvent, Permit, Usage};
 use crate::llama::{argmax, KvCache, Llama, Workspace};
-use crate::sampling::SamplingParams;
 use crate::stream::{IncrementalDecoder, StopMatcher, StopStep};
 use crate::tokenizer::TextTokenizer;
 
@@ -64,18 +63,6 @@ impl Default for BatchConfig {
     }
 }
 
-/// A generation handed to the scheduler.
-pub(crate) struct Admission {
-    pub id: u64,
-    pub prompt: Vec<u32>,
-    pub sampling: SamplingParams,
-    pub tx: mpsc::Sender<GenerationEvent>,
-    pub cancel: Arc<AtomicBool>,
-    pub sampled: Arc<AtomicU32>,
-    pub started: Instant,
-    pub permit: Permit,
-}
-
 /// The engine's handle on its scheduler thread.
 pub(crate) struct Batcher {
     tx: std::sync::Mutex<std_mpsc::Sender<Admission>>,
@@ -86,7 +73,7 @@ impl Batcher {
     /// Starts the scheduler thread for `model`.
     pub fn start(
         model: Arc<Llama>,
-        tokenizer: TextTokenizer,
+        tokenizer: Arc<TextTokenizer>,
         context_length: usize,
         config: &BatchConfig,
     ) -> std::io::Result<Batcher> {
@@ -305,7 +292,7 @@ impl Seq {
 
 struct Scheduler {
     model: Arc<Llama>,
-    tokenizer: TextTokenizer,
+    tokenizer: Arc<TextTokenizer>,
     context_length: usize,
     prefill_chunk: usize,
     workspace: Workspace,

@@ -21,7 +21,7 @@
 
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
@@ -30,15 +30,18 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::batch::{Admission, BatchConfig, Batcher};
+use crate::batch::{BatchConfig, Batcher};
 use crate::device::DeviceChoice;
 use crate::error::{GenerateError, LoadError};
+use crate::generation::{self, Admission, Permit, Slots};
 use crate::llama::LlamaConfig;
 use crate::model::{self, Model, ModelInfo, ModelSource, Runner, Session};
 use crate::sampling::SamplingParams;
 use crate::stream::{IncrementalDecoder, StopMatcher, StopStep};
 use crate::template::{ChatMessage, ChatTemplate};
 use crate::tokenizer::TextTokenizer;
+
+pub use crate::generation::{FinishReason, Generation, GenerationEvent, Usage};
 
 /// Default [`EngineConfig::max_concurrent`]: 16 generations at once (batched, they share
 /// each step; on candle each costs a thread).
@@ -131,114 +134,6 @@ pub struct GenerateRequest {
     pub sampling: SamplingParams,
 }
 
-/// Why a generation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FinishReason {
-    /// The model ended its turn (EOS) or a stop string appeared.
-    Stop,
-    /// `max_tokens` or the model's context length was reached.
-    Length,
-    /// The generation was cancelled.
-    Cancelled,
-}
-
-/// Token counts and timings of a finished generation.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Usage {
-    /// Tokens in the prompt (after templating, including BOS).
-    pub prompt_tokens: u32,
-    /// Tokens sampled, including a final EOS token.
-    pub completion_tokens: u32,
-    /// Milliseconds from [`Engine::generate`] to the first sampled token (0 if none).
-    pub time_to_first_token_ms: f64,
-    /// Milliseconds from [`Engine::generate`] to the end.
-    pub total_ms: f64,
-    /// Why it ended.
-    pub finish_reason: FinishReason,
-}
-
-impl Usage {
-    /// The debug line every finished generation logs, whichever runtime ran it.
-    pub(crate) fn log_finished(&self, id: u64) {
-        tracing::debug!(
-            id,
-            prompt_tokens = self.prompt_tokens,
-            completion_tokens = self.completion_tokens,
-            finish_reason = ?self.finish_reason,
-            ttft_ms = self.time_to_first_token_ms,
-            total_ms = self.total_ms,
-            "generation finished"
-        );
-    }
-}
-
-/// What a [`Generation`] yields.
-#[derive(Clone, Debug, PartialEq)]
-pub enum GenerationEvent {
-    /// The next piece of text (whole UTF-8 characters; never empty).
-    Text(String),
-    /// The generation finished; always the last event.
-    Done(Usage),
-    /// The generation failed; always the last event.
-    Error(String),
-}
-
-/// A running generation: a stream of [`GenerationEvent`]s. Dropping it cancels the generation.
-#[derive(Debug)]
-pub struct Generation {
-    id: u64,
-    prompt_tokens: u32,
-    sampled: Arc<AtomicU32>,
-    rx: mpsc::Receiver<GenerationEvent>,
-    cancel: Arc<AtomicBool>,
-    thread: Thread,
-}
-
-impl Generation {
-    /// This generation's id, unique within its engine (also in its thread's name and logs).
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// Tokens in the prompt, as [`Usage::prompt_tokens`] will count them.
-    pub fn prompt_tokens(&self) -> u32 {
-        self.prompt_tokens
-    }
-
-    /// Completion tokens sampled so far, including any whose text is still held back (an
-    /// incomplete character, a possible stop string). Never decreases and never exceeds the
-    /// final [`Usage::completion_tokens`]: what a worker bills a chunk by.
-    pub fn tokens_so_far(&self) -> u32 {
-        self.sampled.load(Ordering::Acquire)
-    }
-
-    /// The next event; `None` after the last one.
-    pub async fn next(&mut self) -> Option<GenerationEvent> {
-        self.rx.recv().await
-    }
-
-    /// The next event, blocking the current thread; `None` after the last one.
-    ///
-    /// # Panics
-    /// If called from within an async runtime (use [`Generation::next`] there).
-    pub fn blocking_next(&mut self) -> Option<GenerationEvent> {
-        self.rx.blocking_recv()
-    }
-
-    /// Asks the generation to stop before its next token. It then ends with
-    /// `Done` carrying [`FinishReason::Cancelled`] (if the channel has room for it).
-    pub fn cancel(&self) {
-        self.cancel.store(true, Ordering::Release);
-        self.thread.unpark();
-    }
-}
-
-impl Drop for Generation {
-    fn drop(&mut self) {
-        self.cancel();
-    }
-}
-
 /// A loaded model ready to generate. Cheap to clone; all clones share the model and the
 /// concurrency limit.
 #[derive(Clone)]
@@ -248,19 +143,19 @@ pub struct Engine {
 
 struct Shared {
     runtime: Runtime,
-    tokenizer: TextTokenizer,
+    tokenizer: Arc<TextTokenizer>,
     template: ChatTemplate,
     info: ModelInfo,
     config: EngineConfig,
-    active: AtomicUsize,
+    slots: Slots,
     next_id: AtomicU64,
 }
 
 /// What runs the generations.
 #[allow(clippy::large_enum_variant)] // one per engine
 enum Runtime {
-    /// A thread per generation, each with a session of this model.
-    Candle(Model),
+    /// A thread per generation, each with a session of the model.
+    Candle(Spawner),
     /// One batch scheduler.
     Batched(Batcher),
 }
@@ -351,12 +246,17 @@ impl Engine {
             load_ms = started.elapsed().as_millis() as u64,
             "model loaded"
         );
+        let tokenizer = Arc::new(loaded.tokenizer);
         let runtime = match loaded.runner {
-            Runner::Candle(model) => Runtime::Candle(model),
+            Runner::Candle(model) => Runtime::Candle(Spawner {
+                model,
+                tokenizer: tokenizer.clone(),
+                context_length: loaded.info.context_length,
+            }),
             Runner::Batched(llama) => Runtime::Batched(
                 Batcher::start(
                     llama,
-                    loaded.tokenizer.clone(),
+                    tokenizer.clone(),
                     loaded.info.context_length,
                     &config.batch,
                 )
@@ -366,11 +266,11 @@ impl Engine {
         Ok(Engine {
             shared: Arc::new(Shared {
                 runtime,
-                tokenizer: loaded.tokenizer,
+                slots: Slots::new(config.max_concurrent),
+                tokenizer,
                 template: loaded.template,
                 info: loaded.info,
                 config,
-                active: AtomicUsize::new(0),
                 next_id: AtomicU64::new(0),
             }),
         })
@@ -393,7 +293,7 @@ impl Engine {
 
     /// Generations running now (threads not yet exited).
     pub fn active(&self) -> usize {
-        self.shared.active.load(Ordering::Acquire)
+        self.shared.slots.active()
     }
 
     /// The prompt text the model sees (the chat template applied), before tokenisation.
@@ -426,7 +326,7 @@ impl Engine {
     /// [`EngineConfig::max_concurrent`] generations are running.
     pub fn generate(&self, request: GenerateRequest) -> Result<Generation, GenerateError> {
         request.sampling.validate()?;
-        let permit = Permit::acquire(&self.shared).ok_or(GenerateError::Busy {
+        let permit = self.shared.slots.try_acquire().ok_or(GenerateError::Busy {
             limit: self.shared.config.max_concurrent,
         })?;
         let prompt_ids = self.prompt_tokens(&request.prompt)?;
@@ -441,58 +341,21 @@ impl Engine {
             });
         }
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.shared.config.channel_capacity);
-        let cancel = Arc::new(AtomicBool::new(false));
-        let sampled = Arc::new(AtomicU32::new(0));
-        let prompt_tokens = prompt_ids.len() as u32;
-        let model = match &self.shared.runtime {
-            Runtime::Candle(model) => model.clone(),
+        let (admission, handle) = generation::open(
+            id,
+            prompt_ids,
+            request.sampling,
+            self.shared.config.channel_capacity,
+            permit,
+        );
+        let thread = match &self.shared.runtime {
+            Runtime::Candle(spawner) => spawner.start(admission).map_err(GenerateError::Spawn)?,
             Runtime::Batched(batcher) => {
-                batcher
-                    .admit(Admission {
-                        id,
-                        prompt: prompt_ids,
-                        sampling: request.sampling,
-                        tx,
-                        cancel: cancel.clone(),
-                        sampled: sampled.clone(),
-                        started: Instant::now(),
-                        permit,
-                    })
-                    .map_err(GenerateError::Failed)?;
-                return Ok(Generation {
-                    id,
-                    prompt_tokens,
-                    sampled,
-                    rx,
-                    cancel,
-                    thread: batcher.thread().clone(),
-                });
+                batcher.admit(admission).map_err(GenerateError::Failed)?;
+                batcher.thread().clone()
             }
         };
-        let job = Job {
-            model,
-            id,
-            shared: self.shared.clone(),
-            prompt_ids,
-            sampling: request.sampling,
-            tx,
-            cancel: cancel.clone(),
-            sampled: sampled.clone(),
-            started: Instant::now(),
-        };
-        let handle = thread::Builder::new()
-            .name(format!("cocoon-gen-{id}"))
-            .spawn(move || job.run(permit))
-            .map_err(GenerateError::Spawn)?;
-        Ok(Generation {
-            id,
-            prompt_tokens,
-            sampled,
-            rx,
-            cancel,
-            thread: handle.thread().clone(),
-        })
+        Ok(handle(thread))
     }
 
     /// Generates to the end and returns the whole text with its usage.
@@ -518,25 +381,28 @@ impl Engine {
     }
 }
 
-/// One slot of the concurrency limit, released on drop.
-pub(crate) struct Permit(Arc<Shared>);
-
-impl Permit {
-    fn acquire(shared: &Arc<Shared>) -> Option<Permit> {
-        let limit = shared.config.max_concurrent;
-        shared
-            .active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Permit(shared.clone()))
-    }
+/// The candle runtime's launcher: a thread per generation, each with its own session (KV
+/// cache) of the shared model.
+struct Spawner {
+    model: Model,
+    tokenizer: Arc<TextTokenizer>,
+    context_length: usize,
 }
 
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
+impl Spawner {
+    /// Starts `admission` on a thread of its own; returns that thread.
+    fn start(&self, admission: Admission) -> std::io::Result<Thread> {
+        let id = admission.id;
+        let (job, permit) = Job::new(
+            self.model.clone(),
+            self.tokenizer.clone(),
+            self.context_length,
+            admission,
+        );
+        let handle = thread::Builder::new()
+            .name(format!("cocoon-gen-{id}"))
+            .spawn(move || job.run(permit))?;
+        Ok(handle.thread().clone())
     }
 }
 
@@ -559,8 +425,9 @@ impl From<candle_core::Error> for Halt {
 /// Everything one generation thread needs.
 struct Job {
     model: Model,
+    tokenizer: Arc<TextTokenizer>,
+    context_length: usize,
     id: u64,
-    shared: Arc<Shared>,
     prompt_ids: Vec<u32>,
     sampling: SamplingParams,
     tx: mpsc::Sender<GenerationEvent>,
@@ -577,6 +444,38 @@ struct Progress {
 }
 
 impl Job {
+    /// The job of `admission`, and its permit (held by the thread until the work is over).
+    fn new(
+        model: Model,
+        tokenizer: Arc<TextTokenizer>,
+        context_length: usize,
+        admission: Admission,
+    ) -> (Job, Permit) {
+        let Admission {
+            id,
+            prompt,
+            sampling,
+            tx,
+            cancel,
+            sampled,
+            started,
+            permit,
+        } = admission;
+        let job = Job {
+            model,
+            tokenizer,
+            context_length,
+            id,
+            prompt_ids: prompt,
+            sampling,
+            tx,
+            cancel,
+            sampled,
+            started,
+        };
+        (job, permit)
+    }
+
     /// The thread's body. The permit is released once the KV cache is freed and before the
     /// final event is sent, so whoever sees `Done` can start another generation at once.
     fn run(self, permit: Permit) {
@@ -626,8 +525,8 @@ impl Job {
 
     /// The generation loop: prefill, then sample / stream / feed back until a stop condition.
     fn generate(&self, progress: &mut Progress) -> Result<FinishReason, Halt> {
-        let tokenizer = &self.shared.tokenizer;
-        let context_length = self.shared.info.context_length;
+        let tokenizer = &*self.tokenizer;
+        let context_length = self.context_length;
         let max_tokens = self.sampling.max_tokens;
         let decode = |ids: &[u32]| tokenizer.decode(ids).map_err(Halt::Failed);
 
@@ -760,7 +659,7 @@ mod tests {
 
     fn candle(engine: &Engine) -> &Model {
         match &engine.shared.runtime {
-            Runtime::Candle(m) => m,
+            Runtime::Candle(spawner) => &spawner.model,
             Runtime::Batched(_) => panic!("batched"),
         }
     }

@@ -36,6 +36,7 @@ pub mod batch;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod generation;
 pub mod kernels;
 pub mod llama;
 pub mod model;

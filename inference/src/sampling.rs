@@ -107,6 +107,17 @@ impl SamplingParams {
     }
 }
 
+/// The index of the largest value, the first one on ties (as candle's argmax).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if logits[best] < v {
+            best = i;
+        }
+    }
+    best as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

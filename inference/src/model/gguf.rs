@@ -38,8 +38,7 @@ use crate::tokenizer::{md_string, TextTokenizer};
 /// The GGUF architectures this loader runs.
 pub const SUPPORTED_ARCHITECTURES: [&str; 1] = ["llama"];
 
-/// Context length assumed when `llama.context_length` is absent.
-pub const DEFAULT_CONTEXT_LENGTH: usize = 2048;
+pub use crate::llama::DEFAULT_CONTEXT_LENGTH;
 
 /// Quantized GGUF models whose weights take at most this many bytes as f32 (2 GiB, about
 /// 500M parameters) are dequantized and run in f32 on every device; larger ones run on
@@ -165,6 +164,27 @@ pub(crate) fn load_with(
         info,
         shape: Some(shape),
     })
+}
+
+/// How a llama that cannot be loaded reads as a load error.
+impl From<LlamaError> for LoadError {
+    fn from(e: LlamaError) -> Self {
+        use LlamaError as E;
+        match e {
+            E::Metadata { key, problem } => LoadError::Metadata { key, problem },
+            E::MissingTensor(name) => LoadError::MissingTensor(name),
+            E::Tensor { name, problem } => LoadError::Tensor { name, problem },
+            E::Kernel { name, source } => LoadError::Tensor {
+                name,
+                problem: source.to_string(),
+            },
+            E::Candle(e) => LoadError::Candle(e),
+            e @ (E::ContextFull { .. } | E::Token(_)) => LoadError::Metadata {
+                key: "llama.*".to_string(),
+                problem: e.to_string(),
+            },
+        }
+    }
 }
 
 fn file_stem(path: &Path) -> String {
