@@ -21,7 +21,7 @@
 
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
@@ -31,13 +31,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::batch::{BatchConfig, Batcher};
+use crate::decoding::{Decoding, Logits, Next};
 use crate::device::DeviceChoice;
 use crate::error::{GenerateError, LoadError};
 use crate::generation::{self, Admission, Permit, Slots};
 use crate::llama::LlamaConfig;
 use crate::model::{self, Model, ModelInfo, ModelSource, Runner, Session};
 use crate::sampling::SamplingParams;
-use crate::stream::{IncrementalDecoder, StopMatcher, StopStep};
 use crate::template::{ChatMessage, ChatTemplate};
 use crate::tokenizer::TextTokenizer;
 
@@ -393,7 +393,7 @@ impl Spawner {
     /// Starts `admission` on a thread of its own; returns that thread.
     fn start(&self, admission: Admission) -> std::io::Result<Thread> {
         let id = admission.id;
-        let (job, permit) = Job::new(
+        let (job, decoding, permit) = Job::new(
             self.model.clone(),
             self.tokenizer.clone(),
             self.context_length,
@@ -401,7 +401,7 @@ impl Spawner {
         );
         let handle = thread::Builder::new()
             .name(format!("cocoon-gen-{id}"))
-            .spawn(move || job.run(permit))?;
+            .spawn(move || job.run(decoding, permit))?;
         Ok(handle.thread().clone())
     }
 }
@@ -426,31 +426,21 @@ impl From<candle_core::Error> for Halt {
 struct Job {
     model: Model,
     tokenizer: Arc<TextTokenizer>,
-    context_length: usize,
     id: u64,
     prompt_ids: Vec<u32>,
-    sampling: SamplingParams,
     tx: mpsc::Sender<GenerationEvent>,
     cancel: Arc<AtomicBool>,
-    sampled: Arc<AtomicU32>,
-    started: Instant,
-}
-
-/// Counters the loop keeps for [`Usage`].
-#[derive(Default)]
-struct Progress {
-    completion_tokens: u32,
-    first_token_ms: Option<f64>,
 }
 
 impl Job {
-    /// The job of `admission`, and its permit (held by the thread until the work is over).
+    /// The job of `admission`, its decoding, and its permit (held by the thread until the
+    /// work is over).
     fn new(
         model: Model,
         tokenizer: Arc<TextTokenizer>,
         context_length: usize,
         admission: Admission,
-    ) -> (Job, Permit) {
+    ) -> (Job, Decoding, Permit) {
         let Admission {
             id,
             prompt,
@@ -461,33 +451,29 @@ impl Job {
             started,
             permit,
         } = admission;
+        let decoding = Decoding::new(&sampling, prompt.len(), context_length, sampled, started);
         let job = Job {
             model,
             tokenizer,
-            context_length,
             id,
             prompt_ids: prompt,
-            sampling,
             tx,
             cancel,
-            sampled,
-            started,
         };
-        (job, permit)
+        (job, decoding, permit)
     }
 
     /// The thread's body. The permit is released once the KV cache is freed and before the
     /// final event is sent, so whoever sees `Done` can start another generation at once.
-    fn run(self, permit: Permit) {
+    fn run(self, mut decoding: Decoding, permit: Permit) {
         let span = tracing::debug_span!("generation", id = self.id);
         let _enter = span.enter();
-        let mut progress = Progress::default();
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.generate(&mut progress)))
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.generate(&mut decoding)))
             .unwrap_or_else(|_| Err(Halt::Failed("generation panicked".to_string())));
         drop(permit);
         match outcome {
             Ok(reason) => {
-                let usage = self.usage(&progress, reason);
+                let usage = decoding.usage(reason);
                 usage.log_finished(self.id);
                 let done = GenerationEvent::Done(usage);
                 if reason == FinishReason::Cancelled {
@@ -498,7 +484,7 @@ impl Job {
                 }
             }
             Err(Halt::Cancelled) => {
-                let usage = self.usage(&progress, FinishReason::Cancelled);
+                let usage = decoding.usage(FinishReason::Cancelled);
                 let _ = self.tx.try_send(GenerationEvent::Done(usage));
             }
             Err(Halt::Closed) => tracing::debug!("receiver gone; generation dropped"),
@@ -509,32 +495,14 @@ impl Job {
         }
     }
 
-    fn usage(&self, progress: &Progress, finish_reason: FinishReason) -> Usage {
-        Usage {
-            prompt_tokens: self.prompt_ids.len() as u32,
-            completion_tokens: progress.completion_tokens,
-            time_to_first_token_ms: progress.first_token_ms.unwrap_or(0.0),
-            total_ms: ms(self.started.elapsed()),
-            finish_reason,
-        }
-    }
-
     fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Acquire)
     }
 
-    /// The generation loop: prefill, then sample / stream / feed back until a stop condition.
-    fn generate(&self, progress: &mut Progress) -> Result<FinishReason, Halt> {
-        let tokenizer = &*self.tokenizer;
-        let context_length = self.context_length;
-        let max_tokens = self.sampling.max_tokens;
-        let decode = |ids: &[u32]| tokenizer.decode(ids).map_err(Halt::Failed);
-
+    /// The generation loop: prefill, then step the decoding (sample, stream) and feed its
+    /// token back until it ends.
+    fn generate(&self, decoding: &mut Decoding) -> Result<FinishReason, Halt> {
         let mut session: Session = self.model.session();
-        let mut sampler = self.sampling.processor();
-        let mut detok = IncrementalDecoder::new();
-        let mut stop = StopMatcher::new(&self.sampling.stop);
-
         let mut logits = None;
         for (i, chunk) in self.prompt_ids.chunks(PREFILL_CHUNK).enumerate() {
             if self.cancelled() {
@@ -543,47 +511,18 @@ impl Job {
             logits = Some(session.forward(chunk, i * PREFILL_CHUNK)?);
         }
         let mut logits = logits.ok_or_else(|| Halt::Failed("empty prompt".to_string()))?;
-
-        let natural_end = loop {
+        loop {
             if self.cancelled() {
                 return Ok(FinishReason::Cancelled);
             }
-            let token = sampler.sample(&logits)?;
-            progress.completion_tokens += 1;
-            self.sampled
-                .store(progress.completion_tokens, Ordering::Release);
-            progress
-                .first_token_ms
-                .get_or_insert_with(|| ms(self.started.elapsed()));
-            if tokenizer.is_eos(token) {
-                break FinishReason::Stop;
+            let step = decoding.step(Logits::Tensor(&logits), &self.tokenizer);
+            for text in step.text {
+                self.send_text(text)?;
             }
-            if let Some(text) = detok.push(token, decode)? {
-                match stop.push(&text) {
-                    StopStep::Continue(out) => self.send_text(out)?,
-                    StopStep::Stop(out) => {
-                        self.send_text(out)?;
-                        return Ok(FinishReason::Stop);
-                    }
-                }
-            }
-            let position = self.prompt_ids.len() + progress.completion_tokens as usize;
-            if progress.completion_tokens >= max_tokens || position >= context_length {
-                break FinishReason::Length;
-            }
-            logits = session.forward(&[token], position - 1)?;
-        };
-        // Natural end: release text held back for an incomplete character or a possible stop.
-        let rest = detok.finish(decode)?;
-        match stop.push(&rest) {
-            StopStep::Continue(out) => {
-                self.send_text(out)?;
-                self.send_text(stop.finish())?;
-                Ok(natural_end)
-            }
-            StopStep::Stop(out) => {
-                self.send_text(out)?;
-                Ok(FinishReason::Stop)
+            match step.next {
+                Next::Feed(token) => logits = session.forward(&[token], decoding.position())?,
+                Next::Finish(reason) => return Ok(reason),
+                Next::Fail(e) => return Err(Halt::Failed(e)),
             }
         }
     }
@@ -635,10 +574,6 @@ impl Wake for ThreadWaker {
     fn wake_by_ref(self: &Arc<Self>) {
         self.0.unpark();
     }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+mod decoding;
 pub mod device;
 pub mod engine;
 pub mod error;
