@@ -19,28 +19,24 @@
 //! [`Generation::cancel`] stops it before the next token. Its concurrency permit is released
 //! when the generation's work is over (KV cache freed), just before the final event is sent.
 
-use std::future::Future;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
-use std::thread::{self, Thread};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
-use crate::batch::{BatchConfig, Batcher};
-use crate::decoding::{Decoding, Logits, Next};
+use crate::batched::llama::LlamaConfig;
+use crate::batched::scheduler::{BatchConfig, Batcher};
+use crate::candle::Spawner;
 use crate::device::DeviceChoice;
 use crate::error::{GenerateError, LoadError};
-use crate::generation::{self, Admission, Permit, Slots};
-use crate::llama::LlamaConfig;
-use crate::model::{self, Model, ModelInfo, ModelSource, Runner, Session};
+use crate::generation::{self, Slots};
+use crate::model::{self, ModelInfo, ModelSource, Runner};
 use crate::sampling::SamplingParams;
 use crate::template::{ChatMessage, ChatTemplate};
 use crate::tokenizer::TextTokenizer;
 
+pub use crate::candle::{CANCEL_POLL, PREFILL_CHUNK};
 pub use crate::generation::{FinishReason, Generation, GenerationEvent, Usage};
 
 /// Default [`EngineConfig::max_concurrent`]: 16 generations at once (batched, they share
@@ -48,14 +44,9 @@ pub use crate::generation::{FinishReason, Generation, GenerationEvent, Usage};
 pub const DEFAULT_MAX_CONCURRENT: usize = 16;
 /// Default [`EngineConfig::channel_capacity`]: 64 chunks buffered per generation.
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 64;
-/// Prompts are fed to the model in chunks of this many tokens, bounding the attention
-/// scratch memory of a long prompt (about `chunk × context × heads × 4` bytes).
-pub const PREFILL_CHUNK: usize = 512;
 /// Default [`EngineConfig::max_state_bytes`]: 64 GiB, room for a 70B llama's f32 KV caches
 /// (640 KiB a position) at 16 generations of 4096 positions.
 pub const DEFAULT_MAX_STATE_BYTES: u64 = 64 << 30;
-/// How often a generation blocked on a full channel re-checks its cancel flag.
-pub const CANCEL_POLL: Duration = Duration::from_millis(20);
 
 /// Engine settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,11 +239,11 @@ impl Engine {
         );
         let tokenizer = Arc::new(loaded.tokenizer);
         let runtime = match loaded.runner {
-            Runner::Candle(model) => Runtime::Candle(Spawner {
+            Runner::Candle(model) => Runtime::Candle(Spawner::new(
                 model,
-                tokenizer: tokenizer.clone(),
-                context_length: loaded.info.context_length,
-            }),
+                tokenizer.clone(),
+                loaded.info.context_length,
+            )),
             Runner::Batched(llama) => Runtime::Batched(
                 Batcher::start(
                     llama,
@@ -381,204 +372,10 @@ impl Engine {
     }
 }
 
-/// The candle runtime's launcher: a thread per generation, each with its own session (KV
-/// cache) of the shared model.
-struct Spawner {
-    model: Model,
-    tokenizer: Arc<TextTokenizer>,
-    context_length: usize,
-}
-
-impl Spawner {
-    /// Starts `admission` on a thread of its own; returns that thread.
-    fn start(&self, admission: Admission) -> std::io::Result<Thread> {
-        let id = admission.id;
-        let (job, decoding, permit) = Job::new(
-            self.model.clone(),
-            self.tokenizer.clone(),
-            self.context_length,
-            admission,
-        );
-        let handle = thread::Builder::new()
-            .name(format!("cocoon-gen-{id}"))
-            .spawn(move || job.run(decoding, permit))?;
-        Ok(handle.thread().clone())
-    }
-}
-
-/// Why a generation loop stopped early.
-enum Halt {
-    /// The receiver is gone: nobody to tell.
-    Closed,
-    /// Cancelled while waiting for room in the channel.
-    Cancelled,
-    /// The model or tokenizer failed.
-    Failed(String),
-}
-
-impl From<candle_core::Error> for Halt {
-    fn from(e: candle_core::Error) -> Self {
-        Halt::Failed(e.to_string())
-    }
-}
-
-/// Everything one generation thread needs.
-struct Job {
-    model: Model,
-    tokenizer: Arc<TextTokenizer>,
-    id: u64,
-    prompt_ids: Vec<u32>,
-    tx: mpsc::Sender<GenerationEvent>,
-    cancel: Arc<AtomicBool>,
-}
-
-impl Job {
-    /// The job of `admission`, its decoding, and its permit (held by the thread until the
-    /// work is over).
-    fn new(
-        model: Model,
-        tokenizer: Arc<TextTokenizer>,
-        context_length: usize,
-        admission: Admission,
-    ) -> (Job, Decoding, Permit) {
-        let Admission {
-            id,
-            prompt,
-            sampling,
-            tx,
-            cancel,
-            sampled,
-            started,
-            permit,
-        } = admission;
-        let decoding = Decoding::new(&sampling, prompt.len(), context_length, sampled, started);
-        let job = Job {
-            model,
-            tokenizer,
-            id,
-            prompt_ids: prompt,
-            tx,
-            cancel,
-        };
-        (job, decoding, permit)
-    }
-
-    /// The thread's body. The permit is released once the KV cache is freed and before the
-    /// final event is sent, so whoever sees `Done` can start another generation at once.
-    fn run(self, mut decoding: Decoding, permit: Permit) {
-        let span = tracing::debug_span!("generation", id = self.id);
-        let _enter = span.enter();
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.generate(&mut decoding)))
-            .unwrap_or_else(|_| Err(Halt::Failed("generation panicked".to_string())));
-        drop(permit);
-        match outcome {
-            Ok(reason) => {
-                let usage = decoding.usage(reason);
-                usage.log_finished(self.id);
-                let done = GenerationEvent::Done(usage);
-                if reason == FinishReason::Cancelled {
-                    // Never wait for room on behalf of a caller who cancelled.
-                    let _ = self.tx.try_send(done);
-                } else {
-                    let _ = self.send(done);
-                }
-            }
-            Err(Halt::Cancelled) => {
-                let usage = decoding.usage(FinishReason::Cancelled);
-                let _ = self.tx.try_send(GenerationEvent::Done(usage));
-            }
-            Err(Halt::Closed) => tracing::debug!("receiver gone; generation dropped"),
-            Err(Halt::Failed(e)) => {
-                tracing::warn!(error = %e, "generation failed");
-                let _ = self.send(GenerationEvent::Error(e));
-            }
-        }
-    }
-
-    fn cancelled(&self) -> bool {
-        self.cancel.load(Ordering::Acquire)
-    }
-
-    /// The generation loop: prefill, then step the decoding (sample, stream) and feed its
-    /// token back until it ends.
-    fn generate(&self, decoding: &mut Decoding) -> Result<FinishReason, Halt> {
-        let mut session: Session = self.model.session();
-        let mut logits = None;
-        for (i, chunk) in self.prompt_ids.chunks(PREFILL_CHUNK).enumerate() {
-            if self.cancelled() {
-                return Ok(FinishReason::Cancelled);
-            }
-            logits = Some(session.forward(chunk, i * PREFILL_CHUNK)?);
-        }
-        let mut logits = logits.ok_or_else(|| Halt::Failed("empty prompt".to_string()))?;
-        loop {
-            if self.cancelled() {
-                return Ok(FinishReason::Cancelled);
-            }
-            let step = decoding.step(Logits::Tensor(&logits), &self.tokenizer);
-            for text in step.text {
-                self.send_text(text)?;
-            }
-            match step.next {
-                Next::Feed(token) => logits = session.forward(&[token], decoding.position())?,
-                Next::Finish(reason) => return Ok(reason),
-                Next::Fail(e) => return Err(Halt::Failed(e)),
-            }
-        }
-    }
-
-    fn send_text(&self, text: String) -> Result<(), Halt> {
-        if text.is_empty() {
-            return Ok(());
-        }
-        self.send(GenerationEvent::Text(text))
-    }
-
-    /// Sends an event, waiting for room in the channel without a runtime; gives up when the
-    /// receiver is dropped or the generation is cancelled.
-    fn send(&self, event: GenerationEvent) -> Result<(), Halt> {
-        let event = match self.tx.try_send(event) {
-            Ok(()) => return Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Halt::Closed),
-            Err(mpsc::error::TrySendError::Full(event)) => event,
-        };
-        let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
-        let mut cx = Context::from_waker(&waker);
-        let mut reserve = std::pin::pin!(self.tx.reserve());
-        loop {
-            match reserve.as_mut().poll(&mut cx) {
-                Poll::Ready(Ok(permit)) => {
-                    permit.send(event);
-                    return Ok(());
-                }
-                Poll::Ready(Err(_)) => return Err(Halt::Closed),
-                Poll::Pending => {
-                    if self.cancelled() {
-                        return Err(Halt::Cancelled);
-                    }
-                    thread::park_timeout(CANCEL_POLL);
-                }
-            }
-        }
-    }
-}
-
-/// Wakes a parked generation thread when its channel has room.
-struct ThreadWaker(Thread);
-
-impl Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::candle::Model;
     use crate::testing::{write_tiny_gguf, TinySpec};
 
     fn tiny_engine(dir: &std::path::Path, backend: Backend) -> Engine {
@@ -594,7 +391,7 @@ mod tests {
 
     fn candle(engine: &Engine) -> &Model {
         match &engine.shared.runtime {
-            Runtime::Candle(spawner) => &spawner.model,
+            Runtime::Candle(spawner) => spawner.model(),
             Runtime::Batched(_) => panic!("batched"),
         }
     }

@@ -32,28 +32,28 @@
 
 #![warn(missing_docs)]
 
-pub mod batch;
+pub mod batched;
+pub mod candle;
 mod decoding;
 pub mod device;
 pub mod engine;
 pub mod error;
 pub mod generation;
-pub mod kernels;
-pub mod llama;
 pub mod model;
 pub mod sampling;
 pub mod stream;
-pub mod team;
 pub mod template;
 pub mod testing;
 pub mod tokenizer;
 
+// The batched runtime's modules at the paths they had before it had a folder.
+pub use batched::scheduler as batch;
+pub use batched::{kernels, llama, team};
+
 pub use device::DeviceChoice;
-pub use engine::{
-    Backend, Engine, EngineConfig, FinishReason, GenerateRequest, Generation, GenerationEvent,
-    Prompt, Usage,
-};
+pub use engine::{Backend, Engine, EngineConfig, GenerateRequest, Prompt};
 pub use error::{GenerateError, LoadError};
+pub use generation::{FinishReason, Generation, GenerationEvent, Usage};
 pub use model::{ModelInfo, ModelSource};
 pub use sampling::SamplingParams;
 pub use template::ChatMessage;

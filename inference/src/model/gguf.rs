@@ -28,17 +28,18 @@ use candle_transformers::models::quantized_llama::{self, ModelWeights};
 use std::sync::Arc;
 
 use super::gguf_header::{read_content, HeaderLimits};
-use super::{Loaded, Model, ModelInfo, Runner};
+use super::{Loaded, ModelInfo, Runner};
+use crate::batched::llama::{Llama, LlamaConfig, LlamaError, LlamaLimits};
+use crate::candle::Model;
 use crate::device::device_name;
 use crate::error::LoadError;
-use crate::llama::{Llama, LlamaConfig, LlamaError, LlamaLimits};
 use crate::template::ChatTemplate;
 use crate::tokenizer::{md_string, TextTokenizer};
 
 /// The GGUF architectures this loader runs.
 pub const SUPPORTED_ARCHITECTURES: [&str; 1] = ["llama"];
 
-pub use crate::llama::DEFAULT_CONTEXT_LENGTH;
+pub use crate::batched::llama::DEFAULT_CONTEXT_LENGTH;
 
 /// Quantized GGUF models whose weights take at most this many bytes as f32 (2 GiB, about
 /// 500M parameters) are dequantized and run in f32 on every device; larger ones run on

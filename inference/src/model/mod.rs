@@ -16,8 +16,7 @@ pub mod safetensors;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
-use candle_transformers::models::{llama, quantized_llama};
+use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::error::LoadError;
@@ -99,15 +98,15 @@ pub struct ModelInfo {
 #[allow(clippy::large_enum_variant)] // one per engine
 pub(crate) enum Runner {
     /// candle's model; generations get sessions of it.
-    Candle(Model),
+    Candle(crate::candle::Model),
     /// Our llama, driven by the batch scheduler.
-    Batched(std::sync::Arc<crate::llama::Llama>),
+    Batched(std::sync::Arc<crate::batched::llama::Llama>),
 }
 
 impl Runner {
     /// The candle model (tests compare against it).
     #[cfg(test)]
-    pub fn candle(&self) -> &Model {
+    pub fn candle(&self) -> &crate::candle::Model {
         match self {
             Runner::Candle(m) => m,
             Runner::Batched(_) => panic!("loaded for batching, not candle"),
@@ -123,7 +122,7 @@ pub(crate) struct Loaded {
     pub info: ModelInfo,
     /// The llama shape checked at load, its `context` the one the engine runs (GGUF only):
     /// what the engine sizes its caches and scratch from.
-    pub shape: Option<crate::llama::LlamaConfig>,
+    pub shape: Option<crate::batched::llama::LlamaConfig>,
 }
 
 /// Loads a model of either format onto `device`.
@@ -140,67 +139,5 @@ pub(crate) fn load(
     match source {
         ModelSource::Gguf(p) => gguf::load_with(p, device, dequantize_max_f32_bytes, batched),
         ModelSource::Safetensors(p) => safetensors::load(p, device),
-    }
-}
-
-/// A loaded model: immutable weights shared by all requests, and the device they live on.
-#[derive(Clone)]
-pub(crate) struct Model {
-    weights: Weights,
-    device: Device,
-}
-
-#[derive(Clone)]
-enum Weights {
-    /// Quantized llama from GGUF; the value is the pristine model with empty KV caches.
-    Gguf(quantized_llama::ModelWeights),
-    /// Llama from safetensors, with a pristine (empty) cache holding the rotary tables.
-    Llama {
-        model: llama::Llama,
-        cache: llama::Cache,
-    },
-}
-
-impl Model {
-    pub(crate) fn gguf(weights: quantized_llama::ModelWeights, device: &Device) -> Self {
-        Model {
-            weights: Weights::Gguf(weights),
-            device: device.clone(),
-        }
-    }
-
-    pub(crate) fn llama(model: llama::Llama, cache: llama::Cache, device: &Device) -> Self {
-        Model {
-            weights: Weights::Llama { model, cache },
-            device: device.clone(),
-        }
-    }
-
-    /// Fresh per-request state: shares the weights (cloning only `Arc`s), owns an empty KV
-    /// cache.
-    pub fn session(&self) -> Session {
-        Session {
-            state: self.weights.clone(),
-            device: self.device.clone(),
-        }
-    }
-}
-
-/// Per-request mutable state made from a shared [`Model`]: its KV cache.
-pub(crate) struct Session {
-    state: Weights,
-    device: Device,
-}
-
-impl Session {
-    /// Runs `ids` at positions `pos..pos + ids.len()` (appending them to the KV cache) and
-    /// returns the logits for the last one, as an f32 tensor of vocabulary length.
-    pub fn forward(&mut self, ids: &[u32], pos: usize) -> candle_core::Result<Tensor> {
-        let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
-        let logits = match &mut self.state {
-            Weights::Gguf(w) => w.forward(&input, pos)?,
-            Weights::Llama { model, cache } => model.forward(&input, pos, cache)?,
-        };
-        logits.squeeze(0)?.to_dtype(candle_core::DType::F32)
     }
 }

@@ -13,7 +13,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::llama::{self, LlamaConfig, LlamaEosToks};
 
-use super::{Loaded, Model, ModelInfo};
+use super::{Loaded, ModelInfo};
+use crate::candle::Model;
 use crate::device::device_name;
 use crate::error::LoadError;
 use crate::template::ChatTemplate;

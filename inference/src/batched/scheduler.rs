@@ -22,9 +22,9 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::llama::{KvCache, Llama, Workspace};
 use crate::decoding::{Decoding, Logits, Next};
 use crate::generation::{Admission, FinishReason, GenerationEvent, Permit};
-use crate::llama::{KvCache, Llama, Workspace};
 use crate::tokenizer::TextTokenizer;
 
 /// Default [`BatchConfig::prefill_chunk`]: 64 prompt tokens per step.

@@ -21,8 +21,8 @@
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
 
-use crate::kernels::{self, KernelError, QBlock, QMatrix, BLOCK};
-use crate::team::{Member, Team};
+use super::kernels::{self, KernelError, QBlock, QMatrix, BLOCK};
+use super::team::{Member, Team};
 
 /// Greedy decoding's pick, kept here for the callers that step a [`Llama`] by hand.
 pub use crate::sampling::argmax;
