@@ -80,7 +80,8 @@ pub(crate) struct Decoding {
     context_length: usize,
     detok: IncrementalDecoder,
     stop: StopMatcher,
-    /// Tokens sampled so far, published for [`Generation::tokens_so_far`](crate::Generation::tokens_so_far).
+    /// Tokens sampled so far, published for
+    /// [`Generation::tokens_so_far`](crate::Generation::tokens_so_far).
     sampled: Arc<AtomicU32>,
     started: Instant,
     completion_tokens: u32,

@@ -1,14 +1,19 @@
-//! The engine: a loaded model shared by concurrent generations.
+//! The engine: a loaded model shared by concurrent generations; the crate's API.
 //!
-//! [`Engine::generate`] returns at once with a [`Generation`] handle, or [`GenerateError::Busy`]
-//! when [`EngineConfig::max_concurrent`] generations are already running (requests are never
-//! queued here: the caller decides whether to wait, retry or go elsewhere). Two runtimes
-//! ([`Backend`]):
-//! - batched (GGUF llama with `Q4_1`/`Q8_0` matrices on the CPU, the default there): every
-//!   generation joins one continuous batch run by a scheduler thread ([`crate::batch`]) on
-//!   our kernels ([`crate::llama`]);
+//! [`Engine::load`] loads the model through [`crate::model`] and starts the runtime it was
+//! loaded for ([`Backend`]):
+//! - batched (a GGUF llama with `Q4_1`/`Q8_0` matrices on the CPU, the default there): every
+//!   generation joins one continuous batch, run by a scheduler thread on our kernels
+//!   ([`crate::batched`]);
 //! - candle (everything else): each generation runs on a dedicated `std::thread` that owns
-//!   its KV cache (a `model::Session`).
+//!   its KV cache ([`crate::candle`]).
+//!
+//! [`Engine::generate`] checks the request, takes a slot of the concurrency limit, renders
+//! and tokenises the prompt and hands the runtime the generation (see
+//! [`crate::generation`]). It returns at once with a [`Generation`] handle, or
+//! [`GenerateError::Busy`] when [`EngineConfig::max_concurrent`] generations are already
+//! running (requests are never queued here: the caller decides whether to wait, retry or go
+//! elsewhere).
 //!
 //! Either way a generation samples with its own seeded RNG and streams text through a
 //! bounded `tokio::sync::mpsc` channel, so the async side never blocks and the generation

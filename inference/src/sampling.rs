@@ -1,4 +1,6 @@
-//! Sampling parameters and their translation to candle's seeded [`LogitsProcessor`].
+//! Sampling parameters and their translation to candle's seeded [`LogitsProcessor`], which
+//! each generation's decoding (in either runtime) samples with; [`argmax`] is greedy
+//! decoding on a plain row of logits.
 //!
 //! Every random choice comes from a `StdRng` seeded with [`SamplingParams::seed`], so the same
 //! model, prompt and parameters give the same text on the same device. A temperature of 0 is

@@ -1,6 +1,11 @@
-//! Our llama forward pass on the quantized kernels ([`crate::kernels`]), built for batching:
+//! Our llama forward pass on the quantized kernels ([`super::kernels`]), built for batching:
 //! one [`Llama::step`] runs any number of sequences together, each adding one token (decode)
-//! or a chunk of its prompt (prefill) to its own [`KvCache`].
+//! or a chunk of its prompt (prefill) to its own [`KvCache`]. The batch scheduler
+//! ([`super::scheduler`]) drives it.
+//!
+//! It also holds the llama shape a GGUF file declares ([`LlamaConfig`], checked against
+//! [`LlamaLimits`] by [`LlamaConfig::from_gguf`]): the GGUF loader checks every file with it
+//! whichever runtime will run it, and the engine sizes both runtimes' memory from it.
 //!
 //! Every token of a step is a row; the weight products see all rows at once (each weight
 //! block unpacked once per tile of rows), while normalisation, rotary embeddings and

@@ -1,5 +1,6 @@
-//! Continuous batching: one scheduler thread runs every live generation of an engine through
-//! our llama ([`crate::llama`]), one [`Llama::step`] at a time.
+//! Continuous batching, the batched runtime's top: one scheduler thread runs every live
+//! generation of an engine through our llama ([`super::llama`]), one [`Llama::step`] at a
+//! time.
 //!
 //! Between steps, generations join (admitted from [`Engine::generate`](crate::Engine)) and
 //! leave (finished, cancelled, or their reader gone), so a new request waits at most one step
@@ -7,8 +8,9 @@
 //! next token and at most [`BatchConfig::prefill_chunk`] prompt tokens in all, so a long
 //! prompt is cut into chunks and never stalls the streams already decoding.
 //!
-//! Each generation keeps its own KV cache, seeded sampler, detokeniser and stop matcher, and
-//! a step's rows never mix, so its text is exactly what it would be alone. Output goes
+//! Each generation keeps its own KV cache and its own `Decoding` (seeded sampler,
+//! detokeniser, stop matcher, counts: the same per-sequence logic the candle runtime steps),
+//! and a step's rows never mix, so its text is exactly what it would be alone. Output goes
 //! through the generation's bounded channel without blocking: a generation whose reader
 //! is slow holds its next event in a one-event outbox and sits out the steps until the
 //! reader makes room; the others go on.

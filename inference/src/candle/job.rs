@@ -1,5 +1,5 @@
 //! The candle runtime's generation loop: each generation runs on a `std::thread` of its
-//! own, with its own [`Session`] of the shared [`Model`] and its own [`Decoding`].
+//! own, with its own `Session` of the shared `Model` and its own `Decoding`.
 //!
 //! The thread feeds the prompt in chunks of [`PREFILL_CHUNK`] tokens, then steps the
 //! decoding and feeds its token back until it ends, checking the cancel flag before every

@@ -1,6 +1,7 @@
-//! Loading a llama-family model from a GGUF file: weights through candle's
-//! `quantized_llama`, the tokenizer rebuilt from `tokenizer.ggml.*` metadata, and the chat
-//! template from `tokenizer.chat_template`.
+//! Loading a llama-family model from a GGUF file: the tokenizer rebuilt from
+//! `tokenizer.ggml.*` metadata, the chat template from `tokenizer.chat_template`, and the
+//! weights onto one of the two runtimes: our [`Llama`] (batched runtime) when asked and our
+//! kernels take every matrix, else candle's `quantized_llama` (candle runtime).
 //!
 //! Small models are dequantized to f32 at load time (see [`DEQUANTIZE_MAX_F32_BYTES`]).
 //! candle's quantized matmuls quantize the *activations* to 8 bits too, which is enough to

@@ -1,14 +1,17 @@
-//! Loading models and running their forward pass.
+//! Loading models: a model's files in, the model of one runtime out, with its tokenizer,
+//! chat template and [`ModelInfo`].
 //!
-//! A loaded model (`Model`) is immutable and shared by every request; all per-request
-//! mutable state (the KV cache) lives in a `Session` made from it with `Model::session`.
-//! Two formats are supported, both llama-family:
-//! - [`gguf`]: a quantized GGUF file run by candle's `quantized_llama`. Its weights sit
-//!   behind `Arc`s, so a session is a clone of the pristine loaded model with empty caches.
-//!   Its header is first checked by [`gguf_header`], a bounded pre-parser, and its llama
-//!   shape by [`crate::llama::LlamaConfig::from_gguf`], before anything is sized from them.
+//! [`ModelSource`] says where the files are. The loaders return a `Loaded` whose `Runner`
+//! is the model of the runtime that will run it: our llama for the batched runtime
+//! ([`crate::batched`]) or candle's model for the candle runtime ([`crate::candle`]). Two
+//! formats are supported, both llama-family:
+//! - [`gguf`]: a GGUF file, its header first checked by [`gguf_header`], a bounded
+//!   pre-parser, and its llama shape by
+//!   [`LlamaConfig::from_gguf`](crate::batched::llama::LlamaConfig::from_gguf), before
+//!   anything is sized from them; then loaded onto our kernels when they take its matrices
+//!   (CPU only), else onto candle's `quantized_llama` (dequantized when small).
 //! - [`safetensors`]: a Hugging Face directory (`config.json`, `tokenizer.json`,
-//!   `*.safetensors`) run by candle's `llama`, with a per-request `llama::Cache`.
+//!   `*.safetensors`), always run by candle's `llama`.
 
 pub mod gguf;
 pub mod gguf_header;
@@ -90,7 +93,8 @@ pub struct ModelInfo {
     /// Which format it was loaded from: `gguf` or `safetensors`.
     pub format: String,
     /// What runs it: `batched` (our quantized kernels, every generation in one batch, see
-    /// [`crate::batch`]) or `candle` (candle's model, a thread per generation).
+    /// [`crate::batched`]) or `candle` (candle's model, a thread per generation, see
+    /// [`crate::candle`]).
     pub runtime: String,
 }
 
