@@ -1,7 +1,7 @@
 //! Benchmark: one decode step's matrix products for SmolLM2-135M's shapes, on each of our
-//! quantized kernels this CPU runs ([`cocoon_inference::kernels`]) and, for scale, a plain
-//! f32 matrix-vector product of the same dequantized weights; single-threaded, batches of 1
-//! to 16 vectors.
+//! quantized kernels this CPU runs ([`cocoon_inference::batched::kernels`]) and, for scale, a
+//! plain f32 matrix-vector product of the same dequantized weights; single-threaded, batches
+//! of 1 to 16 vectors.
 //!
 //! `cargo bench -p cocoon-inference --bench kernels`. Prints a table: µs per step (all 30
 //! layers' projections and the output head), weights per second, and the batch speed-up;
@@ -10,7 +10,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use cocoon_inference::kernels::{quantize, Kernel, QBlock, QMatrix, BLOCK};
+use cocoon_inference::batched::kernels::{quantize, Kernel, QBlock, QMatrix, BLOCK};
 
 /// (rows, cols, count per step): SmolLM2-135M (30 layers, width 576, MLP 1536, 3 KV heads
 /// of 64, vocabulary 49,152). Its file stores the block matrices as Q4_1 and the output head

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use cocoon_inference::llama::{argmax, Llama, Workspace};
+use cocoon_inference::batched::llama::{argmax, Llama, Workspace};
 use cocoon_inference::model::gguf_header::{read_content, HeaderLimits};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,5 +1,7 @@
 //! Which device runs the model: [`DeviceChoice`] is what a config file or flag says,
 //! [`DeviceChoice::resolve`] turns it into a candle [`Device`].
+//! [`Engine::load`](crate::Engine::load) resolves it before loading; only the CPU takes the
+//! batched runtime.
 //!
 //! CUDA support is compiled only with the crate's `cuda` feature; without it `Auto`
 //! always means CPU and `Cuda` is an error ([`LoadError::CudaNotCompiled`]).

@@ -1,14 +1,19 @@
-//! The engine: a loaded model shared by concurrent generations.
+//! The engine: a loaded model shared by concurrent generations; the crate's API.
 //!
-//! [`Engine::generate`] returns at once with a [`Generation`] handle, or [`GenerateError::Busy`]
-//! when [`EngineConfig::max_concurrent`] generations are already running (requests are never
-//! queued here: the caller decides whether to wait, retry or go elsewhere). Two runtimes
-//! ([`Backend`]):
-//! - batched (GGUF llama with `Q4_1`/`Q8_0` matrices on the CPU, the default there): every
-//!   generation joins one continuous batch run by a scheduler thread ([`crate::batch`]) on
-//!   our kernels ([`crate::llama`]);
+//! [`Engine::load`] loads the model through [`crate::model`] and starts the runtime it was
+//! loaded for ([`Backend`]):
+//! - batched (a GGUF llama with `Q4_1`/`Q8_0` matrices on the CPU, the default there): every
+//!   generation joins one continuous batch, run by a scheduler thread on our kernels
+//!   ([`crate::batched`]);
 //! - candle (everything else): each generation runs on a dedicated `std::thread` that owns
-//!   its KV cache (a `model::Session`).
+//!   its KV cache ([`crate::candle`]).
+//!
+//! [`Engine::generate`] checks the request, takes a slot of the concurrency limit, renders
+//! and tokenises the prompt and hands the runtime the generation (see
+//! [`crate::generation`]). It returns at once with a [`Generation`] handle, or
+//! [`GenerateError::Busy`] when [`EngineConfig::max_concurrent`] generations are already
+//! running (requests are never queued here: the caller decides whether to wait, retry or go
+//! elsewhere).
 //!
 //! Either way a generation samples with its own seeded RNG and streams text through a
 //! bounded `tokio::sync::mpsc` channel, so the async side never blocks and the generation
@@ -19,40 +24,34 @@
 //! [`Generation::cancel`] stops it before the next token. Its concurrency permit is released
 //! when the generation's work is over (KV cache freed), just before the final event is sent.
 
-use std::future::Future;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
-use std::thread::{self, Thread};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
-use crate::batch::{Admission, BatchConfig, Batcher};
+use crate::batched::llama::LlamaConfig;
+use crate::batched::scheduler::{BatchConfig, Batcher};
+use crate::candle::Spawner;
 use crate::device::DeviceChoice;
 use crate::error::{GenerateError, LoadError};
-use crate::llama::LlamaConfig;
-use crate::model::{self, Model, ModelInfo, ModelSource, Runner, Session};
+use crate::generation::{self, Slots};
+use crate::model::{self, ModelInfo, ModelSource, Runner};
 use crate::sampling::SamplingParams;
-use crate::stream::{IncrementalDecoder, StopMatcher, StopStep};
 use crate::template::{ChatMessage, ChatTemplate};
 use crate::tokenizer::TextTokenizer;
+
+pub use crate::candle::{CANCEL_POLL, PREFILL_CHUNK};
+pub use crate::generation::{FinishReason, Generation, GenerationEvent, Usage};
 
 /// Default [`EngineConfig::max_concurrent`]: 16 generations at once (batched, they share
 /// each step; on candle each costs a thread).
 pub const DEFAULT_MAX_CONCURRENT: usize = 16;
 /// Default [`EngineConfig::channel_capacity`]: 64 chunks buffered per generation.
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 64;
-/// Prompts are fed to the model in chunks of this many tokens, bounding the attention
-/// scratch memory of a long prompt (about `chunk × context × heads × 4` bytes).
-pub const PREFILL_CHUNK: usize = 512;
 /// Default [`EngineConfig::max_state_bytes`]: 64 GiB, room for a 70B llama's f32 KV caches
 /// (640 KiB a position) at 16 generations of 4096 positions.
 pub const DEFAULT_MAX_STATE_BYTES: u64 = 64 << 30;
-/// How often a generation blocked on a full channel re-checks its cancel flag.
-pub const CANCEL_POLL: Duration = Duration::from_millis(20);
 
 /// Engine settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,114 +130,6 @@ pub struct GenerateRequest {
     pub sampling: SamplingParams,
 }
 
-/// Why a generation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FinishReason {
-    /// The model ended its turn (EOS) or a stop string appeared.
-    Stop,
-    /// `max_tokens` or the model's context length was reached.
-    Length,
-    /// The generation was cancelled.
-    Cancelled,
-}
-
-/// Token counts and timings of a finished generation.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Usage {
-    /// Tokens in the prompt (after templating, including BOS).
-    pub prompt_tokens: u32,
-    /// Tokens sampled, including a final EOS token.
-    pub completion_tokens: u32,
-    /// Milliseconds from [`Engine::generate`] to the first sampled token (0 if none).
-    pub time_to_first_token_ms: f64,
-    /// Milliseconds from [`Engine::generate`] to the end.
-    pub total_ms: f64,
-    /// Why it ended.
-    pub finish_reason: FinishReason,
-}
-
-impl Usage {
-    /// The debug line every finished generation logs, whichever runtime ran it.
-    pub(crate) fn log_finished(&self, id: u64) {
-        tracing::debug!(
-            id,
-            prompt_tokens = self.prompt_tokens,
-            completion_tokens = self.completion_tokens,
-            finish_reason = ?self.finish_reason,
-            ttft_ms = self.time_to_first_token_ms,
-            total_ms = self.total_ms,
-            "generation finished"
-        );
-    }
-}
-
-/// What a [`Generation`] yields.
-#[derive(Clone, Debug, PartialEq)]
-pub enum GenerationEvent {
-    /// The next piece of text (whole UTF-8 characters; never empty).
-    Text(String),
-    /// The generation finished; always the last event.
-    Done(Usage),
-    /// The generation failed; always the last event.
-    Error(String),
-}
-
-/// A running generation: a stream of [`GenerationEvent`]s. Dropping it cancels the generation.
-#[derive(Debug)]
-pub struct Generation {
-    id: u64,
-    prompt_tokens: u32,
-    sampled: Arc<AtomicU32>,
-    rx: mpsc::Receiver<GenerationEvent>,
-    cancel: Arc<AtomicBool>,
-    thread: Thread,
-}
-
-impl Generation {
-    /// This generation's id, unique within its engine (also in its thread's name and logs).
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// Tokens in the prompt, as [`Usage::prompt_tokens`] will count them.
-    pub fn prompt_tokens(&self) -> u32 {
-        self.prompt_tokens
-    }
-
-    /// Completion tokens sampled so far, including any whose text is still held back (an
-    /// incomplete character, a possible stop string). Never decreases and never exceeds the
-    /// final [`Usage::completion_tokens`]: what a worker bills a chunk by.
-    pub fn tokens_so_far(&self) -> u32 {
-        self.sampled.load(Ordering::Acquire)
-    }
-
-    /// The next event; `None` after the last one.
-    pub async fn next(&mut self) -> Option<GenerationEvent> {
-        self.rx.recv().await
-    }
-
-    /// The next event, blocking the current thread; `None` after the last one.
-    ///
-    /// # Panics
-    /// If called from within an async runtime (use [`Generation::next`] there).
-    pub fn blocking_next(&mut self) -> Option<GenerationEvent> {
-        self.rx.blocking_recv()
-    }
-
-    /// Asks the generation to stop before its next token. It then ends with
-    /// `Done` carrying [`FinishReason::Cancelled`] (if the channel has room for it).
-    pub fn cancel(&self) {
-        self.cancel.store(true, Ordering::Release);
-        self.thread.unpark();
-    }
-}
-
-impl Drop for Generation {
-    fn drop(&mut self) {
-        self.cancel();
-    }
-}
-
 /// A loaded model ready to generate. Cheap to clone; all clones share the model and the
 /// concurrency limit.
 #[derive(Clone)]
@@ -248,19 +139,19 @@ pub struct Engine {
 
 struct Shared {
     runtime: Runtime,
-    tokenizer: TextTokenizer,
+    tokenizer: Arc<TextTokenizer>,
     template: ChatTemplate,
     info: ModelInfo,
     config: EngineConfig,
-    active: AtomicUsize,
+    slots: Slots,
     next_id: AtomicU64,
 }
 
 /// What runs the generations.
 #[allow(clippy::large_enum_variant)] // one per engine
 enum Runtime {
-    /// A thread per generation, each with a session of this model.
-    Candle(Model),
+    /// A thread per generation, each with a session of the model.
+    Candle(Spawner),
     /// One batch scheduler.
     Batched(Batcher),
 }
@@ -351,12 +242,17 @@ impl Engine {
             load_ms = started.elapsed().as_millis() as u64,
             "model loaded"
         );
+        let tokenizer = Arc::new(loaded.tokenizer);
         let runtime = match loaded.runner {
-            Runner::Candle(model) => Runtime::Candle(model),
+            Runner::Candle(model) => Runtime::Candle(Spawner::new(
+                model,
+                tokenizer.clone(),
+                loaded.info.context_length,
+            )),
             Runner::Batched(llama) => Runtime::Batched(
                 Batcher::start(
                     llama,
-                    loaded.tokenizer.clone(),
+                    tokenizer.clone(),
                     loaded.info.context_length,
                     &config.batch,
                 )
@@ -366,11 +262,11 @@ impl Engine {
         Ok(Engine {
             shared: Arc::new(Shared {
                 runtime,
-                tokenizer: loaded.tokenizer,
+                slots: Slots::new(config.max_concurrent),
+                tokenizer,
                 template: loaded.template,
                 info: loaded.info,
                 config,
-                active: AtomicUsize::new(0),
                 next_id: AtomicU64::new(0),
             }),
         })
@@ -393,7 +289,7 @@ impl Engine {
 
     /// Generations running now (threads not yet exited).
     pub fn active(&self) -> usize {
-        self.shared.active.load(Ordering::Acquire)
+        self.shared.slots.active()
     }
 
     /// The prompt text the model sees (the chat template applied), before tokenisation.
@@ -426,7 +322,7 @@ impl Engine {
     /// [`EngineConfig::max_concurrent`] generations are running.
     pub fn generate(&self, request: GenerateRequest) -> Result<Generation, GenerateError> {
         request.sampling.validate()?;
-        let permit = Permit::acquire(&self.shared).ok_or(GenerateError::Busy {
+        let permit = self.shared.slots.try_acquire().ok_or(GenerateError::Busy {
             limit: self.shared.config.max_concurrent,
         })?;
         let prompt_ids = self.prompt_tokens(&request.prompt)?;
@@ -441,58 +337,21 @@ impl Engine {
             });
         }
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.shared.config.channel_capacity);
-        let cancel = Arc::new(AtomicBool::new(false));
-        let sampled = Arc::new(AtomicU32::new(0));
-        let prompt_tokens = prompt_ids.len() as u32;
-        let model = match &self.shared.runtime {
-            Runtime::Candle(model) => model.clone(),
+        let (admission, handle) = generation::open(
+            id,
+            prompt_ids,
+            request.sampling,
+            self.shared.config.channel_capacity,
+            permit,
+        );
+        let thread = match &self.shared.runtime {
+            Runtime::Candle(spawner) => spawner.start(admission).map_err(GenerateError::Spawn)?,
             Runtime::Batched(batcher) => {
-                batcher
-                    .admit(Admission {
-                        id,
-                        prompt: prompt_ids,
-                        sampling: request.sampling,
-                        tx,
-                        cancel: cancel.clone(),
-                        sampled: sampled.clone(),
-                        started: Instant::now(),
-                        permit,
-                    })
-                    .map_err(GenerateError::Failed)?;
-                return Ok(Generation {
-                    id,
-                    prompt_tokens,
-                    sampled,
-                    rx,
-                    cancel,
-                    thread: batcher.thread().clone(),
-                });
+                batcher.admit(admission).map_err(GenerateError::Failed)?;
+                batcher.thread().clone()
             }
         };
-        let job = Job {
-            model,
-            id,
-            shared: self.shared.clone(),
-            prompt_ids,
-            sampling: request.sampling,
-            tx,
-            cancel: cancel.clone(),
-            sampled: sampled.clone(),
-            started: Instant::now(),
-        };
-        let handle = thread::Builder::new()
-            .name(format!("cocoon-gen-{id}"))
-            .spawn(move || job.run(permit))
-            .map_err(GenerateError::Spawn)?;
-        Ok(Generation {
-            id,
-            prompt_tokens,
-            sampled,
-            rx,
-            cancel,
-            thread: handle.thread().clone(),
-        })
+        Ok(handle(thread))
     }
 
     /// Generates to the end and returns the whole text with its usage.
@@ -518,233 +377,10 @@ impl Engine {
     }
 }
 
-/// One slot of the concurrency limit, released on drop.
-pub(crate) struct Permit(Arc<Shared>);
-
-impl Permit {
-    fn acquire(shared: &Arc<Shared>) -> Option<Permit> {
-        let limit = shared.config.max_concurrent;
-        shared
-            .active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Permit(shared.clone()))
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Why a generation loop stopped early.
-enum Halt {
-    /// The receiver is gone: nobody to tell.
-    Closed,
-    /// Cancelled while waiting for room in the channel.
-    Cancelled,
-    /// The model or tokenizer failed.
-    Failed(String),
-}
-
-impl From<candle_core::Error> for Halt {
-    fn from(e: candle_core::Error) -> Self {
-        Halt::Failed(e.to_string())
-    }
-}
-
-/// Everything one generation thread needs.
-struct Job {
-    model: Model,
-    id: u64,
-    shared: Arc<Shared>,
-    prompt_ids: Vec<u32>,
-    sampling: SamplingParams,
-    tx: mpsc::Sender<GenerationEvent>,
-    cancel: Arc<AtomicBool>,
-    sampled: Arc<AtomicU32>,
-    started: Instant,
-}
-
-/// Counters the loop keeps for [`Usage`].
-#[derive(Default)]
-struct Progress {
-    completion_tokens: u32,
-    first_token_ms: Option<f64>,
-}
-
-impl Job {
-    /// The thread's body. The permit is released once the KV cache is freed and before the
-    /// final event is sent, so whoever sees `Done` can start another generation at once.
-    fn run(self, permit: Permit) {
-        let span = tracing::debug_span!("generation", id = self.id);
-        let _enter = span.enter();
-        let mut progress = Progress::default();
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.generate(&mut progress)))
-            .unwrap_or_else(|_| Err(Halt::Failed("generation panicked".to_string())));
-        drop(permit);
-        match outcome {
-            Ok(reason) => {
-                let usage = self.usage(&progress, reason);
-                usage.log_finished(self.id);
-                let done = GenerationEvent::Done(usage);
-                if reason == FinishReason::Cancelled {
-                    // Never wait for room on behalf of a caller who cancelled.
-                    let _ = self.tx.try_send(done);
-                } else {
-                    let _ = self.send(done);
-                }
-            }
-            Err(Halt::Cancelled) => {
-                let usage = self.usage(&progress, FinishReason::Cancelled);
-                let _ = self.tx.try_send(GenerationEvent::Done(usage));
-            }
-            Err(Halt::Closed) => tracing::debug!("receiver gone; generation dropped"),
-            Err(Halt::Failed(e)) => {
-                tracing::warn!(error = %e, "generation failed");
-                let _ = self.send(GenerationEvent::Error(e));
-            }
-        }
-    }
-
-    fn usage(&self, progress: &Progress, finish_reason: FinishReason) -> Usage {
-        Usage {
-            prompt_tokens: self.prompt_ids.len() as u32,
-            completion_tokens: progress.completion_tokens,
-            time_to_first_token_ms: progress.first_token_ms.unwrap_or(0.0),
-            total_ms: ms(self.started.elapsed()),
-            finish_reason,
-        }
-    }
-
-    fn cancelled(&self) -> bool {
-        self.cancel.load(Ordering::Acquire)
-    }
-
-    /// The generation loop: prefill, then sample / stream / feed back until a stop condition.
-    fn generate(&self, progress: &mut Progress) -> Result<FinishReason, Halt> {
-        let tokenizer = &self.shared.tokenizer;
-        let context_length = self.shared.info.context_length;
-        let max_tokens = self.sampling.max_tokens;
-        let decode = |ids: &[u32]| tokenizer.decode(ids).map_err(Halt::Failed);
-
-        let mut session: Session = self.model.session();
-        let mut sampler = self.sampling.processor();
-        let mut detok = IncrementalDecoder::new();
-        let mut stop = StopMatcher::new(&self.sampling.stop);
-
-        let mut logits = None;
-        for (i, chunk) in self.prompt_ids.chunks(PREFILL_CHUNK).enumerate() {
-            if self.cancelled() {
-                return Ok(FinishReason::Cancelled);
-            }
-            logits = Some(session.forward(chunk, i * PREFILL_CHUNK)?);
-        }
-        let mut logits = logits.ok_or_else(|| Halt::Failed("empty prompt".to_string()))?;
-
-        let natural_end = loop {
-            if self.cancelled() {
-                return Ok(FinishReason::Cancelled);
-            }
-            let token = sampler.sample(&logits)?;
-            progress.completion_tokens += 1;
-            self.sampled
-                .store(progress.completion_tokens, Ordering::Release);
-            progress
-                .first_token_ms
-                .get_or_insert_with(|| ms(self.started.elapsed()));
-            if tokenizer.is_eos(token) {
-                break FinishReason::Stop;
-            }
-            if let Some(text) = detok.push(token, decode)? {
-                match stop.push(&text) {
-                    StopStep::Continue(out) => self.send_text(out)?,
-                    StopStep::Stop(out) => {
-                        self.send_text(out)?;
-                        return Ok(FinishReason::Stop);
-                    }
-                }
-            }
-            let position = self.prompt_ids.len() + progress.completion_tokens as usize;
-            if progress.completion_tokens >= max_tokens || position >= context_length {
-                break FinishReason::Length;
-            }
-            logits = session.forward(&[token], position - 1)?;
-        };
-        // Natural end: release text held back for an incomplete character or a possible stop.
-        let rest = detok.finish(decode)?;
-        match stop.push(&rest) {
-            StopStep::Continue(out) => {
-                self.send_text(out)?;
-                self.send_text(stop.finish())?;
-                Ok(natural_end)
-            }
-            StopStep::Stop(out) => {
-                self.send_text(out)?;
-                Ok(FinishReason::Stop)
-            }
-        }
-    }
-
-    fn send_text(&self, text: String) -> Result<(), Halt> {
-        if text.is_empty() {
-            return Ok(());
-        }
-        self.send(GenerationEvent::Text(text))
-    }
-
-    /// Sends an event, waiting for room in the channel without a runtime; gives up when the
-    /// receiver is dropped or the generation is cancelled.
-    fn send(&self, event: GenerationEvent) -> Result<(), Halt> {
-        let event = match self.tx.try_send(event) {
-            Ok(()) => return Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Halt::Closed),
-            Err(mpsc::error::TrySendError::Full(event)) => event,
-        };
-        let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
-        let mut cx = Context::from_waker(&waker);
-        let mut reserve = std::pin::pin!(self.tx.reserve());
-        loop {
-            match reserve.as_mut().poll(&mut cx) {
-                Poll::Ready(Ok(permit)) => {
-                    permit.send(event);
-                    return Ok(());
-                }
-                Poll::Ready(Err(_)) => return Err(Halt::Closed),
-                Poll::Pending => {
-                    if self.cancelled() {
-                        return Err(Halt::Cancelled);
-                    }
-                    thread::park_timeout(CANCEL_POLL);
-                }
-            }
-        }
-    }
-}
-
-/// Wakes a parked generation thread when its channel has room.
-struct ThreadWaker(Thread);
-
-impl Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::candle::Model;
     use crate::testing::{write_tiny_gguf, TinySpec};
 
     fn tiny_engine(dir: &std::path::Path, backend: Backend) -> Engine {
@@ -760,7 +396,7 @@ mod tests {
 
     fn candle(engine: &Engine) -> &Model {
         match &engine.shared.runtime {
-            Runtime::Candle(m) => m,
+            Runtime::Candle(spawner) => spawner.model(),
             Runtime::Batched(_) => panic!("batched"),
         }
     }

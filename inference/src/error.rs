@@ -133,23 +133,3 @@ pub enum GenerateError {
     #[error("cannot start generation thread: {0}")]
     Spawn(#[source] std::io::Error),
 }
-
-impl From<crate::llama::LlamaError> for LoadError {
-    fn from(e: crate::llama::LlamaError) -> Self {
-        use crate::llama::LlamaError as E;
-        match e {
-            E::Metadata { key, problem } => LoadError::Metadata { key, problem },
-            E::MissingTensor(name) => LoadError::MissingTensor(name),
-            E::Tensor { name, problem } => LoadError::Tensor { name, problem },
-            E::Kernel { name, source } => LoadError::Tensor {
-                name,
-                problem: source.to_string(),
-            },
-            E::Candle(e) => LoadError::Candle(e),
-            e @ (E::ContextFull { .. } | E::Token(_)) => LoadError::Metadata {
-                key: "llama.*".to_string(),
-                problem: e.to_string(),
-            },
-        }
-    }
-}

@@ -1,4 +1,6 @@
-//! Sampling parameters and their translation to candle's seeded [`LogitsProcessor`].
+//! Sampling parameters and their translation to candle's seeded [`LogitsProcessor`], which
+//! each generation's decoding (in either runtime) samples with; [`argmax`] is greedy
+//! decoding on a plain row of logits.
 //!
 //! Every random choice comes from a `StdRng` seeded with [`SamplingParams::seed`], so the same
 //! model, prompt and parameters give the same text on the same device. A temperature of 0 is
@@ -105,6 +107,17 @@ impl SamplingParams {
     pub fn processor(&self) -> LogitsProcessor {
         LogitsProcessor::from_sampling(self.seed, self.strategy())
     }
+}
+
+/// The index of the largest value, the first one on ties (as candle's argmax).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if logits[best] < v {
+            best = i;
+        }
+    }
+    best as u32
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The pure text-streaming core of a generation: token ids in, text chunks out.
+//! The pure text-streaming core of a generation: token ids in, text chunks out. Each
+//! generation's decoding (in either runtime) runs one of each.
 //!
 //! Two small state machines, both deterministic and free of I/O so they can be
 //! property-tested:

@@ -1,5 +1,5 @@
 //! Chat templates: turn a list of [`ChatMessage`]s into the prompt text a chat model was
-//! trained on.
+//! trained on. The loaders read a model's template; the engine renders chat prompts with it.
 //!
 //! Models ship their template as Jinja source (GGUF key `tokenizer.chat_template`, or
 //! `chat_template` in `tokenizer_config.json`). We render it with minijinja the way Hugging

@@ -357,8 +357,8 @@ pub fn write_tiny_safetensors(dir: &Path, spec: &TinySpec) -> Result<(), BoxErro
 /// `dequantize` the weights are dequantized to f32 at load (the exact reference for quantized
 /// weights), else candle runs its own quantized kernels.
 pub struct CandleReference {
-    model: crate::model::Model,
-    session: crate::model::Session,
+    model: crate::candle::Model,
+    session: crate::candle::Session,
 }
 
 impl CandleReference {

@@ -1,4 +1,6 @@
-//! Text ⇄ token ids, plus the token facts generation needs (BOS, the set of EOS ids).
+//! Text ⇄ token ids, plus the token facts generation needs (BOS, the set of EOS ids). The
+//! loaders build one per model; the engine encodes prompts with it and each generation's
+//! decoding decodes its tokens and stops at EOS.
 //!
 //! Two sources:
 //! - a GGUF file's own metadata ([`TextTokenizer::from_gguf_metadata`]): GGUF files carry no

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::quantized::gguf_file;
-use cocoon_inference::batch::BatchConfig;
+use cocoon_inference::batched::BatchConfig;
 use cocoon_inference::testing::{write_tiny_gguf, TinySpec};
 use cocoon_inference::{
     Backend, DeviceChoice, Engine, EngineConfig, GenerateRequest, LoadError, ModelSource, Prompt,

@@ -1,6 +1,7 @@
-//! Loading a llama-family model from a GGUF file: weights through candle's
-//! `quantized_llama`, the tokenizer rebuilt from `tokenizer.ggml.*` metadata, and the chat
-//! template from `tokenizer.chat_template`.
+//! Loading a llama-family model from a GGUF file: the tokenizer rebuilt from
+//! `tokenizer.ggml.*` metadata, the chat template from `tokenizer.chat_template`, and the
+//! weights onto one of the two runtimes: our [`Llama`] (batched runtime) when asked and our
+//! kernels take every matrix, else candle's `quantized_llama` (candle runtime).
 //!
 //! Small models are dequantized to f32 at load time (see [`DEQUANTIZE_MAX_F32_BYTES`]).
 //! candle's quantized matmuls quantize the *activations* to 8 bits too, which is enough to
@@ -28,18 +29,18 @@ use candle_transformers::models::quantized_llama::{self, ModelWeights};
 use std::sync::Arc;
 
 use super::gguf_header::{read_content, HeaderLimits};
-use super::{Loaded, Model, ModelInfo, Runner};
+use super::{Loaded, ModelInfo, Runner};
+use crate::batched::llama::{Llama, LlamaConfig, LlamaError, LlamaLimits};
+use crate::candle::Model;
 use crate::device::device_name;
 use crate::error::LoadError;
-use crate::llama::{Llama, LlamaConfig, LlamaError, LlamaLimits};
 use crate::template::ChatTemplate;
 use crate::tokenizer::{md_string, TextTokenizer};
 
 /// The GGUF architectures this loader runs.
 pub const SUPPORTED_ARCHITECTURES: [&str; 1] = ["llama"];
 
-/// Context length assumed when `llama.context_length` is absent.
-pub const DEFAULT_CONTEXT_LENGTH: usize = 2048;
+pub use crate::batched::llama::DEFAULT_CONTEXT_LENGTH;
 
 /// Quantized GGUF models whose weights take at most this many bytes as f32 (2 GiB, about
 /// 500M parameters) are dequantized and run in f32 on every device; larger ones run on
@@ -165,6 +166,27 @@ pub(crate) fn load_with(
         info,
         shape: Some(shape),
     })
+}
+
+/// How a llama that cannot be loaded reads as a load error.
+impl From<LlamaError> for LoadError {
+    fn from(e: LlamaError) -> Self {
+        use LlamaError as E;
+        match e {
+            E::Metadata { key, problem } => LoadError::Metadata { key, problem },
+            E::MissingTensor(name) => LoadError::MissingTensor(name),
+            E::Tensor { name, problem } => LoadError::Tensor { name, problem },
+            E::Kernel { name, source } => LoadError::Tensor {
+                name,
+                problem: source.to_string(),
+            },
+            E::Candle(e) => LoadError::Candle(e),
+            e @ (E::ContextFull { .. } | E::Token(_)) => LoadError::Metadata {
+                key: "llama.*".to_string(),
+                problem: e.to_string(),
+            },
+        }
+    }
 }
 
 fn file_stem(path: &Path) -> String {

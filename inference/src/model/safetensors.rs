@@ -1,6 +1,7 @@
 //! Loading a llama-family model from a Hugging Face directory: `config.json` (a
 //! `LlamaConfig`), `tokenizer.json`, optional `tokenizer_config.json` (chat template, BOS/EOS,
-//! `add_bos_token`) and one or more `*.safetensors` files, run by candle's `llama`.
+//! `add_bos_token`) and one or more `*.safetensors` files, run by candle's `llama` on the
+//! candle runtime ([`crate::candle`]).
 //!
 //! Weights run in f32 on the CPU; on CUDA in the checkpoint's `torch_dtype` when that is
 //! bf16 or f16.
@@ -13,7 +14,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::llama::{self, LlamaConfig, LlamaEosToks};
 
-use super::{Loaded, Model, ModelInfo};
+use super::{Loaded, ModelInfo};
+use crate::candle::Model;
 use crate::device::device_name;
 use crate::error::LoadError;
 use crate::template::ChatTemplate;

@@ -1,5 +1,6 @@
-//! Continuous batching: one scheduler thread runs every live generation of an engine through
-//! our llama ([`crate::llama`]), one [`Llama::step`] at a time.
+//! Continuous batching, the batched runtime's top: one scheduler thread runs every live
+//! generation of an engine through our llama ([`super::llama`]), one [`Llama::step`] at a
+//! time.
 //!
 //! Between steps, generations join (admitted from [`Engine::generate`](crate::Engine)) and
 //! leave (finished, cancelled, or their reader gone), so a new request waits at most one step
@@ -7,26 +8,25 @@
 //! next token and at most [`BatchConfig::prefill_chunk`] prompt tokens in all, so a long
 //! prompt is cut into chunks and never stalls the streams already decoding.
 //!
-//! Each generation keeps its own KV cache, seeded sampler, detokeniser and stop matcher, and
-//! a step's rows never mix, so its text is exactly what it would be alone. Output goes
+//! Each generation keeps its own KV cache and its own `Decoding` (seeded sampler,
+//! detokeniser, stop matcher, counts: the same per-sequence logic the candle runtime steps),
+//! and a step's rows never mix, so its text is exactly what it would be alone. Output goes
 //! through the generation's bounded channel without blocking: a generation whose reader
 //! is slow holds its next event in a one-event outbox and sits out the steps until the
 //! reader makes room; the others go on.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use candle_transformers::generation::LogitsProcessor;
 use tokio::sync::mpsc;
 
-use crate::engine::{FinishReason, GenerationEvent, Permit, Usage};
-use crate::llama::{argmax, KvCache, Llama, Workspace};
-use crate::sampling::SamplingParams;
-use crate::stream::{IncrementalDecoder, StopMatcher, StopStep};
+use super::llama::{KvCache, Llama, Workspace};
+use crate::decoding::{Decoding, Logits, Next};
+use crate::generation::{Admission, FinishReason, GenerationEvent, Permit};
 use crate::tokenizer::TextTokenizer;
 
 /// Default [`BatchConfig::prefill_chunk`]: 64 prompt tokens per step.
@@ -64,18 +64,6 @@ impl Default for BatchConfig {
     }
 }
 
-/// A generation handed to the scheduler.
-pub(crate) struct Admission {
-    pub id: u64,
-    pub prompt: Vec<u32>,
-    pub sampling: SamplingParams,
-    pub tx: mpsc::Sender<GenerationEvent>,
-    pub cancel: Arc<AtomicBool>,
-    pub sampled: Arc<AtomicU32>,
-    pub started: Instant,
-    pub permit: Permit,
-}
-
 /// The engine's handle on its scheduler thread.
 pub(crate) struct Batcher {
     tx: std::sync::Mutex<std_mpsc::Sender<Admission>>,
@@ -86,7 +74,7 @@ impl Batcher {
     /// Starts the scheduler thread for `model`.
     pub fn start(
         model: Arc<Llama>,
-        tokenizer: TextTokenizer,
+        tokenizer: Arc<TextTokenizer>,
         context_length: usize,
         config: &BatchConfig,
     ) -> std::io::Result<Batcher> {
@@ -136,17 +124,9 @@ struct Seq {
     /// `None` once the generation is over (cache freed, permit released).
     cache: Option<KvCache>,
     permit: Option<Permit>,
-    sampler: LogitsProcessor,
-    greedy: bool,
-    max_tokens: u32,
-    detok: IncrementalDecoder,
-    stop: StopMatcher,
+    decoding: Decoding,
     tx: mpsc::Sender<GenerationEvent>,
     cancel: Arc<AtomicBool>,
-    sampled: Arc<AtomicU32>,
-    started: Instant,
-    completion_tokens: u32,
-    first_token_ms: Option<f64>,
     /// Events waiting for room in the channel (at most a text and the final event).
     outbox: VecDeque<GenerationEvent>,
     /// The reader is gone: drop the generation.
@@ -162,18 +142,16 @@ impl Seq {
             fed: 0,
             next: None,
             permit: Some(a.permit),
-            sampler: a.sampling.processor(),
-            greedy: a.sampling.is_greedy(),
-            max_tokens: a.sampling.max_tokens,
-            detok: IncrementalDecoder::new(),
-            stop: StopMatcher::new(&a.sampling.stop),
+            decoding: Decoding::new(
+                &a.sampling,
+                a.prompt.len(),
+                context_length,
+                a.sampled,
+                a.started,
+            ),
             prompt: a.prompt,
             tx: a.tx,
             cancel: a.cancel,
-            sampled: a.sampled,
-            started: a.started,
-            completion_tokens: 0,
-            first_token_ms: None,
             outbox: VecDeque::new(),
             closed: false,
         }
@@ -214,13 +192,7 @@ impl Seq {
         self.permit = None;
         let event = match outcome {
             Ok(reason) => {
-                let usage = Usage {
-                    prompt_tokens: self.prompt.len() as u32,
-                    completion_tokens: self.completion_tokens,
-                    time_to_first_token_ms: self.first_token_ms.unwrap_or(0.0),
-                    total_ms: self.started.elapsed().as_secs_f64() * 1e3,
-                    finish_reason: reason,
-                };
+                let usage = self.decoding.usage(reason);
                 usage.log_finished(self.id);
                 if reason == FinishReason::Cancelled {
                     // Never wait for room on behalf of a caller who cancelled.
@@ -241,71 +213,24 @@ impl Seq {
         }
     }
 
-    /// Takes a token sampled from `logits`: streams its text and decides whether to go on.
-    fn take(&mut self, logits: &[f32], tokenizer: &TextTokenizer, context_length: usize) {
-        let token = if self.greedy {
-            argmax(logits)
-        } else {
-            let t =
-                candle_core::Tensor::from_slice(logits, logits.len(), &candle_core::Device::Cpu);
-            match t.and_then(|t| self.sampler.sample(&t)) {
-                Ok(token) => token,
-                Err(e) => return self.finish(Err(e.to_string())),
-            }
-        };
-        self.completion_tokens += 1;
-        self.sampled
-            .store(self.completion_tokens, Ordering::Release);
-        let started = self.started;
-        self.first_token_ms
-            .get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
-        let decode = |ids: &[u32]| tokenizer.decode(ids);
-        if tokenizer.is_eos(token) {
-            return self.end_naturally(FinishReason::Stop, tokenizer);
+    /// Steps the decoding on the logits of the sequence's last position: queues its text
+    /// and feeds its token next, or ends the generation.
+    fn take(&mut self, logits: &[f32], tokenizer: &TextTokenizer) {
+        let step = self.decoding.step(Logits::Row(logits), tokenizer);
+        for text in step.text {
+            self.emit(text);
         }
-        match self.detok.push(token, decode) {
-            Ok(Some(text)) => match self.stop.push(&text) {
-                StopStep::Continue(out) => self.emit(out),
-                StopStep::Stop(out) => {
-                    self.emit(out);
-                    return self.finish(Ok(FinishReason::Stop));
-                }
-            },
-            Ok(None) => {}
-            Err(e) => return self.finish(Err(e)),
-        }
-        let position = self.prompt.len() + self.completion_tokens as usize;
-        if self.completion_tokens >= self.max_tokens || position >= context_length {
-            return self.end_naturally(FinishReason::Length, tokenizer);
-        }
-        self.next = Some(token);
-    }
-
-    /// A natural end: releases text held back for an incomplete character or a possible
-    /// stop string.
-    fn end_naturally(&mut self, reason: FinishReason, tokenizer: &TextTokenizer) {
-        let rest = match self.detok.finish(|ids: &[u32]| tokenizer.decode(ids)) {
-            Ok(rest) => rest,
-            Err(e) => return self.finish(Err(e)),
-        };
-        match self.stop.push(&rest) {
-            StopStep::Continue(out) => {
-                self.emit(out);
-                let tail = self.stop.finish();
-                self.emit(tail);
-                self.finish(Ok(reason));
-            }
-            StopStep::Stop(out) => {
-                self.emit(out);
-                self.finish(Ok(FinishReason::Stop));
-            }
+        match step.next {
+            Next::Feed(token) => self.next = Some(token),
+            Next::Finish(reason) => self.finish(Ok(reason)),
+            Next::Fail(e) => self.finish(Err(e)),
         }
     }
 }
 
 struct Scheduler {
     model: Arc<Llama>,
-    tokenizer: TextTokenizer,
+    tokenizer: Arc<TextTokenizer>,
     context_length: usize,
     prefill_chunk: usize,
     workspace: Workspace,
@@ -424,11 +349,7 @@ impl Scheduler {
                     continue;
                 }
             }
-            seq.take(
-                self.workspace.logits(k),
-                &self.tokenizer,
-                self.context_length,
-            );
+            seq.take(self.workspace.logits(k), &self.tokenizer);
             seq.flush();
         }
         true

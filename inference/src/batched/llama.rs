@@ -1,6 +1,11 @@
-//! Our llama forward pass on the quantized kernels ([`crate::kernels`]), built for batching:
+//! Our llama forward pass on the quantized kernels ([`super::kernels`]), built for batching:
 //! one [`Llama::step`] runs any number of sequences together, each adding one token (decode)
-//! or a chunk of its prompt (prefill) to its own [`KvCache`].
+//! or a chunk of its prompt (prefill) to its own [`KvCache`]. The batch scheduler
+//! ([`super::scheduler`]) drives it.
+//!
+//! It also holds the llama shape a GGUF file declares ([`LlamaConfig`], checked against
+//! [`LlamaLimits`] by [`LlamaConfig::from_gguf`]): the GGUF loader checks every file with it
+//! whichever runtime will run it, and the engine sizes both runtimes' memory from it.
 //!
 //! Every token of a step is a row; the weight products see all rows at once (each weight
 //! block unpacked once per tile of rows), while normalisation, rotary embeddings and
@@ -21,11 +26,17 @@
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
 
-use crate::kernels::{self, KernelError, QBlock, QMatrix, BLOCK};
+use super::kernels::{self, KernelError, QBlock, QMatrix, BLOCK};
+use super::team::{Member, Team};
+
+/// Greedy decoding's pick, kept here for the callers that step a [`Llama`] by hand.
+pub use crate::sampling::argmax;
 
 /// Rows handed to one kernel call: a weight row is read from memory once per this many.
 const GROUP: usize = 64;
-use crate::team::{Member, Team};
+
+/// Context length assumed when `llama.context_length` is absent: 2048.
+pub const DEFAULT_CONTEXT_LENGTH: usize = 2048;
 
 /// Why a model cannot run here, or a step failed.
 #[derive(Debug, thiserror::Error)]
@@ -269,7 +280,7 @@ impl LlamaConfig {
     /// [`LlamaConfig::workspace_bytes`]).
     ///
     /// `context` is the trained context (`llama.context_length`, else
-    /// [`DEFAULT_CONTEXT_LENGTH`](crate::model::gguf::DEFAULT_CONTEXT_LENGTH)); `vocab` the
+    /// [`DEFAULT_CONTEXT_LENGTH`]); `vocab` the
     /// rows of `token_embd.weight`. A mixture-of-experts file (`llama.expert_count` > 1)
     /// passes with its expert tensors checked, for candle to run.
     pub fn from_gguf(
@@ -303,7 +314,7 @@ impl LlamaConfig {
             ));
         }
         let context = md_usize(content, "llama.context_length", 1..=limits.max_context)?
-            .unwrap_or(crate::model::gguf::DEFAULT_CONTEXT_LENGTH);
+            .unwrap_or(DEFAULT_CONTEXT_LENGTH);
         let eps = md_f32(
             content,
             "llama.attention.layer_norm_rms_epsilon",
@@ -1121,17 +1132,6 @@ fn softmax(v: &mut [f32]) {
 
 fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
-}
-
-/// The index of the largest value, the first one on ties (as candle's argmax).
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if logits[best] < v {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 #[cfg(test)]

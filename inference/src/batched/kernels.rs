@@ -1,5 +1,6 @@
 //! CPU kernels for quantized weights times 16-bit integer activations: the matrix products
-//! of a decode step, for one sequence or a batch of them.
+//! of a decode step, for one sequence or a batch of them. The bottom of the batched runtime:
+//! [`super::llama`] keeps its weights as [`QMatrix`] and runs every product here.
 //!
 //! A decode step multiplies every weight matrix by one activation vector per sequence, so it
 //! reads every weight once and does two operations per weight: memory and the cost of

@@ -1,6 +1,8 @@
 //! A fixed team of threads that runs one forward step at a time, SPMD style: every member
 //! runs the same closure with its own index, splits each matrix product by rows, and meets
-//! the others at [`Member::sync`] between phases.
+//! the others at [`Member::sync`] between phases. The batched runtime's
+//! [`Workspace`](super::llama::Workspace) owns one; [`Llama::step`](super::llama::Llama::step)
+//! runs on it.
 //!
 //! Why not rayon: a decode step of a small model is ~200 matrix products of a few hundred
 //! microseconds each. Handing each to a pool that has gone to sleep costs a futex wake per
