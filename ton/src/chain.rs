@@ -1,9 +1,9 @@
 //! What the ledger needs from a TON node, as one object-safe trait: send a message, read an
 //! account, run a get-method, list an account's transactions.
 //!
-//! Two implementations: [`HttpChain`](super::http::HttpChain) speaks the toncenter v2 HTTP
-//! API (mainnet, testnet, or the local chain of `ledger/contract/localchain.mjs`), and
-//! [`LocalChain`](super::local::LocalChain) starts and owns such a local chain. Amounts are
+//! Two implementations: [`HttpChain`](crate::http::HttpChain) speaks the toncenter v2 HTTP
+//! API (mainnet, testnet, or the local chain of `ton/contract/localchain.mjs`), and
+//! [`LocalChain`](crate::local::LocalChain) starts and owns such a local chain. Amounts are
 //! nanoTON in `u128` (`Coins` is at most 120 bits).
 
 use futures::future::BoxFuture;

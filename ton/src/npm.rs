@@ -1,5 +1,5 @@
 //! The local chain's npm packages (`@ton/sandbox` and friends, pinned by
-//! `ledger/contract/package-lock.json`): installed with `npm ci` when missing or older than
+//! `ton/contract/package-lock.json`): installed with `npm ci` when missing or older than
 //! the lockfile, by one process at a time (a lock file in the temp dir keeps concurrent test
 //! binaries and demos from racing).
 
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use super::local::LocalChainError;
+use crate::local::LocalChainError;
 
 /// A lock older than this was left by a killed process: 10 min (`npm ci` takes ~10 s).
 const STALE_LOCK: Duration = Duration::from_secs(600);

@@ -1,10 +1,10 @@
-//! The payment-channel and receipt-anchor contracts (`ledger/contract`) as Rust builds and
+//! The payment-channel and receipt-anchor contracts (`ton/contract`) as Rust builds and
 //! reads them: code, initial data, addresses, message bodies and getter results, byte for
-//! byte as `ledger/contract/README.md` specifies (its golden vectors are the unit tests).
+//! byte as `ton/contract/README.md` specifies (its golden vectors are the unit tests).
 //!
-//! The code cells are the committed BoCs `ledger/contract/code/{channel,anchor}.hex`, written
-//! by `node ledger/contract/compile.mjs`; the contract tests check they match the sources.
-//! Everything here is pure: [`client`](super::client) sends what this module builds.
+//! The code cells are the committed BoCs `ton/contract/code/{channel,anchor}.hex`, written
+//! by `node ton/contract/compile.mjs`; the contract tests check they match the sources.
+//! Everything here is pure: [`client`](crate::client) sends what this module builds.
 
 use std::sync::{Arc, LazyLock};
 
@@ -14,8 +14,9 @@ use tonlib_core::tlb_types::block::state_init::StateInit;
 use tonlib_core::tlb_types::tlb::TLB;
 use tonlib_core::TonAddress;
 
-use super::chain::{ChainError, StackEntry, StackReader};
-use crate::voucher::{CloseStatement, SignedVoucher, Voucher, CLOSE_TAG, VOUCHER_TAG};
+use crate::chain::{ChainError, StackEntry, StackReader};
+use cocoon_ledger::journal::ChannelTerms;
+use cocoon_ledger::voucher::{CloseStatement, SignedVoucher, Voucher, CLOSE_TAG, VOUCHER_TAG};
 
 /// Op codes of incoming messages (`op:uint32` at the start of every body).
 pub mod op {
@@ -93,9 +94,9 @@ fn code(hex: &str) -> ArcCell {
 }
 
 static CHANNEL_CODE: LazyLock<ArcCell> =
-    LazyLock::new(|| code(include_str!("../../contract/code/channel.hex")));
+    LazyLock::new(|| code(include_str!("../contract/code/channel.hex")));
 static ANCHOR_CODE: LazyLock<ArcCell> =
-    LazyLock::new(|| code(include_str!("../../contract/code/anchor.hex")));
+    LazyLock::new(|| code(include_str!("../contract/code/anchor.hex")));
 
 /// The channel contract's code cell.
 pub fn channel_code() -> ArcCell {
@@ -185,24 +186,32 @@ impl ChannelParams {
     }
 }
 
-impl crate::journal::ChannelTerms {
-    /// The contract parameters of these terms (both wallets on the basechain).
-    pub fn params(&self) -> ChannelParams {
+impl From<&ChannelTerms> for ChannelParams {
+    /// The contract parameters of journaled terms (both wallets on the basechain).
+    fn from(terms: &ChannelTerms) -> Self {
         ChannelParams {
-            channel_id: self.channel_id,
-            client_key: self.client_key,
-            worker_key: self.worker_key,
-            client_address: TonAddress::new(0, self.client_address.into()),
-            worker_payout: TonAddress::new(0, self.worker_payout.into()),
-            challenge_period: self.challenge_period,
-            worker_timeout: self.worker_timeout,
+            channel_id: terms.channel_id,
+            client_key: terms.client_key,
+            worker_key: terms.worker_key,
+            client_address: TonAddress::new(0, terms.client_address.into()),
+            worker_payout: TonAddress::new(0, terms.worker_payout.into()),
+            challenge_period: terms.challenge_period,
+            worker_timeout: terms.worker_timeout,
         }
     }
+}
 
-    /// The channel contract's account id for these terms: what vouchers name, and what a
-    /// worker recomputes to know a channel pays it.
-    pub fn address(&self) -> Result<[u8; 32], TonCellError> {
-        Ok(self.params().contract()?.account_id())
+/// The contract side of the terms the payment cores journal: `terms.params()` to deploy or
+/// open the channel they name. (Their address, [`ChannelTerms::address`], is the core's: it
+/// equals `terms.params().contract()?.account_id()`, as the tests check.)
+pub trait TermsExt {
+    /// The contract parameters of these terms (both wallets on the basechain).
+    fn params(&self) -> ChannelParams;
+}
+
+impl TermsExt for ChannelTerms {
+    fn params(&self) -> ChannelParams {
+        self.into()
     }
 }
 
@@ -419,6 +428,7 @@ impl AnchorEntry {
 
 #[cfg(test)]
 mod tests {
+    use cocoon_ledger::address::{CHANNEL_CODE_DEPTH, CHANNEL_CODE_HASH};
     use ed25519_dalek::SigningKey;
 
     use super::*;
@@ -461,6 +471,53 @@ mod tests {
             ..golden_params()
         };
         assert_ne!(other.contract().unwrap().address, c.address);
+    }
+
+    #[test]
+    fn the_core_knows_the_channel_code() {
+        let code = channel_code();
+        let (hash, depth) = (Cell::cell_hash(&code), code.cell_depth());
+        assert_eq!(
+            (<[u8; 32]>::from(hash.clone()), depth),
+            (CHANNEL_CODE_HASH, CHANNEL_CODE_DEPTH),
+            "code/channel.hex changed: set cocoon_ledger::address::CHANNEL_CODE_HASH to {} \
+             and CHANNEL_CODE_DEPTH to {depth}",
+            hash.to_hex()
+        );
+    }
+
+    proptest::proptest! {
+        /// The core derives every channel's address (and initial data) without tonlib-core,
+        /// exactly as the contract deploys it.
+        #[test]
+        fn the_cores_address_is_the_contracts(
+            channel_id: u64,
+            client_key: [u8; 32],
+            worker_key: [u8; 32],
+            client_address: [u8; 32],
+            worker_payout: [u8; 32],
+            challenge_period: u32,
+            worker_timeout: u32,
+        ) {
+            let terms = ChannelTerms {
+                channel_id,
+                client_key,
+                worker_key,
+                client_address,
+                worker_payout,
+                challenge_period,
+                worker_timeout,
+            };
+            let params = terms.params();
+            proptest::prop_assert_eq!(
+                terms.initial_data().unwrap().hash,
+                <[u8; 32]>::from(params.initial_data().unwrap().cell_hash())
+            );
+            proptest::prop_assert_eq!(
+                terms.address().unwrap(),
+                params.contract().unwrap().account_id()
+            );
+        }
     }
 
     #[test]

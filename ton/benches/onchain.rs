@@ -1,6 +1,6 @@
 //! Benchmark: on-chain operations and fees per 1,000 jobs at steady state.
 //!
-//! `cargo bench -p cocoon-ledger --bench onchain` (or `bench/payments.sh`). Two real parts:
+//! `cargo bench -p cocoon-ton --bench onchain` (or `bench/payments.sh`). Two real parts:
 //! 1. the fees of each operation, measured by running one channel's whole life (open, worker
 //!    close with a voucher, finalize) and one anchor post from Rust-built messages on the local
 //!    chain (the TVM emulator with mainnet fees), counting every transaction each causes;
@@ -15,11 +15,11 @@ use std::sync::Arc;
 
 use cocoon_ledger::channel::job_cost;
 use cocoon_ledger::settle::{ChannelFacts, SettlePolicy};
-use cocoon_ledger::ton::contract::{anchor_contract, ChannelParams};
-use cocoon_ledger::ton::{
+use cocoon_ledger::voucher::Voucher;
+use cocoon_ton::contract::{anchor_contract, ChannelParams};
+use cocoon_ton::{
     Chain, ChannelClient, LocalChain, LocalChainConfig, Wallet, WalletClient, WalletConfig,
 };
-use cocoon_ledger::voucher::Voucher;
 use ed25519_dalek::SigningKey;
 
 const TON: u128 = 1_000_000_000;
@@ -45,7 +45,7 @@ async fn measure<F: std::future::Future<Output = ()>>(chain: &LocalChain, op: F)
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contract");
-    cocoon_ledger::ton::npm::install(&dir).unwrap();
+    cocoon_ton::npm::install(&dir).unwrap();
     let chain = Arc::new(
         rt.block_on(LocalChain::start(LocalChainConfig::new(dir)))
             .unwrap(),

@@ -15,13 +15,13 @@ use tokio::sync::Mutex;
 use tonlib_core::cell::Cell;
 use tonlib_core::TonAddress;
 
-use super::chain::{AccountState, AccountStatus, Chain, ChainError, StackEntry, StackReader};
-use super::contract::{
+use crate::chain::{AccountState, AccountStatus, Chain, ChainError, StackEntry, StackReader};
+use crate::contract::{
     anchor_body, exit, AnchorEntry, ChannelMsg, ChannelParams, ChannelState, Contract,
     ANCHOR_MIN_VALUE, CLOSE_VALUE, DEPOSIT_RESERVE,
 };
-use super::wallet::{OutMsg, Wallet};
-use crate::voucher::{CloseStatement, SignedVoucher};
+use crate::wallet::{OutMsg, Wallet};
+use cocoon_ledger::voucher::{CloseStatement, SignedVoucher};
 
 /// How a [`WalletClient`] waits for its messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,7 +110,7 @@ impl WalletClient {
         Ok((account, StackReader::new(&stack).uint("seqno")?))
     }
 
-    /// Sends `msgs` (at most [`MAX_MESSAGES`](super::wallet::MAX_MESSAGES)) in one external
+    /// Sends `msgs` (at most [`MAX_MESSAGES`](crate::wallet::MAX_MESSAGES)) in one external
     /// message, deploying the wallet if needed, and waits until the wallet executed it.
     pub async fn send(&self, msgs: &[OutMsg]) -> Result<SentTx, ChainError> {
         let _one_at_a_time = self.sending.lock().await;

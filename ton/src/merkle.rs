@@ -1,5 +1,5 @@
 //! Merkle roots of receipt batches, as the anchor contract stores them and
-//! `ledger/contract/merkle.mjs` builds them: leaf = `SHA-256(0x00 || receipt)`, node =
+//! `ton/contract/merkle.mjs` builds them: leaf = `SHA-256(0x00 || receipt)`, node =
 //! `SHA-256(0x01 || left || right)`, and a level with an odd number of nodes promotes its last
 //! node unchanged. Anyone holding a receipt and its proof can check it against the root
 //! posted on chain.

@@ -1,4 +1,4 @@
-//! [`LocalChain`]: a private TON chain for tests and demos, `ledger/contract/localchain.mjs`
+//! [`LocalChain`]: a private TON chain for tests and demos, `ton/contract/localchain.mjs`
 //! (the real TVM emulator of `@ton/sandbox` behind the toncenter v2 API) run as a child
 //! process. It speaks [`Chain`] through an [`HttpChain`], plus the local extras: a faucet,
 //! a settable clock and fee statistics.
@@ -20,8 +20,8 @@ use tokio::process::{Child, ChildStderr, ChildStdin, Command};
 use tokio::task::JoinHandle;
 use tonlib_core::TonAddress;
 
-use super::chain::{AccountState, Chain, ChainError, GetMethodResult, StackEntry, TxInfo};
-use super::http::{HttpChain, HttpChainConfig};
+use crate::chain::{AccountState, Chain, ChainError, GetMethodResult, StackEntry, TxInfo};
+use crate::http::{HttpChain, HttpChainConfig};
 
 /// The line the local chain prints when it is ready, before its URL.
 const READY_PREFIX: &str = "localchain listening ";
@@ -49,7 +49,7 @@ pub enum LocalChainError {
     #[error("{}/node_modules is missing: run `npm ci` in {}", .0.display(), .0.display())]
     NotInstalled(PathBuf),
     /// No contract directory found.
-    #[error("no ledger/contract directory (set {CONTRACT_DIR_ENV})")]
+    #[error("no ton/contract directory (set {CONTRACT_DIR_ENV})")]
     NoContractDir,
     /// The npm packages could not be installed.
     #[error("{0}")]
@@ -65,7 +65,7 @@ pub enum LocalChainError {
 /// How to start the local chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalChainConfig {
-    /// `ledger/contract` (holds `localchain.mjs` and `node_modules`).
+    /// `ton/contract` (holds `localchain.mjs` and `node_modules`).
     pub contract_dir: PathBuf,
     /// Persist the chain to this file and restore it at start (`--state`); `None`: in memory.
     pub state: Option<PathBuf>,
@@ -112,7 +112,7 @@ pub struct LocalChain {
 }
 
 impl LocalChain {
-    /// `ledger/contract`: `$COCOON_CONTRACT_DIR` if set, else the source tree this crate was
+    /// `ton/contract`: `$COCOON_CONTRACT_DIR` if set, else the source tree this crate was
     /// built from.
     pub fn locate_contract_dir() -> Result<PathBuf, LocalChainError> {
         let dir = match std::env::var_os(CONTRACT_DIR_ENV) {

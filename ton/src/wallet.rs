@@ -176,7 +176,7 @@ mod tests {
 
     fn open_to_sevens() -> OutMsg {
         OutMsg::new(TonAddress::new(0, [7; 32].into()), 1_000_000_000, true)
-            .with_body(crate::ton::contract::ChannelMsg::Open.body(0).unwrap())
+            .with_body(crate::contract::ChannelMsg::Open.body(0).unwrap())
     }
 
     /// Computed with @ton/core 0.63.1 and @ton/crypto 3.3.0 (`keyPairFromSeed`, the v4r2 data

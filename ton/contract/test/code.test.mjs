@@ -8,7 +8,7 @@ import { compile, codeHex, CODE_DIR } from '../compile.mjs';
 
 for (const name of ['channel', 'anchor']) {
     it(`code/${name}.hex matches a fresh compile of ${name}.tolk`, async () => {
-        const stale = `ledger/contract/code/${name}.hex is stale: run \`node compile.mjs\``;
+        const stale = `ton/contract/code/${name}.hex is stale: run \`node compile.mjs\``;
         const path = join(CODE_DIR, `${name}.hex`);
         assert.ok(existsSync(path), stale);
         const committed = readFileSync(path, 'utf-8');

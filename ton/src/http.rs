@@ -1,6 +1,6 @@
 //! [`HttpChain`]: the toncenter v2 HTTP API (`/api/v2/...`), the subset the ledger uses. The
 //! same client talks to toncenter (mainnet, testnet) and to the local chain of
-//! `ledger/contract/localchain.mjs`, whose transactions carry extra fields (exit code,
+//! `ton/contract/localchain.mjs`, whose transactions carry extra fields (exit code,
 //! success) that are read when present.
 //!
 //! Responses are `{"ok":true,"result":...}` or `{"ok":false,"error":"...","code":N}`;
@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tonlib_core::cell::BagOfCells;
 use tonlib_core::TonAddress;
 
-use super::chain::{
+use crate::chain::{
     AccountState, AccountStatus, Chain, ChainError, GetMethodResult, StackEntry, TxInfo,
 };
 
@@ -543,7 +543,7 @@ mod tests {
     #[test]
     fn transactions_decode_from_toncenter_and_the_local_chain() {
         let open_body = {
-            let cell = crate::ton::contract::ChannelMsg::Open.body(0).unwrap();
+            let cell = crate::contract::ChannelMsg::Open.body(0).unwrap();
             BASE64_STANDARD.encode(BagOfCells::from_root(cell).serialize(true).unwrap())
         };
         let hash = BASE64_STANDARD.encode([9u8; 32]);
@@ -560,7 +560,7 @@ mod tests {
         );
         assert_eq!(
             (tx.in_value, tx.in_op),
-            (2000, Some(crate::ton::contract::op::OPEN))
+            (2000, Some(crate::contract::op::OPEN))
         );
         assert_eq!((tx.compute_exit_code, tx.success), (None, None));
         assert_eq!(
@@ -574,7 +574,7 @@ mod tests {
         let tx = decode_tx(&local).unwrap();
         assert_eq!(
             (tx.hash, tx.in_op),
-            ([3; 32], Some(crate::ton::contract::op::CLIENT_CLOSE))
+            ([3; 32], Some(crate::contract::op::CLIENT_CLOSE))
         );
         assert_eq!((tx.compute_exit_code, tx.success), (Some(-14), Some(false)));
         let external = json!({"utime":1,"transaction_id":{"lt":"8","hash":hash},"fee":"1","in_msg":null,"out_msgs":[]});
