@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use cocoon_ledger::voucher::{CloseStatement, SignedVoucher};
 use tokio::sync::Mutex;
 use tonlib_core::cell::Cell;
 use tonlib_core::TonAddress;
@@ -21,7 +22,6 @@ use crate::contract::{
     ANCHOR_MIN_VALUE, CLOSE_VALUE, DEPOSIT_RESERVE,
 };
 use crate::wallet::{OutMsg, Wallet};
-use cocoon_ledger::voucher::{CloseStatement, SignedVoucher};
 
 /// How a [`WalletClient`] waits for its messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

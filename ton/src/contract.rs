@@ -8,6 +8,8 @@
 
 use std::sync::{Arc, LazyLock};
 
+use cocoon_ledger::journal::ChannelTerms;
+use cocoon_ledger::voucher::{CloseStatement, SignedVoucher, Voucher, CLOSE_TAG, VOUCHER_TAG};
 use num_bigint::BigUint;
 use tonlib_core::cell::{ArcCell, BagOfCells, Cell, CellBuilder, TonCellError};
 use tonlib_core::tlb_types::block::state_init::StateInit;
@@ -15,8 +17,6 @@ use tonlib_core::tlb_types::tlb::TLB;
 use tonlib_core::TonAddress;
 
 use crate::chain::{ChainError, StackEntry, StackReader};
-use cocoon_ledger::journal::ChannelTerms;
-use cocoon_ledger::voucher::{CloseStatement, SignedVoucher, Voucher, CLOSE_TAG, VOUCHER_TAG};
 
 /// Op codes of incoming messages (`op:uint32` at the start of every body).
 pub mod op {
