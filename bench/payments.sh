@@ -10,7 +10,7 @@ export COCOON_BENCH_ROUNDS="${1:-5}"
 rm -f target/bench-payments.md target/bench-onchain.md target/bench-paid-jobs.md
 cargo bench -p cocoon-ledger --bench payments
 cargo bench -p cocoon-tests --bench paid_jobs
-cargo bench -p cocoon-ledger --bench onchain
+cargo bench -p cocoon-ton --bench onchain
 {
   echo "# bench/payments.sh, $(date -u +%Y-%m-%d), $(nproc) cores"
   echo

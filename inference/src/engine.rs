@@ -254,6 +254,7 @@ impl Engine {
                     llama,
                     tokenizer.clone(),
                     loaded.info.context_length,
+                    config.max_concurrent,
                     &config.batch,
                 )
                 .map_err(|e| LoadError::Config(format!("starting the batch scheduler: {e}")))?,

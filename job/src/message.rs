@@ -117,7 +117,7 @@ pub struct JobPrice {
 }
 
 /// The payment channel a job is paid through (the TON channel contract's parameters, see
-/// `ledger/contract/README.md`) and the client's price ceiling. The worker adds its own key
+/// `ton/contract/README.md`) and the client's price ceiling. The worker adds its own key
 /// and payout address, recomputes the channel's address and refuses a mismatch, so a client
 /// cannot point it at a channel that pays someone else.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -69,7 +69,7 @@ pub struct AnchorRecord {
 }
 
 /// The parameters a channel contract is deployed with (its address derives from them and
-/// the contract code), as both sides journal them.
+/// the contract code: [`ChannelTerms::address`]), as both sides journal them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelTerms {
     /// The contract's `channel_id`.

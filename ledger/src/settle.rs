@@ -1,6 +1,6 @@
 //! When a worker goes on chain: the settlement policy and the receipt batcher, sans-IO.
 //!
-//! A channel contract pays the worker once, when it closes (`ledger/contract/README.md`), so
+//! A channel contract pays the worker once, when it closes (`ton/contract/README.md`), so
 //! "settling" a channel is closing it with the best voucher (then finalizing after the
 //! challenge window). Every on-chain operation costs fees (about 0.005 TON each, see the gas
 //! table), so the policy settles rarely: when the unsettled amount passes a threshold, when a

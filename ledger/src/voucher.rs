@@ -122,7 +122,7 @@ impl CloseStatement {
 mod tests {
     use super::*;
 
-    /// The golden vectors of `ledger/contract/test/vectors.test.mjs`, produced by @ton/core.
+    /// The golden vectors of `ton/contract/test/vectors.test.mjs`, produced by @ton/core.
     #[test]
     fn golden_vectors_match_the_contract_tests() {
         let client = SigningKey::from_bytes(&[0x11; 32]);

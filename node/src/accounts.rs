@@ -10,8 +10,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cocoon_ledger::journal::{Journal, JournalError};
-use cocoon_ledger::ton::client::ChannelClient;
-use cocoon_ledger::ton::contract::{ChannelState, ChannelStatus};
+use cocoon_ton::client::ChannelClient;
+use cocoon_ton::contract::{ChannelState, ChannelStatus};
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
 

@@ -285,8 +285,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
 /// Starts a local chain for `--chain local`, its state in `data_dir/localchain.json`.
 async fn start_local_chain(
     data_dir: &std::path::Path,
-) -> Result<cocoon_ledger::ton::LocalChain, NodeError> {
-    use cocoon_ledger::ton::{npm, LocalChain, LocalChainConfig};
+) -> Result<cocoon_ton::LocalChain, NodeError> {
+    use cocoon_ton::{npm, LocalChain, LocalChainConfig};
     let err = |e: String| NodeError::Payments(crate::payments::PaymentError::Chain(e));
     let dir = LocalChain::locate_contract_dir().map_err(|e| err(e.to_string()))?;
     let d = dir.clone();

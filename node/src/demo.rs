@@ -21,7 +21,7 @@ use cocoon_p2p::attest::verifier::{Verifier, VerifierConfig};
 use cocoon_p2p::job::{ChatMessage, JobInput, Sampling};
 use cocoon_p2p::{DhtMode, Network, NetworkConfig};
 
-use cocoon_ledger::ton::{Chain, LocalChain, LocalChainConfig};
+use cocoon_ton::{Chain, LocalChain, LocalChainConfig};
 
 use crate::client::{self, ClientConfig, InferOutcome, InferRequest};
 use crate::launch::{LaunchError, NodeProcess};
@@ -306,10 +306,10 @@ fn other(e: impl std::fmt::Display) -> DemoError {
 async fn start_chain(say: &impl Fn(&str)) -> Option<LocalChain> {
     let started = async {
         let dir = LocalChain::locate_contract_dir().map_err(other)?;
-        if !cocoon_ledger::ton::npm::installed(&dir) {
+        if !cocoon_ton::npm::installed(&dir) {
             say("installing the local chain's npm packages (once)...");
             let d = dir.clone();
-            tokio::task::spawn_blocking(move || cocoon_ledger::ton::npm::install(&d))
+            tokio::task::spawn_blocking(move || cocoon_ton::npm::install(&d))
                 .await
                 .map_err(other)?
                 .map_err(other)?;
@@ -341,7 +341,7 @@ async fn start_chain(say: &impl Fn(&str)) -> Option<LocalChain> {
 async fn finish_on_chain(
     chain: &LocalChain,
     outcome: &InferOutcome,
-    payouts: &[cocoon_ledger::ton::TonAddress],
+    payouts: &[cocoon_ton::TonAddress],
     client_key: &ed25519_dalek::SigningKey,
     say: &impl Fn(&str),
 ) -> Result<u128, DemoError> {
@@ -355,7 +355,7 @@ async fn finish_on_chain(
     let Some(state) = client.channel_state(&address).await.map_err(other)? else {
         return Ok(0);
     };
-    if state.status != cocoon_ledger::ton::contract::ChannelStatus::Closing {
+    if state.status != cocoon_ton::contract::ChannelStatus::Closing {
         say(&format!(
             "channel {}… is {:?} on chain",
             &channel[..12],
@@ -371,7 +371,7 @@ async fn finish_on_chain(
     let mut paid = 0;
     for payout in payouts {
         for tx in chain.transactions(payout, 16).await.map_err(other)? {
-            if tx.in_op == Some(cocoon_ledger::ton::contract::op::PAYOUT) {
+            if tx.in_op == Some(cocoon_ton::contract::op::PAYOUT) {
                 paid += tx.in_value;
             }
         }

@@ -27,11 +27,11 @@ use cocoon_ledger::channel::{WorkerChannel, WorkerState};
 use cocoon_ledger::journal::{
     ChannelTerms, ClientRecord, Journal, JournalError, JournalWriter, WorkerRecord, Write,
 };
-use cocoon_ledger::ton::client::ChannelClient;
-use cocoon_ledger::ton::contract::ChannelStatus;
 use cocoon_ledger::voucher::SignedVoucher;
 use cocoon_p2p::job::session::{ClientChannelState, ClientPayment};
 use cocoon_p2p::job::{JobPrice, PaymentTerms};
+use cocoon_ton::client::ChannelClient;
+use cocoon_ton::contract::{ChannelStatus, TermsExt};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 
 /// Payment settings of a node (both roles).
@@ -141,7 +141,7 @@ pub const JOURNAL_FILE: &str = "journal.redb";
 /// The basechain account id of the wallet (v4r2) of `key`: a node's wallet, the client
 /// address of its channels and a worker's default payout.
 pub fn wallet(key: &SigningKey) -> Result<[u8; 32], PaymentError> {
-    let wallet = cocoon_ledger::ton::wallet::Wallet::from_seed(&key.to_bytes())
+    let wallet = cocoon_ton::wallet::Wallet::from_seed(&key.to_bytes())
         .map_err(|e| PaymentError::Terms(e.to_string()))?;
     Ok(wallet.address().hash_part.clone().into())
 }
@@ -542,15 +542,13 @@ impl ClientLedger {
         chain: &ChannelClient,
         info: &ClientChannelInfo,
     ) -> Result<bool, PaymentError> {
-        let chain_err =
-            |e: cocoon_ledger::ton::chain::ChainError| PaymentError::Chain(e.to_string());
+        let chain_err = |e: cocoon_ton::chain::ChainError| PaymentError::Chain(e.to_string());
         let address = basechain(info.channel);
         match chain.channel_state(&address).await.map_err(chain_err)? {
             Some(s) if s.status == ChannelStatus::Open => Ok(true),
             None => {
-                let need = u128::from(info.deposit)
-                    + cocoon_ledger::ton::contract::DEPOSIT_RESERVE
-                    + OPEN_FEES;
+                let need =
+                    u128::from(info.deposit) + cocoon_ton::contract::DEPOSIT_RESERVE + OPEN_FEES;
                 let balance = chain
                     .wallet()
                     .chain()

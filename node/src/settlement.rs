@@ -20,13 +20,13 @@ use std::time::Duration;
 
 use cocoon_ledger::journal::{AnchorRecord, CloseSent};
 use cocoon_ledger::settle::{may_send_close, ChannelFacts, Reason, SettlePolicy};
-use cocoon_ledger::ton::chain::Chain;
-use cocoon_ledger::ton::client::{ChannelClient, WalletClient, WalletConfig};
-use cocoon_ledger::ton::contract::anchor_contract;
-use cocoon_ledger::ton::contract::ChannelStatus;
-use cocoon_ledger::ton::http::{HttpChain, HttpChainConfig};
-use cocoon_ledger::ton::merkle;
-use cocoon_ledger::ton::wallet::Wallet;
+use cocoon_ton::chain::Chain;
+use cocoon_ton::client::{ChannelClient, WalletClient, WalletConfig};
+use cocoon_ton::contract::anchor_contract;
+use cocoon_ton::contract::ChannelStatus;
+use cocoon_ton::http::{HttpChain, HttpChainConfig};
+use cocoon_ton::merkle;
+use cocoon_ton::wallet::Wallet;
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
 
@@ -193,7 +193,7 @@ pub async fn anchor_receipts(
     }
     let leaves: Vec<Vec<u8>> = pending.iter().map(|(_, r)| r.bytes()).collect();
     let root = merkle::root(&leaves).expect("a non-empty batch has a root");
-    let chain_err = |e: cocoon_ledger::ton::chain::ChainError| PaymentError::Chain(e.to_string());
+    let chain_err = |e: cocoon_ton::chain::ChainError| PaymentError::Chain(e.to_string());
     let anchor = anchor_contract(Some(chain.wallet().address()))
         .map_err(|e| PaymentError::Chain(e.to_string()))?;
     let count = u32::try_from(leaves.len()).unwrap_or(u32::MAX);

@@ -1,4 +1,4 @@
-//! The ledger's TON client end to end against the local chain (`ledger/contract/localchain.mjs`,
+//! The ledger's TON client end to end against the local chain (`ton/contract/localchain.mjs`,
 //! the real TVM emulator behind the toncenter API): wallets v4r2 built and signed in Rust,
 //! the compiled channel and anchor contracts, every channel operation, balances checked to
 //! the nanoTON where the contract promises exactness.
@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
-use cocoon_ledger::ton::contract::{
+use cocoon_ledger::voucher::{CloseStatement, SignedVoucher, Voucher};
+use cocoon_ton::contract::{
     anchor_contract, exit, op, ChannelParams, ChannelState, ChannelStatus, CLOSE_VALUE,
 };
-use cocoon_ledger::ton::{
+use cocoon_ton::{
     merkle, AccountStatus, Chain, ChannelClient, LocalChain, LocalChainConfig, TonAddress, Wallet,
     WalletClient, WalletConfig,
 };
-use cocoon_ledger::voucher::{CloseStatement, SignedVoucher, Voucher};
 use ed25519_dalek::SigningKey;
 
 const TON: u128 = 1_000_000_000;

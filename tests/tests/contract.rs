@@ -1,4 +1,4 @@
-//! The TON contracts' tests (ledger/contract) in the real TVM emulator (`@ton/sandbox`), run by
+//! The TON contracts' tests (ton/contract) in the real TVM emulator (`@ton/sandbox`), run by
 //! the workspace test command: installs the pinned npm packages from the lockfile when they
 //! are missing, then runs `npm test`, which also prints the gas and fee table.
 

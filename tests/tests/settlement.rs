@@ -1,5 +1,5 @@
 //! Paid jobs settled on the local chain (the real TVM emulator behind the toncenter API,
-//! `ledger/contract/localchain.mjs`), with real `cocoon` processes: the client opens a channel
+//! `ton/contract/localchain.mjs`), with real `cocoon` processes: the client opens a channel
 //! on chain and pays as tokens stream, the worker checks the deposit on chain, settles on
 //! shutdown with its best voucher, and after the challenge window the contract pays the
 //! worker's payout wallet exactly what its journal holds.
@@ -7,15 +7,15 @@
 use std::sync::Arc;
 
 use cocoon_ledger::journal::Journal;
-use cocoon_ledger::ton::contract::{
-    anchor_contract, op, ChannelStatus, CLOSE_VALUE, DEPOSIT_RESERVE,
-};
-use cocoon_ledger::ton::merkle;
-use cocoon_ledger::ton::{
-    Chain, ChannelClient, LocalChain, LocalChainConfig, TonAddress, WalletClient, WalletConfig,
-};
 use cocoon_node::payments::{basechain, wallet};
 use cocoon_tests::{parse_json, LoopbackNet};
+use cocoon_ton::contract::{
+    anchor_contract, op, ChannelStatus, TermsExt, CLOSE_VALUE, DEPOSIT_RESERVE,
+};
+use cocoon_ton::merkle;
+use cocoon_ton::{
+    Chain, ChannelClient, LocalChain, LocalChainConfig, TonAddress, WalletClient, WalletConfig,
+};
 
 const TON: u128 = 1_000_000_000;
 const TOP_UP: u128 = 100_000_000;
@@ -136,7 +136,7 @@ fn jobs_paid_through_a_channel_are_settled_on_chain_to_the_nanoton() {
 
     // The channel is open on chain with the deposit the client asked for.
     let anyone = ChannelClient::new(WalletClient::new(
-        cocoon_ledger::ton::Wallet::from_seed(&client_key.to_bytes()).unwrap(),
+        cocoon_ton::Wallet::from_seed(&client_key.to_bytes()).unwrap(),
         chain.clone() as Arc<dyn Chain>,
         WalletConfig::local(),
     ));

@@ -76,7 +76,7 @@ impl AccountArgs {
     pub(crate) fn chain(
         &self,
         key: &ed25519_dalek::SigningKey,
-    ) -> anyhow::Result<Option<std::sync::Arc<cocoon_ledger::ton::client::ChannelClient>>> {
+    ) -> anyhow::Result<Option<std::sync::Arc<cocoon_ton::client::ChannelClient>>> {
         Ok(match &self.chain.url {
             Some(url) => Some(cocoon_node::settlement::connect(
                 url,
@@ -90,7 +90,7 @@ impl AccountArgs {
     pub(crate) fn need_chain(
         &self,
         key: &ed25519_dalek::SigningKey,
-    ) -> anyhow::Result<std::sync::Arc<cocoon_ledger::ton::client::ChannelClient>> {
+    ) -> anyhow::Result<std::sync::Arc<cocoon_ton::client::ChannelClient>> {
         self.chain(key)?
             .ok_or_else(|| accounts::AccountError::NoChain.into())
     }

@@ -66,20 +66,22 @@ impl Default for BatchConfig {
 
 /// The engine's handle on its scheduler thread.
 pub(crate) struct Batcher {
-    tx: std::sync::Mutex<std_mpsc::Sender<Admission>>,
+    tx: std::sync::Mutex<std_mpsc::SyncSender<Admission>>,
     thread: thread::Thread,
 }
 
 impl Batcher {
-    /// Starts the scheduler thread for `model`.
+    /// Starts the scheduler thread for `model`; at most `max_concurrent` generations wait
+    /// to join (each holds one of the engine's permits, so no more can).
     pub fn start(
         model: Arc<Llama>,
         tokenizer: Arc<TextTokenizer>,
         context_length: usize,
+        max_concurrent: usize,
         config: &BatchConfig,
     ) -> std::io::Result<Batcher> {
         let workspace = Workspace::new(config.resolved_threads())?;
-        let (tx, rx) = std_mpsc::channel();
+        let (tx, rx) = std_mpsc::sync_channel(max_concurrent.max(1));
         let scheduler = Scheduler {
             model,
             tokenizer,
@@ -101,8 +103,14 @@ impl Batcher {
     /// Hands a generation over; it joins the batch at the next step.
     pub fn admit(&self, admission: Admission) -> Result<(), String> {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        tx.send(admission)
-            .map_err(|_| "the batch scheduler has stopped".to_string())?;
+        tx.try_send(admission).map_err(|e| match e {
+            std_mpsc::TrySendError::Full(_) => {
+                "more generations wait to join the batch than the engine admits".to_string()
+            }
+            std_mpsc::TrySendError::Disconnected(_) => {
+                "the batch scheduler has stopped".to_string()
+            }
+        })?;
         self.thread.unpark();
         Ok(())
     }
