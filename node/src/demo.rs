@@ -7,7 +7,7 @@
 //! so the job is end-to-end encrypted to the worker's key but nothing proves what it runs.
 //!
 //! The job is paid. With Node.js the demo starts the local chain (the real TVM emulator,
-//! `ledger/contract/localchain.mjs`, its npm packages installed on first use), funds the
+//! `ton/contract/localchain.mjs`, its npm packages installed on first use), funds the
 //! wallets, and the client opens its channel on chain; the workers settle on shutdown and
 //! the demo finalizes after the challenge window, so the payout lands in the worker's wallet.
 //! Without Node.js it says so and the payments stay off-chain.

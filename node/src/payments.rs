@@ -1,7 +1,7 @@
 //! Paying for jobs: the channels and journals behind the job sessions' payment rules.
 //!
 //! A job is paid through a payment channel between the client and the worker (a TON
-//! contract, `ledger/contract/`). The client names the channel in its request
+//! contract, `ton/contract/`). The client names the channel in its request
 //! ([`PaymentTerms`]); the rules (the channel bound to the requesting peer, quote, billing,
 //! credit, vouchers) are the sessions' in `cocoon-job`. This module keeps what they act on:
 //! the worker's channel cores, one slot per channel ([`WorkerLedger::lease`]), the client's
