@@ -12,6 +12,7 @@
 //!   runs through `cocoon_job`'s client and worker sessions (quote, billing, credit,
 //!   vouchers, refusals) on `cocoon_ledger`'s channel cores with signed vouchers;
 //! - [`session`]: one attempt through those two sessions on a modelled link;
+//! - [`slab`]: the reusable-key store the world keeps jobs, lookups and messages in;
 //! - [`metrics`] and [`report`]: time series, distributions, CSV, JSON and charts;
 //! - [`sweep`]: parameter grids run in parallel.
 //!
@@ -28,6 +29,7 @@ pub mod net;
 pub mod report;
 pub mod scenario;
 pub mod session;
+pub mod slab;
 pub mod sweep;
 pub mod world;
 

@@ -32,26 +32,13 @@ use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::net::Links;
 use crate::scenario::{Adversary, Scenario};
+use crate::slab::Slab;
 
 /// Unix time of simulated time 0 (adverts carry Unix seconds).
 pub const EPOCH: u64 = 1_700_000_000;
 
 /// Time allowed after the end for jobs in flight to finish (every timeout is far below).
 pub const DRAIN: Micros = 900 * SEC;
-
-/// Puts `item` in a free slot of `items` (or a new one); returns its index.
-fn store<T>(items: &mut Vec<Option<T>>, free: &mut Vec<u32>, item: T) -> u32 {
-    match free.pop() {
-        Some(i) => {
-            items[i as usize] = Some(item);
-            i
-        }
-        None => {
-            items.push(Some(item));
-            (items.len() - 1) as u32
-        }
-    }
-}
 
 /// Bootstrap nodes: the first relays, never churned.
 pub const BOOTSTRAP: usize = 4;
@@ -176,8 +163,10 @@ enum Cause {
 }
 
 struct Job {
+    /// Stamps the events of the current attempt: bumped (from one counter for all jobs, so
+    /// never reused) at every attempt and at a worker's death; an event whose stamp differs
+    /// is stale.
     gen: u32,
-    live: bool,
     client: u32,
     model: u16,
     prompt: u32,
@@ -200,6 +189,14 @@ struct Job {
     /// The attempt's payment channel (taken from the pool), its state before the attempt
     /// and the attempt's inputs: a worker dying mid-job re-runs the sessions up to then.
     paying: Option<Box<Paying>>,
+}
+
+/// A lookup in progress.
+struct Running {
+    /// Stamps its events (one counter for all lookups, so never reused): an answer to a
+    /// lookup that ended, its key since taken by another, is dropped.
+    serial: u32,
+    lookup: Lookup,
 }
 
 /// A running attempt's payment.
@@ -325,9 +322,8 @@ pub struct World {
     links: Links,
     /// When each shared host core comes free (empty: nodes have CPUs of their own).
     cores: Vec<Micros>,
-    /// Messages waiting for a core, by `Ev::Run` index, and the free indices.
-    parked: Vec<Option<Ev>>,
-    free_parked: Vec<u32>,
+    /// Messages waiting for a core, by `Ev::Run` key.
+    parked: Slab<Ev>,
     kind: Vec<Kind>,
     region: Vec<u8>,
     online: Vec<bool>,
@@ -335,8 +331,9 @@ pub struct World {
     node_epoch: Vec<u32>,
     always_on: Vec<bool>,
     tables: Tables,
-    lookups: Vec<(u32, Option<Lookup>)>,
-    free_lookups: Vec<u32>,
+    lookups: Slab<Running>,
+    /// The serial number of the last lookup started.
+    lookup_serial: u32,
     providers: HashMap<Node, Vec<(u16, u32)>>,
     model_keys: Vec<u64>,
     model_names: Vec<String>,
@@ -346,14 +343,14 @@ pub struct World {
     markets: Vec<Market>,
     /// Online mesh members per region.
     mesh_online: Vec<Vec<Node>>,
-    msgs: Vec<Option<Msg>>,
-    free_msgs: Vec<u32>,
+    msgs: Slab<Msg>,
     workers: Vec<Worker>,
     worker_by_peer: HashMap<Vec<u8>, u32>,
     clients: Vec<Client>,
-    jobs: Vec<Job>,
-    free_jobs: Vec<u32>,
-    in_flight: u64,
+    /// Jobs in flight.
+    jobs: Slab<Job>,
+    /// The last generation given to a job.
+    job_gen: u32,
     /// Free payment channels per (client, worker); a job takes one for its attempt.
     channels: BTreeMap<(u32, u32), Vec<Chan>>,
     spammers: Vec<Spammer>,
@@ -580,8 +577,7 @@ impl World {
         let mut world = Self {
             links,
             cores: vec![0; sc.network.host_cores as usize],
-            parked: Vec::new(),
-            free_parked: Vec::new(),
+            parked: Slab::new(),
             kind,
             region,
             online: vec![false; n],
@@ -589,8 +585,8 @@ impl World {
             node_epoch: vec![0; n],
             always_on,
             tables,
-            lookups: Vec::new(),
-            free_lookups: Vec::new(),
+            lookups: Slab::new(),
+            lookup_serial: 0,
             providers: HashMap::new(),
             model_keys,
             model_names,
@@ -598,14 +594,12 @@ impl World {
             mesh,
             markets,
             mesh_online: vec![Vec::new(); regions],
-            msgs: Vec::new(),
-            free_msgs: Vec::new(),
+            msgs: Slab::new(),
             workers,
             worker_by_peer,
             clients,
-            jobs: Vec::new(),
-            free_jobs: Vec::new(),
-            in_flight: 0,
+            jobs: Slab::new(),
+            job_gen: 0,
             channels: BTreeMap::new(),
             spammers,
             metrics: Metrics::default(),
@@ -751,7 +745,7 @@ impl World {
     /// failed), so every job is accounted for. Bounded by [`DRAIN`].
     fn drain(&mut self) {
         let end = self.sc.duration_secs * SEC + DRAIN;
-        while self.in_flight > 0 {
+        while !self.jobs.is_empty() {
             let Some(ev) = self.eng.next(end) else {
                 break;
             };
@@ -774,16 +768,14 @@ impl World {
                     let cpu = (self.sc.network.advert_cpu_ms * MS as f64) as Micros;
                     self.park(ev, cpu);
                 } else {
-                    let m = self.msgs[msg as usize].as_mut().expect("live");
-                    m.in_flight -= 1;
+                    self.msgs[msg].in_flight -= 1;
                     self.metrics.duplicates += 1;
                     self.finish_msg_if_done(msg);
                 }
             }
             Ev::Req { .. } | Ev::Resp { .. } if !self.cores.is_empty() => self.park(ev, 0),
             Ev::Run(i) => {
-                let ev = self.parked[i as usize].take().expect("parked");
-                self.free_parked.push(i);
+                let ev = self.parked.remove(i).expect("parked");
                 self.dispatch(ev);
             }
             ev => self.dispatch(ev),
@@ -795,7 +787,7 @@ impl World {
         let Some(s) = self.mesh.slot(to) else {
             return true;
         };
-        let Some(m) = self.msgs[msg as usize].as_mut() else {
+        let Some(m) = self.msgs.get_mut(msg) else {
             return true;
         };
         let bit = 1 << (s % 64);
@@ -813,7 +805,7 @@ impl World {
             .expect("cores");
         let done = self.cores[core].max(now) + cpu;
         self.cores[core] = done;
-        let i = store(&mut self.parked, &mut self.free_parked, ev);
+        let i = self.parked.insert(ev);
         self.eng.at(done, Ev::Run(i));
     }
 
@@ -914,11 +906,11 @@ impl World {
             self.workers[w as usize].busy = 0;
             let stall = self.sc.clients.stall_timeout_ms * MS;
             for job in running {
-                let j = &mut self.jobs[job as usize];
+                let gen = self.next_job_gen();
+                let j = &mut self.jobs[job];
                 let ran = self.eng.now().saturating_sub(j.started);
-                j.gen += 1;
+                j.gen = gen;
                 j.cause = Cause::Stalled;
-                let gen = j.gen;
                 // The sessions again from the attempt's start, the worker dying at `ran`:
                 // what each side journalled by then is what stays.
                 let received = match j.paying.take() {
@@ -931,7 +923,7 @@ impl World {
                     }
                     None => 0,
                 };
-                self.jobs[job as usize].delivered += received;
+                self.jobs[job].delivered += received;
                 self.eng.after(stall, Ev::Fail { job, gen });
             }
         }
@@ -965,27 +957,25 @@ impl World {
                 .collect();
         }
         let lookup = Lookup::new(origin, target, purpose, self.eng.now(), seeds);
-        let idx = match self.free_lookups.pop() {
-            Some(i) => {
-                self.lookups[i as usize].0 += 1;
-                self.lookups[i as usize].1 = Some(lookup);
-                i
-            }
-            None => {
-                self.lookups.push((0, Some(lookup)));
-                (self.lookups.len() - 1) as u32
-            }
-        };
+        self.lookup_serial = self.lookup_serial.wrapping_add(1);
+        let idx = self.lookups.insert(Running {
+            serial: self.lookup_serial,
+            lookup,
+        });
         self.traffic.lookups += 1;
         self.advance_lookup(idx);
     }
 
     fn advance_lookup(&mut self, idx: u32) {
         let (k, alpha) = (self.sc.dht.k, self.sc.dht.alpha);
-        let gen = self.lookups[idx as usize].0;
-        let Some(l) = self.lookups[idx as usize].1.as_mut() else {
+        let Some(Running {
+            serial: gen,
+            lookup: l,
+        }) = self.lookups.get_mut(idx)
+        else {
             return;
         };
+        let gen = *gen;
         let early = matches!(l.purpose, Purpose::FindProviders(_)) && l.found.is_some();
         if early || l.finished(k) {
             self.finish_lookup(idx);
@@ -1026,11 +1016,8 @@ impl World {
     }
 
     fn lookup_mut(&mut self, idx: u32, gen: u32) -> Option<&mut Lookup> {
-        let (g, l) = self.lookups.get_mut(idx as usize)?;
-        if *g != gen {
-            return None;
-        }
-        l.as_mut()
+        let r = self.lookups.get_mut(idx)?;
+        (r.serial == gen).then_some(&mut r.lookup)
     }
 
     fn on_request(&mut self, idx: u32, gen: u32, to: Node) {
@@ -1071,10 +1058,8 @@ impl World {
 
     fn on_response(&mut self, idx: u32, gen: u32, from: Node) {
         let k = self.sc.dht.k;
-        let Some(l) = self.lookups.get(idx as usize).filter(|x| x.0 == gen) else {
-            return;
-        };
-        let Some(l) = l.1.as_ref() else {
+        let Some(Running { lookup: l, .. }) = self.lookups.get(idx).filter(|r| r.serial == gen)
+        else {
             return;
         };
         let (origin, target, purpose) = (l.origin, l.target, l.purpose);
@@ -1095,7 +1080,7 @@ impl World {
         };
         let now = self.eng.now();
         let from_id = self.tables.id(from);
-        let l = self.lookups[idx as usize].1.as_mut().expect("live");
+        let l = &mut self.lookups[idx].lookup;
         if found && l.found.is_none() {
             l.found = Some((l.hop_of(from, from_id), now));
         }
@@ -1126,10 +1111,9 @@ impl World {
 
     fn finish_lookup(&mut self, idx: u32) {
         let k = self.sc.dht.k;
-        let Some(l) = self.lookups[idx as usize].1.take() else {
+        let Some(Running { lookup: l, .. }) = self.lookups.remove(idx) else {
             return;
         };
-        self.free_lookups.push(idx);
         let now = self.eng.now();
         let (hops, at) = match l.found {
             Some((h, t)) => (h, t),
@@ -1282,12 +1266,12 @@ impl World {
             online_at_start: self.mesh.online() as u32,
             forged: false,
         };
-        let idx = store(&mut self.msgs, &mut self.free_msgs, msg);
+        let idx = self.msgs.insert(msg);
         if let Some(s) = self.mesh.slot(origin) {
-            self.msgs[idx as usize].as_mut().expect("new").seen[s / 64] |= 1 << (s % 64);
+            self.msgs[idx].seen[s / 64] |= 1 << (s % 64);
             // A worker admits its own advert (as the node's advertiser does).
             let now = self.now_secs();
-            if let Payload::Verified(v) = &self.msgs[idx as usize].as_ref().expect("new").payload {
+            if let Payload::Verified(v) = &self.msgs[idx].payload {
                 let _ = self.markets[s].insert_verified(v, &origin.to_le_bytes(), now);
             }
         }
@@ -1306,7 +1290,7 @@ impl World {
             // A copy to a peer that has the advert already is a duplicate whenever it
             // lands: counted now, no event needed.
             if let Some(s) = self.mesh.slot(p) {
-                let m = self.msgs[idx as usize].as_ref().expect("live");
+                let m = &self.msgs[idx];
                 if m.seen[s / 64] & (1 << (s % 64)) != 0 {
                     self.metrics.duplicates += 1;
                     continue;
@@ -1314,7 +1298,7 @@ impl World {
             }
             let (a, b) = (self.region[at as usize], self.region[p as usize]);
             if let Some(d) = self.links.delay(&mut self.eng.rng, a, b, bytes) {
-                self.msgs[idx as usize].as_mut().expect("live").in_flight += 1;
+                self.msgs[idx].in_flight += 1;
                 self.eng.after(
                     d,
                     Ev::Gossip {
@@ -1330,7 +1314,7 @@ impl World {
     fn on_gossip(&mut self, idx: u32, from: Node, to: Node) {
         let now = self.eng.now();
         let now_s = self.now_secs();
-        let Some(m) = self.msgs[idx as usize].as_mut() else {
+        let Some(m) = self.msgs.get_mut(idx) else {
             return;
         };
         m.in_flight -= 1;
@@ -1395,20 +1379,17 @@ impl World {
     }
 
     fn finish_msg_if_done(&mut self, idx: u32) {
-        let done = self.msgs[idx as usize]
-            .as_ref()
-            .is_some_and(|m| m.in_flight == 0);
+        let done = self.msgs.get(idx).is_some_and(|m| m.in_flight == 0);
         if !done {
             return;
         }
-        let m = self.msgs[idx as usize].take().expect("checked");
+        let m = self.msgs.remove(idx).expect("checked");
         if !m.forged {
             let others = m.online_at_start.saturating_sub(1).max(1);
             self.metrics
                 .coverage
                 .add((m.reached as f64 / others as f64).min(1.0));
         }
-        self.free_msgs.push(idx);
     }
 
     fn on_spam(&mut self, s: u32) {
@@ -1503,9 +1484,9 @@ impl World {
         let max_tokens = self.eng.sample(&outputs).round().clamp(1.0, 1e5) as u32;
         let share = self.eng.sample(&shares).clamp(0.0, 1.0);
         let target = ((max_tokens as f64 * share).round() as u32).clamp(1, max_tokens);
+        let gen = self.next_job_gen();
         let job = Job {
-            gen: 0,
-            live: true,
+            gen,
             client: c,
             model,
             prompt,
@@ -1524,18 +1505,7 @@ impl World {
             wrong: false,
             paying: None,
         };
-        let idx = match self.free_jobs.pop() {
-            Some(i) => {
-                let gen = self.jobs[i as usize].gen + 1;
-                self.jobs[i as usize] = Job { gen, ..job };
-                i
-            }
-            None => {
-                self.jobs.push(job);
-                (self.jobs.len() - 1) as u32
-            }
-        };
-        self.in_flight += 1;
+        let idx = self.jobs.insert(job);
         self.outcomes.created += 1;
         self.metrics.current.jobs_started += 1;
         let Some(gateway) = self.attach(c) else {
@@ -1571,12 +1541,12 @@ impl World {
         if candidates.is_empty() {
             // Nothing in the market: the DHT's provider records are the fallback.
             let node = self.clients[c as usize].node;
-            self.jobs[idx as usize].lookup_pending = true;
+            self.jobs[idx].lookup_pending = true;
             let key = self.model_keys[model as usize];
             self.start_lookup(node, key, Purpose::FindProviders(model));
             return;
         }
-        self.jobs[idx as usize].candidates = candidates;
+        self.jobs[idx].candidates = candidates;
         self.start_attempt(idx);
     }
 
@@ -1595,20 +1565,20 @@ impl World {
         }
         found.truncate(self.sc.clients.max_attempts);
         let slack = self.sc.clients.price_slack;
-        let waiting: Vec<u32> = (0..self.jobs.len() as u32)
-            .filter(|&j| {
-                let job = &self.jobs[j as usize];
-                job.live && job.lookup_pending && job.client == c && job.model == model
-            })
+        let waiting: Vec<u32> = self
+            .jobs
+            .iter()
+            .filter(|(_, job)| job.lookup_pending && job.client == c && job.model == model)
+            .map(|(j, _)| j)
             .collect();
         for j in waiting {
-            self.jobs[j as usize].lookup_pending = false;
+            self.jobs[j].lookup_pending = false;
             if found.is_empty() {
                 self.outcomes.no_worker += 1;
                 self.finish_job(j, false);
                 continue;
             }
-            self.jobs[j as usize].candidates = found
+            self.jobs[j].candidates = found
                 .iter()
                 .map(|&w| (w, self.workers[w as usize].price.price().with_slack(slack)))
                 .collect();
@@ -1617,7 +1587,7 @@ impl World {
     }
 
     fn start_attempt(&mut self, job: u32) {
-        let j = &self.jobs[job as usize];
+        let j = &self.jobs[job];
         let Some(&(w, _)) = j.candidates.get(j.attempt) else {
             self.finish_job(job, false);
             return;
@@ -1630,11 +1600,11 @@ impl World {
         );
         let rtt = self.links.delay_reliable(&mut self.eng.rng, a, b, 0)
             + self.links.delay_reliable(&mut self.eng.rng, b, a, 0);
-        let j = &mut self.jobs[job as usize];
-        j.gen += 1;
+        let gen = self.next_job_gen();
+        let j = &mut self.jobs[job];
+        j.gen = gen;
         j.worker = w;
         j.rtt = rtt;
-        let gen = j.gen;
         if !self.online[worker_node as usize] {
             // Connecting to a dead worker: the client gives up after its open timeout.
             j.cause = Cause::Unreachable;
@@ -1647,23 +1617,22 @@ impl World {
     }
 
     fn on_at_worker(&mut self, job: u32, gen: u32) {
-        let j = &self.jobs[job as usize];
-        if j.gen != gen || !j.live {
+        let Some(j) = self.jobs.get(job).filter(|j| j.gen == gen) else {
             return;
-        }
+        };
         let w = j.worker as usize;
         let wk = &self.workers[w];
         let rtt = j.rtt;
         if !self.online[wk.node as usize] {
             let t = (self.sc.clients.open_timeout_ms * MS).saturating_sub(rtt * 3 / 2);
-            self.jobs[job as usize].cause = Cause::Unreachable;
+            self.jobs[job].cause = Cause::Unreachable;
             self.eng.after(t, Ev::Fail { job, gen });
             return;
         }
         let ceiling = j.candidates[j.attempt].1;
         let price = wk.price.price();
         if wk.behaviour == Behaviour::NoServe {
-            self.jobs[job as usize].cause = Cause::Stalled;
+            self.jobs[job].cause = Cause::Stalled;
             let t = self.sc.clients.stall_timeout_ms * MS;
             self.eng.after(t, Ev::Fail { job, gen });
             return;
@@ -1718,7 +1687,7 @@ impl World {
         wk.busy += 1;
         wk.running.push(job);
         let now = self.eng.now();
-        let j = &mut self.jobs[job as usize];
+        let j = &mut self.jobs[job];
         j.started = now;
         j.price = price;
         j.wrong = wrong;
@@ -1751,7 +1720,7 @@ impl World {
     fn refuse_busy(&mut self, job: u32, gen: u32, rtt: Micros) {
         self.outcomes.busy += 1;
         self.metrics.current.busy_refusals += 1;
-        self.jobs[job as usize].cause = Cause::Busy;
+        self.jobs[job].cause = Cause::Busy;
         self.eng.after(rtt / 2, Ev::Fail { job, gen });
     }
 
@@ -1804,21 +1773,20 @@ impl World {
     }
 
     fn on_done(&mut self, job: u32, gen: u32) {
-        let j = &self.jobs[job as usize];
-        if j.gen != gen || !j.live {
+        let Some(j) = self.jobs.get(job).filter(|j| j.gen == gen) else {
             return;
-        }
+        };
         let w = j.worker as usize;
         let remaining = j.target.saturating_sub(j.delivered);
         let wk = &mut self.workers[w];
         wk.busy = wk.busy.saturating_sub(1);
         wk.running.retain(|&x| x != job);
         wk.jobs += 1;
-        let paying = self.jobs[job as usize].paying.take();
+        let paying = self.jobs[job].paying.take();
         if let Some(p) = paying {
             self.settle_attempt(w as u32, *p);
         }
-        let j = &mut self.jobs[job as usize];
+        let j = &mut self.jobs[job];
         j.delivered += remaining;
         // The event is the client's receipt of `Done`.
         let done_at = self.eng.now();
@@ -1853,23 +1821,22 @@ impl World {
     }
 
     fn on_fail(&mut self, job: u32, gen: u32) {
-        let j = &self.jobs[job as usize];
-        if j.gen != gen || !j.live {
+        let Some(j) = self.jobs.get(job).filter(|j| j.gen == gen) else {
             return;
-        }
+        };
         let (w, cause, c) = (j.worker, j.cause, j.client as usize);
         let peer = self.workers[w as usize].peer.clone();
         let now_s = self.now_secs();
         // An attempt the sessions ended (a refused quote, no payment): the worker is free
         // again and the client keeps what it received.
-        if let Some(p) = self.jobs[job as usize].paying.take() {
+        if let Some(p) = self.jobs[job].paying.take() {
             let wk = &mut self.workers[w as usize];
             if let Some(i) = wk.running.iter().position(|&x| x == job) {
                 wk.running.swap_remove(i);
                 wk.busy = wk.busy.saturating_sub(1);
             }
             let received = self.settle_attempt(w, *p);
-            let j = &mut self.jobs[job as usize];
+            let j = &mut self.jobs[job];
             j.delivered = j.delivered.saturating_add(received);
         }
         match cause {
@@ -1884,7 +1851,7 @@ impl World {
                 self.clients[c].reputation.failure(&peer, now_s);
             }
         }
-        let j = &mut self.jobs[job as usize];
+        let j = &mut self.jobs[job];
         j.attempt += 1;
         if j.attempt < j.candidates.len() && j.delivered < j.target {
             self.outcomes.failovers += 1;
@@ -1897,13 +1864,9 @@ impl World {
     }
 
     fn finish_job(&mut self, job: u32, ok: bool) {
-        let j = &mut self.jobs[job as usize];
-        if !j.live {
+        if self.jobs.remove(job).is_none() {
             return;
         }
-        j.live = false;
-        j.gen += 1;
-        self.in_flight -= 1;
         if ok {
             self.outcomes.completed += 1;
             self.metrics.current.jobs_completed += 1;
@@ -1911,7 +1874,12 @@ impl World {
             self.outcomes.failed += 1;
             self.metrics.current.jobs_failed += 1;
         }
-        self.free_jobs.push(job);
+    }
+
+    /// A generation no job has had.
+    fn next_job_gen(&mut self) -> u32 {
+        self.job_gen = self.job_gen.wrapping_add(1);
+        self.job_gen
     }
 
     // ---- sampling ----------------------------------------------------------------------
@@ -1949,7 +1917,7 @@ impl World {
         } else {
             prices.iter().sum::<u64>() as f64 / prices.len() as f64
         };
-        s.jobs_in_flight = self.in_flight;
+        s.jobs_in_flight = self.jobs.len() as u64;
         s.lookup_hops_mean = if s.lookups == 0 {
             0.0
         } else {
@@ -2000,7 +1968,7 @@ impl World {
 
     /// Jobs still in flight.
     pub fn in_flight(&self) -> u64 {
-        self.in_flight
+        self.jobs.len() as u64
     }
 
     /// Nodes in the simulation (sybil identities included).
