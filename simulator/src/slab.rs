@@ -156,7 +156,7 @@ mod tests {
     #[should_panic(expected = "nothing under key 0")]
     fn indexing_a_free_key_panics() {
         let mut s = Slab::new();
-        let k = s.insert(());
+        let k = s.insert(1u8);
         s.remove(k);
         let _ = s[k];
     }
