@@ -34,6 +34,7 @@ pub(super) struct Gossip {
     pub(super) mesh_online: Vec<Vec<Node>>,
     /// Adverts with copies in flight.
     pub(super) msgs: Slab<Msg>,
+    /// Relays flooding adverts.
     pub(super) spammers: Vec<Spammer>,
 }
 
@@ -57,7 +58,7 @@ pub(super) struct Msg {
     /// are handled; empty otherwise): later copies are duplicates, dropped on arrival as
     /// gossipsub's duplicate cache does, without CPU.
     arrived: Vec<u64>,
-    /// Mesh members it reached (but its publisher).
+    /// Mesh members it reached, other than its publisher.
     reached: u32,
     /// Copies on their way.
     in_flight: u32,
@@ -141,7 +142,8 @@ impl Gossip {
 }
 
 impl World {
-    /// A mesh member coming up rejoins the mesh (its new peers' heartbeats come soon).
+    /// `node` came up: if a mesh member, it rejoins the mesh (the peers it pushed above
+    /// `D_high` prune at a heartbeat soon).
     pub(super) fn join_mesh(&mut self, node: Node) {
         if self.gossip.mesh.slot(node).is_some() {
             let over = self.gossip.mesh.join(node, &mut self.eng.rng);
@@ -153,7 +155,8 @@ impl World {
         }
     }
 
-    /// A mesh member going down leaves the mesh (its peers' heartbeats come soon).
+    /// `node` went down: if a mesh member, it leaves the mesh (its peers left below `D_low`
+    /// graft at a heartbeat soon).
     pub(super) fn leave_mesh(&mut self, node: Node) {
         if self.gossip.mesh.slot(node).is_some() {
             for p in self.gossip.mesh.leave(node) {

@@ -92,9 +92,9 @@ enum Cause {
 
 /// A job in flight: the client's request, its candidates and the current attempt.
 pub(super) struct Job {
-    /// Stamps the events of the current attempt: bumped (from one counter for all jobs, so
-    /// never reused) at every attempt and at a worker's death; an event whose stamp differs
-    /// is stale.
+    /// Stamps the events of the current attempt: a fresh number (from one counter for all
+    /// jobs, so never reused) when the job is made, at every attempt and when its worker
+    /// dies; an event with another stamp is stale.
     gen: u32,
     client: u32,
     model: u16,
