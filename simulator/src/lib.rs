@@ -6,12 +6,14 @@
 //! - [`net`]: regions, latency, bandwidth and loss;
 //! - [`kad`]: Kademlia routing tables and iterative lookups (hops come out of the model);
 //! - [`mesh`]: the gossipsub-like mesh that carries adverts;
-//! - [`world`]: nodes and what each event does; workers run `cocoon_gossip`'s price core
-//!   and publication schedule and sign real adverts, mesh nodes admit them with the real
-//!   market core, clients rank with it and their reputation core, and every job attempt
-//!   runs through `cocoon_job`'s client and worker sessions (quote, billing, credit,
-//!   vouchers, refusals) on `cocoon_ledger`'s channel cores with signed vouchers;
+//! - [`world`]: nodes and what each event does, a file per subsystem (churn, DHT, gossip,
+//!   jobs); workers run `cocoon_gossip`'s price core and publication schedule and sign real
+//!   adverts, mesh nodes admit them with the real market core, clients rank with it and
+//!   their reputation core, and every job attempt runs through `cocoon_job`'s client and
+//!   worker sessions (quote, billing, credit, vouchers, refusals) on `cocoon_ledger`'s
+//!   channel cores with signed vouchers;
 //! - [`session`]: one attempt through those two sessions on a modelled link;
+//! - [`slab`]: the reusable-key store the world keeps jobs, lookups and messages in;
 //! - [`metrics`] and [`report`]: time series, distributions, CSV, JSON and charts;
 //! - [`sweep`]: parameter grids run in parallel.
 //!
@@ -28,6 +30,7 @@ pub mod net;
 pub mod report;
 pub mod scenario;
 pub mod session;
+pub mod slab;
 pub mod sweep;
 pub mod world;
 
