@@ -7,8 +7,8 @@
 mod cli;
 
 use clap::{Parser, Subcommand};
-use cocoon_node::accounts;
-use cocoon_node::config;
+use cocoon_worker::accounts;
+use cocoon_worker::config;
 
 use cli::*;
 
@@ -143,7 +143,7 @@ mod tests {
         .unwrap();
         match cli.command {
             Cmd::Infer(a) => {
-                assert_eq!(a.model, cocoon_node::models::SMOLLM2.id);
+                assert_eq!(a.model, cocoon_worker::models::SMOLLM2.id);
                 assert_eq!(a.sampling.max_tokens, 256);
                 assert_eq!(a.sampling.temperature, 0.0);
             }

@@ -39,9 +39,9 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use cocoon_node::client::{InferError, InferOutcome, InferRequest};
-use cocoon_node::light::{Event, LightClient};
-use cocoon_node::market::{ModelRow, WorkerRow};
+use cocoon_client::infer::{InferError, InferOutcome, InferRequest};
+use cocoon_client::light::{Event, LightClient};
+use cocoon_client::market::{ModelRow, WorkerRow};
 
 /// Gateway settings.
 #[derive(Clone, Debug)]
@@ -225,7 +225,7 @@ async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     if let Err(e) = authorised(&app, &headers) {
         return e.into_response();
     }
-    let workers = WorkerRow::all(&app.client.adverts(), cocoon_node::clock::unix_now());
+    let workers = WorkerRow::all(&app.client.adverts(), cocoon_client::clock::unix_now());
     let data: Vec<Value> = ModelRow::all(&workers)
         .into_iter()
         .map(|m| {

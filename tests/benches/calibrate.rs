@@ -25,8 +25,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use cocoon_node::clock::unix_now_ms;
-use cocoon_node::market::MarketService;
+use cocoon_client::clock::unix_now_ms;
+use cocoon_client::market::MarketService;
 use cocoon_p2p::{DhtMode, Network, NetworkConfig};
 use cocoon_simulator::calibration;
 use cocoon_simulator::scenario::Scenario;

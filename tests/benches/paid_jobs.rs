@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cocoon_inference::{Engine, EngineConfig, ModelSource};
-use cocoon_node::attestation::{worker_attester, AttestationMode, WorkerAttestation};
-use cocoon_node::payments::{wallet, ClientLedger, PaymentConfig, WorkerLedger};
-use cocoon_node::worker::Worker;
+use cocoon_worker::attestation::{worker_attester, AttestationMode, WorkerAttestation};
+use cocoon_client::payments::{wallet, ClientLedger, PaymentConfig};
+use cocoon_worker::payments::WorkerLedger;
+use cocoon_worker::worker::Worker;
 use cocoon_p2p::frame::FramedStream;
 use cocoon_p2p::identity::signing_key;
 use cocoon_p2p::job::session::{self, ClientSession};
@@ -85,14 +86,14 @@ impl Bench {
                 pay_every: 4,
                 ..Default::default()
             },
-            cocoon_node::clock::session_now(),
+            cocoon_client::clock::session_now(),
             request,
             Some(self.client.payment(&reserved.info)),
         );
         let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
         let reader = tokio::spawn(async move { while rx.recv().await.is_some() {} });
         let mut answer = String::new();
-        let driven = cocoon_node::client::drive(
+        let driven = cocoon_client::infer::drive(
             &mut channel,
             &mut session,
             Some((&self.client, &reserved.info)),

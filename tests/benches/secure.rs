@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cocoon_inference::{Engine, EngineConfig, ModelSource};
-use cocoon_node::attestation::{worker_attester, AttestationMode, WorkerAttestation};
-use cocoon_node::worker::Worker;
+use cocoon_worker::attestation::{worker_attester, AttestationMode, WorkerAttestation};
+use cocoon_worker::worker::Worker;
 use cocoon_p2p::attest::policy::Policy;
 use cocoon_p2p::attest::verifier::{Verifier, VerifierConfig};
 use cocoon_p2p::frame::FramedStream;
@@ -62,7 +62,7 @@ async fn run_job<T: cocoon_p2p::frame::FrameTransport>(
 ) -> Result<Option<Instant>> {
     let mut session = ClientSession::new(
         Default::default(),
-        cocoon_node::clock::session_now(),
+        cocoon_client::clock::session_now(),
         request(id),
         None,
     );
@@ -70,7 +70,7 @@ async fn run_job<T: cocoon_p2p::frame::FrameTransport>(
     let job = async move {
         let mut answer = String::new();
         let driven =
-            cocoon_node::client::drive(&mut channel, &mut session, None, &mut answer, &tx).await;
+            cocoon_client::infer::drive(&mut channel, &mut session, None, &mut answer, &tx).await;
         drop(tx);
         if let Some(e) = driven.journal_error {
             anyhow::bail!(e);
@@ -108,7 +108,7 @@ async fn job(client: &Network, worker: &Network, secure: bool, id: u64) -> Resul
         };
     }
     let first = if secure {
-        let now = cocoon_node::clock::unix_now();
+        let now = cocoon_client::clock::unix_now();
         let (transport, _) = confidential::open(
             framed,
             &verifier,

@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use cocoon_node::launch::NodeProcess;
-use cocoon_node::models;
+use cocoon_worker::launch::NodeProcess;
+use cocoon_worker::models;
 
 pub mod contract;
 
@@ -235,7 +235,7 @@ pub fn channel_of(json: &serde_json::Value) -> [u8; 32] {
     let hex = json["channel"]
         .as_str()
         .expect("a paid job names its channel");
-    cocoon_node::accounts::parse_channel(hex).expect("a channel id")
+    cocoon_worker::accounts::parse_channel(hex).expect("a channel id")
 }
 
 /// Starts a streaming client (`cmd`) and reads until it has printed `at_least` bytes of

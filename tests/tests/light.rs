@@ -2,9 +2,9 @@
 //! stream carries the answer and ends with the outcome; the job was attested, encrypted and
 //! paid like one from `cocoon infer`.
 
-use cocoon_node::attestation::ClientTrust;
-use cocoon_node::client::InferRequest;
-use cocoon_node::light::{Event, LightClient, LightError};
+use cocoon_client::trust::ClientTrust;
+use cocoon_client::infer::InferRequest;
+use cocoon_client::light::{Event, LightClient, LightError};
 use cocoon_p2p::job::{JobInput, Sampling};
 use cocoon_tests::LoopbackNet;
 use futures::StreamExt;
@@ -73,7 +73,7 @@ async fn the_light_client_streams_a_paid_answer() {
     assert!(a && b);
     let data_dir = net.dir.path().join("light");
     client.shutdown().await;
-    let reputation = cocoon_node::client::load_reputation(&data_dir.join("reputation.json"));
+    let reputation = cocoon_client::infer::load_reputation(&data_dir.join("reputation.json"));
     let worker: libp2p::PeerId = net.workers[0].peer_id.parse().unwrap();
     let record = reputation
         .get(&worker.to_bytes())

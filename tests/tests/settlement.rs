@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use cocoon_ledger::journal::Journal;
-use cocoon_node::payments::{basechain, wallet};
+use cocoon_client::payments::{basechain, wallet};
 use cocoon_tests::{parse_json, LoopbackNet};
 use cocoon_ton::contract::{
     anchor_contract, op, ChannelStatus, TermsExt, CLOSE_VALUE, DEPOSIT_RESERVE,
@@ -49,8 +49,8 @@ fn jobs_paid_through_a_channel_are_settled_on_chain_to_the_nanoton() {
 
     // Fund both wallets (the node identity's v4r2 wallet).
     let client_dir = net.dir.path().join("payer");
-    let client_key = cocoon_node::accounts::key(&client_dir).unwrap();
-    let worker_key = cocoon_node::accounts::key(&net.dir.path().join("w0")).unwrap();
+    let client_key = cocoon_worker::accounts::key(&client_dir).unwrap();
+    let worker_key = cocoon_worker::accounts::key(&net.dir.path().join("w0")).unwrap();
     let client_wallet = basechain(wallet(&client_key).unwrap());
     let payout = basechain(wallet(&worker_key).unwrap());
     rt.block_on(chain.fund(&client_wallet, 5 * TON)).unwrap();
@@ -279,7 +279,7 @@ async fn paid_channel(
     client: &ChannelClient,
     client_key: &ed25519_dalek::SigningKey,
     worker_key: &ed25519_dalek::SigningKey,
-    ledger: &cocoon_node::payments::WorkerLedger,
+    ledger: &cocoon_worker::payments::WorkerLedger,
     channel_id: u64,
     amount: u64,
 ) -> [u8; 32] {
@@ -331,7 +331,8 @@ async fn paid_channel(
 #[test]
 fn one_settlement_owner_closes_each_channel_once_even_across_a_kill() {
     use cocoon_ledger::settle::SettlePolicy;
-    use cocoon_node::settlement::{connect, Settler};
+    use cocoon_client::chain::connect;
+    use cocoon_worker::settlement::Settler;
     use std::time::Duration;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -356,7 +357,7 @@ fn one_settlement_owner_closes_each_channel_once_even_across_a_kill() {
         let journal = dir.path().join("journal.redb");
         let open = || {
             Arc::new(
-                cocoon_node::payments::WorkerLedger::open(
+                cocoon_worker::payments::WorkerLedger::open(
                     &journal,
                     worker_key.verifying_key().to_bytes(),
                     wallet(&worker_key).unwrap(),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use cocoon_node::attestation;
+use cocoon_client::trust;
 
 use super::*;
 
@@ -113,7 +113,7 @@ pub(crate) fn verify_quote(args: &VerifyArgs) -> anyhow::Result<QuoteReport> {
     let collateral = std::fs::read(&args.collateral)
         .with_context(|| format!("reading {}", args.collateral.display()))?;
     let policy = match &args.policy {
-        Some(p) => attestation::load_policy(p)?,
+        Some(p) => trust::load_policy(p)?,
         None => Policy::default(),
     };
     let expected = match &args.report_data {
@@ -124,7 +124,7 @@ pub(crate) fn verify_quote(args: &VerifyArgs) -> anyhow::Result<QuoteReport> {
         }
         None => None,
     };
-    let now = args.now.unwrap_or_else(cocoon_node::clock::unix_now);
+    let now = args.now.unwrap_or_else(cocoon_client::clock::unix_now);
     let mut report = QuoteReport {
         accepted: false,
         reason: None,

@@ -25,7 +25,7 @@ pub(crate) struct DemoArgs {
 pub(crate) async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.workers >= 1, "--workers must be at least 1");
     let json = args.json;
-    let options = cocoon_node::demo::DemoOptions {
+    let options = cocoon_worker::demo::DemoOptions {
         workers: args.workers,
         prompt: args.prompt.clone(),
         sampling: args.sampling.sampling(),
@@ -48,7 +48,7 @@ pub(crate) async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         }
     };
     let mut started = false;
-    let report = cocoon_node::demo::run(
+    let report = cocoon_worker::demo::run(
         options,
         |text| {
             if !json {

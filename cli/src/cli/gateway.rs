@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use cocoon_node::config;
-use cocoon_node::daemon;
+use cocoon_worker::config;
+use cocoon_worker::daemon;
 
 use super::*;
 
@@ -63,10 +63,10 @@ pub(crate) async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     serve.validate()?;
     anyhow::ensure!(args.body_timeout > 0, "--body-timeout must be at least 1");
     anyhow::ensure!(args.max_body > 0, "--max-body must be at least 1");
-    let mut builder = cocoon_node::light::LightClient::builder()
+    let mut builder = cocoon_client::light::LightClient::builder()
         .mdns(args.mdns)
         .trust(args.trust.trust())
-        .payments(cocoon_node::payments::PaymentConfig {
+        .payments(cocoon_client::payments::PaymentConfig {
             channels_per_worker: args.channels_per_worker,
             ..args.pay.config()
         });

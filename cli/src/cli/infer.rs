@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use cocoon_node::client::{self, ClientConfig, InferRequest};
-use cocoon_node::config;
-use cocoon_node::models;
+use cocoon_client::infer::{self as client, ClientConfig, InferRequest};
+use cocoon_worker::config;
+use cocoon_worker::models;
 use cocoon_p2p::identity;
 use cocoon_p2p::job::{ChatMessage, JobInput};
 
@@ -61,20 +61,20 @@ pub(crate) async fn infer(args: InferArgs) -> anyhow::Result<()> {
     let data_dir = args
         .data_dir
         .clone()
-        .unwrap_or_else(|| models::cocoon_home().join("client"));
+        .unwrap_or_else(|| cocoon_client::cocoon_home().join("client"));
     let keypair = identity::load_or_create(&data_dir)?;
-    let key = cocoon_node::advertiser::signing_key(&keypair)
+    let key = cocoon_worker::advertiser::signing_key(&keypair)
         .context("the client identity is not an ed25519 key")?;
     let ledger = tokio::task::block_in_place(|| {
-        cocoon_node::payments::ClientLedger::open(
-            &data_dir.join(cocoon_node::payments::JOURNAL_FILE),
+        cocoon_client::payments::ClientLedger::open(
+            &data_dir.join(cocoon_client::payments::JOURNAL_FILE),
             key.clone(),
-            cocoon_node::payments::wallet(&key)?,
+            cocoon_client::payments::wallet(&key)?,
             args.pay.config(),
         )
     })?;
     let ledger = match &args.chain.url {
-        Some(url) => ledger.with_chain(cocoon_node::settlement::connect(
+        Some(url) => ledger.with_chain(cocoon_client::chain::connect(
             url,
             args.chain.api_key.clone(),
             &key,

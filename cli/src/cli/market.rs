@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use clap::Args;
-use cocoon_node::config;
-use cocoon_node::market::WorkerRow;
+use cocoon_worker::config;
+use cocoon_client::market::WorkerRow;
 
 use super::*;
 
@@ -32,7 +32,7 @@ pub(crate) async fn market(args: MarketArgs) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(args.wait)).await;
     let adverts = market.adverts();
     network.shutdown().await;
-    let rows = WorkerRow::all(&adverts, cocoon_node::clock::unix_now());
+    let rows = WorkerRow::all(&adverts, cocoon_client::clock::unix_now());
     if args.json {
         println!("{}", serde_json::to_string(&rows)?);
         return Ok(());

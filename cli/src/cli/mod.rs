@@ -14,8 +14,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use cocoon_node::client::{self};
-use cocoon_node::{accounts, attestation, models};
+use cocoon_client::infer as client;
+use cocoon_client::trust;
+use cocoon_worker::accounts;
 use cocoon_p2p::job::Sampling;
 use cocoon_p2p::{DhtMode, Network, NetworkConfig};
 
@@ -43,8 +44,8 @@ pub(crate) struct PayArgs {
 }
 
 impl PayArgs {
-    pub(crate) fn config(&self) -> cocoon_node::payments::PaymentConfig {
-        cocoon_node::payments::PaymentConfig {
+    pub(crate) fn config(&self) -> cocoon_client::payments::PaymentConfig {
+        cocoon_client::payments::PaymentConfig {
             pay_every: self.pay_every,
             deposit: self.deposit,
             ..Default::default()
@@ -70,7 +71,7 @@ impl AccountArgs {
     pub(crate) fn dir(&self) -> PathBuf {
         self.data_dir
             .clone()
-            .unwrap_or_else(|| models::cocoon_home().join("client"))
+            .unwrap_or_else(|| cocoon_client::cocoon_home().join("client"))
     }
 
     pub(crate) fn chain(
@@ -78,7 +79,7 @@ impl AccountArgs {
         key: &ed25519_dalek::SigningKey,
     ) -> anyhow::Result<Option<std::sync::Arc<cocoon_ton::client::ChannelClient>>> {
         Ok(match &self.chain.url {
-            Some(url) => Some(cocoon_node::settlement::connect(
+            Some(url) => Some(cocoon_client::chain::connect(
                 url,
                 self.chain.api_key.clone(),
                 key,
@@ -115,8 +116,8 @@ pub(crate) struct TrustArgs {
 }
 
 impl TrustArgs {
-    pub(crate) fn trust(&self) -> attestation::ClientTrust {
-        attestation::ClientTrust {
+    pub(crate) fn trust(&self) -> trust::ClientTrust {
+        trust::ClientTrust {
             policy_file: self.policy.clone(),
             insecure_dev: self.insecure_dev_attestation,
             collateral_dir: self.collateral_dir.clone(),
@@ -185,7 +186,7 @@ pub(crate) async fn join_as_client(
     keypair: libp2p::identity::Keypair,
     bootstrap: Vec<libp2p::Multiaddr>,
     mdns: bool,
-) -> anyhow::Result<(Network, cocoon_node::market::MarketService)> {
+) -> anyhow::Result<(Network, cocoon_client::market::MarketService)> {
     let peers = client::peers_of(&bootstrap);
     let network = Network::start(
         keypair,

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Subcommand;
-use cocoon_node::models;
+use cocoon_worker::models;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ModelCmd {

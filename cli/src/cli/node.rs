@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use cocoon_node::config::{FileConfig, NodeConfig, Overrides};
-use cocoon_node::daemon;
+use cocoon_worker::config::{FileConfig, NodeConfig, Overrides};
+use cocoon_worker::daemon;
 
 use super::*;
 

@@ -1,7 +1,7 @@
 //! `cocoon wallet|channel|ledger`: a data dir's TON wallet, payment channels and settlement.
 
 use clap::Subcommand;
-use cocoon_node::accounts;
+use cocoon_worker::accounts;
 
 use super::*;
 
@@ -124,7 +124,7 @@ pub(crate) async fn channel_cmd(cmd: ChannelCmd) -> anyhow::Result<()> {
                 &dir,
                 &key,
                 account.need_chain(&key)?,
-                cocoon_node::payments::PaymentConfig {
+                cocoon_client::payments::PaymentConfig {
                     deposit,
                     ..Default::default()
                 },

@@ -14,7 +14,7 @@ use cocoon_p2p::job::JobConfig;
 use cocoon_p2p::{identity, Network, NetworkError};
 
 use crate::config::NodeConfig;
-use crate::market::MarketService;
+use cocoon_client::market::MarketService;
 use crate::models::{self, ModelError};
 use crate::worker::Worker;
 
@@ -64,13 +64,13 @@ pub enum NodeError {
     },
     /// Attestation could not be set up.
     #[error(transparent)]
-    Attestation(#[from] crate::attestation::AttestationSetupError),
+    Attestation(#[from] cocoon_client::trust::AttestationSetupError),
     /// Two models with the same id.
     #[error("model id {0} is given twice")]
     DuplicateModel(String),
     /// The payment journal could not be opened.
     #[error(transparent)]
-    Payments(#[from] crate::payments::PaymentError),
+    Payments(#[from] cocoon_client::payments::PaymentError),
     /// The worker's advert would be invalid: it would never be used.
     #[error(transparent)]
     Advert(#[from] crate::advertiser::AdvertCheckError),
@@ -85,10 +85,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     // worker key is the node's identity key; payouts go to the wallet of the same key.
     let worker_ledger = match &signing_key {
         Some(key) if !config.models.is_empty() => {
-            let wallet = crate::payments::wallet(key)?;
+            let wallet = cocoon_client::payments::wallet(key)?;
             let ledger = tokio::task::block_in_place(|| {
                 crate::payments::WorkerLedger::open(
-                    &config.data_dir.join(crate::payments::JOURNAL_FILE),
+                    &config.data_dir.join(cocoon_client::payments::JOURNAL_FILE),
                     key.verifying_key().to_bytes(),
                     wallet,
                     config.payments.credit_limit,
@@ -209,7 +209,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                     }
                     url => url.to_string(),
                 };
-                ledger = ledger.with_chain(crate::settlement::connect(&url, api_key.clone(), key)?);
+                ledger = ledger.with_chain(cocoon_client::chain::connect(&url, api_key.clone(), key)?);
             }
             println!("{PAYOUT_LINE}0:{}", hex::encode(wallet));
             payout = Some(wallet);
@@ -224,7 +224,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             worker = worker.with_payments(ledger, config.payments.voucher_timeout);
         }
         if let Ok(core) = cocoon_gossip::PriceCore::new(config.price.clone()) {
-            worker.set_price(crate::payments::job_price(core.price()));
+            worker.set_price(cocoon_client::payments::job_price(core.price()));
         }
         for id in worker.model_ids() {
             network.provide(id).await?;
@@ -242,7 +242,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                     &network.state().listen_addrs,
                     &key,
                     &advertiser,
-                    crate::clock::unix_now(),
+                    cocoon_client::clock::unix_now(),
                 )?;
                 tokio::spawn(crate::advertiser::run(
                     worker.clone(),
@@ -287,7 +287,7 @@ async fn start_local_chain(
     data_dir: &std::path::Path,
 ) -> Result<cocoon_ton::LocalChain, NodeError> {
     use cocoon_ton::{npm, LocalChain, LocalChainConfig};
-    let err = |e: String| NodeError::Payments(crate::payments::PaymentError::Chain(e));
+    let err = |e: String| NodeError::Payments(cocoon_client::payments::PaymentError::Chain(e));
     let dir = LocalChain::locate_contract_dir().map_err(|e| err(e.to_string()))?;
     let d = dir.clone();
     tokio::task::spawn_blocking(move || npm::install(&d))
@@ -307,7 +307,7 @@ async fn rotate(attester: std::sync::Arc<cocoon_p2p::attest::attester::Attester>
     loop {
         tick.tick().await;
         let a = attester.clone();
-        let now = crate::clock::unix_now();
+        let now = cocoon_client::clock::unix_now();
         match tokio::task::spawn_blocking(move || a.rotate_if_due(now)).await {
             Ok(Ok(true)) => tracing::info!("enclave key and evidence rotated"),
             Ok(Ok(false)) => {}

@@ -23,7 +23,7 @@ use cocoon_p2p::{DhtMode, Network, NetworkConfig};
 
 use cocoon_ton::{Chain, LocalChain, LocalChainConfig};
 
-use crate::client::{self, ClientConfig, InferOutcome, InferRequest};
+use cocoon_client::infer::{ClientConfig, InferOutcome, InferRequest};
 use crate::launch::{LaunchError, NodeProcess};
 use crate::models::{self, ModelError};
 
@@ -55,7 +55,7 @@ pub enum DemoError {
     Network(#[from] cocoon_p2p::NetworkError),
     /// The job failed.
     #[error(transparent)]
-    Infer(#[from] client::InferError),
+    Infer(#[from] cocoon_client::infer::InferError),
     /// Local I/O.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -193,17 +193,17 @@ async fn run_in(
     // The client's money: a wallet and a payment journal of its own.
     let client_dir = dir.join("client");
     let client_key = crate::accounts::key(&client_dir).map_err(other)?;
-    let mut ledger = crate::payments::ClientLedger::open(
-        &client_dir.join(crate::payments::JOURNAL_FILE),
+    let mut ledger = cocoon_client::payments::ClientLedger::open(
+        &client_dir.join(cocoon_client::payments::JOURNAL_FILE),
         client_key.clone(),
-        crate::payments::wallet(&client_key).map_err(other)?,
+        cocoon_client::payments::wallet(&client_key).map_err(other)?,
         Default::default(),
     )
     .map_err(other)?;
     let mut payouts = Vec::new();
     if let (Some(chain), Some(url)) = (&chain, &url) {
         let fund = |key: &ed25519_dalek::SigningKey, ton: u128| {
-            let address = crate::payments::wallet(key).map(crate::payments::basechain);
+            let address = cocoon_client::payments::wallet(key).map(cocoon_client::payments::basechain);
             async move {
                 chain
                     .fund(&address.map_err(other)?, ton * 1_000_000_000)
@@ -215,13 +215,13 @@ async fn run_in(
         for i in 0..options.workers {
             let key = crate::accounts::key(&dir.join(format!("worker{i}"))).map_err(other)?;
             fund(&key, 1).await?;
-            payouts.push(crate::payments::basechain(
-                crate::payments::wallet(&key).map_err(other)?,
+            payouts.push(cocoon_client::payments::basechain(
+                cocoon_client::payments::wallet(&key).map_err(other)?,
             ));
         }
         say("local chain: client funded with 10 TON, each worker with 1 TON for fees");
         ledger =
-            ledger.with_chain(crate::settlement::connect(url, None, &client_key).map_err(other)?);
+            ledger.with_chain(cocoon_client::chain::connect(url, None, &client_key).map_err(other)?);
     }
 
     // The client: DHT client mode, knows only the bootstrap node. Its network identity is
@@ -264,14 +264,14 @@ async fn run_in(
     };
     let boot_peer = boot.peer_id.parse().ok();
     let outcome = async {
-        let market = client::join_market(
+        let market = cocoon_client::infer::join_market(
             &network,
             &boot_peer.into_iter().collect::<Vec<_>>(),
             Duration::from_secs(10),
         )
         .await?;
         let reputation = std::sync::Mutex::new(cocoon_gossip::Reputation::default());
-        client::infer_with(&network, &market, &reputation, request, &config, |t| {
+        cocoon_client::infer::infer_with(&network, &market, &reputation, request, &config, |t| {
             on_text(t)
         })
         .await
@@ -349,9 +349,9 @@ async fn finish_on_chain(
         return Ok(0);
     };
     let address =
-        crate::payments::basechain(crate::accounts::parse_channel(channel).map_err(other)?);
+        cocoon_client::payments::basechain(crate::accounts::parse_channel(channel).map_err(other)?);
     let client =
-        crate::settlement::connect(chain.http().base_url(), None, client_key).map_err(other)?;
+        cocoon_client::chain::connect(chain.http().base_url(), None, client_key).map_err(other)?;
     let Some(state) = client.channel_state(&address).await.map_err(other)? else {
         return Ok(0);
     };

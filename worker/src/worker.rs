@@ -32,7 +32,7 @@ use cocoon_p2p::limits::{GateLimits, StreamGate};
 use cocoon_p2p::{Network, NetworkError, PeerId};
 use futures::{AsyncRead, AsyncWrite, StreamExt};
 
-use crate::clock::{instant_of, session_now};
+use cocoon_client::clock::{instant_of, session_now};
 use crate::payments::{ChannelLease, WorkerLedger};
 
 /// Bounds on inbound job streams: each costs a task and buffers, so neither one peer nor
@@ -353,7 +353,7 @@ impl Worker {
                     Ok(l) => Some(l),
                     Err(e) => {
                         let code = match e {
-                            crate::payments::PaymentError::ChannelBusy(_) => ErrorCode::Busy,
+                            cocoon_client::payments::PaymentError::ChannelBusy(_) => ErrorCode::Busy,
                             _ => ErrorCode::PaymentRequired,
                         };
                         channel.send(&fail(code, e.to_string())).await?;
@@ -544,7 +544,7 @@ fn receipt(
         prompt_tokens: billed.prompt_tokens,
         completion_tokens: billed.completion_tokens,
         cost: billed.cost,
-        finished_at: crate::clock::unix_now(),
+        finished_at: cocoon_client::clock::unix_now(),
     })
 }
 
@@ -593,7 +593,7 @@ fn refusal_code(e: &inference::GenerateError) -> ErrorCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::payments::{ClientChannelInfo, ClientLedger, PaymentConfig};
+    use cocoon_client::payments::{ClientChannelInfo, ClientLedger, PaymentConfig};
     use cocoon_p2p::frame::FramedStream;
     use cocoon_p2p::job::session::{ClientSession, SessionError};
     use cocoon_p2p::job::{ChatMessage, JobDone, JobInput, Sampling};
@@ -651,7 +651,7 @@ mod tests {
         let ledger = WorkerLedger::open(
             &dir.join("worker.redb"),
             key.verifying_key().to_bytes(),
-            crate::payments::wallet(&key).unwrap(),
+            cocoon_client::payments::wallet(&key).unwrap(),
             1_000_000,
         )
         .unwrap();
@@ -663,7 +663,7 @@ mod tests {
     /// A client's ledger for the identity `seed`.
     fn client_ledger(seed: u8, dir: &std::path::Path) -> Arc<ClientLedger> {
         let key = cocoon_p2p::identity::signing_key(&client_keypair(seed)).unwrap();
-        let address = crate::payments::wallet(&key).unwrap();
+        let address = cocoon_client::payments::wallet(&key).unwrap();
         let config = PaymentConfig {
             deposit: 100_000_000,
             ..Default::default()
@@ -745,7 +745,7 @@ mod tests {
         });
         let mut session = ClientSession::new(
             Default::default(),
-            crate::clock::session_now(),
+            cocoon_client::clock::session_now(),
             req.clone(),
             paying.map(|(l, i)| l.payment(i)),
         );
@@ -761,7 +761,7 @@ mod tests {
         });
         let mut answer = String::new();
         let driven =
-            crate::client::drive(&mut client, &mut session, paying, &mut answer, &tx).await;
+            cocoon_client::infer::drive(&mut client, &mut session, paying, &mut answer, &tx).await;
         assert_eq!(driven.journal_error, None);
         drop(tx);
         served.await.unwrap();
@@ -837,7 +837,7 @@ mod tests {
         let ledger = client_ledger(1, dir.path());
         let worker_key = cocoon_p2p::identity::signing_key(&worker_keypair()).unwrap();
         let wk = worker_key.verifying_key().to_bytes();
-        let payout = crate::payments::wallet(&worker_key).unwrap();
+        let payout = cocoon_client::payments::wallet(&worker_key).unwrap();
         let peer = client_keypair(1).public().to_peer_id();
         let mut total = 0;
         for _ in 0..2 {
@@ -883,7 +883,7 @@ mod tests {
         let worker_key = cocoon_p2p::identity::signing_key(&worker_keypair()).unwrap();
         let (wk, payout) = (
             worker_key.verifying_key().to_bytes(),
-            crate::payments::wallet(&worker_key).unwrap(),
+            cocoon_client::payments::wallet(&worker_key).unwrap(),
         );
         let reserved = owner.acquire(wk, payout, 1).await.unwrap();
         let req = request("tiny", 12);
@@ -913,7 +913,7 @@ mod tests {
         let reserved = ledger
             .acquire(
                 worker_key.verifying_key().to_bytes(),
-                crate::payments::wallet(&worker_key).unwrap(),
+                cocoon_client::payments::wallet(&worker_key).unwrap(),
                 1,
             )
             .await
@@ -929,7 +929,7 @@ mod tests {
         });
         let mut session = ClientSession::new(
             Default::default(),
-            crate::clock::session_now(),
+            cocoon_client::clock::session_now(),
             req,
             Some(ledger.payment(&reserved.info)),
         );
@@ -940,7 +940,7 @@ mod tests {
             let info = reserved.info;
             tokio::spawn(async move {
                 let mut answer = String::new();
-                let r = crate::client::drive(
+                let r = cocoon_client::infer::drive(
                     &mut client,
                     &mut session,
                     Some((&ledger, &info)),
@@ -991,7 +991,7 @@ mod tests {
         let again = ledger
             .acquire(
                 worker_key.verifying_key().to_bytes(),
-                crate::payments::wallet(&worker_key).unwrap(),
+                cocoon_client::payments::wallet(&worker_key).unwrap(),
                 1,
             )
             .await
@@ -1037,7 +1037,7 @@ mod tests {
             &verifier,
             &client_peer,
             &worker_peer(),
-            crate::clock::unix_now(),
+            cocoon_client::clock::unix_now(),
             &config,
         )
         .await
@@ -1047,11 +1047,11 @@ mod tests {
         let mut req = request("tiny", 24);
         req.input = JobInput::Prompt(prompt.into());
         let mut session =
-            ClientSession::new(Default::default(), crate::clock::session_now(), req, None);
+            ClientSession::new(Default::default(), cocoon_client::clock::session_now(), req, None);
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
         let mut text = String::new();
         let reader = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-        let driven = crate::client::drive(&mut client, &mut session, None, &mut text, &tx).await;
+        let driven = cocoon_client::infer::drive(&mut client, &mut session, None, &mut text, &tx).await;
         assert_eq!(driven.journal_error, None);
         drop(tx);
         reader.await.unwrap();

@@ -58,19 +58,10 @@ pub fn lookup(name: &str) -> Option<&'static KnownModel> {
     })
 }
 
-/// `$COCOON_HOME`, default `<user cache dir>/cocoon`.
-pub fn cocoon_home() -> PathBuf {
-    if let Some(home) = std::env::var_os("COCOON_HOME") {
-        return PathBuf::from(home);
-    }
-    dirs::cache_dir()
-        .unwrap_or_else(std::env::temp_dir)
-        .join("cocoon")
-}
 
 /// The models cache, `$COCOON_HOME/models`.
 pub fn models_dir() -> PathBuf {
-    cocoon_home().join("models")
+    cocoon_client::cocoon_home().join("models")
 }
 
 /// Model errors.

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use cocoon_gossip::advert::{Advert, Hardware, ModelOffer, Price, Trust};
-use cocoon_node::clock::unix_now;
-use cocoon_node::market::MarketService;
+use cocoon_client::clock::unix_now;
+use cocoon_client::market::MarketService;
 use cocoon_p2p::{DhtMode, Network, NetworkConfig, NetworkError};
 use ed25519_dalek::SigningKey;
 use libp2p::identity::Keypair;

@@ -5,9 +5,9 @@
 //! (a bootstrap address as `cocoon node` prints it). Accepts development evidence, as
 //! workers without a TEE present it: drop `insecure_dev` for production.
 
-use cocoon_node::attestation::ClientTrust;
-use cocoon_node::client::InferRequest;
-use cocoon_node::light::{Event, LightClient};
+use cocoon_client::trust::ClientTrust;
+use cocoon_client::infer::InferRequest;
+use cocoon_client::light::{Event, LightClient};
 use cocoon_p2p::job::{ChatMessage, JobInput, Sampling};
 use futures::StreamExt;
 

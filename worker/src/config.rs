@@ -124,7 +124,7 @@ pub struct NodeConfig {
     /// Price policy.
     pub price: PricePolicy,
     /// Payment settings (the worker's credit limit).
-    pub payments: crate::payments::PaymentConfig,
+    pub payments: cocoon_client::payments::PaymentConfig,
     /// The chain endpoint and its API key; `None` keeps payments off-chain.
     pub chain: Option<(String, Option<String>)>,
     /// When to settle on chain.
@@ -134,7 +134,7 @@ pub struct NodeConfig {
 /// `$COCOON_HOME/node` when `COCOON_HOME` is set, else `<user data dir>/cocoon`.
 pub fn default_data_dir() -> PathBuf {
     if std::env::var_os("COCOON_HOME").is_some() {
-        return crate::models::cocoon_home().join("node");
+        return cocoon_client::cocoon_home().join("node");
     }
     dirs::data_dir()
         .unwrap_or_else(std::env::temp_dir)
@@ -291,7 +291,7 @@ impl NodeConfig {
                 rotate_before_secs: secs / 4,
             };
         }
-        let mut payments = crate::payments::PaymentConfig::default();
+        let mut payments = cocoon_client::payments::PaymentConfig::default();
         if let Some(limit) = file.credit_limit {
             payments.credit_limit = limit;
         }

@@ -4,7 +4,7 @@
 //! mDNS), fills its market from the bootstrap peers and gossip, and keeps an identity, a
 //! payment journal and a reputation record in its data dir. [`LightClient::infer`] returns a
 //! [`futures::Stream`] of [`Event`]s: text as the worker streams it, then the outcome. Under
-//! the stream the job runs as `cocoon infer` runs it ([`crate::client`]): the market ranks
+//! the stream the job runs as `cocoon infer` runs it ([`crate::infer`]): the market ranks
 //! the workers, the first is verified (attestation, bound to the Noise key), the job runs
 //! encrypted end to end, is paid through a channel with the worker, and fails over to the
 //! next worker, resuming the answer, when one dies.
@@ -19,8 +19,8 @@ use cocoon_gossip::{Advert, Reputation};
 use cocoon_p2p::{DhtMode, Multiaddr, Network, NetworkConfig};
 use futures::Stream;
 
-use crate::attestation::ClientTrust;
-use crate::client::{self, ClientConfig, InferError, InferOutcome, InferRequest};
+use crate::trust::ClientTrust;
+use crate::infer::{self, ClientConfig, InferError, InferOutcome, InferRequest};
 use crate::market::MarketService;
 use crate::payments::{ClientLedger, PaymentConfig, PaymentError, JOURNAL_FILE};
 
@@ -39,7 +39,7 @@ pub enum LightError {
     NotEd25519,
     /// The trust policy could not be loaded.
     #[error(transparent)]
-    Trust(#[from] crate::attestation::AttestationSetupError),
+    Trust(#[from] crate::trust::AttestationSetupError),
     /// The payment journal or the chain could not be set up.
     #[error(transparent)]
     Payments(#[from] PaymentError),
@@ -69,7 +69,7 @@ impl Default for LightClientBuilder {
         Self {
             bootstrap: Vec::new(),
             mdns: false,
-            data_dir: crate::models::cocoon_home().join("client"),
+            data_dir: crate::cocoon_home().join("client"),
             trust: ClientTrust::default(),
             payments: PaymentConfig::default(),
             chain: None,
@@ -146,9 +146,9 @@ impl LightClientBuilder {
         .await
         .map_err(|e| PaymentError::Chain(e.to_string()))??;
         if let Some((url, api_key)) = &self.chain {
-            ledger = ledger.with_chain(crate::settlement::connect(url, api_key.clone(), &key)?);
+            ledger = ledger.with_chain(crate::chain::connect(url, api_key.clone(), &key)?);
         }
-        let peers = client::peers_of(&self.bootstrap);
+        let peers = infer::peers_of(&self.bootstrap);
         let network = Network::start(
             keypair,
             NetworkConfig {
@@ -161,7 +161,7 @@ impl LightClientBuilder {
                 ..Default::default()
             },
         )?;
-        let market = client::join_market(&network, &peers, self.sync_timeout).await?;
+        let market = infer::join_market(&network, &peers, self.sync_timeout).await?;
         let reputation_file = self.data_dir.join("reputation.json");
         Ok(LightClient {
             config: ClientConfig {
@@ -170,7 +170,7 @@ impl LightClientBuilder {
                 payments: Some(Arc::new(ledger)),
                 ..Default::default()
             },
-            reputation: Arc::new(Mutex::new(client::load_reputation(&reputation_file))),
+            reputation: Arc::new(Mutex::new(infer::load_reputation(&reputation_file))),
             reputation_file,
             network,
             market,
@@ -213,9 +213,9 @@ impl LightClient {
     }
 
     /// Checks what can be checked before a worker is chosen
-    /// ([`client::check_request`]): a caller's mistake, never the network's.
+    /// ([`infer::check_request`]): a caller's mistake, never the network's.
     pub fn check(&self, request: &InferRequest) -> Result<(), InferError> {
-        client::check_request(request, None, self.config.job.max_frame)
+        infer::check_request(request, None, self.config.job.max_frame)
     }
 
     /// Runs `request` on the network; the stream yields the answer's text as it arrives and
@@ -235,7 +235,7 @@ impl LightClient {
         let reputation = self.reputation.clone();
         tokio::spawn(async move {
             let result =
-                client::infer(&network, &market, &reputation, request, &config, &text_tx).await;
+                infer::infer(&network, &market, &reputation, request, &config, &text_tx).await;
             drop(text_tx);
             let _ = result_tx.send(result);
         });
@@ -260,7 +260,7 @@ impl LightClient {
     pub async fn shutdown(self) {
         self.network.shutdown().await;
         let reputation = self.reputation.lock().expect("reputation lock").clone();
-        if let Err(e) = client::save_reputation(&self.reputation_file, &reputation) {
+        if let Err(e) = infer::save_reputation(&self.reputation_file, &reputation) {
             tracing::warn!("cannot save {}: {e}", self.reputation_file.display());
         }
     }

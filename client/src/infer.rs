@@ -874,7 +874,7 @@ async fn run_on(
     .map_err(Failure::before_start)?;
     let appraisal = verdict.appraisal;
     if appraisal.kind == EvidenceKind::DevInsecure {
-        tracing::warn!(%worker, "{}", crate::attestation::DEV_WARNING);
+        tracing::warn!(%worker, "{}", crate::trust::DEV_WARNING);
     }
     let mut channel = JobChannel::new(secure, config.job.clone());
     // A job id unique enough per client: time-based, plus the attempt.

@@ -22,8 +22,8 @@ use cocoon_p2p::attest::EvidenceKind;
 use cocoon_p2p::{Multiaddr, Network, NetworkError};
 use ed25519_dalek::SigningKey;
 
-use crate::clock::{unix_now, unix_now_ms};
-use crate::market::MarketService;
+use cocoon_client::clock::{unix_now, unix_now_ms};
+use cocoon_client::market::MarketService;
 use crate::worker::Worker;
 
 /// Least time between two adverts caused by changes.
@@ -229,7 +229,7 @@ pub async fn run(
                 "price changed"
             );
         }
-        worker.set_price(crate::payments::job_price(price.price()));
+        worker.set_price(cocoon_client::payments::job_price(price.price()));
         let state = (
             price.price(),
             slots.saturating_sub(busy),

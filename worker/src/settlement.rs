@@ -20,41 +20,15 @@ use std::time::Duration;
 
 use cocoon_ledger::journal::{AnchorRecord, CloseSent};
 use cocoon_ledger::settle::{may_send_close, ChannelFacts, Reason, SettlePolicy};
-use cocoon_ton::chain::Chain;
-use cocoon_ton::client::{ChannelClient, WalletClient, WalletConfig};
+use cocoon_ton::client::ChannelClient;
 use cocoon_ton::contract::anchor_contract;
 use cocoon_ton::contract::ChannelStatus;
-use cocoon_ton::http::{HttpChain, HttpChainConfig};
 use cocoon_ton::merkle;
-use cocoon_ton::wallet::Wallet;
-use ed25519_dalek::SigningKey;
 use serde::Serialize;
 
-use crate::payments::{basechain, PaymentError, WorkerLedger};
+use cocoon_client::payments::{basechain, PaymentError};
 
-/// A TON HTTP API endpoint (toncenter v2 style, or the local chain's) with the node's
-/// wallet (v4r2 of `key`) on it.
-pub fn connect(
-    url: &str,
-    api_key: Option<String>,
-    key: &SigningKey,
-) -> Result<Arc<ChannelClient>, PaymentError> {
-    let mut http = HttpChainConfig::new(url);
-    http.api_key = api_key;
-    let chain: Arc<dyn Chain> =
-        Arc::new(HttpChain::new(http).map_err(|e| PaymentError::Chain(e.to_string()))?);
-    let wallet =
-        Wallet::from_seed(&key.to_bytes()).map_err(|e| PaymentError::Chain(e.to_string()))?;
-    let local = url.contains("://127.0.0.1") || url.contains("://localhost");
-    let config = if local {
-        WalletConfig::local()
-    } else {
-        WalletConfig::default()
-    };
-    Ok(Arc::new(ChannelClient::new(WalletClient::new(
-        wallet, chain, config,
-    ))))
-}
+use crate::payments::WorkerLedger;
 
 /// The chain's clock (its last sync time; the local chain's can be moved), falling back on
 /// ours when the endpoint does not say.
@@ -66,7 +40,7 @@ pub async fn chain_now(chain: &ChannelClient) -> u64 {
         .await
         .ok()
         .and_then(|a| a.chain_time)
-        .map_or_else(crate::clock::unix_now, u64::from)
+        .map_or_else(cocoon_client::clock::unix_now, u64::from)
 }
 
 /// What a settlement pass did to one channel.
@@ -186,7 +160,7 @@ pub async fn anchor_receipts(
     let (Some(first), Some(last)) = (pending.first(), pending.last()) else {
         return Ok(None);
     };
-    let now = crate::clock::unix_now();
+    let now = cocoon_client::clock::unix_now();
     let age = now.saturating_sub(first.1.finished_at);
     if !force && !policy.anchor_due(pending.len(), age, shutdown) {
         return Ok(None);
