@@ -30,7 +30,7 @@ export NVCC_PREPEND_FLAGS="-I$cuda/cccl"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/cuda}"
 nvcc --version | tail -1
 case "$mode" in
-  check) cargo check -p cocoon-inference -p cocoon-node --features cocoon-node/cuda --locked ;;
+  check) cargo check -p cocoon-inference -p cocoon-worker --features cocoon-worker/cuda --locked ;;
   build) cargo build --release -p cocoon --features cuda --locked ;;
   *) echo "usage: $0 [check|build]" >&2; exit 2 ;;
 esac

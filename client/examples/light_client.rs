@@ -1,14 +1,13 @@
 //! Ask the cocoon network one question from Rust, streaming the answer.
 //!
-//! `cargo run -p cocoon-node --no-default-features --example light_client -- \
+//! `cargo run -p cocoon-client --example light_client -- \
 //!     /ip4/127.0.0.1/udp/PORT/quic-v1/p2p/PEER "What is the capital of France?"`
 //! (a bootstrap address as `cocoon node` prints it). Accepts development evidence, as
 //! workers without a TEE present it: drop `insecure_dev` for production.
 
-use cocoon_client::trust::ClientTrust;
-use cocoon_client::infer::InferRequest;
-use cocoon_client::light::{Event, LightClient};
-use cocoon_p2p::job::{ChatMessage, JobInput, Sampling};
+use cocoon_client::{
+    ChatMessage, ClientTrust, Event, InferRequest, JobInput, LightClient, Sampling,
+};
 use futures::StreamExt;
 
 #[tokio::main]

@@ -34,4 +34,3 @@ pub fn connect(
         wallet, chain, config,
     ))))
 }
-

@@ -24,8 +24,14 @@ pub mod market;
 pub mod payments;
 pub mod trust;
 
+/// What a request is made of (the job protocol's types), so an application needs no other
+/// crate.
+pub use cocoon_p2p::job::{ChatMessage, JobInput, Sampling};
+/// Bootstrap addresses.
+pub use cocoon_p2p::Multiaddr;
 pub use infer::{ClientConfig, InferError, InferOutcome, InferRequest};
 pub use light::{Event, LightClient, LightClientBuilder};
+pub use trust::ClientTrust;
 
 /// `$COCOON_HOME`, default `<user cache dir>/cocoon`.
 pub fn cocoon_home() -> PathBuf {

@@ -19,10 +19,10 @@ use cocoon_gossip::{Advert, Reputation};
 use cocoon_p2p::{DhtMode, Multiaddr, Network, NetworkConfig};
 use futures::Stream;
 
-use crate::trust::ClientTrust;
 use crate::infer::{self, ClientConfig, InferError, InferOutcome, InferRequest};
 use crate::market::MarketService;
 use crate::payments::{ClientLedger, PaymentConfig, PaymentError, JOURNAL_FILE};
+use crate::trust::ClientTrust;
 
 /// Why the light client could not start.
 #[derive(Debug, thiserror::Error)]
@@ -179,7 +179,7 @@ impl LightClientBuilder {
 }
 
 /// Text pieces queued between a job and its reader; the job buffers more itself (up to
-/// [`client::MAX_PENDING_TEXT`] bytes) before it stops reading the worker.
+/// [`infer::MAX_PENDING_TEXT`] bytes) before it stops reading the worker.
 pub const TEXT_QUEUE: usize = 64;
 
 /// What [`LightClient::infer`] streams.

@@ -4,7 +4,7 @@
 //! contract, `ton/contract/`). The client names the channel in its request
 //! ([`PaymentTerms`]); the rules (the channel bound to the requesting peer, quote, billing,
 //! credit, vouchers) are the sessions' in `cocoon-job`. This module keeps what they act on:
-//! the worker's channel cores, one slot per channel ([`WorkerLedger::lease`]), the client's
+//! the worker's channel cores, one slot per channel (`cocoon_worker::payments::WorkerLedger::lease`), the client's
 //! channel pool ([`ClientLedger::acquire`]), the deposits read on chain, and the durable
 //! journal both sides write through its owner thread before acting: the client each voucher
 //! before sending it, the worker each voucher before streaming on its credit, so after a

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use cocoon_gossip::advert::{Advert, Hardware, ModelOffer, Price, Trust};
 use cocoon_client::clock::unix_now;
 use cocoon_client::market::MarketService;
+use cocoon_gossip::advert::{Advert, Hardware, ModelOffer, Price, Trust};
 use cocoon_p2p::{DhtMode, Network, NetworkConfig, NetworkError};
 use ed25519_dalek::SigningKey;
 use libp2p::identity::Keypair;

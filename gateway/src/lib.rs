@@ -1,5 +1,5 @@
 //! cocoon-gateway: the OpenAI HTTP API in front of the network (`cocoon gateway`), for the
-//! code developers already have. It runs on the light client (`cocoon_node::light`) as
+//! code developers already have. It runs on the light client (`cocoon_client::LightClient`) as
 //! any embedding application would.
 //!
 //! `GET /v1/models` lists the models on offer in the market (with their cheapest price and

@@ -15,9 +15,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Instant;
 
-use cocoon_client::trust::ClientTrust;
 use cocoon_client::infer::InferRequest;
 use cocoon_client::light::{Event, LightClient};
+use cocoon_client::trust::ClientTrust;
 use cocoon_p2p::job::{ChatMessage, JobInput, Sampling};
 use cocoon_tests::LoopbackNet;
 use futures::StreamExt;

@@ -17,8 +17,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cocoon_inference::{Engine, EngineConfig, ModelSource};
-use cocoon_worker::attestation::{worker_attester, AttestationMode, WorkerAttestation};
-use cocoon_worker::worker::Worker;
 use cocoon_p2p::attest::policy::Policy;
 use cocoon_p2p::attest::verifier::{Verifier, VerifierConfig};
 use cocoon_p2p::frame::FramedStream;
@@ -27,6 +25,8 @@ use cocoon_p2p::job::{
     confidential, ChatMessage, JobChannel, JobConfig, JobInput, JobRequest, Sampling,
 };
 use cocoon_p2p::{DhtMode, Network, NetworkConfig};
+use cocoon_worker::attestation::{worker_attester, AttestationMode, WorkerAttestation};
+use cocoon_worker::worker::Worker;
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 

@@ -1,10 +1,10 @@
-//! The embeddable light client (`cocoon_node::light`) against real worker processes: the
+//! The embeddable light client (`cocoon_client::LightClient`) against real worker processes: the
 //! stream carries the answer and ends with the outcome; the job was attested, encrypted and
 //! paid like one from `cocoon infer`.
 
-use cocoon_client::trust::ClientTrust;
 use cocoon_client::infer::InferRequest;
 use cocoon_client::light::{Event, LightClient, LightError};
+use cocoon_client::trust::ClientTrust;
 use cocoon_p2p::job::{JobInput, Sampling};
 use cocoon_tests::LoopbackNet;
 use futures::StreamExt;

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use cocoon_ledger::journal::Journal;
 use cocoon_client::payments::{basechain, wallet};
+use cocoon_ledger::journal::Journal;
 use cocoon_tests::{parse_json, LoopbackNet};
 use cocoon_ton::contract::{
     anchor_contract, op, ChannelStatus, TermsExt, CLOSE_VALUE, DEPOSIT_RESERVE,
@@ -330,8 +330,8 @@ async fn paid_channel(
 /// still finalizes every channel for exactly its voucher.
 #[test]
 fn one_settlement_owner_closes_each_channel_once_even_across_a_kill() {
-    use cocoon_ledger::settle::SettlePolicy;
     use cocoon_client::chain::connect;
+    use cocoon_ledger::settle::SettlePolicy;
     use cocoon_worker::settlement::Settler;
     use std::time::Duration;
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -15,7 +15,9 @@ use cocoon_ton::contract::{ChannelState, ChannelStatus};
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
 
-use cocoon_client::payments::{basechain, wallet, ClientLedger, PaymentConfig, PaymentError, JOURNAL_FILE};
+use cocoon_client::payments::{
+    basechain, wallet, ClientLedger, PaymentConfig, PaymentError, JOURNAL_FILE,
+};
 
 use crate::payments::WorkerLedger;
 

@@ -22,9 +22,9 @@ use cocoon_p2p::attest::EvidenceKind;
 use cocoon_p2p::{Multiaddr, Network, NetworkError};
 use ed25519_dalek::SigningKey;
 
+use crate::worker::Worker;
 use cocoon_client::clock::{unix_now, unix_now_ms};
 use cocoon_client::market::MarketService;
-use crate::worker::Worker;
 
 /// Least time between two adverts caused by changes.
 pub const MIN_GAP: Duration = Duration::from_secs(2);

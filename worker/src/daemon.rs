@@ -14,9 +14,9 @@ use cocoon_p2p::job::JobConfig;
 use cocoon_p2p::{identity, Network, NetworkError};
 
 use crate::config::NodeConfig;
-use cocoon_client::market::MarketService;
 use crate::models::{self, ModelError};
 use crate::worker::Worker;
+use cocoon_client::market::MarketService;
 
 /// Stdout line prefix giving the node's peer id.
 pub const PEER_LINE: &str = "peer id: ";
@@ -209,7 +209,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                     }
                     url => url.to_string(),
                 };
-                ledger = ledger.with_chain(cocoon_client::chain::connect(&url, api_key.clone(), key)?);
+                ledger =
+                    ledger.with_chain(cocoon_client::chain::connect(&url, api_key.clone(), key)?);
             }
             println!("{PAYOUT_LINE}0:{}", hex::encode(wallet));
             payout = Some(wallet);

@@ -23,9 +23,9 @@ use cocoon_p2p::{DhtMode, Network, NetworkConfig};
 
 use cocoon_ton::{Chain, LocalChain, LocalChainConfig};
 
-use cocoon_client::infer::{ClientConfig, InferOutcome, InferRequest};
 use crate::launch::{LaunchError, NodeProcess};
 use crate::models::{self, ModelError};
+use cocoon_client::infer::{ClientConfig, InferOutcome, InferRequest};
 
 /// Demo settings.
 #[derive(Clone, Debug)]
@@ -203,7 +203,8 @@ async fn run_in(
     let mut payouts = Vec::new();
     if let (Some(chain), Some(url)) = (&chain, &url) {
         let fund = |key: &ed25519_dalek::SigningKey, ton: u128| {
-            let address = cocoon_client::payments::wallet(key).map(cocoon_client::payments::basechain);
+            let address =
+                cocoon_client::payments::wallet(key).map(cocoon_client::payments::basechain);
             async move {
                 chain
                     .fund(&address.map_err(other)?, ton * 1_000_000_000)
@@ -220,8 +221,8 @@ async fn run_in(
             ));
         }
         say("local chain: client funded with 10 TON, each worker with 1 TON for fees");
-        ledger =
-            ledger.with_chain(cocoon_client::chain::connect(url, None, &client_key).map_err(other)?);
+        ledger = ledger
+            .with_chain(cocoon_client::chain::connect(url, None, &client_key).map_err(other)?);
     }
 
     // The client: DHT client mode, knows only the bootstrap node. Its network identity is

@@ -58,7 +58,6 @@ pub fn lookup(name: &str) -> Option<&'static KnownModel> {
     })
 }
 
-
 /// The models cache, `$COCOON_HOME/models`.
 pub fn models_dir() -> PathBuf {
     cocoon_client::cocoon_home().join("models")

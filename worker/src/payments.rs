@@ -9,9 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cocoon_ledger::channel::{WorkerChannel, WorkerState};
-use cocoon_ledger::journal::{
-    ChannelTerms, Journal, JournalWriter, WorkerRecord, Write,
-};
+use cocoon_ledger::journal::{ChannelTerms, Journal, JournalWriter, WorkerRecord, Write};
 use cocoon_ton::client::ChannelClient;
 use cocoon_ton::contract::ChannelStatus;
 use ed25519_dalek::VerifyingKey;
@@ -260,4 +258,3 @@ impl WorkerLedger {
         self.credit_limit
     }
 }
-

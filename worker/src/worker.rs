@@ -32,8 +32,8 @@ use cocoon_p2p::limits::{GateLimits, StreamGate};
 use cocoon_p2p::{Network, NetworkError, PeerId};
 use futures::{AsyncRead, AsyncWrite, StreamExt};
 
-use cocoon_client::clock::{instant_of, session_now};
 use crate::payments::{ChannelLease, WorkerLedger};
+use cocoon_client::clock::{instant_of, session_now};
 
 /// Bounds on inbound job streams: each costs a task and buffers, so neither one peer nor
 /// everyone together can open them without limit.
@@ -353,7 +353,9 @@ impl Worker {
                     Ok(l) => Some(l),
                     Err(e) => {
                         let code = match e {
-                            cocoon_client::payments::PaymentError::ChannelBusy(_) => ErrorCode::Busy,
+                            cocoon_client::payments::PaymentError::ChannelBusy(_) => {
+                                ErrorCode::Busy
+                            }
                             _ => ErrorCode::PaymentRequired,
                         };
                         channel.send(&fail(code, e.to_string())).await?;
@@ -1046,12 +1048,17 @@ mod tests {
         let prompt = "please keep my diagnosis confidential";
         let mut req = request("tiny", 24);
         req.input = JobInput::Prompt(prompt.into());
-        let mut session =
-            ClientSession::new(Default::default(), cocoon_client::clock::session_now(), req, None);
+        let mut session = ClientSession::new(
+            Default::default(),
+            cocoon_client::clock::session_now(),
+            req,
+            None,
+        );
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
         let mut text = String::new();
         let reader = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-        let driven = cocoon_client::infer::drive(&mut client, &mut session, None, &mut text, &tx).await;
+        let driven =
+            cocoon_client::infer::drive(&mut client, &mut session, None, &mut text, &tx).await;
         assert_eq!(driven.journal_error, None);
         drop(tx);
         reader.await.unwrap();

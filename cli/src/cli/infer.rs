@@ -7,10 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use cocoon_client::infer::{self as client, ClientConfig, InferRequest};
-use cocoon_worker::config;
-use cocoon_worker::models;
 use cocoon_p2p::identity;
 use cocoon_p2p::job::{ChatMessage, JobInput};
+use cocoon_worker::config;
+use cocoon_worker::models;
 
 use super::*;
 

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use clap::Args;
-use cocoon_worker::config;
 use cocoon_client::market::WorkerRow;
+use cocoon_worker::config;
 
 use super::*;
 

@@ -16,9 +16,9 @@ use std::time::Duration;
 use clap::Args;
 use cocoon_client::infer as client;
 use cocoon_client::trust;
-use cocoon_worker::accounts;
 use cocoon_p2p::job::Sampling;
 use cocoon_p2p::{DhtMode, Network, NetworkConfig};
+use cocoon_worker::accounts;
 
 pub(crate) use attest::*;
 pub(crate) use demo::*;
