@@ -727,8 +727,8 @@ struct Driver {
     connect_dials: HashMap<ConnectionId, PeerId>,
     /// Addresses given with a `Connect` not yet dialled (another dial was under way).
     connect_hints: HashMap<PeerId, Vec<Multiaddr>>,
-    /// Inbound connections per peer, oldest first: a second one means the peer restarted
-    /// or lost its path ([`Driver::on_inbound`]).
+    /// Inbound connections per peer, oldest first: a node's second one means it restarted
+    /// or lost its path ([`Driver::on_node_identified`]).
     inbound: HashMap<PeerId, Vec<ConnectionId>>,
     state: watch::Sender<NetworkState>,
     /// Whether an announcement went out while we knew at least one peer.
@@ -958,21 +958,23 @@ impl Driver {
         });
     }
 
-    /// A peer connected to us: `true` when this is its second inbound connection, which
-    /// means it restarted or lost its path and the older one is dead. libp2p's gossipsub
-    /// greets a peer (sends our subscriptions) only on its first connection, so a restarted
-    /// peer reached over the second would never learn we take adverts, and could never
-    /// publish to us. Both are dropped: the peer dials again and is greeted afresh.
-    fn on_inbound(&mut self, peer: PeerId, id: ConnectionId) -> bool {
-        let ids = self.inbound.entry(peer).or_default();
-        ids.push(id);
-        if ids.len() < 2 {
-            return false;
+    /// A DHT server (a node, not a light client) identified itself on `id`: when it holds a
+    /// second inbound connection to us, it restarted or lost its path and the older one is
+    /// dead. libp2p's gossipsub greets a peer (sends our subscriptions) only on its first
+    /// connection, so a restarted node reached over the second would never learn we take
+    /// adverts, and could never publish to us. Both are dropped: the node dials again (its
+    /// `min_peers` upkeep) and is greeted afresh. Light clients (`cocoon infer`, a gateway)
+    /// are left alone: a restarted one only runs jobs, and its job must not be cut.
+    fn on_node_identified(&mut self, peer: PeerId, id: ConnectionId) {
+        let Some(ids) = self.inbound.get(&peer) else {
+            return;
+        };
+        if ids.len() < 2 || !ids.contains(&id) {
+            return;
         }
-        tracing::debug!(%peer, "a second inbound connection: the peer restarted; dropping both");
+        tracing::debug!(%peer, "a node's second inbound connection: it restarted; dropping both");
         self.inbound.remove(&peer);
         let _ = self.swarm.disconnect_peer_id(peer);
-        true
     }
 
     fn finish_connect(&mut self, peer: PeerId, result: Result<(), NetworkError>) {
@@ -1023,8 +1025,8 @@ impl Driver {
                     .get_remote_address()
                     .iter()
                     .any(|p| matches!(p, Protocol::P2pCircuit));
-                if !endpoint.is_dialer() && !relayed && self.on_inbound(peer_id, connection_id) {
-                    return;
+                if !endpoint.is_dialer() && !relayed {
+                    self.inbound.entry(peer_id).or_default().push(connection_id);
                 }
                 self.update_state();
                 self.finish_connect(peer_id, Ok(()));
@@ -1084,13 +1086,14 @@ impl Driver {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
+                connection_id,
                 info,
-                ..
             })) if info.protocols.contains(&KAD_PROTOCOL) => {
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
                 self.update_state();
+                self.on_node_identified(peer_id, connection_id);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
