@@ -139,7 +139,8 @@ impl LightClientBuilder {
             ClientLedger::open(
                 &dir.join(JOURNAL_FILE),
                 k.clone(),
-                crate::payments::wallet(&k)?,
+                cocoon_ton::wallet::account_of(&k)
+                    .map_err(|e| crate::payments::PaymentError::Terms(e.to_string()))?,
                 payments,
             )
         })

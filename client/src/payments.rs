@@ -137,19 +137,6 @@ pub const DEPOSIT_TTL: Duration = Duration::from_secs(30);
 /// The journal's file name in a node's data dir.
 pub const JOURNAL_FILE: &str = "journal.redb";
 
-/// The basechain account id of the wallet (v4r2) of `key`: a node's wallet, the client
-/// address of its channels and a worker's default payout.
-pub fn wallet(key: &SigningKey) -> Result<[u8; 32], PaymentError> {
-    let wallet = cocoon_ton::wallet::Wallet::from_seed(&key.to_bytes())
-        .map_err(|e| PaymentError::Terms(e.to_string()))?;
-    Ok(wallet.address().hash_part.clone().into())
-}
-
-/// A basechain address from its account id.
-pub fn basechain(account: [u8; 32]) -> tonlib_core::TonAddress {
-    tonlib_core::TonAddress::new(0, account.into())
-}
-
 /// The wire price from the market's.
 pub fn job_price(p: Price) -> JobPrice {
     JobPrice {
@@ -301,7 +288,7 @@ impl ClientLedger {
         info: &ClientChannelInfo,
     ) -> Result<bool, PaymentError> {
         let chain_err = |e: cocoon_ton::chain::ChainError| PaymentError::Chain(e.to_string());
-        let address = basechain(info.channel);
+        let address = cocoon_ton::wallet::basechain(info.channel);
         match chain.channel_state(&address).await.map_err(chain_err)? {
             Some(s) if s.status == ChannelStatus::Open => Ok(true),
             None => {

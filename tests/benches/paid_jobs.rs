@@ -21,13 +21,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use cocoon_client::payments::{wallet, ClientLedger, PaymentConfig};
+use cocoon_client::payments::{ClientLedger, PaymentConfig};
 use cocoon_inference::{Engine, EngineConfig, ModelSource};
 use cocoon_p2p::frame::FramedStream;
 use cocoon_p2p::identity::signing_key;
 use cocoon_p2p::job::session::{self, ClientSession};
 use cocoon_p2p::job::{JobChannel, JobConfig, JobInput, JobPrice, JobRequest, Sampling};
 use cocoon_p2p::testing::pipe;
+use cocoon_ton::wallet::account_of as wallet;
 use cocoon_worker::attestation::{worker_attester, AttestationMode, WorkerAttestation};
 use cocoon_worker::payments::WorkerLedger;
 use cocoon_worker::worker::Worker;

@@ -6,13 +6,13 @@
 
 use std::sync::Arc;
 
-use cocoon_client::payments::{basechain, wallet};
 use cocoon_ledger::journal::Journal;
 use cocoon_tests::{parse_json, LoopbackNet};
 use cocoon_ton::contract::{
     anchor_contract, op, ChannelStatus, TermsExt, CLOSE_VALUE, DEPOSIT_RESERVE,
 };
 use cocoon_ton::merkle;
+use cocoon_ton::wallet::{account_of as wallet, basechain};
 use cocoon_ton::{
     Chain, ChannelClient, LocalChain, LocalChainConfig, TonAddress, WalletClient, WalletConfig,
 };

@@ -168,6 +168,18 @@ impl Wallet {
     }
 }
 
+/// The basechain account id of the v4r2 wallet of `key`: a node's wallet, the client
+/// address of its channels and a worker's default payout.
+pub fn account_of(key: &SigningKey) -> Result<[u8; 32], TonCellError> {
+    let wallet = Wallet::from_seed(&key.to_bytes())?;
+    Ok(wallet.address().hash_part.clone().into())
+}
+
+/// A basechain address from its account id.
+pub fn basechain(account: [u8; 32]) -> TonAddress {
+    TonAddress::new(0, account.into())
+}
+
 #[cfg(test)]
 mod tests {
     use tonlib_core::cell::BagOfCells;

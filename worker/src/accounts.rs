@@ -15,9 +15,8 @@ use cocoon_ton::contract::{ChannelState, ChannelStatus};
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
 
-use cocoon_client::payments::{
-    basechain, wallet, ClientLedger, PaymentConfig, PaymentError, JOURNAL_FILE,
-};
+use cocoon_client::payments::{ClientLedger, PaymentConfig, PaymentError, JOURNAL_FILE};
+use cocoon_ton::wallet::{account_of, basechain};
 
 use crate::payments::WorkerLedger;
 
@@ -77,7 +76,7 @@ pub async fn wallet_info(
     key: &SigningKey,
     chain: Option<&ChannelClient>,
 ) -> Result<WalletInfo, AccountError> {
-    let account = wallet(key)?;
+    let account = account_of(key).map_err(|e| PaymentError::Terms(e.to_string()))?;
     let mut info = WalletInfo {
         address: format!("0:{}", hex::encode(account)),
         public_key: hex::encode(key.verifying_key().to_bytes()),
@@ -203,7 +202,7 @@ pub fn client_ledger(
     Ok(ClientLedger::open(
         &data_dir.join(JOURNAL_FILE),
         key.clone(),
-        wallet(key)?,
+        account_of(key).map_err(|e| PaymentError::Terms(e.to_string()))?,
         config,
     )?
     .with_chain(chain))
@@ -277,7 +276,7 @@ pub async fn settle(
     let ledger = WorkerLedger::open(
         &data_dir.join(JOURNAL_FILE),
         key.verifying_key().to_bytes(),
-        wallet(key)?,
+        account_of(key).map_err(|e| PaymentError::Terms(e.to_string()))?,
         0,
     )?
     .with_chain(chain);

@@ -85,7 +85,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     // worker key is the node's identity key; payouts go to the wallet of the same key.
     let worker_ledger = match &signing_key {
         Some(key) if !config.models.is_empty() => {
-            let wallet = cocoon_client::payments::wallet(key)?;
+            let wallet = cocoon_ton::wallet::account_of(key)
+                .map_err(|e| cocoon_client::payments::PaymentError::Terms(e.to_string()))?;
             let ledger = tokio::task::block_in_place(|| {
                 crate::payments::WorkerLedger::open(
                     &config.data_dir.join(cocoon_client::payments::JOURNAL_FILE),

@@ -196,15 +196,18 @@ async fn run_in(
     let mut ledger = cocoon_client::payments::ClientLedger::open(
         &client_dir.join(cocoon_client::payments::JOURNAL_FILE),
         client_key.clone(),
-        cocoon_client::payments::wallet(&client_key).map_err(other)?,
+        cocoon_ton::wallet::account_of(&client_key)
+            .map_err(|e| cocoon_client::payments::PaymentError::Terms(e.to_string()))
+            .map_err(other)?,
         Default::default(),
     )
     .map_err(other)?;
     let mut payouts = Vec::new();
     if let (Some(chain), Some(url)) = (&chain, &url) {
         let fund = |key: &ed25519_dalek::SigningKey, ton: u128| {
-            let address =
-                cocoon_client::payments::wallet(key).map(cocoon_client::payments::basechain);
+            let address = cocoon_ton::wallet::account_of(key)
+                .map_err(|e| cocoon_client::payments::PaymentError::Terms(e.to_string()))
+                .map(cocoon_ton::wallet::basechain);
             async move {
                 chain
                     .fund(&address.map_err(other)?, ton * 1_000_000_000)
@@ -216,8 +219,10 @@ async fn run_in(
         for i in 0..options.workers {
             let key = crate::accounts::key(&dir.join(format!("worker{i}"))).map_err(other)?;
             fund(&key, 1).await?;
-            payouts.push(cocoon_client::payments::basechain(
-                cocoon_client::payments::wallet(&key).map_err(other)?,
+            payouts.push(cocoon_ton::wallet::basechain(
+                cocoon_ton::wallet::account_of(&key)
+                    .map_err(|e| cocoon_client::payments::PaymentError::Terms(e.to_string()))
+                    .map_err(other)?,
             ));
         }
         say("local chain: client funded with 10 TON, each worker with 1 TON for fees");
@@ -350,7 +355,7 @@ async fn finish_on_chain(
         return Ok(0);
     };
     let address =
-        cocoon_client::payments::basechain(crate::accounts::parse_channel(channel).map_err(other)?);
+        cocoon_ton::wallet::basechain(crate::accounts::parse_channel(channel).map_err(other)?);
     let client =
         cocoon_client::chain::connect(chain.http().base_url(), None, client_key).map_err(other)?;
     let Some(state) = client.channel_state(&address).await.map_err(other)? else {

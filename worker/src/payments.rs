@@ -14,7 +14,8 @@ use cocoon_ton::client::ChannelClient;
 use cocoon_ton::contract::ChannelStatus;
 use ed25519_dalek::VerifyingKey;
 
-use cocoon_client::payments::{basechain, open_journal, PaymentError, DEPOSIT_TTL};
+use cocoon_client::payments::{open_journal, PaymentError, DEPOSIT_TTL};
+use cocoon_ton::wallet::basechain;
 
 /// The worker's side: every channel it is paid through, journalled.
 ///

@@ -26,7 +26,8 @@ use cocoon_ton::contract::ChannelStatus;
 use cocoon_ton::merkle;
 use serde::Serialize;
 
-use cocoon_client::payments::{basechain, PaymentError};
+use cocoon_client::payments::PaymentError;
+use cocoon_ton::wallet::basechain;
 
 use crate::payments::WorkerLedger;
 

@@ -653,7 +653,7 @@ mod tests {
         let ledger = WorkerLedger::open(
             &dir.join("worker.redb"),
             key.verifying_key().to_bytes(),
-            cocoon_client::payments::wallet(&key).unwrap(),
+            cocoon_ton::wallet::account_of(&key).unwrap(),
             1_000_000,
         )
         .unwrap();
@@ -665,7 +665,7 @@ mod tests {
     /// A client's ledger for the identity `seed`.
     fn client_ledger(seed: u8, dir: &std::path::Path) -> Arc<ClientLedger> {
         let key = cocoon_p2p::identity::signing_key(&client_keypair(seed)).unwrap();
-        let address = cocoon_client::payments::wallet(&key).unwrap();
+        let address = cocoon_ton::wallet::account_of(&key).unwrap();
         let config = PaymentConfig {
             deposit: 100_000_000,
             ..Default::default()
@@ -839,7 +839,7 @@ mod tests {
         let ledger = client_ledger(1, dir.path());
         let worker_key = cocoon_p2p::identity::signing_key(&worker_keypair()).unwrap();
         let wk = worker_key.verifying_key().to_bytes();
-        let payout = cocoon_client::payments::wallet(&worker_key).unwrap();
+        let payout = cocoon_ton::wallet::account_of(&worker_key).unwrap();
         let peer = client_keypair(1).public().to_peer_id();
         let mut total = 0;
         for _ in 0..2 {
@@ -885,7 +885,7 @@ mod tests {
         let worker_key = cocoon_p2p::identity::signing_key(&worker_keypair()).unwrap();
         let (wk, payout) = (
             worker_key.verifying_key().to_bytes(),
-            cocoon_client::payments::wallet(&worker_key).unwrap(),
+            cocoon_ton::wallet::account_of(&worker_key).unwrap(),
         );
         let reserved = owner.acquire(wk, payout, 1).await.unwrap();
         let req = request("tiny", 12);
@@ -915,7 +915,7 @@ mod tests {
         let reserved = ledger
             .acquire(
                 worker_key.verifying_key().to_bytes(),
-                cocoon_client::payments::wallet(&worker_key).unwrap(),
+                cocoon_ton::wallet::account_of(&worker_key).unwrap(),
                 1,
             )
             .await
@@ -993,7 +993,7 @@ mod tests {
         let again = ledger
             .acquire(
                 worker_key.verifying_key().to_bytes(),
-                cocoon_client::payments::wallet(&worker_key).unwrap(),
+                cocoon_ton::wallet::account_of(&worker_key).unwrap(),
                 1,
             )
             .await

@@ -69,7 +69,8 @@ pub(crate) async fn infer(args: InferArgs) -> anyhow::Result<()> {
         cocoon_client::payments::ClientLedger::open(
             &data_dir.join(cocoon_client::payments::JOURNAL_FILE),
             key.clone(),
-            cocoon_client::payments::wallet(&key)?,
+            cocoon_ton::wallet::account_of(&key)
+                .map_err(|e| cocoon_client::payments::PaymentError::Terms(e.to_string()))?,
             args.pay.config(),
         )
     })?;
