@@ -66,6 +66,8 @@ impl Usage {
 
 /// What a [`Generation`] yields.
 #[derive(Clone, Debug, PartialEq)]
+// Deliberately exhaustive: the worker must handle every event of a generation, so a new
+// one breaks its build instead of being ignored.
 pub enum GenerationEvent {
     /// The next piece of text (whole UTF-8 characters; never empty).
     Text(String),

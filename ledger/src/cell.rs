@@ -19,6 +19,7 @@ pub const MAX_REFS: usize = 4;
 
 /// Why a cell cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CellError {
     /// More than 1023 bits.
     #[error("cell overflow: {0} bits")]

@@ -29,6 +29,7 @@ pub fn job_cost(prompt_price: u64, completion_price: u64, prompt: u64, completio
 
 /// Why the client cannot pay.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PayError {
     /// The deposit does not cover the amount.
     #[error("the deposit of {deposit} nanoTON does not cover {wanted}")]
@@ -42,6 +43,7 @@ pub enum PayError {
 
 /// Why the worker refuses a voucher.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum VoucherError {
     /// For another channel.
     #[error("voucher for another channel")]

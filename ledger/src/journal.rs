@@ -129,6 +129,7 @@ pub struct WorkerRecord {
 
 /// Journal failures.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum JournalError {
     /// The database failed (I/O, corruption).
     #[error("journal: {0}")]

@@ -15,6 +15,7 @@ use crate::world::World;
 
 /// Why outputs could not be written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReportError {
     /// The file system.
     #[error("{0}: {1}")]

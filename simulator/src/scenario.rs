@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// Why a scenario is unusable.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ScenarioError {
     /// Not TOML, or a field of the wrong type or name.
     #[error("scenario: {0}")]

@@ -14,6 +14,7 @@ use crate::world::World;
 
 /// Why a sweep failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SweepError {
     /// A grid point is not a valid scenario.
     #[error(transparent)]

@@ -46,6 +46,7 @@ pub const BLOCK: usize = 32;
 
 /// Why a tensor cannot become a [`QMatrix`].
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum KernelError {
     /// Rows must be made of whole blocks.
     #[error("row length {0} is not a multiple of {BLOCK}")]

@@ -40,6 +40,7 @@ pub const DEFAULT_CONTEXT_LENGTH: usize = 2048;
 
 /// Why a model cannot run here, or a step failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LlamaError {
     /// A weight is not one the kernels take.
     #[error("{name}: {source}")]
