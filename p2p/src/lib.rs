@@ -8,6 +8,7 @@
 //! - [`frame`]: the length-prefixed framing beneath it, the seam where encryption plugs in.
 //! - [`secure`]: the Noise channel bound to the worker's enclave key (a `FrameTransport`).
 //! - [`identity`]: the node's persistent ed25519 identity.
+//! - [`reach`]: reachability (AutoNAT, UPnP, relays): what a node publishes, its DHT mode.
 //! - [`limits`]: bounds on the inbound streams a node serves at once, per peer and in total.
 //! - [`testing`]: an in-memory duplex pipe for testing protocol code without a network.
 //!
@@ -22,12 +23,14 @@ mod fuzz;
 pub mod identity;
 pub mod job;
 pub mod limits;
+pub mod reach;
 pub mod secure;
 pub mod swarm;
 pub mod testing;
 
 pub use libp2p::{Multiaddr, PeerId, Stream};
+pub use reach::{Reachability, RelayServe};
 pub use swarm::{
     model_key, DhtMode, GossipMessage, GossipVerdict, LookupProbe, Network, NetworkConfig,
-    NetworkError, NetworkState, ADVERT_TOPIC, MARKET_PROTOCOL,
+    NetworkError, NetworkState, RelayLimits, ADVERT_TOPIC, MARKET_PROTOCOL,
 };

@@ -21,6 +21,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
 use libp2p::kad::{self, store::MemoryStore, Mode, QueryId, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::DialOpts;
@@ -28,13 +29,14 @@ use libp2p::swarm::{
     behaviour::toggle::Toggle, ConnectionId, DialError, NetworkBehaviour, SwarmEvent,
 };
 use libp2p::{
-    gossipsub, identify, identity::Keypair, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId,
-    StreamProtocol, Swarm,
+    autonat, dcutr, gossipsub, identify, identity::Keypair, mdns, noise, ping, relay, tcp, upnp,
+    yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::job::JOB_PROTOCOL;
+use crate::reach::{self, Reach, Reachability, RelayServe, Source};
 
 /// Kademlia protocol name of the cocoon network (not the IPFS default).
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/cocoon/kad/1.0.0");
@@ -81,10 +83,66 @@ pub fn model_key(model_id: &str) -> RecordKey {
 /// Whether this node answers DHT queries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DhtMode {
-    /// Stores records and answers queries (bootstrap nodes, workers).
+    /// Always stores records and answers queries (a network's first node, a node whose
+    /// operator knows it is reachable).
     Server,
+    /// A server once a peer confirms it can be dialled directly (AutoNAT v2, a UPnP mapping or
+    /// `--external-addr`), a client until then and whenever it is reachable only through a
+    /// relay ([`crate::reach`]). The default for `cocoon node`.
+    Auto,
     /// Only asks (light clients, which may be short-lived or unreachable).
     Client,
+}
+
+/// The limits of the relay this node runs for others ([`NetworkConfig::relay_server`]).
+/// The defaults are libp2p's, a relay for strangers that carries hole-punching handshakes but
+/// no jobs; an operator relaying its own workers raises the circuit limits, and clients then
+/// run jobs over it when hole punching fails ([`NetworkConfig::relayed_job_min_bytes`]).
+#[derive(Clone, Debug)]
+pub struct RelayLimits {
+    /// Reservations held at once. Default: 128.
+    pub max_reservations: usize,
+    /// Reservations per peer. Default: 4.
+    pub max_reservations_per_peer: usize,
+    /// How long a reservation lasts before renewal. Default: 1 h.
+    pub reservation_duration: Duration,
+    /// Circuits open at once. Default: 16.
+    pub max_circuits: usize,
+    /// Circuits per peer. Default: 4.
+    pub max_circuits_per_peer: usize,
+    /// Lifetime of one circuit. Default: 2 min.
+    pub max_circuit_duration: Duration,
+    /// Bytes one circuit may carry (each way). Default: 128 KiB.
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            max_reservations: 128,
+            max_reservations_per_peer: 4,
+            reservation_duration: Duration::from_secs(60 * 60),
+            max_circuits: 16,
+            max_circuits_per_peer: 4,
+            max_circuit_duration: Duration::from_secs(2 * 60),
+            max_circuit_bytes: 1 << 17,
+        }
+    }
+}
+
+impl RelayLimits {
+    fn config(&self) -> relay::Config {
+        relay::Config {
+            max_reservations: self.max_reservations,
+            max_reservations_per_peer: self.max_reservations_per_peer,
+            reservation_duration: self.reservation_duration,
+            max_circuits: self.max_circuits,
+            max_circuits_per_peer: self.max_circuits_per_peer,
+            max_circuit_duration: self.max_circuit_duration,
+            max_circuit_bytes: self.max_circuit_bytes,
+            ..Default::default()
+        }
+    }
 }
 
 /// Network configuration.
@@ -129,6 +187,25 @@ pub struct NetworkConfig {
     pub min_peers: usize,
     /// How often the node checks [`Self::min_peers`]. Default: 10 s.
     pub maintain_interval: Duration,
+    /// Whether this node offers relay reservations: [`RelayServe::Auto`] (the default) once a
+    /// peer confirms a public address; never for a light client.
+    pub relay_server: RelayServe,
+    /// The limits of that relay. Default: [`RelayLimits::default`].
+    pub relay_limits: RelayLimits,
+    /// Relay reservations a full node keeps while strangers cannot dial it directly. Its
+    /// relayed addresses go into its adverts and provider records. Default: 2.
+    pub relays: usize,
+    /// Ask the home router for a port mapping (UPnP IGD). Default: true (full nodes only).
+    pub upnp: bool,
+    /// How long a job stream waits for hole punching (DCUtR) to turn a relayed connection into
+    /// a direct one. Default: 15 s.
+    pub hole_punch_timeout: Duration,
+    /// A job runs over a relayed connection (when hole punching fails) only if the relay's
+    /// circuit may carry at least this many bytes. Default: 4 MiB (a relay with libp2p's
+    /// default 128 KiB carries no jobs).
+    pub relayed_job_min_bytes: u64,
+    /// ... and stay open at least this long. Default: 10 min.
+    pub relayed_job_min_duration: Duration,
 }
 
 impl Default for NetworkConfig {
@@ -156,7 +233,40 @@ impl Default for NetworkConfig {
             max_pending_incoming: 128,
             min_peers: 4,
             maintain_interval: Duration::from_secs(10),
+            relay_server: RelayServe::Auto,
+            relay_limits: RelayLimits::default(),
+            relays: 2,
+            upnp: true,
+            hole_punch_timeout: Duration::from_secs(15),
+            relayed_job_min_bytes: 4 << 20,
+            relayed_job_min_duration: Duration::from_secs(10 * 60),
         }
+    }
+}
+
+impl NetworkConfig {
+    /// Checks the settings that would make the node misbehave rather than fail.
+    pub fn validate(&self) -> Result<(), NetworkError> {
+        let bad = |what: &str| {
+            Err(NetworkError::Setup(format!(
+                "invalid network config: {what}"
+            )))
+        };
+        if self.command_queue == 0 || self.gossip_queue == 0 {
+            return bad("queues must hold at least one entry");
+        }
+        if self.maintain_interval.is_zero() || self.reprovide_interval.is_zero() {
+            return bad("intervals must be positive");
+        }
+        if self.hole_punch_timeout.is_zero() {
+            return bad("hole_punch_timeout must be positive");
+        }
+        if self.relay_limits.max_circuit_duration.as_secs() > u64::from(u32::MAX)
+            || self.relay_limits.reservation_duration.as_secs() > u64::from(u32::MAX)
+        {
+            return bad("relay durations must fit 32-bit seconds");
+        }
+        Ok(())
     }
 }
 
@@ -200,6 +310,15 @@ pub enum NetworkError {
         /// Why.
         reason: String,
     },
+    /// The peer is reachable only through a relay, hole punching failed, and the relay's
+    /// circuit limits leave no room for a job.
+    #[error("cannot reach {peer} directly: {reason}")]
+    Unreachable {
+        /// The peer.
+        peer: PeerId,
+        /// Why, naming the relay and the hole-punching failure.
+        reason: String,
+    },
     /// An operation took too long.
     #[error("{0} timed out after {1:?}")]
     Timeout(&'static str, Duration),
@@ -211,10 +330,16 @@ pub enum NetworkError {
     Publish(String),
 }
 
-/// Whether `addr` may be dialled for `peer`: it names no other peer.
+/// Whether `addr` may be dialled for `peer`: it names no other peer as its destination (a
+/// relayed address names its relay before `/p2p-circuit`, and may name `peer` after it).
 fn names_peer(addr: &Multiaddr, peer: &PeerId) -> bool {
+    let mut after_circuit = !reach::is_relayed(addr);
     addr.iter().all(|p| match p {
-        Protocol::P2p(id) => id == *peer,
+        Protocol::P2pCircuit => {
+            after_circuit = true;
+            true
+        }
+        Protocol::P2p(id) => !after_circuit || id == *peer,
         _ => true,
     })
 }
@@ -250,6 +375,12 @@ pub struct NetworkState {
     pub connected_peers: usize,
     /// Peers in the Kademlia routing table.
     pub routing_peers: usize,
+    /// How others can reach this node.
+    pub reachability: Reachability,
+    /// The addresses to publish in adverts ([`Reach::shareable`]), with `/p2p/<id>`.
+    pub shareable: Vec<Multiaddr>,
+    /// Whether Kademlia answers queries now.
+    pub dht_server: bool,
 }
 
 #[derive(NetworkBehaviour)]
@@ -261,6 +392,12 @@ struct Behaviour {
     mdns: Toggle<mdns::tokio::Behaviour>,
     stream: libp2p_stream::Behaviour,
     gossipsub: gossipsub::Behaviour,
+    relay_client: relay::client::Behaviour,
+    relay: Toggle<relay::Behaviour>,
+    autonat_client: Toggle<autonat::v2::client::Behaviour>,
+    autonat_server: Toggle<autonat::v2::server::Behaviour>,
+    dcutr: dcutr::Behaviour,
+    upnp: Toggle<upnp::tokio::Behaviour>,
 }
 
 enum Command {
@@ -276,6 +413,13 @@ enum Command {
     ),
     /// Close every connection to a peer (one found dead: the next use dials afresh).
     Disconnect(PeerId),
+    /// The remote addresses of our connections to a peer.
+    Paths(PeerId, oneshot::Sender<Vec<Multiaddr>>),
+    /// Answer once a direct (not relayed) connection to the peer exists, or hole punching
+    /// failed (with why).
+    Direct(PeerId, oneshot::Sender<Result<(), String>>),
+    /// Whether a job may run over the peer's relayed connection, given why it is not direct.
+    RelayVerdict(PeerId, String, oneshot::Sender<Result<(), NetworkError>>),
     Lookup(Vec<u8>, oneshot::Sender<Result<LookupProbe, NetworkError>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -284,6 +428,7 @@ enum Command {
 #[derive(Clone)]
 pub struct Network {
     peer_id: PeerId,
+    hole_punch_timeout: Duration,
     commands: mpsc::Sender<Command>,
     control: libp2p_stream::Control,
     state: watch::Receiver<NetworkState>,
@@ -315,6 +460,7 @@ impl Network {
     /// Builds the swarm, starts listening and bootstrapping, and spawns the driver task on the
     /// current tokio runtime.
     pub fn start(keypair: Keypair, config: NetworkConfig) -> Result<Network, NetworkError> {
+        config.validate()?;
         let peer_id = keypair.public().to_peer_id();
         let mut swarm = build_swarm(keypair, &config)?;
         for addr in &config.listen {
@@ -325,7 +471,9 @@ impl Network {
                     reason: causes(&e),
                 })?;
         }
+        let mut reach = Reach::new(config.dht_mode, config.relay_server, config.relays);
         for addr in &config.external_addresses {
+            reach.confirmed(addr.clone(), Source::Configured);
             swarm.add_external_address(addr.clone());
         }
         for addr in &config.bootstrap {
@@ -362,13 +510,24 @@ impl Network {
             connect_dials: HashMap::new(),
             connect_hints: HashMap::new(),
             inbound: HashMap::new(),
+            reach,
+            remotes: HashMap::new(),
+            relay_candidates: HashMap::new(),
+            reservations: HashMap::new(),
+            direct_waiters: HashMap::new(),
+            circuit_limits: HashMap::new(),
+            dht_server: None,
+            relay_serving: None,
+            reported: None,
             state: state_tx,
             announced_with_peers: false,
             gossip: gossip_tx,
         };
+        let hole_punch_timeout = driver.config.hole_punch_timeout;
         tokio::spawn(driver.run(rx));
         Ok(Network {
             peer_id,
+            hole_punch_timeout,
             commands,
             control,
             state,
@@ -384,6 +543,11 @@ impl Network {
     /// The current view of the network.
     pub fn state(&self) -> NetworkState {
         self.state.borrow().clone()
+    }
+
+    /// A receiver of the network state, marked changed on every update.
+    pub fn subscribe(&self) -> watch::Receiver<NetworkState> {
+        self.state.clone()
     }
 
     /// Waits until `pred` holds for the network state, or `timeout` passes.
@@ -467,14 +631,54 @@ impl Network {
     }
 
     /// [`Self::open_job_stream`], connecting through `addrs` too ([`Self::connect_at`]).
+    ///
+    /// A job runs on a direct connection: when the peer is reachable only through a relay,
+    /// this waits (up to [`NetworkConfig::hole_punch_timeout`]) for hole punching to open a
+    /// direct one, and closes the relayed one. When that fails, the job runs over the relay
+    /// only if the relay's circuit limits allow a job; otherwise the error
+    /// ([`NetworkError::Unreachable`]) names the relay and the hole-punching failure.
     pub async fn open_job_stream_at(
         &self,
         peer: PeerId,
         addrs: Vec<Multiaddr>,
         timeout: Duration,
     ) -> Result<libp2p::Stream, NetworkError> {
-        self.open_stream_at(peer, JOB_PROTOCOL, addrs, timeout)
+        let fut = async {
+            self.connect_at(peer, addrs).await?;
+            self.direct(peer).await?;
+            self.control
+                .clone()
+                .open_stream(peer, JOB_PROTOCOL)
+                .await
+                .map_err(|e| NetworkError::OpenStream {
+                    peer,
+                    reason: e.to_string(),
+                })
+        };
+        tokio::time::timeout(timeout, fut)
             .await
+            .map_err(|_| NetworkError::Timeout("opening a job stream", timeout))?
+    }
+
+    /// The remote addresses of our open connections to `peer` (a relayed one contains
+    /// `/p2p-circuit`): how its streams travel.
+    pub async fn paths(&self, peer: PeerId) -> Result<Vec<Multiaddr>, NetworkError> {
+        self.command(|tx| Command::Paths(peer, tx)).await
+    }
+
+    /// Waits for a direct connection to a connected `peer` (see [`Self::open_job_stream_at`]);
+    /// `Ok` also when the job may run over the relay.
+    async fn direct(&self, peer: PeerId) -> Result<(), NetworkError> {
+        let wait = self.hole_punch_timeout;
+        let why =
+            match tokio::time::timeout(wait, self.command(|tx| Command::Direct(peer, tx))).await {
+                Ok(Ok(Ok(()))) => return Ok(()),
+                Ok(Ok(Err(why))) => why,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => format!("hole punching did not succeed within {wait:?}"),
+            };
+        self.command(|tx| Command::RelayVerdict(peer, why, tx))
+            .await?
     }
 
     /// Starts accepting inbound job streams; only one task may do so.
@@ -589,6 +793,7 @@ fn build_swarm(keypair: Keypair, config: &NetworkConfig) -> Result<Swarm<Behavio
         })
         .build()
         .map_err(|e| setup(&e))?;
+    let full_node = mode != DhtMode::Client;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -598,7 +803,9 @@ fn build_swarm(keypair: Keypair, config: &NetworkConfig) -> Result<Swarm<Behavio
         )
         .map_err(|e| setup(&e))?
         .with_quic()
-        .with_behaviour(|key| {
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| setup(&e))?
+        .with_behaviour(|key, relay_client| {
             let peer_id = key.public().to_peer_id();
             let mut gossipsub = gossipsub::Behaviour::new(
                 gossipsub::MessageAuthenticity::Signed(key.clone()),
@@ -608,9 +815,11 @@ fn build_swarm(keypair: Keypair, config: &NetworkConfig) -> Result<Swarm<Behavio
             gossipsub.subscribe(&gossipsub::IdentTopic::new(ADVERT_TOPIC))?;
             let mut kad =
                 kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_config);
+            // Never libp2p's automatic mode: it counts relayed addresses (see crate::reach).
             kad.set_mode(Some(match mode {
                 DhtMode::Server => Mode::Server,
-                DhtMode::Client => Mode::Client,
+                DhtMode::Auto if !config.external_addresses.is_empty() => Mode::Server,
+                DhtMode::Auto | DhtMode::Client => Mode::Client,
             }));
             let mdns = if mdns_enabled {
                 Some(mdns::tokio::Behaviour::new(
@@ -620,6 +829,13 @@ fn build_swarm(keypair: Keypair, config: &NetworkConfig) -> Result<Swarm<Behavio
             } else {
                 None
             };
+            // Full nodes relay (while public, see Driver::apply_reach) and answer AutoNAT
+            // probes; light clients only use others'.
+            let relay = (full_node && config.relay_server != RelayServe::Off).then(|| {
+                let mut relay = relay::Behaviour::new(peer_id, config.relay_limits.config());
+                relay.set_status(Some(relay::Status::Disable));
+                relay
+            });
             Ok(Behaviour {
                 limits: libp2p::connection_limits::Behaviour::new(
                     libp2p::connection_limits::ConnectionLimits::default()
@@ -636,6 +852,21 @@ fn build_swarm(keypair: Keypair, config: &NetworkConfig) -> Result<Swarm<Behavio
                 mdns: Toggle::from(mdns),
                 stream: libp2p_stream::Behaviour::new(),
                 gossipsub,
+                relay_client,
+                relay: Toggle::from(relay),
+                // Only a node that decides its DHT mode from reachability asks for probes:
+                // a fixed server or client would learn nothing it acts on, and each probe's
+                // dial-back is one more connection between two nodes.
+                autonat_client: Toggle::from(
+                    (mode == DhtMode::Auto).then(autonat::v2::client::Behaviour::default),
+                ),
+                autonat_server: Toggle::from(
+                    full_node.then(autonat::v2::server::Behaviour::default),
+                ),
+                dcutr: dcutr::Behaviour::new(peer_id),
+                upnp: Toggle::from(
+                    (full_node && config.upnp).then(upnp::tokio::Behaviour::default),
+                ),
             })
         })
         .map_err(|e| setup(&e))?
@@ -730,6 +961,22 @@ struct Driver {
     /// Inbound connections per peer, oldest first: a node's second one means it restarted
     /// or lost its path ([`Driver::on_node_identified`]).
     inbound: HashMap<PeerId, Vec<ConnectionId>>,
+    /// What is confirmed about our addresses, and what follows from it.
+    reach: Reach,
+    /// Every open connection: its peer and remote address.
+    remotes: HashMap<ConnectionId, (PeerId, Multiaddr)>,
+    /// Peers that offer relay reservations, with their public addresses.
+    relay_candidates: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Our reservations (made or under way): the relay and its listener.
+    reservations: HashMap<PeerId, ListenerId>,
+    /// Job streams waiting for a direct connection to a peer.
+    direct_waiters: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
+    /// The circuit limits each relay gave our last circuit through it: (duration, bytes).
+    circuit_limits: HashMap<PeerId, (Option<Duration>, Option<u64>)>,
+    /// The Kademlia mode and relay status last set, and the reachability last reported.
+    dht_server: Option<bool>,
+    relay_serving: Option<bool>,
+    reported: Option<Reachability>,
     state: watch::Sender<NetworkState>,
     /// Whether an announcement went out while we knew at least one peer.
     announced_with_peers: bool,
@@ -738,6 +985,7 @@ struct Driver {
 
 impl Driver {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        self.apply_reach();
         let mut reprovide = tokio::time::interval(self.config.reprovide_interval);
         reprovide.tick().await;
         let mut maintain = tokio::time::interval(self.config.maintain_interval);
@@ -803,6 +1051,33 @@ impl Driver {
             }
             Command::Disconnect(peer) => {
                 let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::Paths(peer, reply) => {
+                let mut paths: Vec<Multiaddr> = self
+                    .remotes
+                    .values()
+                    .filter(|(p, _)| *p == peer)
+                    .map(|(_, a)| a.clone())
+                    .collect();
+                paths.sort();
+                let _ = reply.send(paths);
+            }
+            Command::Direct(peer, reply) => {
+                let direct_only = self.has_direct(&peer) && !self.has_relayed(&peer);
+                if direct_only || !self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Ok(()));
+                } else if self.has_direct(&peer) {
+                    // The relayed connection is closing (or just opened): wait for it to go.
+                    self.direct_waiters.entry(peer).or_default().push(reply);
+                    self.on_direct(peer);
+                } else {
+                    // Relayed only: DCUtR (started by the peer that took the relayed
+                    // connection) answers, or the caller's timeout does.
+                    self.direct_waiters.entry(peer).or_default().push(reply);
+                }
+            }
+            Command::RelayVerdict(peer, why, reply) => {
+                let _ = reply.send(self.relay_verdict(peer, why));
             }
             Command::Lookup(key, reply) => {
                 let known: HashSet<PeerId> = self
@@ -885,6 +1160,9 @@ impl Driver {
     /// peers again when nobody is left. No peer is special: any live one is as good as the
     /// bootstrap node.
     fn maintain(&mut self) {
+        // Reservations lost since the last check are made again here (not at once, so a
+        // relay that refuses is not asked in a loop).
+        self.apply_reach();
         let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
         let want = self.config.min_peers.saturating_sub(connected.len());
         if want == 0 {
@@ -951,10 +1229,23 @@ impl Driver {
             .kbuckets()
             .map(|b| b.num_entries())
             .sum();
+        let me = *self.swarm.local_peer_id();
+        let shareable = self
+            .reach
+            .shareable()
+            .into_iter()
+            .map(|a| match a.iter().last() {
+                Some(Protocol::P2p(_)) => a,
+                _ => a.with(Protocol::P2p(me)),
+            })
+            .collect();
         self.state.send_replace(NetworkState {
             listen_addrs,
             connected_peers,
             routing_peers,
+            reachability: self.reach.reachability(),
+            shareable,
+            dht_server: self.dht_server.unwrap_or(false),
         });
     }
 
@@ -975,6 +1266,179 @@ impl Driver {
         tracing::debug!(%peer, "a node's second inbound connection: it restarted; dropping both");
         self.inbound.remove(&peer);
         let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    /// Whether we hold a direct (not relayed) connection to `peer`.
+    fn has_direct(&self, peer: &PeerId) -> bool {
+        self.remotes
+            .values()
+            .any(|(p, a)| p == peer && !reach::is_relayed(a))
+    }
+
+    /// Whether we hold a relayed connection to `peer`.
+    fn has_relayed(&self, peer: &PeerId) -> bool {
+        self.remotes
+            .values()
+            .any(|(p, a)| p == peer && reach::is_relayed(a))
+    }
+
+    /// A direct connection to `peer` exists: its relayed connections are closed
+    /// (libp2p-stream picks any connection, and relays are for handshakes, not traffic), and
+    /// once they are gone, waiting job streams go ahead.
+    fn on_direct(&mut self, peer: PeerId) {
+        let relayed: Vec<ConnectionId> = self
+            .remotes
+            .iter()
+            .filter(|(_, (p, a))| *p == peer && reach::is_relayed(a))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in relayed {
+            tracing::debug!(%peer, "direct connection up; closing the relayed one");
+            self.swarm.close_connection(id);
+        }
+        self.release_direct_waiters(peer);
+    }
+
+    /// Answers the job streams waiting for `peer` once only direct connections are left.
+    fn release_direct_waiters(&mut self, peer: PeerId) {
+        if self.has_direct(&peer) && !self.has_relayed(&peer) {
+            for w in self.direct_waiters.remove(&peer).unwrap_or_default() {
+                let _ = w.send(Ok(()));
+            }
+        }
+    }
+
+    /// Whether a job may run over the relayed connection to `peer`, hole punching having
+    /// failed (`why`): only when the relay's circuits may carry one.
+    fn relay_verdict(&self, peer: PeerId, why: String) -> Result<(), NetworkError> {
+        if self.has_direct(&peer) || !self.swarm.is_connected(&peer) {
+            return Ok(());
+        }
+        let relay = self
+            .remotes
+            .values()
+            .filter(|(p, _)| *p == peer)
+            .find_map(|(_, a)| reach::relay_of(a));
+        let limits = relay.and_then(|r| self.circuit_limits.get(&r));
+        let allowed = limits.is_some_and(|(duration, bytes)| {
+            bytes.is_none_or(|b| b >= self.config.relayed_job_min_bytes)
+                && duration.is_none_or(|d| d >= self.config.relayed_job_min_duration)
+        });
+        let relay_name = relay.map_or_else(|| "an unknown relay".to_string(), |r| r.to_string());
+        if allowed {
+            tracing::info!(%peer, relay = %relay_name, "{why}; the job runs over the relay, whose circuits allow it");
+            return Ok(());
+        }
+        let limits = match limits {
+            Some((d, b)) => format!(
+                "at most {} and {}",
+                b.map_or("unlimited bytes".into(), |b| format!("{b} bytes")),
+                d.map_or("no time limit".into(), |d| format!("{} s", d.as_secs()))
+            ),
+            None => "unknown".into(),
+        };
+        Err(NetworkError::Unreachable {
+            peer,
+            reason: format!(
+                "{why}; it is reachable only through relay {relay_name}, whose circuits ({limits}) \
+                 leave no room for a job"
+            ),
+        })
+    }
+
+    /// Acts on what [`Reach`] concludes: Kademlia mode, relay service, our reservations,
+    /// the swarm's external addresses, and a log line when reachability changes.
+    fn apply_reach(&mut self) {
+        for addr in self.reach.narrower_than_widest() {
+            self.reach.expired(&addr);
+            self.swarm.remove_external_address(&addr);
+        }
+        let server = self.reach.dht_server();
+        if self.dht_server != Some(server) {
+            self.dht_server = Some(server);
+            let mode = if server { Mode::Server } else { Mode::Client };
+            self.swarm.behaviour_mut().kad.set_mode(Some(mode));
+        }
+        let relaying = self.reach.relay_server();
+        if self.relay_serving != Some(relaying) {
+            self.relay_serving = Some(relaying);
+            if let Some(relay) = self.swarm.behaviour_mut().relay.as_mut() {
+                let status = if relaying {
+                    relay::Status::Enable
+                } else {
+                    relay::Status::Disable
+                };
+                relay.set_status(Some(status));
+                tracing::info!(relaying, "relay service");
+            }
+        }
+        if self.reach.relays_unneeded() {
+            for (relay, id) in std::mem::take(&mut self.reservations) {
+                tracing::info!(%relay, "reachable directly: dropping the relay reservation");
+                self.swarm.remove_listener(id);
+            }
+        } else {
+            let want = self.reach.relays_wanted(self.reservations.len());
+            let mut candidates: Vec<(PeerId, Multiaddr)> = self
+                .relay_candidates
+                .iter()
+                .filter(|(p, _)| !self.reservations.contains_key(p))
+                .filter_map(|(p, addrs)| Some((*p, addrs.first()?.clone())))
+                .collect();
+            candidates.sort();
+            for (relay, addr) in candidates.into_iter().take(want) {
+                let circuit = addr.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
+                match self.swarm.listen_on(circuit.clone()) {
+                    Ok(id) => {
+                        tracing::info!(%relay, "asking for a relay reservation");
+                        self.reservations.insert(relay, id);
+                    }
+                    Err(e) => tracing::warn!(%circuit, "cannot reserve on the relay: {e}"),
+                }
+            }
+        }
+        let now = self.reach.reachability();
+        if self.reported.as_ref() != Some(&now) {
+            tracing::info!("reachability: {now}");
+            self.reported = Some(now);
+            // Provider records carry our external addresses: give them the new ones.
+            self.announce_all();
+        }
+        self.update_state();
+    }
+
+    /// A peer identified itself (or pushed a change) on `connection`.
+    fn on_identify(&mut self, peer: PeerId, connection: ConnectionId, info: identify::Info) {
+        let via = self.remotes.get(&connection).map(|(_, a)| a.clone());
+        if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
+            // Its direct addresses that lead somewhere from here, public ones first.
+            let mut addrs: Vec<Multiaddr> = match &via {
+                Some(via) => Reach::usable_from(via, info.listen_addrs.clone()),
+                None => Vec::new(),
+            };
+            addrs.retain(|a| !reach::is_relayed(a));
+            addrs.sort_by_key(|a| std::cmp::Reverse(reach::scope(a)));
+            addrs.dedup();
+            if addrs.is_empty() {
+                self.relay_candidates.remove(&peer);
+            } else {
+                self.relay_candidates.insert(peer, addrs);
+            }
+        } else {
+            self.relay_candidates.remove(&peer);
+        }
+        if info.protocols.contains(&KAD_PROTOCOL) {
+            let addrs = match &via {
+                Some(via) => Reach::usable_from(via, info.listen_addrs),
+                None => Vec::new(),
+            };
+            for addr in addrs {
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+            }
+            self.update_state();
+            self.on_node_identified(peer, connection);
+        }
+        self.apply_reach();
     }
 
     fn finish_connect(&mut self, peer: PeerId, result: Result<(), NetworkError>) {
@@ -1000,18 +1464,65 @@ impl Driver {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+                if self.config.relay_server == RelayServe::On
+                    && self.config.dht_mode != DhtMode::Client
+                    && !reach::is_relayed(&address)
+                {
+                    // A relay hands its addresses out with each reservation: an operator who
+                    // runs one on purpose vouches for the addresses it listens on.
+                    self.reach.confirmed(address.clone(), Source::Configured);
+                    self.swarm.add_external_address(address.clone());
+                }
+                self.reach.listening(address);
                 self.update_state();
             }
-            SwarmEvent::ExpiredListenAddr { .. } => self.update_state(),
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.reach.not_listening(&address);
+                self.update_state();
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                let source = if reach::is_relayed(&address) {
+                    Source::Relay
+                } else {
+                    Source::Probed
+                };
+                tracing::debug!(%address, ?source, "external address confirmed");
+                self.reach.confirmed(address, source);
+                self.apply_reach();
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                tracing::debug!(%address, "external address expired");
+                self.reach.expired(&address);
+                self.apply_reach();
+            }
             SwarmEvent::ListenerError { error, .. } => {
                 tracing::warn!("listener error: {}", causes(&error));
             }
             SwarmEvent::ListenerClosed {
+                listener_id,
                 addresses,
-                reason: Err(error),
-                ..
+                reason,
             } => {
-                tracing::warn!(?addresses, "listener closed: {}", causes(&error));
+                let relay = self
+                    .reservations
+                    .iter()
+                    .find(|(_, id)| **id == listener_id)
+                    .map(|(r, _)| *r);
+                for addr in &addresses {
+                    self.reach.not_listening(addr);
+                }
+                if let Some(relay) = relay {
+                    // Lost or refused: ask another (or this one again once it identifies
+                    // anew) at the next upkeep.
+                    self.reservations.remove(&relay);
+                    self.relay_candidates.remove(&relay);
+                    match &reason {
+                        Ok(()) => tracing::info!(%relay, "relay reservation closed"),
+                        Err(e) => tracing::info!(%relay, "relay reservation failed: {}", causes(e)),
+                    }
+                } else if let Err(error) = &reason {
+                    tracing::warn!(?addresses, "listener closed: {}", causes(error));
+                }
                 self.update_state();
             }
             SwarmEvent::ConnectionEstablished {
@@ -1021,12 +1532,14 @@ impl Driver {
                 ..
             } => {
                 self.connect_dials.remove(&connection_id);
-                let relayed = endpoint
-                    .get_remote_address()
-                    .iter()
-                    .any(|p| matches!(p, Protocol::P2pCircuit));
+                let remote = endpoint.get_remote_address().clone();
+                let relayed = endpoint.is_relayed() || reach::is_relayed(&remote);
                 if !endpoint.is_dialer() && !relayed {
                     self.inbound.entry(peer_id).or_default().push(connection_id);
+                }
+                self.remotes.insert(connection_id, (peer_id, remote));
+                if !relayed || self.has_direct(&peer_id) {
+                    self.on_direct(peer_id);
                 }
                 self.update_state();
                 self.finish_connect(peer_id, Ok(()));
@@ -1037,6 +1550,14 @@ impl Driver {
                 num_established,
                 ..
             } => {
+                self.remotes.remove(&connection_id);
+                self.release_direct_waiters(peer_id);
+                if !self.swarm.is_connected(&peer_id) {
+                    // Nothing left to punch a hole through.
+                    for w in self.direct_waiters.remove(&peer_id).unwrap_or_default() {
+                        let _ = w.send(Err("the connection closed".into()));
+                    }
+                }
                 if let Some(ids) = self.inbound.get_mut(&peer_id) {
                     ids.retain(|id| *id != connection_id);
                     if ids.is_empty() {
@@ -1084,17 +1605,87 @@ impl Driver {
                     );
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
-                peer_id,
-                connection_id,
-                info,
-            })) if info.protocols.contains(&KAD_PROTOCOL) => {
-                for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(
+                identify::Event::Received {
+                    peer_id,
+                    connection_id,
+                    info,
                 }
-                self.update_state();
-                self.on_node_identified(peer_id, connection_id);
-            }
+                | identify::Event::Pushed {
+                    peer_id,
+                    connection_id,
+                    info,
+                },
+            )) => self.on_identify(peer_id, connection_id, info),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => match event {
+                relay::client::Event::ReservationReqAccepted {
+                    relay_peer_id,
+                    renewal,
+                    ..
+                } => {
+                    if !renewal {
+                        tracing::info!(relay = %relay_peer_id, "relay reservation accepted");
+                    }
+                }
+                relay::client::Event::OutboundCircuitEstablished {
+                    relay_peer_id,
+                    limit,
+                } => {
+                    let limits = (
+                        limit.as_ref().and_then(|l| l.duration()),
+                        limit.as_ref().and_then(|l| l.data_in_bytes()),
+                    );
+                    self.circuit_limits.insert(relay_peer_id, limits);
+                }
+                relay::client::Event::InboundCircuitEstablished { src_peer_id, .. } => {
+                    tracing::debug!(peer = %src_peer_id, "a peer reached us through a relay");
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => match result {
+                Ok(_) => {
+                    tracing::info!(peer = %remote_peer_id, "hole punched: direct connection");
+                    self.on_direct(remote_peer_id);
+                }
+                Err(e) => {
+                    tracing::info!(peer = %remote_peer_id, "hole punching failed: {e}");
+                    if !self.has_direct(&remote_peer_id) {
+                        for w in self
+                            .direct_waiters
+                            .remove(&remote_peer_id)
+                            .unwrap_or_default()
+                        {
+                            let _ = w.send(Err(format!("hole punching failed ({e})")));
+                        }
+                    }
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Upnp(event)) => match event {
+                upnp::Event::NewExternalAddr { external_addr, .. } => {
+                    tracing::info!(%external_addr, "the router mapped a port (UPnP)");
+                    self.reach.confirmed(external_addr, Source::Mapped);
+                    self.apply_reach();
+                }
+                upnp::Event::ExpiredExternalAddr { external_addr, .. } => {
+                    tracing::info!(%external_addr, "the router's port mapping expired (UPnP)");
+                    self.reach.expired(&external_addr);
+                    self.apply_reach();
+                }
+                upnp::Event::GatewayNotFound => tracing::debug!("no UPnP gateway on the LAN"),
+                upnp::Event::NonRoutableGateway => {
+                    tracing::info!("the UPnP gateway's own address is private (a NAT behind a NAT)")
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::AutonatClient(event)) => match &event.result {
+                Ok(()) => {
+                    tracing::debug!(addr = %event.tested_addr, server = %event.server, "reachable (AutoNAT)")
+                }
+                Err(e) => {
+                    tracing::debug!(addr = %event.tested_addr, server = %event.server, "not reachable (AutoNAT): {e}")
+                }
+            },
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
                     tracing::debug!(%peer, %addr, "found on the LAN");

@@ -126,7 +126,7 @@ fn measure(nodes: usize, workers: usize, window: Duration, lookups: usize) -> Re
     let mut procs = vec![boot];
     let started = Instant::now();
     for i in 1..nodes {
-        let mut args: Vec<String> = ["--no-mdns", "--bootstrap", &boot_addr]
+        let mut args: Vec<String> = ["--no-mdns", "--dht", "server", "--bootstrap", &boot_addr]
             .map(String::from)
             .to_vec();
         let name = if i + workers >= nodes {

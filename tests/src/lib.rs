@@ -152,6 +152,10 @@ impl LoopbackNet {
     ) -> Result<NodeProcess> {
         let mut args = vec![
             "--no-mdns".to_string(),
+            // One host: every node reaches every other, nothing to probe (the NAT tests in
+            // network namespaces run the default, `auto`).
+            "--dht".into(),
+            "server".into(),
             "--bootstrap".into(),
             boot_addr.to_string(),
             "--model".into(),

@@ -206,7 +206,7 @@ pub async fn run(
         }
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut schedule: Schedule<(Price, u32, [u8; 32])> = Schedule::new(
+    let mut schedule: Schedule<(Price, u32, [u8; 32], Vec<Multiaddr>)> = Schedule::new(
         config.interval.as_millis() as u64,
         MIN_GAP.as_millis() as u64,
     );
@@ -230,10 +230,14 @@ pub async fn run(
             );
         }
         worker.set_price(cocoon_client::payments::job_price(price.price()));
+        // Our addresses are part of the state: a new reservation or mapping is published
+        // at once, not at the next interval.
+        let addrs = network.state().shareable;
         let state = (
             price.price(),
             slots.saturating_sub(busy),
             worker.attester().current().key.public(),
+            addrs.clone(),
         );
         let now_ms = unix_now_ms();
         if !schedule.due(&state, now_ms) {
@@ -242,7 +246,7 @@ pub async fn run(
         let seq = schedule.next_seq(now_ms);
         let advert = build(
             &worker,
-            &network.state().listen_addrs,
+            &addrs,
             &key,
             &config,
             (slots, busy),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use cocoon_gossip::PricePolicy;
 use cocoon_inference::DeviceChoice;
 use cocoon_p2p::attest::attester::AttesterConfig;
-use cocoon_p2p::{DhtMode, Multiaddr, NetworkConfig};
+use cocoon_p2p::{DhtMode, Multiaddr, NetworkConfig, RelayServe};
 use serde::Deserialize;
 
 use crate::attestation::WorkerAttestation;
@@ -30,6 +30,22 @@ pub struct FileConfig {
     pub external_addresses: Option<Vec<String>>,
     /// mDNS discovery on the LAN. Default: true.
     pub mdns: Option<bool>,
+    /// DHT mode: `auto` (answer queries once a peer confirms this node can be dialled
+    /// directly) or `server` (always). Default: auto, or server for a node started without
+    /// bootstrap peers (the first node of a network).
+    pub dht: Option<String>,
+    /// Offer relay reservations: `auto` (once a public address is confirmed), `on` or `off`.
+    /// Default: auto.
+    pub relay: Option<String>,
+    /// Bytes one circuit through our relay may carry. Default: 131072 (libp2p's: enough for
+    /// hole punching, not for jobs; raise it to relay jobs for your own workers).
+    pub relay_max_circuit_bytes: Option<u64>,
+    /// Seconds one circuit through our relay may last. Default: 120.
+    pub relay_max_circuit_secs: Option<u64>,
+    /// Relay reservations kept while this node cannot be dialled directly. Default: 2.
+    pub relays: Option<usize>,
+    /// Ask the router for a port mapping (UPnP IGD). Default: true.
+    pub upnp: Option<bool>,
     /// Models to serve (paths or known names). Default: none (a plain DHT node).
     pub models: Option<Vec<String>>,
     /// Inference device: auto, cpu or cuda. Default: auto.
@@ -201,6 +217,18 @@ pub struct Overrides {
     pub external_addresses: Vec<String>,
     /// `--no-mdns` (Some(false)) or `--mdns` (Some(true)).
     pub mdns: Option<bool>,
+    /// `--dht`.
+    pub dht: Option<String>,
+    /// `--relay`.
+    pub relay: Option<String>,
+    /// `--relay-max-circuit-bytes`.
+    pub relay_max_circuit_bytes: Option<u64>,
+    /// `--relay-max-circuit-secs`.
+    pub relay_max_circuit_secs: Option<u64>,
+    /// `--relays`.
+    pub relays: Option<usize>,
+    /// `--no-upnp` (Some(false)).
+    pub upnp: Option<bool>,
     /// `--model`.
     pub models: Vec<String>,
     /// `--device`.
@@ -240,7 +268,51 @@ impl NodeConfig {
             network.external_addresses = parse_addrs("external", &x)?;
         }
         network.mdns = flags.mdns.or(file.mdns).unwrap_or(true);
-        network.dht_mode = DhtMode::Server;
+        network.dht_mode = match flags.dht.or(file.dht).as_deref() {
+            // The first node of a network has nobody to confirm it: it serves.
+            None if network.bootstrap.is_empty() => DhtMode::Server,
+            None | Some("auto") => DhtMode::Auto,
+            Some("server") => DhtMode::Server,
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "dht {other:?}: expected auto or server"
+                )))
+            }
+        };
+        network.relay_server = match flags.relay.or(file.relay).as_deref() {
+            None | Some("auto") => RelayServe::Auto,
+            Some("on") => RelayServe::On,
+            Some("off") => RelayServe::Off,
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "relay {other:?}: expected auto, on or off"
+                )))
+            }
+        };
+        if let Some(bytes) = flags
+            .relay_max_circuit_bytes
+            .or(file.relay_max_circuit_bytes)
+        {
+            network.relay_limits.max_circuit_bytes = bytes;
+        }
+        if let Some(secs) = flags.relay_max_circuit_secs.or(file.relay_max_circuit_secs) {
+            if secs == 0 || secs > u64::from(u32::MAX) {
+                return Err(ConfigError::Invalid(format!(
+                    "relay_max_circuit_secs {secs} is out of range (1 to {})",
+                    u32::MAX
+                )));
+            }
+            network.relay_limits.max_circuit_duration = Duration::from_secs(secs);
+        }
+        if let Some(n) = flags.relays.or(file.relays) {
+            if n > 8 {
+                return Err(ConfigError::Invalid(format!(
+                    "relays {n}: a node keeps at most 8 reservations"
+                )));
+            }
+            network.relays = n;
+        }
+        network.upnp = flags.upnp.or(file.upnp).unwrap_or(true);
         if let Some(secs) = file.reprovide_secs {
             if secs < 10 {
                 return Err(ConfigError::Invalid(

@@ -20,6 +20,8 @@ use cocoon_client::market::MarketService;
 
 /// Stdout line prefix giving the node's peer id.
 pub const PEER_LINE: &str = "peer id: ";
+/// Stdout line prefix saying how others reach the node, printed at start and on each change.
+pub const REACH_LINE: &str = "reachability: ";
 /// Stdout line prefix giving one full listen multiaddr (with `/p2p/<id>`).
 pub const LISTEN_LINE: &str = "listening on: ";
 /// Stdout line prefix naming a served model.
@@ -115,6 +117,21 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             println!("{LISTEN_LINE}{addr}");
         }
     }
+    // How others reach us (public, mapped, relayed, local), now and whenever it changes.
+    let mut state = network.subscribe();
+    tokio::spawn(async move {
+        let mut last = None;
+        loop {
+            let now = state.borrow_and_update().reachability.clone();
+            if last.as_ref() != Some(&now) {
+                println!("{REACH_LINE}{now}");
+                last = Some(now);
+            }
+            if state.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 
     let mut engines = HashMap::new();
     for spec in &config.models {
@@ -241,7 +258,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                 };
                 crate::advertiser::check_first(
                     &worker,
-                    &network.state().listen_addrs,
+                    &network.state().shareable,
                     &key,
                     &advertiser,
                     cocoon_client::clock::unix_now(),

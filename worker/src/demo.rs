@@ -144,6 +144,9 @@ async fn run_in(
             "--listen".into(),
             loopback.clone(),
             "--no-mdns".into(),
+            // One host: every node reaches every other, nothing to probe.
+            "--dht".into(),
+            "server".into(),
         ]
     };
     let mut boot = spawn_node(

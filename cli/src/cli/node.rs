@@ -44,6 +44,28 @@ pub(crate) struct NodeArgs {
     /// Do not discover peers on the LAN with mDNS (on by default).
     #[arg(long)]
     pub(crate) no_mdns: bool,
+    /// DHT mode: auto (answer DHT queries once a peer confirms this node can be dialled
+    /// directly) or server (always) [default: auto; server without --bootstrap].
+    #[arg(long, env = "COCOON_DHT")]
+    pub(crate) dht: Option<String>,
+    /// Offer relay reservations to nodes behind NAT: auto (once this node's public address
+    /// is confirmed), on or off [default: auto].
+    #[arg(long, env = "COCOON_RELAY")]
+    pub(crate) relay: Option<String>,
+    /// Bytes one circuit through this node's relay may carry [default: 131072, enough for
+    /// hole punching; raise it (and --relay-max-circuit-secs) to carry jobs for your own
+    /// workers].
+    #[arg(long)]
+    pub(crate) relay_max_circuit_bytes: Option<u64>,
+    /// Seconds one circuit through this node's relay may last [default: 120].
+    #[arg(long)]
+    pub(crate) relay_max_circuit_secs: Option<u64>,
+    /// Relay reservations to keep while this node cannot be dialled directly [default: 2].
+    #[arg(long)]
+    pub(crate) relays: Option<usize>,
+    /// Do not ask the router for a port mapping (UPnP IGD; on by default).
+    #[arg(long)]
+    pub(crate) no_upnp: bool,
     /// For models on candle's runtime (not GGUF Q4_1/Q8_0 llamas, which run on cocoon's own
     /// batched kernels): keep small quantized models on candle's quantized kernels instead of
     /// converting them to f32 at load (faster; 8-bit activations can change greedy answers).
@@ -82,6 +104,12 @@ pub(crate) async fn node(args: NodeArgs) -> anyhow::Result<()> {
             bootstrap: args.bootstrap,
             external_addresses: args.external_addr,
             mdns: args.no_mdns.then_some(false),
+            dht: args.dht,
+            relay: args.relay,
+            relay_max_circuit_bytes: args.relay_max_circuit_bytes,
+            relay_max_circuit_secs: args.relay_max_circuit_secs,
+            relays: args.relays,
+            upnp: args.no_upnp.then_some(false),
             models: args.model,
             device: args.device,
             max_concurrent: args.max_concurrent,
