@@ -59,7 +59,9 @@ pub const MAX_PENDING_TEXT: usize = 8 << 20;
 pub struct ClientConfig {
     /// How long to keep asking the DHT for providers when none is found. Default: 20 s.
     pub discovery_timeout: Duration,
-    /// Timeout for connecting to a worker and opening the job stream. Default: 15 s.
+    /// Timeout for connecting to a worker and opening the job stream (for a worker behind
+    /// NAT: the relay and hole punching, up to `NetworkConfig::hole_punch_timeout`). Default:
+    /// 25 s.
     pub open_timeout: Duration,
     /// Job protocol limits and timeouts.
     pub job: JobConfig,
@@ -80,7 +82,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             discovery_timeout: Duration::from_secs(20),
-            open_timeout: Duration::from_secs(15),
+            open_timeout: Duration::from_secs(25),
             job: JobConfig::default(),
             verifier: Arc::new(Verifier::new(VerifierConfig::default())),
             max_price_per_mtok: None,
@@ -148,6 +150,12 @@ pub struct InferOutcome {
     pub channel: Option<String>,
     /// Workers that failed before this one ("peer: error"); the answer resumed after each.
     pub failed_attempts: Vec<String>,
+    /// How the job reached the worker: `direct`, or `relayed` (hole punching failed and the
+    /// relay's limits allowed the job).
+    pub path: String,
+    /// From choosing the worker to an open job stream: dialling, and for a worker behind
+    /// NAT, the relay and hole punching.
+    pub connect_ms: f64,
 }
 
 /// Why a job failed.
@@ -850,6 +858,7 @@ async fn run_on(
             code: None,
         });
     }
+    let opening = Instant::now();
     let stream = match network
         .open_job_stream_at(worker, advert_addrs(target), config.open_timeout)
         .await
@@ -862,6 +871,13 @@ async fn run_on(
             return Err(Failure::before_start(e));
         }
     };
+    let connect_ms = opening.elapsed().as_secs_f64() * 1e3;
+    let relayed = network
+        .paths(worker)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .any(cocoon_p2p::reach::is_relayed);
     let (secure, verdict) = confidential::open(
         FramedStream::new(stream, config.job.max_frame),
         &config.verifier,
@@ -984,6 +1000,8 @@ async fn run_on(
         paid_nanoton: paid,
         channel: paying.as_ref().map(|p| hex::encode(p.info.channel)),
         failed_attempts: Vec::new(),
+        path: if relayed { "relayed" } else { "direct" }.into(),
+        connect_ms,
     })
 }
 

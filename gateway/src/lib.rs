@@ -729,6 +729,8 @@ mod tests {
             paid_nanoton: 0,
             channel: None,
             failed_attempts: Vec::new(),
+            path: "direct".into(),
+            connect_ms: 0.0,
         };
         assert_eq!(
             usage(&outcome)["total_tokens"],

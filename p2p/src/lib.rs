@@ -1,8 +1,9 @@
 //! cocoon-p2p: the network layer of a cocoon node.
 //!
 //! - [`swarm`]: the libp2p swarm (QUIC, TCP fallback, identify, ping, Kademlia under
-//!   `/cocoon/kad/1.0.0`, mDNS) behind the [`Network`] handle; model discovery through DHT
-//!   provider records; gossipsub for adverts with application-side validation.
+//!   `/cocoon/kad/1.0.0`, mDNS; AutoNAT v2, circuit relay v2, DCUtR and UPnP for NAT) behind
+//!   the [`Network`] handle; model discovery through DHT provider records; gossipsub for
+//!   adverts with application-side validation.
 //! - [`job`]: the `/cocoon/job/1` stream protocol: framing, versioned messages, timeouts.
 //! - [`attest`]: attestation evidence (Intel TDX via DCAP, dev), key binding, trust policy.
 //! - [`frame`]: the length-prefixed framing beneath it, the seam where encryption plugs in.

@@ -7,6 +7,12 @@
 //! RNG themselves, so no market or payment logic lives here: this is a shell, the protocol
 //! cores live in their own crates.
 //!
+//! NAT traversal is libp2p's own: AutoNAT v2 probes, circuit relay v2 (reservations and
+//! service), DCUtR hole punching and UPnP mappings. What to make of their results (the DHT
+//! mode, relay service, reservations, the addresses to publish) is [`crate::reach`]'s; the
+//! driver only feeds it events and carries out its answers. Job streams wait for a direct
+//! connection ([`Network::open_job_stream_at`]).
+//!
 //! Gossip validation is the application's: every advert is handed out through
 //! [`Network::take_gossip`] and only forwarded once the node reports it acceptable
 //! ([`Network::report_gossip`]); a rejected advert counts against its sender in gossipsub's
@@ -198,7 +204,7 @@ pub struct NetworkConfig {
     /// Ask the home router for a port mapping (UPnP IGD). Default: true (full nodes only).
     pub upnp: bool,
     /// How long a job stream waits for hole punching (DCUtR) to turn a relayed connection into
-    /// a direct one. Default: 15 s.
+    /// a direct one. Default: 10 s.
     pub hole_punch_timeout: Duration,
     /// A job runs over a relayed connection (when hole punching fails) only if the relay's
     /// circuit may carry at least this many bytes. Default: 4 MiB (a relay with libp2p's
@@ -237,7 +243,7 @@ impl Default for NetworkConfig {
             relay_limits: RelayLimits::default(),
             relays: 2,
             upnp: true,
-            hole_punch_timeout: Duration::from_secs(15),
+            hole_punch_timeout: Duration::from_secs(10),
             relayed_job_min_bytes: 4 << 20,
             relayed_job_min_duration: Duration::from_secs(10 * 60),
         }
