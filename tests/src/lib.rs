@@ -2,7 +2,8 @@
 //! fetches the real model, and starts loopback networks of `cocoon node` processes.
 //!
 //! Everything here runs real components: the binary the user runs, the model package the
-//! user fetches, QUIC on 127.0.0.1.
+//! user fetches, QUIC on 127.0.0.1. [`netns`] puts the same processes on emulated internets
+//! of Linux network namespaces, behind NAT routers.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -14,6 +15,7 @@ use cocoon_worker::launch::NodeProcess;
 use cocoon_worker::models;
 
 pub mod contract;
+pub mod netns;
 
 /// Builds `cocoon` (once per test process) with the profile this test was built with and
 /// returns its path. Cargo releases its lock before running tests, so this nests safely.
@@ -83,6 +85,18 @@ pub fn scratch(name: &str) -> Result<tempfile::TempDir> {
 /// Starts `cocoon node` named `name` with its data dir and log under `dir`, listening on
 /// `listen`, with `extra` flags; waits until it prints `ready`.
 pub fn spawn_node(dir: &Path, name: &str, listen: &str, extra: &[String]) -> Result<NodeProcess> {
+    spawn_node_via(&[], dir, name, listen, extra)
+}
+
+/// Like [`spawn_node`], run through `prefix` (`PREFIX... cocoon node ...`), e.g.
+/// [`netns::Host::prefix`] to start the node inside a network namespace.
+pub fn spawn_node_via(
+    prefix: &[String],
+    dir: &Path,
+    name: &str,
+    listen: &str,
+    extra: &[String],
+) -> Result<NodeProcess> {
     let mut args = vec![
         "--data-dir".to_string(),
         dir.join(name).display().to_string(),
@@ -91,7 +105,8 @@ pub fn spawn_node(dir: &Path, name: &str, listen: &str, extra: &[String]) -> Res
     ];
     args.extend(extra.iter().cloned());
     let log = dir.join(format!("{name}.log"));
-    Ok(NodeProcess::spawn(
+    Ok(NodeProcess::spawn_via(
+        prefix,
         &cocoon_bin()?,
         &args,
         &log,

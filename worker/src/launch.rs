@@ -59,11 +59,37 @@ impl NodeProcess {
         log: &Path,
         timeout: Duration,
     ) -> Result<Self, LaunchError> {
+        Self::spawn_via(&[], exe, args, log, timeout)
+    }
+
+    /// Like [`Self::spawn`], with `prefix` run first and the node as its argument:
+    /// `PREFIX... exe node ARGS...`, e.g. `ip netns exec NS` to start the node inside a network
+    /// namespace. The prefix must exec the node (as `ip netns exec` and `env` do) so that the
+    /// child's pid, [`Self::kill`] and [`Self::stop`] reach the node itself. An empty prefix
+    /// is [`Self::spawn`].
+    pub fn spawn_via(
+        prefix: &[String],
+        exe: &Path,
+        args: &[String],
+        log: &Path,
+        timeout: Duration,
+    ) -> Result<Self, LaunchError> {
         let stderr = std::fs::File::create(log).map_err(|source| LaunchError::Spawn {
             exe: log.to_path_buf(),
             source,
         })?;
-        let mut child = Command::new(exe)
+        let mut command = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(exe);
+                command
+            }
+            None => Command::new(exe),
+        };
+        let program = prefix
+            .first()
+            .map_or_else(|| exe.to_path_buf(), PathBuf::from);
+        let mut child = command
             .arg("node")
             .args(args)
             .stdin(Stdio::null())
@@ -71,7 +97,7 @@ impl NodeProcess {
             .stderr(stderr)
             .spawn()
             .map_err(|source| LaunchError::Spawn {
-                exe: exe.to_path_buf(),
+                exe: program,
                 source,
             })?;
         let stdout = child.stdout.take().expect("piped stdout");
