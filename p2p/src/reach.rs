@@ -100,15 +100,16 @@ pub fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
     None
 }
 
-/// Who vouched for an external address.
+/// Who vouched for an external address, most telling first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Source {
     /// The operator (`--external-addr`).
     Configured,
-    /// A peer dialled it back (AutoNAT v2).
-    Probed,
     /// The home router mapped it (UPnP IGD).
     Mapped,
+    /// A peer dialled it back (AutoNAT v2), or libp2p confirmed it without saying how (the
+    /// UPnP behaviour confirms its mapping before reporting it as one).
+    Probed,
     /// A relay holds a reservation for us there.
     Relay,
 }
@@ -471,7 +472,10 @@ mod tests {
         );
         assert!(!reach.relay_server(), "a relayed node relays nobody");
 
-        // The router maps a port: direct, reservations no longer wanted.
+        // The router maps a port (libp2p confirms the address before the UPnP behaviour says
+        // it is a mapping): direct, reservations no longer wanted.
+        reach.confirmed(a("/ip4/198.51.100.9/udp/4001/quic-v1"), Source::Probed);
+        assert!(matches!(reach.reachability(), Reachability::Public { .. }));
         reach.confirmed(a("/ip4/198.51.100.9/udp/4001/quic-v1"), Source::Mapped);
         assert!(matches!(reach.reachability(), Reachability::Mapped { .. }));
         assert_eq!(reach.relays_wanted(0), 0);
