@@ -350,6 +350,28 @@ fn names_peer(addr: &Multiaddr, peer: &PeerId) -> bool {
     })
 }
 
+/// Whether a node that identified itself on connection `id` restarted: among its inbound
+/// connections (id, remote address), two or more come from addresses it lists as its own
+/// (`listen`), `id` among them ([`Driver::on_node_identified`]).
+fn restarted(
+    inbound: &[(ConnectionId, Multiaddr)],
+    id: ConnectionId,
+    listen: &[Multiaddr],
+) -> bool {
+    let bare = |a: &Multiaddr| -> Multiaddr {
+        a.iter()
+            .filter(|p| !matches!(p, Protocol::P2p(_)))
+            .collect()
+    };
+    let listen: HashSet<Multiaddr> = listen.iter().map(bare).collect();
+    let from_listener: Vec<ConnectionId> = inbound
+        .iter()
+        .filter(|(_, a)| listen.contains(&bare(a)))
+        .map(|(c, _)| *c)
+        .collect();
+    from_listener.len() >= 2 && from_listener.contains(&id)
+}
+
 /// What one measured DHT lookup did ([`Network::probe_lookup`]): the figures the
 /// simulator's Kademlia model is calibrated against.
 #[derive(Clone, Debug)]
@@ -400,7 +422,7 @@ struct Behaviour {
     gossipsub: gossipsub::Behaviour,
     relay_client: relay::client::Behaviour,
     relay: Toggle<relay::Behaviour>,
-    autonat_client: Toggle<autonat::v2::client::Behaviour>,
+    autonat_client: autonat::v2::client::Behaviour,
     autonat_server: Toggle<autonat::v2::server::Behaviour>,
     dcutr: dcutr::Behaviour,
     upnp: Toggle<upnp::tokio::Behaviour>,
@@ -860,12 +882,7 @@ fn build_swarm(keypair: Keypair, config: &NetworkConfig) -> Result<Swarm<Behavio
                 gossipsub,
                 relay_client,
                 relay: Toggle::from(relay),
-                // Only a node that decides its DHT mode from reachability asks for probes:
-                // a fixed server or client would learn nothing it acts on, and each probe's
-                // dial-back is one more connection between two nodes.
-                autonat_client: Toggle::from(
-                    (mode == DhtMode::Auto).then(autonat::v2::client::Behaviour::default),
-                ),
+                autonat_client: autonat::v2::client::Behaviour::default(),
                 autonat_server: Toggle::from(
                     full_node.then(autonat::v2::server::Behaviour::default),
                 ),
@@ -1256,17 +1273,24 @@ impl Driver {
     }
 
     /// A DHT server (a node, not a light client) identified itself on `id`: when it holds a
-    /// second inbound connection to us, it restarted or lost its path and the older one is
-    /// dead. libp2p's gossipsub greets a peer (sends our subscriptions) only on its first
-    /// connection, so a restarted node reached over the second would never learn we take
-    /// adverts, and could never publish to us. Both are dropped: the node dials again (its
-    /// `min_peers` upkeep) and is greeted afresh. Light clients (`cocoon infer`, a gateway)
-    /// are left alone: a restarted one only runs jobs, and its job must not be cut.
-    fn on_node_identified(&mut self, peer: PeerId, id: ConnectionId) {
+    /// second inbound connection to us from its own listening socket, it restarted or lost
+    /// its path and the older one is dead. libp2p's gossipsub greets a peer (sends our
+    /// subscriptions) only on its first connection, so a restarted node reached over the
+    /// second would never learn we take adverts, and could never publish to us. Both are
+    /// dropped: the node dials again (its `min_peers` upkeep) and is greeted afresh. Light
+    /// clients (`cocoon infer`, a gateway) are left alone: a restarted one only runs jobs, and
+    /// its job must not be cut. Only connections from one of the addresses the peer lists
+    /// (`listen`) count: a node dials from its listening port, while an AutoNAT dial-back
+    /// comes from a fresh one and is a second connection of a live node, not a restart.
+    fn on_node_identified(&mut self, peer: PeerId, id: ConnectionId, listen: &[Multiaddr]) {
         let Some(ids) = self.inbound.get(&peer) else {
             return;
         };
-        if ids.len() < 2 || !ids.contains(&id) {
+        let inbound: Vec<(ConnectionId, Multiaddr)> = ids
+            .iter()
+            .filter_map(|c| Some((*c, self.remotes.get(c)?.1.clone())))
+            .collect();
+        if !restarted(&inbound, id, listen) {
             return;
         }
         tracing::debug!(%peer, "a node's second inbound connection: it restarted; dropping both");
@@ -1435,14 +1459,14 @@ impl Driver {
         }
         if info.protocols.contains(&KAD_PROTOCOL) {
             let addrs = match &via {
-                Some(via) => Reach::usable_from(via, info.listen_addrs),
+                Some(via) => Reach::usable_from(via, info.listen_addrs.clone()),
                 None => Vec::new(),
             };
             for addr in addrs {
                 self.swarm.behaviour_mut().kad.add_address(&peer, addr);
             }
             self.update_state();
-            self.on_node_identified(peer, connection);
+            self.on_node_identified(peer, connection, &info.listen_addrs);
         }
         self.apply_reach();
     }
@@ -1837,5 +1861,35 @@ impl Driver {
             Err(e) => Err(NetworkError::Query(e)),
         };
         let _ = q.reply.send(reply);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restart_is_two_connections_from_the_peers_own_socket_not_a_dial_back() {
+        let listen: Vec<Multiaddr> = vec!["/ip4/198.51.100.7/udp/4001/quic-v1".parse().unwrap()];
+        let at = |s: &str| -> Multiaddr { s.parse().unwrap() };
+        let (old, new, probe) = (
+            ConnectionId::new_unchecked(1),
+            ConnectionId::new_unchecked(2),
+            ConnectionId::new_unchecked(3),
+        );
+        let main = at("/ip4/198.51.100.7/udp/4001/quic-v1");
+        // A node that restarted dials again from its listening socket.
+        let restart = [(old, main.clone()), (new, main.clone())];
+        assert!(restarted(&restart, new, &listen));
+        assert!(restarted(&restart, old, &listen));
+        // A live node's AutoNAT dial-back comes from a fresh port: not a restart, whichever
+        // connection identifies (a push on the old one included).
+        let dial_back = [
+            (old, main.clone()),
+            (probe, at("/ip4/198.51.100.7/udp/51234/quic-v1")),
+        ];
+        assert!(!restarted(&dial_back, probe, &listen));
+        assert!(!restarted(&dial_back, old, &listen));
+        assert!(!restarted(&[(old, main)], old, &listen));
     }
 }
