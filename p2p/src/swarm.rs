@@ -350,9 +350,12 @@ fn names_peer(addr: &Multiaddr, peer: &PeerId) -> bool {
     })
 }
 
-/// Whether a node that identified itself on connection `id` restarted: among its inbound
-/// connections (id, remote address), two or more come from addresses it lists as its own
-/// (`listen`), `id` among them ([`Driver::on_node_identified`]).
+/// Whether a node that identified itself on connection `id` restarted: `id` is one of its
+/// inbound connections (oldest first, with their remote addresses), not the oldest, and comes
+/// from an address it lists as its own (`listen`: a node dials from its listening socket),
+/// so an older one is left from before ([`Driver::on_node_identified`]). A live node's AutoNAT
+/// dial-back comes from a fresh port, and an identify push on its first connection is on the
+/// oldest: neither is a restart.
 fn restarted(
     inbound: &[(ConnectionId, Multiaddr)],
     id: ConnectionId,
@@ -364,12 +367,10 @@ fn restarted(
             .collect()
     };
     let listen: HashSet<Multiaddr> = listen.iter().map(bare).collect();
-    let from_listener: Vec<ConnectionId> = inbound
-        .iter()
-        .filter(|(_, a)| listen.contains(&bare(a)))
-        .map(|(c, _)| *c)
-        .collect();
-    from_listener.len() >= 2 && from_listener.contains(&id)
+    match inbound.iter().position(|(c, _)| *c == id) {
+        Some(at) if at > 0 => listen.contains(&bare(&inbound[at].1)),
+        _ => false,
+    }
 }
 
 /// What one measured DHT lookup did ([`Network::probe_lookup`]): the figures the
@@ -1870,26 +1871,27 @@ mod tests {
 
     #[test]
     fn a_restart_is_two_connections_from_the_peers_own_socket_not_a_dial_back() {
-        let listen: Vec<Multiaddr> = vec!["/ip4/198.51.100.7/udp/4001/quic-v1".parse().unwrap()];
         let at = |s: &str| -> Multiaddr { s.parse().unwrap() };
         let (old, new, probe) = (
             ConnectionId::new_unchecked(1),
             ConnectionId::new_unchecked(2),
             ConnectionId::new_unchecked(3),
         );
-        let main = at("/ip4/198.51.100.7/udp/4001/quic-v1");
-        // A node that restarted dials again from its listening socket.
-        let restart = [(old, main.clone()), (new, main.clone())];
-        assert!(restarted(&restart, new, &listen));
-        assert!(restarted(&restart, old, &listen));
+        let before = at("/ip4/198.51.100.7/udp/4001/quic-v1");
+        let after = at("/ip4/198.51.100.7/udp/4002/quic-v1");
+        // A node that restarted (on another port) dials again from its listening socket.
+        let restart = [(old, before.clone()), (new, after.clone())];
+        assert!(restarted(&restart, new, std::slice::from_ref(&after)));
+        assert!(!restarted(&restart, old, std::slice::from_ref(&after)));
         // A live node's AutoNAT dial-back comes from a fresh port: not a restart, whichever
         // connection identifies (a push on the old one included).
+        let listen = [before.clone()];
         let dial_back = [
-            (old, main.clone()),
+            (old, before.clone()),
             (probe, at("/ip4/198.51.100.7/udp/51234/quic-v1")),
         ];
         assert!(!restarted(&dial_back, probe, &listen));
         assert!(!restarted(&dial_back, old, &listen));
-        assert!(!restarted(&[(old, main)], old, &listen));
+        assert!(!restarted(&[(old, before)], old, &listen));
     }
 }
