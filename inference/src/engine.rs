@@ -293,6 +293,17 @@ impl Engine {
         self.shared.slots.active()
     }
 
+    /// The share (0 to 1) of the KV cache the running generations hold: the positions each
+    /// may fill (prompt plus `max_tokens`, at most the context) over `max_concurrent` full
+    /// contexts. vLLM's `kv_cache_usage_perc`, for the same dashboards.
+    pub fn kv_cache_usage(&self) -> f64 {
+        let whole = self.shared.config.max_concurrent * self.shared.info.context_length;
+        if whole == 0 {
+            return 0.0;
+        }
+        (self.shared.slots.reserved() as f64 / whole as f64).min(1.0)
+    }
+
     /// The prompt text the model sees (the chat template applied), before tokenisation.
     pub fn render_prompt(&self, prompt: &Prompt) -> Result<String, GenerateError> {
         match prompt {
@@ -323,7 +334,7 @@ impl Engine {
     /// [`EngineConfig::max_concurrent`] generations are running.
     pub fn generate(&self, request: GenerateRequest) -> Result<Generation, GenerateError> {
         request.sampling.validate()?;
-        let permit = self.shared.slots.try_acquire().ok_or(GenerateError::Busy {
+        let mut permit = self.shared.slots.try_acquire().ok_or(GenerateError::Busy {
             limit: self.shared.config.max_concurrent,
         })?;
         let prompt_ids = self.prompt_tokens(&request.prompt)?;
@@ -337,6 +348,8 @@ impl Engine {
                 context_length,
             });
         }
+        let most = prompt_ids.len() + request.sampling.max_tokens as usize;
+        permit.reserve(most.min(context_length));
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (admission, handle) = generation::open(
             id,

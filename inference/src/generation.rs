@@ -138,6 +138,9 @@ impl Drop for Generation {
 #[derive(Debug)]
 pub(crate) struct Slots {
     active: Arc<AtomicUsize>,
+    /// KV cache positions the running generations may fill (prompt plus `max_tokens`, at
+    /// most the context), summed.
+    reserved: Arc<AtomicUsize>,
     limit: usize,
 }
 
@@ -146,6 +149,7 @@ impl Slots {
     pub fn new(limit: usize) -> Slots {
         Slots {
             active: Arc::new(AtomicUsize::new(0)),
+            reserved: Arc::new(AtomicUsize::new(0)),
             limit,
         }
     }
@@ -158,22 +162,45 @@ impl Slots {
                 (n < limit).then_some(n + 1)
             })
             .ok()
-            .map(|_| Permit(self.active.clone()))
+            .map(|_| Permit {
+                active: self.active.clone(),
+                reserved: self.reserved.clone(),
+                tokens: 0,
+            })
     }
 
     /// Slots taken now.
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Acquire)
     }
+
+    /// KV cache positions reserved by the running generations.
+    pub fn reserved(&self) -> usize {
+        self.reserved.load(Ordering::Acquire)
+    }
 }
 
 /// One slot of the concurrency limit, released on drop. A runtime drops it once the
 /// generation's work is over (KV cache freed), just before it sends the final event.
-pub(crate) struct Permit(Arc<AtomicUsize>);
+pub(crate) struct Permit {
+    active: Arc<AtomicUsize>,
+    reserved: Arc<AtomicUsize>,
+    tokens: usize,
+}
+
+impl Permit {
+    /// Holds `tokens` KV cache positions for this generation (replacing what it held).
+    pub fn reserve(&mut self, tokens: usize) {
+        self.reserved.fetch_add(tokens, Ordering::AcqRel);
+        self.reserved.fetch_sub(self.tokens, Ordering::AcqRel);
+        self.tokens = tokens;
+    }
+}
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.reserved.fetch_sub(self.tokens, Ordering::AcqRel);
+        self.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -232,4 +259,26 @@ pub(crate) fn open(
         permit,
     };
     (admission, handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_count_generations_and_the_kv_positions_they_hold() {
+        let slots = Slots::new(2);
+        let mut a = slots.try_acquire().unwrap();
+        let mut b = slots.try_acquire().unwrap();
+        assert!(slots.try_acquire().is_none(), "two at most");
+        a.reserve(100);
+        b.reserve(50);
+        b.reserve(70);
+        assert_eq!((slots.active(), slots.reserved()), (2, 170));
+        drop(a);
+        assert_eq!((slots.active(), slots.reserved()), (1, 70));
+        drop(b);
+        assert_eq!((slots.active(), slots.reserved()), (0, 0));
+        assert!(slots.try_acquire().is_some());
+    }
 }

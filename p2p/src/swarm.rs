@@ -489,6 +489,16 @@ impl Network {
     /// Builds the swarm, starts listening and bootstrapping, and spawns the driver task on the
     /// current tokio runtime.
     pub fn start(keypair: Keypair, config: NetworkConfig) -> Result<Network, NetworkError> {
+        Self::start_with_metrics(keypair, config, None)
+    }
+
+    /// [`Self::start`], recording the swarm's and its protocols' events into rust-libp2p's
+    /// own metric families (`libp2p_*`).
+    pub fn start_with_metrics(
+        keypair: Keypair,
+        config: NetworkConfig,
+        metrics: Option<libp2p::metrics::Metrics>,
+    ) -> Result<Network, NetworkError> {
         config.validate()?;
         let peer_id = keypair.public().to_peer_id();
         let mut swarm = build_swarm(keypair, &config)?;
@@ -548,6 +558,7 @@ impl Network {
             dht_server: None,
             relay_serving: None,
             reported: None,
+            metrics,
             state: state_tx,
             announced_with_peers: false,
             gossip: gossip_tx,
@@ -1001,6 +1012,8 @@ struct Driver {
     dht_server: Option<bool>,
     relay_serving: Option<bool>,
     reported: Option<Reachability>,
+    /// rust-libp2p's metric families, when the node exports metrics.
+    metrics: Option<libp2p::metrics::Metrics>,
     state: watch::Sender<NetworkState>,
     /// Whether an announcement went out while we knew at least one peer.
     announced_with_peers: bool,
@@ -1492,6 +1505,19 @@ impl Driver {
     }
 
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        if let Some(m) = &self.metrics {
+            use libp2p::metrics::Recorder;
+            m.record(&event);
+            match &event {
+                SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => m.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => m.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => m.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => m.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => m.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => m.record(e),
+                _ => {}
+            }
+        }
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");

@@ -20,6 +20,8 @@ use cocoon_client::market::MarketService;
 
 /// Stdout line prefix giving the node's peer id.
 pub const PEER_LINE: &str = "peer id: ";
+/// Stdout line prefix giving the metrics endpoint (`cocoon node --metrics`): its URL.
+pub const METRICS_LINE: &str = "metrics: ";
 /// Stdout line prefix saying how others reach the node, printed at start and on each change.
 pub const REACH_LINE: &str = "reachability: ";
 /// Stdout line prefix giving one full listen multiaddr (with `/p2p/<id>`).
@@ -78,8 +80,29 @@ pub enum NodeError {
     Advert(#[from] crate::advertiser::AdvertCheckError),
 }
 
+/// The recorders a node fills when it exports metrics (the binary serves them).
+pub struct Telemetry {
+    /// rust-libp2p's families, recorded by the swarm.
+    pub libp2p: libp2p::metrics::Metrics,
+    /// Inference, money, market and trust.
+    pub node: cocoon_metrics::NodeMetrics,
+}
+
 /// Runs a node until `shutdown` completes, printing the stdout interface lines.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    run_with(config, shutdown, None).await
+}
+
+/// [`run`], recording into `telemetry`.
+pub async fn run_with(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()>,
+    telemetry: Option<Telemetry>,
+) -> Result<(), NodeError> {
+    let (p2p_metrics, metrics) = match telemetry {
+        Some(t) => (Some(t.libp2p), Some(t.node)),
+        None => (None, None),
+    };
     let keypair = identity::load_or_create(&config.data_dir)?;
     let signing_key = crate::advertiser::signing_key(&keypair);
     // A worker's payment journal is opened (and checked) before anything slow starts: a
@@ -101,7 +124,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         }
         _ => None,
     };
-    let network = Network::start(keypair, config.network.clone())?;
+    let network = Network::start_with_metrics(keypair, config.network.clone(), p2p_metrics)?;
     // Every node validates and forwards adverts and answers market syncs.
     let market = MarketService::start(&network, Default::default())?;
     println!("{PEER_LINE}{}", network.peer_id());
@@ -234,16 +257,21 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             payout = Some(wallet);
             let ledger = std::sync::Arc::new(ledger);
             if config.chain.is_some() {
-                settler = Some(crate::settlement::Settler::spawn(
+                settler = Some(crate::settlement::Settler::spawn_with_metrics(
                     ledger.clone(),
                     config.settle.clone(),
                     SETTLE_EVERY,
+                    metrics.clone(),
                 ));
             }
             worker = worker.with_payments(ledger, config.payments.voucher_timeout);
         }
         if let Ok(core) = cocoon_gossip::PriceCore::new(config.price.clone()) {
             worker.set_price(cocoon_client::payments::job_price(core.price()));
+        }
+        if let Some(m) = &metrics {
+            worker = worker.with_metrics(m.clone());
+            tokio::spawn(sample(worker.clone(), network.clone(), m.clone()));
         }
         for id in worker.model_ids() {
             network.provide(id).await?;
@@ -321,6 +349,59 @@ async fn start_local_chain(
 }
 
 /// Renews the enclave key and its evidence before they expire.
+/// Every second, the gauges that describe a moment: what each engine runs and holds, the
+/// price, reachability, the evidence's remaining life; every ten, the channels' unsettled
+/// value (a journal read, off the runtime's threads).
+async fn sample(worker: Worker, network: Network, metrics: cocoon_metrics::NodeMetrics) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for n in 0u64.. {
+        tick.tick().await;
+        let price = worker.price();
+        for (id, engine) in worker.engines() {
+            metrics.set_engine(id, engine.active(), engine.kv_cache_usage());
+            metrics.set_price(id, price.prompt_per_mtok, price.completion_per_mtok);
+        }
+        let state = network.state();
+        metrics.set_reachability(match state.reachability {
+            cocoon_p2p::Reachability::Public { .. } => "public",
+            cocoon_p2p::Reachability::Mapped { .. } => "mapped",
+            cocoon_p2p::Reachability::Relayed { .. } => "relayed",
+            cocoon_p2p::Reachability::Local => "local",
+            _ => "unknown",
+        });
+        let credentials = worker.attester().current();
+        let now = i64::try_from(cocoon_client::clock::unix_now()).unwrap_or(i64::MAX);
+        let expires = i64::try_from(credentials.expires_at).unwrap_or(i64::MAX);
+        metrics.set_evidence(
+            worker.attester().kind().as_str(),
+            expires.saturating_sub(now),
+        );
+        if n % 10 == 0 {
+            if let Some(ledger) = worker.payments() {
+                let journal = ledger.journal().clone();
+                let open = tokio::task::spawn_blocking(move || {
+                    let channels = journal.worker_channels()?;
+                    let mut open = 0;
+                    let mut unsettled = 0u64;
+                    for (channel, record) in channels {
+                        let paid = record.state.best.map_or(0, |b| b.voucher.cumulative);
+                        if paid > 0 && journal.close_sent(&channel)?.is_none() {
+                            open += 1;
+                            unsettled = unsettled.saturating_add(paid);
+                        }
+                    }
+                    Ok::<_, cocoon_ledger::journal::JournalError>((open, unsettled))
+                })
+                .await;
+                if let Ok(Ok((open, unsettled))) = open {
+                    metrics.set_channels(open, unsettled);
+                }
+            }
+        }
+    }
+}
+
 async fn rotate(attester: std::sync::Arc<cocoon_p2p::attest::attester::Attester>) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::daemon::{LISTEN_LINE, PEER_LINE, READY_LINE};
+use crate::daemon::{LISTEN_LINE, METRICS_LINE, PEER_LINE, READY_LINE};
 
 /// A running `cocoon node` child process; killed when dropped.
 #[derive(Debug)]
@@ -17,6 +17,8 @@ pub struct NodeProcess {
     pub peer_id: String,
     /// Its listen addresses, with `/p2p/<id>`.
     pub listen: Vec<String>,
+    /// Its metrics endpoint's URL (`--metrics`), when it serves one.
+    pub metrics: Option<String>,
     /// Where its stderr goes.
     pub log: PathBuf,
 }
@@ -117,6 +119,7 @@ impl NodeProcess {
             child,
             peer_id: String::new(),
             listen: Vec::new(),
+            metrics: None,
             log: log.to_path_buf(),
         };
         let deadline = Instant::now() + timeout;
@@ -133,6 +136,8 @@ impl NodeProcess {
                         node.peer_id = id.trim().to_string();
                     } else if let Some(addr) = line.strip_prefix(LISTEN_LINE) {
                         node.listen.push(addr.trim().to_string());
+                    } else if let Some(url) = line.strip_prefix(METRICS_LINE) {
+                        node.metrics = Some(url.trim().to_string());
                     } else if line.trim() == READY_LINE {
                         return Ok(node);
                     }

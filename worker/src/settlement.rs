@@ -206,7 +206,29 @@ pub struct Settler {
 impl Settler {
     /// Starts the owner of `ledger`'s settlement.
     pub fn spawn(ledger: Arc<WorkerLedger>, policy: SettlePolicy, every: Duration) -> Self {
+        Self::spawn_with_metrics(ledger, policy, every, None)
+    }
+
+    /// [`Self::spawn`], counting what each pass sends to the chain into `metrics`.
+    pub fn spawn_with_metrics(
+        ledger: Arc<WorkerLedger>,
+        policy: SettlePolicy,
+        every: Duration,
+        metrics: Option<cocoon_metrics::NodeMetrics>,
+    ) -> Self {
         let (stop, mut stopped) = tokio::sync::mpsc::channel(1);
+        let count = move |report: &FinalReport| {
+            let Some(m) = &metrics else { return };
+            for s in &report.settled {
+                m.chain(s.action);
+                if s.action == "worker_close" {
+                    m.settled(s.amount);
+                }
+            }
+            if report.anchored.is_some() {
+                m.chain("anchor");
+            }
+        };
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -214,7 +236,7 @@ impl Settler {
                 // A pass runs to its end inside this task: a shutdown waits for it.
                 let reply: tokio::sync::oneshot::Sender<FinalReport> = tokio::select! {
                     _ = tick.tick() => {
-                        pass(&ledger, &policy, false).await;
+                        count(&pass(&ledger, &policy, false).await);
                         continue;
                     }
                     reply = stopped.recv() => match reply {
@@ -222,7 +244,9 @@ impl Settler {
                         None => return,
                     },
                 };
-                let _ = reply.send(pass(&ledger, &policy, true).await);
+                let report = pass(&ledger, &policy, true).await;
+                count(&report);
+                let _ = reply.send(report);
                 return;
             }
         });

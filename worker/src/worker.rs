@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cocoon_inference as inference;
 use cocoon_ledger::journal::Write;
@@ -82,6 +82,7 @@ pub struct Worker {
     limits: StreamLimits,
     gate: Arc<StreamGate>,
     refusals: Arc<tokio::sync::Semaphore>,
+    metrics: Option<cocoon_metrics::NodeMetrics>,
 }
 
 /// What the worker measured, for its advert and price policy.
@@ -141,7 +142,14 @@ impl Worker {
             refusals: Arc::new(tokio::sync::Semaphore::new(limits.max_refusals)),
             gate: StreamGate::new(limits.gate()),
             limits,
+            metrics: None,
         }
+    }
+
+    /// Records every job into `metrics` (vLLM's inference families, money).
+    pub fn with_metrics(mut self, metrics: cocoon_metrics::NodeMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Bills jobs through `ledger`, waiting at most `voucher_timeout` for a voucher when the
@@ -322,6 +330,37 @@ impl Worker {
                 .await?;
             return Ok(Some(msg));
         };
+        let arrival = Instant::now();
+        let model = request.model.clone();
+        if let Some(m) = &self.metrics {
+            m.arrived(&model);
+        }
+        let mut clock = JobClock::new(arrival);
+        let result = self
+            .run_admitted(channel, request, peer, engine, &mut clock)
+            .await;
+        if let Some(m) = &self.metrics {
+            if !clock.left_queue {
+                m.left_queue(&model);
+            }
+            if clock.started {
+                m.finished(&model, &clock.record());
+            }
+        }
+        result
+    }
+
+    /// [`Self::run`] once the model is known, timing the job on `clock`.
+    async fn run_admitted<T: FrameTransport>(
+        &self,
+        channel: &mut JobChannel<T>,
+        request: JobRequest,
+        peer: &PeerId,
+        engine: inference::Engine,
+        clock: &mut JobClock,
+    ) -> Result<Option<String>, JobError> {
+        let id = request.id;
+        let fail = |code, message: String| Message::Error(JobFailure { id, code, message });
         let price = self.price();
         let ctx = AdmitContext {
             price,
@@ -371,13 +410,23 @@ impl Worker {
             JobPrice::default()
         };
         let mut session = WorkerSession::new(self.session.clone(), &request, charged, core);
+        let model = request.model.clone();
         let generation = self.start(engine, request).await;
+        clock.queued();
+        if let Some(m) = &self.metrics {
+            m.left_queue(&model);
+        }
+        let paid_before = session.channel().map_or(0, |c| c.paid());
         let mut generation = match generation {
             Ok(g) => {
                 session.started(g.prompt_tokens());
+                clock.started(g.prompt_tokens());
                 Some(g)
             }
             Err(inference::GenerateError::Busy { limit }) => {
+                if let Some(m) = &self.metrics {
+                    m.busy(&model);
+                }
                 self.stats
                     .refused_busy
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -391,8 +440,21 @@ impl Worker {
             }
         };
         let result = self
-            .drive(channel, &mut session, &mut generation, lease.as_ref())
+            .drive(
+                channel,
+                &mut session,
+                &mut generation,
+                lease.as_ref(),
+                clock,
+            )
             .await;
+        if let (Some(m), true) = (&self.metrics, lease.is_some()) {
+            let paid_after = session.channel().map_or(0, |c| c.paid());
+            m.paid(
+                session.billed().cost,
+                paid_after.saturating_sub(paid_before),
+            );
+        }
         let why = session.error_message().map(str::to_string);
         if let (Some(lease), Some(core)) = (lease.as_mut(), session.into_channel()) {
             lease.put_back(core);
@@ -427,6 +489,7 @@ impl Worker {
         session: &mut WorkerSession,
         generation: &mut Option<inference::Generation>,
         lease: Option<&ChannelLease>,
+        clock: &mut JobClock,
     ) -> Result<(), JobError> {
         let mut client_open = true;
         let mut stream_ok = true;
@@ -454,6 +517,7 @@ impl Worker {
             }
             while let Some(m) = session.poll_transmit() {
                 if let Message::Done(done) = &m {
+                    clock.done(done.usage.completion_tokens, done.finish_reason);
                     let (n, t) = (done.usage.completion_tokens, done.timings);
                     let decode_ms = t.total_ms - t.ttft_ms;
                     if n > 1 && decode_ms > 0.0 {
@@ -495,6 +559,7 @@ impl Worker {
                     let now = session_now();
                     match event {
                         Some(inference::GenerationEvent::Text(text)) => {
+                            clock.text();
                             let sampled = generation.as_ref().map_or(0, |g| g.tokens_so_far());
                             session.text(now, text, sampled);
                         }
@@ -530,6 +595,87 @@ impl Worker {
                 // waits on nothing: end it rather than hang.
                 else => session.handle_closed(),
             }
+        }
+    }
+}
+
+/// One job's times and counts for the metrics: arrival, start, each piece of text, the end.
+struct JobClock {
+    arrival: Instant,
+    queue_s: f64,
+    left_queue: bool,
+    started: bool,
+    prompt_tokens: u32,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    gaps: Vec<f64>,
+    done: Option<(u32, job::FinishReason)>,
+}
+
+impl JobClock {
+    /// Gaps kept per job at most (a job's text pieces are bounded by its `max_tokens`, which
+    /// the context bounds; this bounds the memory whatever the model).
+    const MAX_GAPS: usize = 1 << 16;
+
+    fn new(arrival: Instant) -> Self {
+        Self {
+            arrival,
+            queue_s: 0.0,
+            left_queue: false,
+            started: false,
+            prompt_tokens: 0,
+            first: None,
+            last: None,
+            gaps: Vec::new(),
+            done: None,
+        }
+    }
+
+    fn queued(&mut self) {
+        self.queue_s = self.arrival.elapsed().as_secs_f64();
+        self.left_queue = true;
+    }
+
+    fn started(&mut self, prompt_tokens: u32) {
+        self.started = true;
+        self.prompt_tokens = prompt_tokens;
+    }
+
+    fn text(&mut self) {
+        let now = Instant::now();
+        if let Some(last) = self.last {
+            if self.gaps.len() < Self::MAX_GAPS {
+                self.gaps.push(now.duration_since(last).as_secs_f64());
+            }
+        }
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+    }
+
+    fn done(&mut self, completion_tokens: u32, reason: job::FinishReason) {
+        self.done = Some((completion_tokens, reason));
+    }
+
+    fn record(&self) -> cocoon_metrics::JobRecord {
+        let (generated, reason) = match self.done {
+            Some((n, job::FinishReason::Stop)) => (n, "stop"),
+            Some((n, job::FinishReason::Length)) => (n, "length"),
+            None => (
+                u32::try_from(self.gaps.len() + usize::from(self.first.is_some()))
+                    .unwrap_or(u32::MAX),
+                "abort",
+            ),
+        };
+        cocoon_metrics::JobRecord {
+            queue_s: self.queue_s,
+            ttft_s: self
+                .first
+                .map(|f| f.duration_since(self.arrival).as_secs_f64()),
+            inter_token_s: self.gaps.clone(),
+            e2e_s: self.arrival.elapsed().as_secs_f64(),
+            prompt_tokens: self.prompt_tokens.into(),
+            generation_tokens: generated.into(),
+            finished_reason: reason,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::Args;
 use cocoon_worker::config::{FileConfig, NodeConfig, Overrides};
 use cocoon_worker::daemon;
@@ -79,6 +80,10 @@ pub(crate) struct NodeArgs {
     /// per million completion tokens, e.g. `--price 1000,3000`.
     #[arg(long, env = "COCOON_PRICE", value_parser = parse_price)]
     pub(crate) price: Option<(u64, u64)>,
+    /// Serve Prometheus metrics (`/metrics`: inference under vLLM's names, earnings,
+    /// libp2p) on this address, e.g. 127.0.0.1:9464. Off by default.
+    #[arg(long, env = "COCOON_METRICS")]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub(crate) chain: ChainArgs,
 }
@@ -120,6 +125,37 @@ pub(crate) async fn node(args: NodeArgs) -> anyhow::Result<()> {
             chain_api_key: args.chain.api_key,
         },
     )?;
-    daemon::run(config, daemon::shutdown_signal()).await?;
+    let telemetry = match args.metrics {
+        Some(addr) => {
+            let mut registry = cocoon_metrics::MetricsRegistry::new();
+            let telemetry = daemon::Telemetry {
+                libp2p: registry.libp2p(),
+                node: registry.node(),
+            };
+            let router = cocoon_metrics::router(registry.finish());
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            println!(
+                "{}http://{}/metrics",
+                daemon::METRICS_LINE,
+                listener.local_addr()?
+            );
+            tokio::spawn(async move {
+                let serve = cocoon_gateway::http::serve(
+                    listener,
+                    router,
+                    Default::default(),
+                    std::future::pending(),
+                );
+                if let Err(e) = serve.await {
+                    tracing::error!("metrics endpoint stopped: {e}");
+                }
+            });
+            Some(telemetry)
+        }
+        None => None,
+    };
+    daemon::run_with(config, daemon::shutdown_signal(), telemetry).await?;
     Ok(())
 }
