@@ -57,6 +57,9 @@ pub struct GatewayConfig {
     pub max_tokens_cap: u32,
     /// How long a request body may take to arrive once its head has. Default: 30 s.
     pub body_timeout: Duration,
+    /// Where requests, failovers and payments are counted (`cocoon gateway --metrics`).
+    /// Default: none.
+    pub metrics: Option<cocoon_metrics::GatewayMetrics>,
 }
 
 impl Default for GatewayConfig {
@@ -67,6 +70,7 @@ impl Default for GatewayConfig {
             default_max_tokens: 256,
             max_tokens_cap: 4096,
             body_timeout: Duration::from_secs(30),
+            metrics: None,
         }
     }
 }
@@ -78,13 +82,50 @@ struct App {
 
 /// The gateway's routes over `client`.
 pub fn router(client: Arc<LightClient>, config: GatewayConfig) -> Router {
+    let metrics = config.metrics.clone();
     Router::new()
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint", "not_found") })
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            record(metrics.clone(), request, next)
+        }))
         .with_state(Arc::new(App { client, config }))
+}
+
+/// Counts each request by endpoint (one of ours, else `other`) and status, with the time to
+/// its response's head (a streamed answer's tokens follow it).
+async fn record(
+    metrics: Option<cocoon_metrics::GatewayMetrics>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(metrics) = metrics else {
+        return next.run(request).await;
+    };
+    let endpoint = match request.uri().path() {
+        "/v1/models" => "/v1/models",
+        "/v1/chat/completions" => "/v1/chat/completions",
+        "/v1/completions" => "/v1/completions",
+        _ => "other",
+    };
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    metrics.request(
+        endpoint,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// Counts a finished job's failovers and payment.
+fn count_job(app: &App, o: &InferOutcome) {
+    if let Some(m) = &app.config.metrics {
+        m.job(o.failed_attempts.len() as u64, o.paid_nanoton);
+    }
 }
 
 /// Any error answer that is not JSON yet (axum's own, such as 405 for a wrong method)
@@ -482,12 +523,15 @@ async fn run(app: Arc<App>, common: Common, input: JobInput, kind: Kind) -> Resp
             first => first,
         };
         let events = futures::stream::iter(first).chain(events);
-        return stream(events, id, common.model, kind).await;
+        return stream(events, id, common.model, kind, app.config.metrics.clone()).await;
     }
     let mut outcome = None;
     while let Some(event) = events.next().await {
         match event {
-            Ok(Event::Done(o)) => outcome = Some(o),
+            Ok(Event::Done(o)) => {
+                count_job(&app, &o);
+                outcome = Some(o);
+            }
             // Text is in the outcome; events a later client adds carry nothing we answer.
             Ok(_) => {}
             Err(e) => return job_error(&e),
@@ -533,6 +577,7 @@ async fn stream(
     id: String,
     model: String,
     kind: Kind,
+    metrics: Option<cocoon_metrics::GatewayMetrics>,
 ) -> Response {
     let created = now();
     let chunk = move |delta: Value, finish: Value, extra: Option<(Value, Value)>| {
@@ -567,11 +612,16 @@ async fn stream(
     let body = futures::stream::iter(first)
         .chain(events.map(move |event| match event {
             Ok(Event::Text(t)) => chunk(json!({"content": t}), Value::Null, None),
-            Ok(Event::Done(o)) => chunk(
-                json!({}),
-                json!(o.finish_reason),
-                Some((usage(&o), audit(&o))),
-            ),
+            Ok(Event::Done(o)) => {
+                if let Some(m) = &metrics {
+                    m.job(o.failed_attempts.len() as u64, o.paid_nanoton);
+                }
+                chunk(
+                    json!({}),
+                    json!(o.finish_reason),
+                    Some((usage(&o), audit(&o))),
+                )
+            }
             // An event a later client adds: an SSE comment, which clients skip.
             Ok(_) => SseEvent::default().comment(""),
             Err(e) => {

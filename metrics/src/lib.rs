@@ -244,6 +244,12 @@ pub struct NodeMetrics {
     evidence_expiry: Family<KindLabel, Gauge>,
 }
 
+impl std::fmt::Debug for NodeMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeMetrics").finish_non_exhaustive()
+    }
+}
+
 impl NodeMetrics {
     fn register(r: &mut Registry) -> Self {
         let m = Self {
@@ -526,6 +532,12 @@ pub struct GatewayMetrics {
     paid: Counter,
 }
 
+impl std::fmt::Debug for GatewayMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayMetrics").finish_non_exhaustive()
+    }
+}
+
 impl GatewayMetrics {
     fn register(r: &mut Registry) -> Self {
         let m = Self {
@@ -572,7 +584,7 @@ impl GatewayMetrics {
             .observe(seconds);
     }
 
-    /// A job failed over `n` times and paid `nanoton`.
+    /// A job failed over `failovers` times and paid `nanoton`.
     pub fn job(&self, failovers: u64, nanoton: u64) {
         self.failovers.inc_by(failovers);
         self.paid.inc_by(nanoton);

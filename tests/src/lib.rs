@@ -289,6 +289,8 @@ pub struct Gateway {
     child: std::process::Child,
     /// `host:port` it serves on.
     pub addr: String,
+    /// Its metrics endpoint's URL, when started with `--metrics`.
+    pub metrics: Option<String>,
 }
 
 impl Gateway {
@@ -312,14 +314,29 @@ impl Gateway {
                 net.dir.path().join(format!("{name}.log")),
             )?)
             .spawn()?;
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        let addr = line
-            .trim()
-            .strip_prefix("gateway listening on http://")
-            .with_context(|| format!("unexpected first line {line:?}"))?
-            .to_string();
-        Ok(Gateway { child, addr })
+        let mut stdout = std::io::BufReader::new(child.stdout.take().context("stdout")?);
+        let mut metrics = None;
+        loop {
+            let mut line = String::new();
+            ensure!(
+                stdout.read_line(&mut line)? > 0,
+                "the gateway exited before it listened"
+            );
+            if let Some(url) = line.trim().strip_prefix("metrics on ") {
+                metrics = Some(url.to_string());
+                continue;
+            }
+            let addr = line
+                .trim()
+                .strip_prefix("gateway listening on http://")
+                .with_context(|| format!("unexpected line {line:?}"))?
+                .to_string();
+            return Ok(Gateway {
+                child,
+                addr,
+                metrics,
+            });
+        }
     }
 }
 

@@ -426,3 +426,46 @@ fn a_client_that_hangs_up_stops_the_job_and_frees_its_channel() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert!(v["cocoon"]["paid_nanoton"].as_u64().unwrap() > 0);
 }
+
+/// `cocoon gateway --metrics`: requests by endpoint and status, their latency, and what the
+/// jobs paid, as the caller saw them.
+#[test]
+fn the_gateway_counts_requests_and_payments_on_its_metrics_endpoint() {
+    let net = LoopbackNet::start("gateway-metrics", &[vec![]]).expect("start the network");
+    let gw = Gateway::start(&net, "gw", &["--metrics", "127.0.0.1:0"]).unwrap();
+    let url = gw
+        .metrics
+        .clone()
+        .expect("the gateway printed its metrics URL");
+    let metrics_addr = url
+        .strip_prefix("http://")
+        .and_then(|r| r.strip_suffix("/metrics"))
+        .expect("http://ADDR/metrics")
+        .to_string();
+    let chat = json!({"model": MODEL, "messages": [{"role": "user", "content": "Say hi"}],
+                      "max_tokens": 6, "temperature": 0, "seed": 1});
+    let (status, head, body) = post(&gw, "/v1/chat/completions", chat);
+    assert_eq!(status, 200, "{body}");
+    let paid: u64 = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-cocoon-paid-nanoton: "))
+        .expect("the paid header")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(paid > 0);
+    assert_eq!(call(&gw, "GET", "/nope", b"", None).0, 404);
+    let (status, _, text) = call_at(&metrics_addr, "GET", "/metrics", b"", None);
+    assert_eq!(status, 200);
+    for want in [
+        r#"cocoon_gateway_requests_total{endpoint="/v1/chat/completions",status="200"} 1"#
+            .to_string(),
+        r#"cocoon_gateway_requests_total{endpoint="other",status="404"} 1"#.to_string(),
+        r#"cocoon_gateway_request_duration_seconds_count{endpoint="/v1/chat/completions"} 1"#
+            .to_string(),
+        format!("cocoon_gateway_paid_nanoton_total {paid}"),
+        "cocoon_gateway_failovers_total 0".to_string(),
+    ] {
+        assert!(text.lines().any(|l| l == want), "no {want:?} in:\n{text}");
+    }
+}

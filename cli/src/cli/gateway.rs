@@ -51,6 +51,10 @@ pub(crate) struct GatewayArgs {
     pub(crate) trust: TrustArgs,
     #[command(flatten)]
     pub(crate) chain: ChainArgs,
+    /// Serve Prometheus metrics (`/metrics`: requests by endpoint and status, latency,
+    /// failovers, nanoTON paid) on this address, e.g. 127.0.0.1:9465. Off by default.
+    #[arg(long, env = "COCOON_GATEWAY_METRICS")]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
 }
 
 pub(crate) async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
@@ -82,6 +86,30 @@ pub(crate) async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     if let Some(url) = &args.chain.url {
         builder = builder.chain(url, args.chain.api_key.clone());
     }
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let mut registry = cocoon_metrics::MetricsRegistry::new();
+            let gateway = registry.gateway();
+            let router = cocoon_metrics::router(registry.finish());
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            println!("metrics on http://{}/metrics", listener.local_addr()?);
+            tokio::spawn(async move {
+                let serve = cocoon_gateway::http::serve(
+                    listener,
+                    router,
+                    Default::default(),
+                    std::future::pending(),
+                );
+                if let Err(e) = serve.await {
+                    tracing::error!("metrics endpoint stopped: {e}");
+                }
+            });
+            Some(gateway)
+        }
+        None => None,
+    };
     let client = std::sync::Arc::new(builder.build().await?);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -92,6 +120,7 @@ pub(crate) async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             api_key: args.gateway_key,
             max_body: args.max_body,
             body_timeout: Duration::from_secs(args.body_timeout),
+            metrics,
             ..Default::default()
         },
     );
