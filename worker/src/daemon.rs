@@ -15,6 +15,7 @@ use cocoon_p2p::{identity, Network, NetworkError};
 
 use crate::config::NodeConfig;
 use crate::models::{self, ModelError};
+use crate::progress::Progress;
 use crate::worker::Worker;
 use cocoon_client::market::MarketService;
 
@@ -78,8 +79,13 @@ pub enum NodeError {
     Advert(#[from] crate::advertiser::AdvertCheckError),
 }
 
-/// Runs a node until `shutdown` completes, printing the stdout interface lines.
-pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+/// Runs a node until `shutdown` completes, printing the stdout interface lines; `progress`
+/// shows each model while it loads (give [`Silent`](crate::progress::Silent) for none).
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()>,
+    progress: &dyn Progress,
+) -> Result<(), NodeError> {
     let keypair = identity::load_or_create(&config.data_dir)?;
     let signing_key = crate::advertiser::signing_key(&keypair);
     // A worker's payment journal is opened (and checked) before anything slow starts: a
@@ -153,13 +159,19 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             },
             ..Default::default()
         };
-        let engine =
-            tokio::task::block_in_place(|| inference::Engine::load(&source, engine_config))
-                .map_err(|source| NodeError::Load {
-                    id: resolved.id.clone(),
-                    path: resolved.path.display().to_string(),
-                    source,
-                })?;
+        progress.phase(&format!(
+            "loading {} from {}",
+            resolved.id,
+            resolved.path.display()
+        ));
+        let loaded =
+            tokio::task::block_in_place(|| inference::Engine::load(&source, engine_config));
+        progress.finish();
+        let engine = loaded.map_err(|source| NodeError::Load {
+            id: resolved.id.clone(),
+            path: resolved.path.display().to_string(),
+            source,
+        })?;
         let info = engine.info();
         println!(
             "{SERVING_LINE}{} ({}, {} file run as {} on {}, {} jobs at once)",

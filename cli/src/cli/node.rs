@@ -120,6 +120,12 @@ pub(crate) async fn node(args: NodeArgs) -> anyhow::Result<()> {
             chain_api_key: args.chain.api_key,
         },
     )?;
-    daemon::run(config, daemon::shutdown_signal()).await?;
+    // A spinner per model while it loads, on a terminal only.
+    daemon::run(
+        config,
+        daemon::shutdown_signal(),
+        &progress::Bars::stderr(false),
+    )
+    .await?;
     Ok(())
 }
