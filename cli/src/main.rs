@@ -74,7 +74,9 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(infer(args))
         }
         Cmd::Demo(args) => {
-            init_logging("warn");
+            // The demo's stdout is a transcript: what the user must see it says itself
+            // (the insecure dev attestation, where the node logs are). Logs only for errors.
+            init_logging("error");
             runtime.block_on(run_demo(args))
         }
         Cmd::Model(cmd) => {

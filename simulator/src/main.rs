@@ -94,6 +94,7 @@ fn main() -> anyhow::Result<()> {
             let sc = load(&scenario)?.with_overrides(&overrides(&sets)?)?;
             let duration = sc.duration_secs;
             let started = Instant::now();
+            // A bar over simulated time on stderr, drawn only on a terminal.
             let bar = if quiet {
                 ProgressBar::hidden()
             } else {
@@ -152,7 +153,14 @@ fn main() -> anyhow::Result<()> {
             let threads = threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let points = sweep::grid(&sets)?.len();
+            // On stderr, drawn only on a terminal (indicatif's default target).
             let bar = ProgressBar::new(points as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} runs  (eta {eta})",
+                )
+                .expect("template"),
+            );
             let results = sweep::run(&sc, &sets, &out, threads, charts, |done, _| {
                 bar.set_position(done as u64)
             })?;

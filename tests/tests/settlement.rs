@@ -244,10 +244,14 @@ fn jobs_paid_through_a_channel_are_settled_on_chain_to_the_nanoton() {
     );
 }
 
+/// One demo at a time: each runs a network of processes and a chain on a few cores.
+static DEMO: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The README's first command: a network on loopback, one paid job, settled on the local
 /// chain.
 #[test]
 fn the_demo_pays_its_job_and_settles_it_on_the_local_chain() {
+    let _one = DEMO.lock().unwrap_or_else(|e| e.into_inner());
     cocoon_tests::contract::contract_dir_ready();
     let _ = cocoon_tests::model_path().unwrap();
     let out = std::process::Command::new(cocoon_tests::cocoon_bin().unwrap())
@@ -261,6 +265,63 @@ fn the_demo_pays_its_job_and_settles_it_on_the_local_chain() {
     assert_eq!(json["settled_nanoton"].as_u64(), Some(paid), "{json}");
     assert!(json["onchain_txs"].as_u64().unwrap() >= 5, "{json}");
     assert_eq!(json["channel"].as_str().map(str::len), Some(64));
+}
+
+/// Without `--json` the demo is a transcript a person reads: the answer on lines of its own
+/// (the settlement sentence used to follow it on its line), and no log lines (a WARN about
+/// the dev attestation used to land in the middle; the demo says it in its own words).
+#[test]
+fn the_demo_transcript_has_the_answer_on_its_own_line_and_no_log_lines() {
+    let _one = DEMO.lock().unwrap_or_else(|e| e.into_inner());
+    cocoon_tests::contract::contract_dir_ready();
+    let _ = cocoon_tests::model_path().unwrap();
+    let out = std::process::Command::new(cocoon_tests::cocoon_bin().unwrap())
+        .args(["demo", "--workers", "1", "--max-tokens", "8"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let asked = lines
+        .iter()
+        .position(|l| *l == "> What is the capital of France?")
+        .unwrap_or_else(|| panic!("no question in\n{stdout}"));
+    assert_eq!(
+        lines[asked - 1],
+        "",
+        "a blank line before the question:\n{stdout}"
+    );
+    let answer: Vec<&str> = lines[asked + 1..]
+        .iter()
+        .copied()
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert!(!answer.is_empty(), "no answer in\n{stdout}");
+    for line in &answer {
+        assert!(
+            !line.contains("settled") && !line.starts_with("  "),
+            "the answer shares its line: {line:?}\n{stdout}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.starts_with("  settled on chain: ")),
+        "the settlement is a line of its own:\n{stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("INSECURE development attestation")),
+        "the demo says its workers cannot prove what they run:\n{stdout}"
+    );
+    for line in stdout.lines().chain(stderr.lines()) {
+        assert!(
+            !line.contains(" WARN ") && !line.contains("\u{1b}["),
+            "a log line in the transcript: {line:?}"
+        );
+    }
+    assert!(stderr.trim().is_empty(), "stderr: {stderr}");
 }
 
 /// How many transactions of `op` the chain ran.

@@ -15,6 +15,7 @@ use cocoon_p2p::{identity, Network, NetworkError};
 
 use crate::config::NodeConfig;
 use crate::models::{self, ModelError};
+use crate::progress::Progress;
 use crate::worker::Worker;
 use cocoon_client::market::MarketService;
 
@@ -88,15 +89,21 @@ pub struct Telemetry {
     pub node: cocoon_metrics::NodeMetrics,
 }
 
-/// Runs a node until `shutdown` completes, printing the stdout interface lines.
-pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
-    run_with(config, shutdown, None).await
+/// Runs a node until `shutdown` completes, printing the stdout interface lines; `progress`
+/// shows each model while it loads (give [`Silent`](crate::progress::Silent) for none).
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()>,
+    progress: &dyn Progress,
+) -> Result<(), NodeError> {
+    run_with(config, shutdown, progress, None).await
 }
 
 /// [`run`], recording into `telemetry`.
 pub async fn run_with(
     config: NodeConfig,
     shutdown: impl Future<Output = ()>,
+    progress: &dyn Progress,
     telemetry: Option<Telemetry>,
 ) -> Result<(), NodeError> {
     let (p2p_metrics, metrics) = match telemetry {
@@ -176,13 +183,19 @@ pub async fn run_with(
             },
             ..Default::default()
         };
-        let engine =
-            tokio::task::block_in_place(|| inference::Engine::load(&source, engine_config))
-                .map_err(|source| NodeError::Load {
-                    id: resolved.id.clone(),
-                    path: resolved.path.display().to_string(),
-                    source,
-                })?;
+        progress.phase(&format!(
+            "loading {} from {}",
+            resolved.id,
+            resolved.path.display()
+        ));
+        let loaded =
+            tokio::task::block_in_place(|| inference::Engine::load(&source, engine_config));
+        progress.finish();
+        let engine = loaded.map_err(|source| NodeError::Load {
+            id: resolved.id.clone(),
+            path: resolved.path.display().to_string(),
+            source,
+        })?;
         let info = engine.info();
         println!(
             "{SERVING_LINE}{} ({}, {} file run as {} on {}, {} jobs at once)",

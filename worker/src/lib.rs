@@ -14,7 +14,8 @@
 //! - [`accounts`]: `cocoon wallet|channel|ledger`: a data dir's wallet and channels;
 //! - [`config`]: TOML + environment + flags, checked against what an advert can carry;
 //! - [`models`]: known models and `cocoon model fetch`;
-//! - [`demo`]: the whole network on loopback; [`launch`]: starting `cocoon node` processes.
+//! - [`demo`]: the whole network on loopback; [`launch`]: starting `cocoon node` processes;
+//! - [`progress`]: how the slow steps (fetch, load, demo) report progress without printing.
 #![warn(missing_docs)]
 
 pub mod accounts;
@@ -26,6 +27,7 @@ pub mod demo;
 pub mod launch;
 pub mod models;
 pub mod payments;
+pub mod progress;
 pub mod settlement;
 pub mod worker;
 

