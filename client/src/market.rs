@@ -59,6 +59,15 @@ pub enum SyncError {
 impl MarketService {
     /// Starts validating gossip and serving syncs on `network`.
     pub fn start(network: &Network, config: MarketConfig) -> Result<Self, NetworkError> {
+        Self::start_with_metrics(network, config, None)
+    }
+
+    /// [`Self::start`], counting each gossiped advert's verdict into `metrics`.
+    pub fn start_with_metrics(
+        network: &Network,
+        config: MarketConfig,
+        metrics: Option<cocoon_metrics::NodeMetrics>,
+    ) -> Result<Self, NetworkError> {
         let service = Self {
             market: Arc::new(Mutex::new(Market::new(config))),
             network: network.clone(),
@@ -75,7 +84,11 @@ impl MarketService {
                         market.prune(now);
                         pruned_at = now;
                     }
-                    match market.insert(&message.data, &message.source.to_bytes(), now) {
+                    let inserted = market.insert(&message.data, &message.source.to_bytes(), now);
+                    if let Some(m) = &metrics {
+                        m.advert(inserted.as_ref().err().map(|e| e.reason()));
+                    }
+                    match inserted {
                         Ok(advert) => {
                             // An advert's seq is its publication time in ms: this is its
                             // propagation delay (the calibration bench reads it).

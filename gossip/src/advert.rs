@@ -197,6 +197,18 @@ impl AdvertError {
     pub fn is_misbehaviour(&self) -> bool {
         !matches!(self, AdvertError::Stale { .. } | AdvertError::RateLimited)
     }
+
+    /// A short name of the reason, for metrics labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AdvertError::Malformed(_) => "malformed",
+            AdvertError::BadSignature => "bad_signature",
+            AdvertError::Expiry(_) => "expiry",
+            AdvertError::Bounds(_) => "bounds",
+            AdvertError::Stale { .. } => "stale",
+            AdvertError::RateLimited => "rate_limited",
+        }
+    }
 }
 
 fn config() -> impl bincode::config::Config {

@@ -113,6 +113,15 @@ fn metrics_after_two_paid_jobs_match_what_the_client_saw() {
     );
     let expiry = r#"cocoon_evidence_expires_in_seconds{kind="dev-insecure"}"#;
     assert!(sample(&text, expiry) > 0.0, "the evidence is valid");
+    // The worker's own advert, with direct (loopback) addresses.
+    assert_eq!(
+        sample(&text, r#"cocoon_market_workers{kind="direct"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, r#"cocoon_market_workers{kind="relayed"}"#),
+        0.0
+    );
     assert!(
         text.contains("libp2p_swarm_connections_established_total"),
         "libp2p families"

@@ -133,7 +133,7 @@ pub async fn run_with(
     };
     let network = Network::start_with_metrics(keypair, config.network.clone(), p2p_metrics)?;
     // Every node validates and forwards adverts and answers market syncs.
-    let market = MarketService::start(&network, Default::default())?;
+    let market = MarketService::start_with_metrics(&network, Default::default(), metrics.clone())?;
     println!("{PEER_LINE}{}", network.peer_id());
     if !config.network.listen.is_empty() {
         network
@@ -284,7 +284,12 @@ pub async fn run_with(
         }
         if let Some(m) = &metrics {
             worker = worker.with_metrics(m.clone());
-            tokio::spawn(sample(worker.clone(), network.clone(), m.clone()));
+            tokio::spawn(sample(
+                worker.clone(),
+                network.clone(),
+                market.clone(),
+                m.clone(),
+            ));
         }
         for id in worker.model_ids() {
             network.provide(id).await?;
@@ -365,7 +370,12 @@ async fn start_local_chain(
 /// Every second, the gauges that describe a moment: what each engine runs and holds, the
 /// price, reachability, the evidence's remaining life; every ten, the channels' unsettled
 /// value (a journal read, off the runtime's threads).
-async fn sample(worker: Worker, network: Network, metrics: cocoon_metrics::NodeMetrics) {
+async fn sample(
+    worker: Worker,
+    network: Network,
+    market: MarketService,
+    metrics: cocoon_metrics::NodeMetrics,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for n in 0u64.. {
@@ -383,6 +393,15 @@ async fn sample(worker: Worker, network: Network, metrics: cocoon_metrics::NodeM
             cocoon_p2p::Reachability::Local => "local",
             _ => "unknown",
         });
+        let adverts = market.adverts();
+        let relayed = adverts
+            .iter()
+            .filter(|a| {
+                let addrs = cocoon_client::market::advert_addrs(a);
+                !addrs.is_empty() && addrs.iter().all(cocoon_p2p::reach::is_relayed)
+            })
+            .count();
+        metrics.set_market_workers(adverts.len() - relayed, relayed);
         let credentials = worker.attester().current();
         let now = i64::try_from(cocoon_client::clock::unix_now()).unwrap_or(i64::MAX);
         let expires = i64::try_from(credentials.expires_at).unwrap_or(i64::MAX);
