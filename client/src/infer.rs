@@ -426,7 +426,8 @@ pub async fn infer(
     let mut unpaid = true;
     let mut text = String::new();
     let mut tokens_before = 0u32;
-    let mut first_text: Option<f64> = None;
+    // When the first text of the answer arrived (at whichever worker).
+    let mut first_seen: Option<Instant> = None;
     let started = Instant::now();
     for (attempt, target) in targets.iter().take(config.max_attempts).enumerate() {
         if texts.is_closed() {
@@ -447,7 +448,6 @@ pub async fn infer(
         }
         let mut job = request.clone();
         job.sampling.max_tokens = remaining;
-        let before = text.len();
         let result = run_on(
             network,
             target,
@@ -456,12 +456,11 @@ pub async fn infer(
             config,
             attempt as u64,
             &mut text,
+            &mut first_seen,
             texts,
         )
         .await;
-        if text.len() > before {
-            first_text.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
-        }
+        let first_text = first_seen.map(|t| t.duration_since(started).as_secs_f64() * 1e3);
         let now = crate::clock::unix_now();
         match result {
             Ok(mut done) => {
@@ -845,6 +844,7 @@ async fn run_on(
     config: &ClientConfig,
     attempt: u64,
     answer: &mut String,
+    first_text: &mut Option<Instant>,
     texts: &mpsc::Sender<String>,
 ) -> Result<InferOutcome, Failure> {
     let worker = target.peer;
@@ -930,6 +930,9 @@ async fn run_on(
         cancelled,
         journal_error,
     } = driven;
+    if first_text.is_none() {
+        *first_text = first;
+    }
     if let Some(error) = journal_error {
         // Our own fault, not the worker's: no penalty, and what arrived stays in `answer`.
         return Err(Failure {

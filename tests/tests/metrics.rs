@@ -60,6 +60,13 @@ fn metrics_after_two_paid_jobs_match_what_the_client_saw() {
             .infer(&["--json", "--max-tokens", "6"], prompt_text)
             .expect("run cocoon infer");
         let json = parse_json(&out).expect("a paid job");
+        // The first text comes before the end (before, the client stamped it when the
+        // attempt returned, so its TTFT was the whole job's time).
+        let (ttft, total) = (
+            json["ttft_ms"].as_f64().unwrap(),
+            json["total_ms"].as_f64().unwrap(),
+        );
+        assert!(ttft < total - 1.0, "TTFT {ttft} ms of a {total} ms job");
         prompt += json["prompt_tokens"].as_f64().unwrap();
         generated += json["completion_tokens"].as_f64().unwrap();
         paid += json["paid_nanoton"].as_f64().unwrap();
