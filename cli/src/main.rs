@@ -48,6 +48,9 @@ enum Cmd {
     /// The worker's ledger: settle its channels on chain now.
     #[command(subcommand)]
     Ledger(LedgerCmd),
+    /// A running node's status (jobs, tokens, TTFT, earnings, price against the market's,
+    /// peers, channels, attestation), read from its `--metrics` listener.
+    Status(StatusArgs),
 }
 
 fn init_logging(default: &str) {
@@ -124,6 +127,10 @@ fn main() -> anyhow::Result<()> {
             init_logging("warn");
             runtime.block_on(attest(cmd))
         }
+        Cmd::Status(args) => {
+            init_logging("warn");
+            runtime.block_on(show_status(args))
+        }
     }
 }
 
@@ -148,6 +155,17 @@ mod tests {
                 assert_eq!(a.model, cocoon_worker::models::SMOLLM2.id);
                 assert_eq!(a.sampling.max_tokens, 256);
                 assert_eq!(a.sampling.temperature, 0.0);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["cocoon", "status"]).unwrap();
+        match cli.command {
+            Cmd::Status(a) => {
+                assert!(!a.json);
+                // The default, unless COCOON_METRICS says otherwise.
+                if std::env::var_os("COCOON_METRICS").is_none() {
+                    assert_eq!(a.metrics, "http://127.0.0.1:9464");
+                }
             }
             other => panic!("{other:?}"),
         }

@@ -9,8 +9,18 @@
 //! and the gateway call them, and [`router`] serves `GET /metrics` (any other path is 404, any
 //! other method 405) through whatever HTTP server the binary runs.
 //!
-//! Nothing here reads the clock or does I/O: callers pass durations and amounts.
+//! A node's operators also get a picture: [`NodeMetrics::reading`] reads the counters back,
+//! [`status`] derives rates, TTFT percentiles and a bounded history from the node's
+//! readings, and [`dashboard`] serves them as JSON (`GET /api/status`) and as a page (`GET
+//! /`) on the same listener.
+//!
+//! Nothing here reads the clock or does I/O: callers pass durations, amounts and times.
 
+pub mod dashboard;
+pub mod status;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::http::{header, StatusCode};
@@ -166,13 +176,18 @@ fn family<L: Clone + std::hash::Hash + Eq>(buckets: fn() -> Histogram) -> Histog
     Family::new_with_constructor(buckets)
 }
 
-/// vLLM's time-to-first-token buckets, seconds.
+/// vLLM's time-to-first-token bucket bounds, seconds.
+pub const TTFT_BUCKETS: [f64; 19] = [
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0,
+];
+
 fn ttft_buckets() -> Histogram {
-    Histogram::new([
-        0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-        20.0, 40.0, 80.0,
-    ])
+    Histogram::new(TTFT_BUCKETS)
 }
+
+/// The chain transaction kinds [`NodeMetrics::chain`] counts.
+pub const CHAIN_KINDS: [&str; 4] = ["worker_close", "challenge", "finalize", "anchor"];
 
 /// vLLM's inter-token latency buckets, seconds.
 fn itl_buckets() -> Histogram {
@@ -217,9 +232,53 @@ pub struct JobRecord {
     pub finished_reason: &'static str,
 }
 
+/// What [`NodeMetrics::reading`] reads back: the node's totals over every model.
+/// (prometheus-client's families and histograms cannot be read back whole, so the recorder
+/// keeps these beside them.)
+struct Tally {
+    jobs: AtomicU64,
+    prompt_tokens: AtomicU64,
+    generation_tokens: AtomicU64,
+    busy: AtomicU64,
+    waiting: AtomicI64,
+    /// Per bucket of [`TTFT_BUCKETS`], the last above them all.
+    ttft: [AtomicU64; TTFT_BUCKETS.len() + 1],
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Self {
+            jobs: AtomicU64::new(0),
+            prompt_tokens: AtomicU64::new(0),
+            generation_tokens: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
+            waiting: AtomicI64::new(0),
+            ttft: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+/// A node's counters and gauges read back ([`NodeMetrics::reading`]), over every model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reading {
+    /// Cumulative counters.
+    pub totals: status::Totals,
+    /// Time to first token of every job, seconds.
+    pub ttft: status::Buckets,
+    /// Requests admitted and not generating yet.
+    pub waiting: u64,
+    /// Channels with unsettled vouchers.
+    pub open_channels: u64,
+    /// Their unsettled value, nanoTON.
+    pub unsettled_nanoton: u64,
+    /// Chain transactions sent, by kind (the kinds sent at least once).
+    pub chain_transactions: BTreeMap<String, u64>,
+}
+
 /// A worker's recorder: inference under vLLM's names, money, market and trust.
 #[derive(Clone)]
 pub struct NodeMetrics {
+    tally: Arc<Tally>,
     running: Family<ModelLabel, Gauge>,
     waiting: Family<ModelLabel, Gauge>,
     kv_cache: Family<ModelLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -253,6 +312,7 @@ impl std::fmt::Debug for NodeMetrics {
 impl NodeMetrics {
     fn register(r: &mut Registry) -> Self {
         let m = Self {
+            tally: Arc::default(),
             running: Family::default(),
             waiting: Family::default(),
             kv_cache: Family::default(),
@@ -398,11 +458,49 @@ impl NodeMetrics {
     /// A request for `model` arrived and waits for its generation.
     pub fn arrived(&self, model: &str) {
         self.waiting.get_or_create(&Self::model(model)).inc();
+        self.tally.waiting.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The request's generation started (or it was refused): it no longer waits.
     pub fn left_queue(&self, model: &str) {
         self.waiting.get_or_create(&Self::model(model)).dec();
+        self.tally.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The node's counters and gauges now, over every model.
+    pub fn reading(&self) -> Reading {
+        let t = &self.tally;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut ttft = status::Buckets::new(TTFT_BUCKETS);
+        for (count, bucket) in ttft.counts.iter_mut().zip(&t.ttft) {
+            *count = get(bucket);
+        }
+        let chain_transactions = CHAIN_KINDS
+            .iter()
+            .filter_map(|kind| {
+                let label = KindLabel {
+                    kind: (*kind).into(),
+                };
+                let n = self.chain_transactions.get(&label)?.get();
+                Some((kind.to_string(), n))
+            })
+            .collect();
+        Reading {
+            totals: status::Totals {
+                jobs: get(&t.jobs),
+                prompt_tokens: get(&t.prompt_tokens),
+                generation_tokens: get(&t.generation_tokens),
+                busy_refusals: get(&t.busy),
+                billed_nanoton: self.billed.get(),
+                vouchered_nanoton: self.vouchered.get(),
+                settled_nanoton: self.settled.get(),
+            },
+            ttft,
+            waiting: u64::try_from(t.waiting.load(Ordering::Relaxed)).unwrap_or(0),
+            open_channels: u64::try_from(self.open_channels.get()).unwrap_or(0),
+            unsettled_nanoton: u64::try_from(self.unsettled.get()).unwrap_or(0),
+            chain_transactions,
+        }
     }
 
     /// Sets what `model`'s engine runs now and the share of its KV cache held.
@@ -417,6 +515,7 @@ impl NodeMetrics {
     /// A request was refused because every slot was taken.
     pub fn busy(&self, model: &str) {
         self.busy.get_or_create(&Self::model(model)).inc();
+        self.tally.busy.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A request for `model` ended.
@@ -431,7 +530,18 @@ impl NodeMetrics {
         self.queue.get_or_create(&label).observe(job.queue_s);
         if let Some(ttft) = job.ttft_s {
             self.ttft.get_or_create(&label).observe(ttft);
+            // The same bucket as the histogram's: the first bound at or above the value.
+            let i = TTFT_BUCKETS.partition_point(|b| *b < ttft);
+            if let Some(bucket) = self.tally.ttft.get(i) {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
         }
+        let t = &self.tally;
+        t.jobs.fetch_add(1, Ordering::Relaxed);
+        t.prompt_tokens
+            .fetch_add(job.prompt_tokens, Ordering::Relaxed);
+        t.generation_tokens
+            .fetch_add(job.generation_tokens, Ordering::Relaxed);
         let itl = self.itl.get_or_create(&label);
         for gap in &job.inter_token_s {
             itl.observe(*gap);
@@ -624,6 +734,36 @@ mod tests {
         node.busy("m");
         node.paid(3400, 3000);
         node.set_price("m", 1000, 3000);
+        node.chain("worker_close");
+        node.set_channels(2, 3000);
+        node.arrived("m");
+        let reading = node.reading();
+        assert_eq!(
+            reading.totals,
+            status::Totals {
+                jobs: 1,
+                prompt_tokens: 12,
+                generation_tokens: 4,
+                busy_refusals: 1,
+                billed_nanoton: 3400,
+                vouchered_nanoton: 3000,
+                settled_nanoton: 0,
+            }
+        );
+        assert_eq!(reading.waiting, 1);
+        assert_eq!(
+            (reading.open_channels, reading.unsettled_nanoton),
+            (2, 3000)
+        );
+        assert_eq!(
+            reading.chain_transactions.into_iter().collect::<Vec<_>>(),
+            vec![("worker_close".to_string(), 1)]
+        );
+        // The read-back TTFT lands in the histogram's bucket: (0.04, 0.06].
+        assert_eq!(reading.ttft.count(), 1);
+        assert_eq!(reading.ttft.counts[reading.ttft.index(0.05)], 1);
+        assert_eq!(reading.ttft.bounds[reading.ttft.index(0.05)], 0.06);
+        node.left_queue("m");
         let text = exporter.encode();
         for want in [
             r#"vllm:num_requests_waiting{model_name="m"} 0"#,

@@ -3,7 +3,8 @@
 //!
 //! Everything here runs real components: the binary the user runs, the model package the
 //! user fetches, QUIC on 127.0.0.1. [`netns`] puts the same processes on emulated internets
-//! of Linux network namespaces, behind NAT routers.
+//! of Linux network namespaces, behind NAT routers; [`browser`] looks at pages (the node's
+//! dashboard) in headless Chromium.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -14,6 +15,7 @@ use anyhow::{ensure, Context, Result};
 use cocoon_worker::launch::NodeProcess;
 use cocoon_worker::models;
 
+pub mod browser;
 pub mod contract;
 pub mod netns;
 

@@ -81,13 +81,7 @@ pub enum NodeError {
     Advert(#[from] crate::advertiser::AdvertCheckError),
 }
 
-/// The recorders a node fills when it exports metrics (the binary serves them).
-pub struct Telemetry {
-    /// rust-libp2p's families, recorded by the swarm.
-    pub libp2p: libp2p::metrics::Metrics,
-    /// Inference, money, market and trust.
-    pub node: cocoon_metrics::NodeMetrics,
-}
+pub use crate::telemetry::Telemetry;
 
 /// Runs a node until `shutdown` completes, printing the stdout interface lines; `progress`
 /// shows each model while it loads (give [`Silent`](crate::progress::Silent) for none).
@@ -106,9 +100,9 @@ pub async fn run_with(
     progress: &dyn Progress,
     telemetry: Option<Telemetry>,
 ) -> Result<(), NodeError> {
-    let (p2p_metrics, metrics) = match telemetry {
-        Some(t) => (Some(t.libp2p), Some(t.node)),
-        None => (None, None),
+    let (p2p_metrics, metrics, board) = match telemetry {
+        Some(t) => (Some(t.libp2p), Some(t.node), Some(t.board)),
+        None => (None, None, None),
     };
     let keypair = identity::load_or_create(&config.data_dir)?;
     let signing_key = crate::advertiser::signing_key(&keypair);
@@ -213,6 +207,7 @@ pub async fn run_with(
 
     let mut settler = None;
     let mut local_chain = None;
+    let mut sampled = None;
     let serve = if engines.is_empty() {
         None
     } else {
@@ -284,12 +279,6 @@ pub async fn run_with(
         }
         if let Some(m) = &metrics {
             worker = worker.with_metrics(m.clone());
-            tokio::spawn(sample(
-                worker.clone(),
-                network.clone(),
-                market.clone(),
-                m.clone(),
-            ));
         }
         for id in worker.model_ids() {
             network.provide(id).await?;
@@ -319,8 +308,18 @@ pub async fn run_with(
             }
             None => tracing::warn!("the identity is not ed25519: no adverts"),
         }
+        sampled = Some(worker.clone());
         Some(tokio::spawn(worker.serve(network.clone())))
     };
+    if let (Some(metrics), Some(board)) = (metrics, board) {
+        tokio::spawn(crate::telemetry::sample(
+            sampled,
+            network.clone(),
+            market.clone(),
+            metrics,
+            board,
+        ));
+    }
     println!("{READY_LINE}");
 
     shutdown.await;
@@ -367,73 +366,6 @@ async fn start_local_chain(
 }
 
 /// Renews the enclave key and its evidence before they expire.
-/// Every second, the gauges that describe a moment: what each engine runs and holds, the
-/// price, reachability, the evidence's remaining life; every ten, the channels' unsettled
-/// value (a journal read, off the runtime's threads).
-async fn sample(
-    worker: Worker,
-    network: Network,
-    market: MarketService,
-    metrics: cocoon_metrics::NodeMetrics,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for n in 0u64.. {
-        tick.tick().await;
-        let price = worker.price();
-        for (id, engine) in worker.engines() {
-            metrics.set_engine(id, engine.active(), engine.kv_cache_usage());
-            metrics.set_price(id, price.prompt_per_mtok, price.completion_per_mtok);
-        }
-        let state = network.state();
-        metrics.set_reachability(match state.reachability {
-            cocoon_p2p::Reachability::Public { .. } => "public",
-            cocoon_p2p::Reachability::Mapped { .. } => "mapped",
-            cocoon_p2p::Reachability::Relayed { .. } => "relayed",
-            cocoon_p2p::Reachability::Local => "local",
-            _ => "unknown",
-        });
-        let adverts = market.adverts();
-        let relayed = adverts
-            .iter()
-            .filter(|a| {
-                let addrs = cocoon_client::market::advert_addrs(a);
-                !addrs.is_empty() && addrs.iter().all(cocoon_p2p::reach::is_relayed)
-            })
-            .count();
-        metrics.set_market_workers(adverts.len() - relayed, relayed);
-        let credentials = worker.attester().current();
-        let now = i64::try_from(cocoon_client::clock::unix_now()).unwrap_or(i64::MAX);
-        let expires = i64::try_from(credentials.expires_at).unwrap_or(i64::MAX);
-        metrics.set_evidence(
-            worker.attester().kind().as_str(),
-            expires.saturating_sub(now),
-        );
-        if n % 10 == 0 {
-            if let Some(ledger) = worker.payments() {
-                let journal = ledger.journal().clone();
-                let open = tokio::task::spawn_blocking(move || {
-                    let channels = journal.worker_channels()?;
-                    let mut open = 0;
-                    let mut unsettled = 0u64;
-                    for (channel, record) in channels {
-                        let paid = record.state.best.map_or(0, |b| b.voucher.cumulative);
-                        if paid > 0 && journal.close_sent(&channel)?.is_none() {
-                            open += 1;
-                            unsettled = unsettled.saturating_add(paid);
-                        }
-                    }
-                    Ok::<_, cocoon_ledger::journal::JournalError>((open, unsettled))
-                })
-                .await;
-                if let Ok(Ok((open, unsettled))) = open {
-                    metrics.set_channels(open, unsettled);
-                }
-            }
-        }
-    }
-}
-
 async fn rotate(attester: std::sync::Arc<cocoon_p2p::attest::attester::Attester>) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {

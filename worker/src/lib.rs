@@ -12,6 +12,7 @@
 //! - [`payments`]: the worker's channels, one slot per channel, journalled;
 //! - [`settlement`]: the worker's channels settled on chain, receipts anchored;
 //! - [`accounts`]: `cocoon wallet|channel|ledger`: a data dir's wallet and channels;
+//! - [`telemetry`]: what the node records about itself for `--metrics` and its dashboard;
 //! - [`config`]: TOML + environment + flags, checked against what an advert can carry;
 //! - [`models`]: known models and `cocoon model fetch`;
 //! - [`demo`]: the whole network on loopback; [`launch`]: starting `cocoon node` processes;
@@ -29,6 +30,7 @@ pub mod models;
 pub mod payments;
 pub mod progress;
 pub mod settlement;
+pub mod telemetry;
 pub mod worker;
 
 pub use worker::Worker;

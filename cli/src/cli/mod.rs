@@ -9,6 +9,7 @@ pub(crate) mod market;
 pub(crate) mod model;
 pub(crate) mod node;
 pub(crate) mod progress;
+pub(crate) mod status;
 pub(crate) mod wallet;
 
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ pub(crate) use infer::*;
 pub(crate) use market::*;
 pub(crate) use model::*;
 pub(crate) use node::*;
+pub(crate) use status::*;
 pub(crate) use wallet::*;
 
 /// How a client pays.

@@ -81,7 +81,8 @@ pub(crate) struct NodeArgs {
     #[arg(long, env = "COCOON_PRICE", value_parser = parse_price)]
     pub(crate) price: Option<(u64, u64)>,
     /// Serve Prometheus metrics (`/metrics`: inference under vLLM's names, earnings,
-    /// libp2p) on this address, e.g. 127.0.0.1:9464. Off by default.
+    /// libp2p) and the operator's dashboard (`/`, its JSON at `/api/status`, read by `cocoon
+    /// status`) on this address, e.g. 127.0.0.1:9464. Off by default.
     #[arg(long, env = "COCOON_METRICS")]
     pub(crate) metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
@@ -128,11 +129,18 @@ pub(crate) async fn node(args: NodeArgs) -> anyhow::Result<()> {
     let telemetry = match args.metrics {
         Some(addr) => {
             let mut registry = cocoon_metrics::MetricsRegistry::new();
+            let board = cocoon_metrics::status::Board::new(
+                Default::default(),
+                cocoon_client::clock::unix_now_ms(),
+            );
             let telemetry = daemon::Telemetry {
                 libp2p: registry.libp2p(),
                 node: registry.node(),
+                board: board.clone(),
             };
-            let router = cocoon_metrics::router(registry.finish());
+            // `/metrics`, and the dashboard (`/`, `/api/status`) on the same listener.
+            let router = cocoon_metrics::router(registry.finish())
+                .merge(cocoon_metrics::dashboard::router(board));
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot serve metrics on {addr}"))?;
