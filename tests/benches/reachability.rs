@@ -152,6 +152,12 @@ fn main() -> Result<()> {
         cells.push((Side::Public, Side::Behind(nat, true)));
     }
 
+    // `COCOON_BENCH_ONLY="symmetric → port-restricted, public → public"`: only these rows.
+    if let Ok(only) = std::env::var("COCOON_BENCH_ONLY") {
+        let wanted: Vec<&str> = only.split(',').map(str::trim).collect();
+        cells.retain(|(c, w)| wanted.contains(&row_name(*c, *w).as_str()));
+    }
+
     let mut rows = Vec::new();
     for (i, &(client, worker)) in cells.iter().enumerate() {
         eprintln!(
@@ -204,6 +210,11 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// `client → worker`, as the table names a row.
+fn row_name(client: Side, worker: Side) -> String {
+    format!("{} → {}", client.label(), worker.label())
+}
+
 /// Builds the network of one row and runs its tries; setup failures go into the row.
 fn cell(client: Side, worker: Side, link: Link, tries: usize) -> Row {
     let mut row = Row {
@@ -235,8 +246,8 @@ fn run_cell(row: &mut Row, link: Link, tries: usize) -> Result<()> {
     let boot_addr = format!("{boot_listen}/p2p/{}", boot.peer_id);
     let spawned = (Instant::now(), now_of_day());
     let worker = start_worker(&net, &boot_addr)?;
-    let (state, at) = wait_reach(&worker, row.worker.expected(), spawned)?;
-    row.reach = Some((state.clone(), at));
+    let (state, at, seen) = wait_reach(&worker, row.worker.expected(), spawned)?;
+    row.reach = Some((state, at));
     std::thread::sleep(ADVERT_WAIT);
     for i in 0..tries {
         let t = infer(&net, &boot_addr, i)?;
@@ -246,14 +257,39 @@ fn run_cell(row: &mut Row, link: Link, tries: usize) -> Result<()> {
         row.tries.push(t);
     }
     // Say so when the worker's reachability changed during the tries.
-    let now = reach_lines(&worker)
-        .last()
-        .map(|(r, _)| r.split_whitespace().next().unwrap_or("?").to_string());
-    if let (Some(now), Some((state, _))) = (now, row.reach.as_mut()) {
-        if &now != state {
-            *state = format!("{state}, then {now}");
+    let later: Vec<String> = reach_lines(&worker)
+        .iter()
+        .skip(seen)
+        .map(|(r, _)| r.split_whitespace().next().unwrap_or("?").to_string())
+        .collect();
+    if let (false, Some((state, _))) = (later.is_empty(), row.reach.as_mut()) {
+        *state = format!("{state}, then {}", later.join(", "));
+    }
+    // Keep the logs of a row with failures: target/bench-reachability-logs/ROW/.
+    if row.tries.iter().any(|t| matches!(t, Try::Failed { .. })) {
+        keep_logs(&net, row)?;
+    }
+    Ok(())
+}
+
+/// Copies the nodes' logs and the failed clients' stderr of `row` out of its network's dir.
+fn keep_logs(net: &Net, row: &Row) -> Result<()> {
+    let slug: String = row_name(row.client, row.worker)
+        .replace(" → ", "-to-")
+        .replace(" + ", "-")
+        .replace(' ', "-");
+    let dest = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/bench-reachability-logs")
+        .join(slug);
+    std::fs::create_dir_all(&dest)?;
+    for entry in std::fs::read_dir(net.dir())? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.ends_with(".log") || name.ends_with(".err") {
+            std::fs::copy(&path, dest.join(&*name))?;
         }
     }
+    eprintln!("    logs kept in {}", dest.display());
     Ok(())
 }
 
@@ -327,28 +363,30 @@ fn now_of_day() -> f64 {
 }
 
 /// Waits for `expected` in the worker's reachability lines; on timeout takes its latest one.
-/// Returns the state (`public`, `relayed`, `mapped`, …) and how many seconds after `start`
-/// (the worker process's start, as an [`Instant`] and a UTC time of day) it was logged.
+/// Returns the state (`public`, `relayed`, `mapped`, …), how many seconds after `start` (the
+/// worker process's start, as an [`Instant`] and a UTC time of day) it was logged, and how many
+/// reachability lines there were up to that one.
 fn wait_reach(
     worker: &NodeProcess,
     expected: &str,
     start: (Instant, f64),
-) -> Result<(String, f64)> {
+) -> Result<(String, f64, usize)> {
     loop {
         let lines = reach_lines(worker);
-        let found = lines.iter().find(|(r, _)| r.starts_with(expected));
+        let found = lines.iter().position(|(r, _)| r.starts_with(expected));
         let waited = start.0.elapsed();
         let pick = match found {
-            Some(line) => Some(line),
-            None if waited > REACH_LIMIT => lines.last(),
+            Some(i) => Some(i),
+            None if waited > REACH_LIMIT && !lines.is_empty() => Some(lines.len() - 1),
             None => None,
         };
-        if let Some((r, at)) = pick {
+        if let Some(i) = pick {
+            let (r, at) = &lines[i];
             let state = r.split_whitespace().next().unwrap_or("?").to_string();
             let after = at.map_or(waited.as_secs_f64(), |at| {
                 (at - start.1).rem_euclid(86_400.0)
             });
-            return Ok((state, after));
+            return Ok((state, after, i + 1));
         }
         if waited > REACH_LIMIT {
             bail!("the worker logged no reachability within {REACH_LIMIT:?}");
@@ -464,7 +502,7 @@ fn first_median(row: &Row, digits: usize, f: impl Fn(&Try) -> Option<f64>) -> St
 }
 
 fn render(row: &Row) -> String {
-    let name = format!("{} → {}", row.client.label(), row.worker.label());
+    let name = row_name(row.client, row.worker);
     let reach = row.reach.as_ref().map_or("-".to_string(), |(state, secs)| {
         format!("{state} ({secs:.1} s)")
     });
