@@ -4,7 +4,9 @@
 # (16 pairs), plus a worker behind routers with UPnP; `cocoon infer` from the client, a fresh
 # client identity per try (tests/benches/reachability.rs). Keeps the table in
 # bench/reachability.md. Needs root, iproute2, nftables, miniupnpd and a release build
-# (~10 min clean on 2 cores); ~20 min with 20 tries. Usage: bench/reachability.sh [tries]
+# (~10 min clean on 2 cores); ~15 min with 20 tries. Usage: bench/reachability.sh [tries]
+# COCOON_BENCH_ONLY="symmetric → port-restricted, public → public" runs only those rows; the
+# logs of rows with failures are kept in target/bench-reachability-logs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export COCOON_BENCH_TRIES="${1:-${COCOON_BENCH_TRIES:-20}}"
