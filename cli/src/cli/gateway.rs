@@ -91,21 +91,8 @@ pub(crate) async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             let mut registry = cocoon_metrics::MetricsRegistry::new();
             let gateway = registry.gateway();
             let router = cocoon_metrics::router(registry.finish());
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot serve metrics on {addr}"))?;
-            println!("metrics on http://{}/metrics", listener.local_addr()?);
-            tokio::spawn(async move {
-                let serve = cocoon_gateway::http::serve(
-                    listener,
-                    router,
-                    Default::default(),
-                    std::future::pending(),
-                );
-                if let Err(e) = serve.await {
-                    tracing::error!("metrics endpoint stopped: {e}");
-                }
-            });
+            let bound = serve_metrics(addr, router).await?;
+            println!("metrics on http://{bound}/metrics");
             Some(gateway)
         }
         None => None,

@@ -178,6 +178,31 @@ impl SamplingArgs {
     }
 }
 
+/// Binds `addr` and serves `router` (metrics, a dashboard) there with the gateway's hardened
+/// HTTP loop, in the background; returns the bound address (for `:0`).
+pub(crate) async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    router: axum::Router,
+) -> anyhow::Result<std::net::SocketAddr> {
+    use anyhow::Context;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        let serve = cocoon_gateway::http::serve(
+            listener,
+            router,
+            Default::default(),
+            std::future::pending(),
+        );
+        if let Err(e) = serve.await {
+            tracing::error!("metrics endpoint stopped: {e}");
+        }
+    });
+    Ok(bound)
+}
+
 pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(value)?);
     Ok(())

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args;
 use cocoon_worker::config::{FileConfig, NodeConfig, Overrides};
 use cocoon_worker::daemon;
@@ -141,25 +140,8 @@ pub(crate) async fn node(args: NodeArgs) -> anyhow::Result<()> {
             // `/metrics`, and the dashboard (`/`, `/api/status`) on the same listener.
             let router = cocoon_metrics::router(registry.finish())
                 .merge(cocoon_metrics::dashboard::router(board));
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot serve metrics on {addr}"))?;
-            println!(
-                "{}http://{}/metrics",
-                daemon::METRICS_LINE,
-                listener.local_addr()?
-            );
-            tokio::spawn(async move {
-                let serve = cocoon_gateway::http::serve(
-                    listener,
-                    router,
-                    Default::default(),
-                    std::future::pending(),
-                );
-                if let Err(e) = serve.await {
-                    tracing::error!("metrics endpoint stopped: {e}");
-                }
-            });
+            let bound = serve_metrics(addr, router).await?;
+            println!("{}http://{bound}/metrics", daemon::METRICS_LINE);
             Some(telemetry)
         }
         None => None,
