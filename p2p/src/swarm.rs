@@ -423,7 +423,7 @@ struct Behaviour {
     gossipsub: gossipsub::Behaviour,
     relay_client: relay::client::Behaviour,
     relay: Toggle<relay::Behaviour>,
-    autonat_client: autonat::v2::client::Behaviour,
+    autonat_client: Toggle<autonat::v2::client::Behaviour>,
     autonat_server: Toggle<autonat::v2::server::Behaviour>,
     dcutr: dcutr::Behaviour,
     upnp: Toggle<upnp::tokio::Behaviour>,
@@ -894,7 +894,12 @@ fn build_swarm(keypair: Keypair, config: &NetworkConfig) -> Result<Swarm<Behavio
                 gossipsub,
                 relay_client,
                 relay: Toggle::from(relay),
-                autonat_client: autonat::v2::client::Behaviour::default(),
+                // Full nodes only: a light client's reachability decides nothing, and a
+                // dial-back would be one more connection its job streams may land on just
+                // as it closes.
+                autonat_client: Toggle::from(
+                    full_node.then(autonat::v2::client::Behaviour::default),
+                ),
                 autonat_server: Toggle::from(
                     full_node.then(autonat::v2::server::Behaviour::default),
                 ),
